@@ -1,0 +1,74 @@
+"""Names, weights, windows and file-layout constants shared by every module (no imports of torch)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+#: The six RSNA 2019 labels, in submission order.
+LABELS: tuple[str, ...] = (
+    "any",
+    "epidural",
+    "intraparenchymal",
+    "intraventricular",
+    "subarachnoid",
+    "subdural",
+)
+#: Index columns holding the labels (nullable float: NaN = unlabeled).
+LABEL_COLUMNS: tuple[str, ...] = tuple(f"label_{name}" for name in LABELS)
+#: Weights of the RSNA weighted multi-label log loss (``any`` counts twice).
+LABEL_WEIGHTS: tuple[float, ...] = (2.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+#: Probabilities are clipped to [EPS, 1 - EPS] before taking logs, as Kaggle scored.
+LOG_LOSS_EPS: float = 1e-7
+
+#: Display windows as (center, width) in Hounsfield units.
+WINDOWS: dict[str, tuple[float, float]] = {
+    "brain": (40.0, 80.0),
+    "subdural": (80.0, 200.0),
+    "soft_tissue": (40.0, 380.0),
+    "bone": (600.0, 2800.0),
+}
+#: The "BSB" three-channel image of the RSNA 2019 solutions.
+BSB_WINDOWS: tuple[str, ...] = ("brain", "subdural", "soft_tissue")
+
+#: Value written into the HU cache for a slice whose pixels could not be read.
+#: Such slices are always flagged in the index and never used as if they were real.
+MISSING_HU: int = -1024
+#: The HU range kept in the int16 cache.
+HU_MIN: int = -1024
+HU_MAX: int = 3071
+
+
+class Status(StrEnum):
+    """Why an input file is, or is not, usable (``status`` column of the index)."""
+
+    OK = "ok"
+    CORRUPT = "corrupt"  # DICOM header readable, pixel data truncated or undecodable
+    NOT_DICOM = "not_dicom"  # not a DICOM file at all
+    NO_PIXELS = "no_pixels"  # DICOM without Pixel Data
+    UNSUPPORTED_SYNTAX = "unsupported_syntax"  # transfer syntax we cannot decode
+    UNSUPPORTED_IMAGE = "unsupported_image"  # e.g. colour, multi-frame
+    MISSING_GEOMETRY = "missing_geometry"  # no ImagePositionPatient / orientation
+    READ_ERROR = "read_error"  # I/O error (permissions, vanished file)
+
+
+# Dataset folder layout (ARCHITECTURE.md section 1).
+INDEX_DIR = "index"
+SLICES_FILE = "index/slices.parquet"
+SERIES_FILE = "index/series.parquet"
+PIXEL_FAILURES_DIR = "index/pixel_failures"
+CACHE_DIR = "cache"
+BUILD_FILE = "build.json"
+
+# Run folder layout.
+RUN_CONFIG_FILE = "config.yaml"
+RUN_SPLITS_FILE = "splits.json"
+RUN_METRICS_FILE = "metrics.jsonl"
+ENCODER_CHECKPOINT = "encoder.pt"
+MODEL_CHECKPOINT = "model.pt"
+LAST_CHECKPOINT = "last.pt"
+
+# Exit codes of the CLI (click itself uses 2 for usage errors).
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
