@@ -1,0 +1,290 @@
+"""Typed training/inference configuration, loaded from YAML with strict validation.
+
+A config is a tree of frozen dataclasses. YAML files hold only plain values; unknown keys, wrong types
+and out-of-range values are :class:`~ich3d.errors.ConfigError` naming the dotted key. The resolved
+config of a run is written back as ``RUN/config.yaml`` and stored (as a plain dict) in checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from ich3d.errors import ConfigError
+
+INPUT_MODES = ("bsb", "bsb25d")
+HEADS = ("gru", "slice")
+STAGE_ORDER = ("slice", "sequence", "finetune")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How slices become network input.
+
+    Attributes:
+        image_size: side S of the (S, S) network input in pixels; the HU cache is resized on the fly
+            when its size differs.
+        input: ``bsb`` (brain/subdural/soft-tissue windows, 3 channels) or ``bsb25d`` (BSB of the
+            slice and ``context`` neighbours on each side, 3 * (2 * context + 1) channels).
+        context: neighbours on each side for ``bsb25d``.
+    """
+
+    image_size: int = 128
+    input: str = "bsb"
+    context: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.image_size >= 16, "data.image_size", "must be >= 16")
+        _check(self.input in INPUT_MODES, "data.input", f"must be one of {INPUT_MODES}")
+        _check(self.context >= 1, "data.context", "must be >= 1")
+
+    @property
+    def slices_per_sample(self) -> int:
+        """Number of neighbouring slices read per input image (1 for ``bsb``)."""
+        return 2 * self.context + 1 if self.input == "bsb25d" else 1
+
+    @property
+    def in_channels(self) -> int:
+        """Channels C of the encoder input."""
+        return 3 * self.slices_per_sample
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation, applied per series on the device (never at inference)."""
+
+    flip: bool = True
+    rotate_deg: float = 10.0
+    scale: float = 0.1
+    translate: float = 0.05
+    window_jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("rotate_deg", "scale", "translate", "window_jitter"):
+            _check(getattr(self, name) >= 0, f"augment.{name}", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """2D CNN encoder, built by name from :data:`ich3d.models.encoder.ENCODERS`."""
+
+    name: str = "small"
+    weights: Union[str, None] = None
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Sequence head over a series' slice embeddings."""
+
+    name: str = "gru"
+    hidden: int = 128
+    num_layers: int = 2
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(self.name in HEADS, "model.head.name", f"must be one of {HEADS}")
+        _check(self.hidden >= 1 and self.num_layers >= 1, "model.head", "hidden, num_layers >= 1")
+        _check(0 <= self.dropout < 1, "model.head.dropout", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One training stage.
+
+    Attributes:
+        epochs: passes; for ``slice`` an epoch is ``samples_per_epoch`` sampled slices (0 = all
+            readable labeled training slices); for ``sequence``/``finetune`` one pass over the series.
+        batch_size: slices (``slice``) or series (``sequence``, ``finetune``) per step.
+        lr, weight_decay: AdamW settings; the learning rate follows a cosine schedule with warmup.
+        positive_fraction: ``slice`` only: share of each epoch drawn from slices with ``any`` = 1.
+        crop_len: series longer than this are randomly cropped to it in training (0 = no crop).
+    """
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+    positive_fraction: float = 0.3
+    samples_per_epoch: int = 0
+    crop_len: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "stages.*.epochs", "must be >= 1")
+        _check(self.batch_size >= 1, "stages.*.batch_size", "must be >= 1")
+        _check(self.lr > 0 and self.weight_decay >= 0, "stages.*.lr", "lr > 0, weight_decay >= 0")
+        _check(0 <= self.positive_fraction <= 1, "stages.*.positive_fraction", "must be in [0, 1]")
+        _check(0 <= self.warmup_fraction < 1, "stages.*.warmup_fraction", "must be in [0, 1)")
+        _check(self.samples_per_epoch >= 0 and self.crop_len >= 0, "stages.*", "counts must be >= 0")
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """Test-time augmentation and batching at inference."""
+
+    tta_flip: bool = True
+    tta_reverse: bool = True
+    batch_slices: int = 256
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole training configuration (see ``configs/*.yaml``)."""
+
+    seed: int = 0
+    folds: int = 5
+    num_workers: int = 1
+    amp: bool = True
+    channels_last: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    stages: dict[str, StageConfig] = field(default_factory=lambda: {"slice": StageConfig()})
+    infer: InferConfig = field(default_factory=InferConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.folds >= 2, "folds", "must be >= 2")
+        _check(self.num_workers >= 0, "num_workers", "must be >= 0")
+        unknown = sorted(set(self.stages) - set(STAGE_ORDER))
+        _check(not unknown, "stages", f"unknown stage(s) {unknown}; known: {STAGE_ORDER}")
+        _check("slice" in self.stages, "stages", "the 'slice' stage trains the encoder: it is required")
+
+    def stage_names(self) -> list[str]:
+        """The stages to run, in their fixed order."""
+        return [name for name in STAGE_ORDER if name in self.stages]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (YAML/checkpoint friendly) of the resolved config."""
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    """Checks and converts one YAML value to the annotated type ``hint``."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _from_dict(hint, value, key)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return _convert(value, options[0], key)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        args = typing.get_args(hint)
+        if not args:
+            return dict(value)
+        return {str(k): _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+        return value
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        if hint is int and float(value) != int(value):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        return hint(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {hint!r} at {key}")  # programming error
+
+
+def _from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Builds dataclass ``cls`` from a mapping, rejecting unknown keys (named with their path)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key '{prefix or '<root>'}': expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(where + str(k) for k in unknown)}; "
+            f"known keys{' under ' + prefix if prefix else ''}: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like key.sub=value")
+    key, raw = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Applies ``--set a.b=value`` overrides (values parsed as YAML) to a plain config dict."""
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a mapping")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A YAML path, or the name of a packaged config (``cpu_small`` → ``configs/cpu_small.yaml``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    packaged = resources.files("ich3d") / "configs" / f"{path.stem}.yaml"
+    if path.suffix in ("", ".yaml") and packaged.is_file():
+        return Path(str(packaged))
+    raise ConfigError(f"config file not found: {name_or_path} (give a YAML path or a packaged name such as cpu_small)")
+
+
+def load_config(source: str | Path | dict[str, Any] | None = None, overrides: list[str] | None = None) -> Config:
+    """Loads, overrides and validates a config.
+
+    Args:
+        source: a YAML path, a packaged config name, a plain dict, or None for the defaults.
+        overrides: ``key.sub=value`` strings applied on top.
+
+    Raises:
+        ConfigError: unreadable YAML, unknown keys, or invalid values (the message names the key).
+    """
+    if isinstance(source, dict):
+        data = dict(source)
+    elif source is None:
+        data = {}
+    else:
+        path = resolve_config_path(source)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    return _from_dict(Config, apply_overrides(data, overrides or []))
+
+
+def save_config(config: Config, path: Path) -> None:
+    """Writes the resolved config as YAML."""
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
