@@ -1,0 +1,199 @@
+"""RSNA 2019 weighted multi-label log loss, per-label log loss and ROC-AUC, series-level AUC (no torch)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from ich3d.constants import LABEL_WEIGHTS, LABELS, LOG_LOSS_EPS
+
+
+def _as_label_arrays(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and convert a (labels, predictions) pair to float64 arrays of shape (N, 6).
+
+    Raises:
+        ValueError: wrong shapes, NaN predictions, or labels other than 0, 1 and NaN.
+    """
+    true = np.asarray(y_true, dtype=np.float64)
+    pred = np.asarray(y_pred, dtype=np.float64)
+    if true.ndim != 2 or true.shape[1] != len(LABELS) or true.shape != pred.shape:
+        raise ValueError(
+            f"expected y_true and y_pred of shape (N, {len(LABELS)}), got {true.shape} and {pred.shape}"
+        )
+    if np.isnan(pred).any():
+        raise ValueError("y_pred contains NaN")
+    labeled = true[~np.isnan(true)]
+    if not np.isin(labeled, (0.0, 1.0)).all():
+        raise ValueError("y_true must contain only 0, 1 or NaN (unlabeled)")
+    return true, pred
+
+
+def _bce(true: np.ndarray, pred: np.ndarray, eps: float) -> np.ndarray:
+    """Elementwise binary cross-entropy of clipped probabilities; NaN where ``true`` is NaN."""
+    p = np.clip(pred, eps, 1.0 - eps)
+    return -(true * np.log(p) + (1.0 - true) * np.log1p(-p))
+
+
+def weighted_log_loss(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    weights: Sequence[float] = LABEL_WEIGHTS,
+    eps: float = LOG_LOSS_EPS,
+) -> float:
+    """RSNA 2019 weighted multi-label log loss (ARCHITECTURE.md section 5).
+
+    L = -1 / (N * sum(w)) * sum_i sum_j w_j [y_ij log p_ij + (1 - y_ij) log(1 - p_ij)], p clipped to
+    [eps, 1 - eps]. Equal to ``sklearn.metrics.log_loss`` over the long ``ID_<img>_<label>`` rows with
+    sample weight ``w_j``. Unlabeled entries (NaN in ``y_true``) are left out of both sums.
+
+    Args:
+        y_true: (N, 6) labels in {0, 1}, NaN = unlabeled, columns in ``LABELS`` order.
+        y_pred: (N, 6) probabilities in [0, 1].
+        weights: (6,) label weights (``any`` = 2).
+        eps: clipping of the probabilities.
+
+    Returns:
+        The loss in nats; NaN when nothing is labeled.
+
+    Raises:
+        ValueError: wrong shapes, NaN predictions or labels other than 0/1/NaN.
+    """
+    true, pred = _as_label_arrays(y_true, y_pred)
+    labeled = ~np.isnan(true)
+    w = np.broadcast_to(np.asarray(weights, dtype=np.float64), true.shape) * labeled
+    if w.sum() == 0:
+        return math.nan
+    losses = np.where(labeled, _bce(np.nan_to_num(true), pred, eps), 0.0)
+    return float((losses * w).sum() / w.sum())
+
+
+def per_label_log_loss(
+    y_true: np.ndarray, y_pred: np.ndarray, eps: float = LOG_LOSS_EPS
+) -> dict[str, float]:
+    """Mean binary log loss of each label over its labeled rows (NaN when none).
+
+    Args:
+        y_true: (N, 6) labels in {0, 1}, NaN = unlabeled.
+        y_pred: (N, 6) probabilities.
+        eps: clipping of the probabilities.
+
+    Returns:
+        ``{label: loss}`` in ``LABELS`` order.
+    """
+    true, pred = _as_label_arrays(y_true, y_pred)
+    result = {}
+    for j, name in enumerate(LABELS):
+        labeled = ~np.isnan(true[:, j])
+        losses = _bce(true[labeled, j], pred[labeled, j], eps)
+        result[name] = float(losses.mean()) if losses.size else math.nan
+    return result
+
+
+def _auc(true: np.ndarray, score: np.ndarray) -> float:
+    """ROC-AUC over the labeled entries; NaN when fewer than two classes are present."""
+    labeled = ~np.isnan(true)
+    true, score = true[labeled], score[labeled]
+    if np.unique(true).size < 2:
+        return math.nan
+    return float(roc_auc_score(true, score))
+
+
+def per_label_auc(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """ROC-AUC of each label over its labeled rows.
+
+    Args:
+        y_true: (N, 6) labels in {0, 1}, NaN = unlabeled.
+        y_pred: (N, 6) probabilities (or any monotone score).
+
+    Returns:
+        ``{label: auc}`` in ``LABELS`` order; NaN for a label with a single class (never raises).
+    """
+    true, pred = _as_label_arrays(y_true, y_pred)
+    return {name: _auc(true[:, j], pred[:, j]) for j, name in enumerate(LABELS)}
+
+
+def series_auc_any(
+    y_true_any: np.ndarray, y_pred_any: np.ndarray, series_ids: Sequence[str] | np.ndarray
+) -> float:
+    """Series-level ROC-AUC of ``any``: a series' label and score are the max over its slices.
+
+    Args:
+        y_true_any: (N,) slice labels of ``any`` in {0, 1}, NaN = unlabeled (ignored in the max).
+        y_pred_any: (N,) slice probabilities of ``any``.
+        series_ids: (N,) series identifier of each slice.
+
+    Returns:
+        The AUC over series with at least one labeled slice; NaN when only one class is present.
+    """
+    true = np.asarray(y_true_any, dtype=np.float64).ravel()
+    pred = np.asarray(y_pred_any, dtype=np.float64).ravel()
+    ids = np.asarray(series_ids)
+    if not true.shape == pred.shape == ids.shape:
+        raise ValueError(f"shapes differ: y_true {true.shape}, y_pred {pred.shape}, series_ids {ids.shape}")
+    _, inverse = np.unique(ids, return_inverse=True)
+    n_series = int(inverse.max()) + 1 if inverse.size else 0
+    series_true = np.full(n_series, np.nan)
+    series_pred = np.full(n_series, np.nan)
+    np.fmax.at(series_true, inverse, true)  # fmax ignores NaN: unlabeled slices do not count
+    np.fmax.at(series_pred, inverse, pred)
+    return _auc(series_true, series_pred)
+
+
+def _json_float(value: float) -> float | None:
+    """A float for JSON: None instead of NaN."""
+    return None if math.isnan(value) else float(value)
+
+
+def evaluate(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    series_ids: Sequence[str] | np.ndarray | None = None,
+) -> dict:
+    """All validation figures in one JSON-serialisable dict (None where a figure is undefined).
+
+    Args:
+        y_true: (N, 6) labels in {0, 1}, NaN = unlabeled, columns in ``LABELS`` order.
+        y_pred: (N, 6) probabilities.
+        series_ids: (N,) series of each row; adds ``series_auc_any`` when given.
+
+    Returns:
+        ``{"weighted_log_loss": float, "log_loss": {label: float}, "auc": {label: float},
+        "series_auc_any": float (only with series_ids), "n_images": int}``.
+    """
+    result: dict = {
+        "weighted_log_loss": _json_float(weighted_log_loss(y_true, y_pred)),
+        "log_loss": {k: _json_float(v) for k, v in per_label_log_loss(y_true, y_pred).items()},
+        "auc": {k: _json_float(v) for k, v in per_label_auc(y_true, y_pred).items()},
+    }
+    if series_ids is not None:
+        any_col = LABELS.index("any")
+        true, pred = np.asarray(y_true), np.asarray(y_pred)
+        result["series_auc_any"] = _json_float(series_auc_any(true[:, any_col], pred[:, any_col], series_ids))
+    result["n_images"] = int(np.asarray(y_true).shape[0])
+    return result
+
+
+def prior_predictions(y_train: np.ndarray, n: int) -> np.ndarray:
+    """The prevalence baseline: every row predicts the training label means.
+
+    Args:
+        y_train: (M, 6) training labels in {0, 1}, NaN = unlabeled (ignored).
+        n: number of rows to predict.
+
+    Returns:
+        (n, 6) float64 probabilities, each row the per-label prevalence of ``y_train``.
+
+    Raises:
+        ValueError: wrong shape, or a label with no labeled row.
+    """
+    y = np.asarray(y_train, dtype=np.float64)
+    if y.ndim != 2 or y.shape[1] != len(LABELS):
+        raise ValueError(f"expected y_train of shape (M, {len(LABELS)}), got {y.shape}")
+    labeled = (~np.isnan(y)).sum(axis=0)
+    if (labeled == 0).any():
+        raise ValueError("y_train has a label without any labeled row: cannot compute its prevalence")
+    prior = np.nansum(y, axis=0) / labeled
+    return np.tile(prior, (n, 1))
