@@ -1,0 +1,69 @@
+"""Tests of ich3d.losses.WeightedBCELoss: equal to the RSNA metric, masking, NaN targets."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import log_loss
+
+from ich3d.constants import LABEL_WEIGHTS
+from ich3d.losses import WeightedBCELoss
+from ich3d.metrics import weighted_log_loss
+
+
+def _case(shape: tuple[int, ...] = (3, 7), seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(*shape, 6, generator=gen) * 2  # moderate: the metric clips at 1e-7, the loss does not
+    targets = (torch.rand(*shape, 6, generator=gen) < 0.3).float()
+    return logits, targets
+
+
+def test_hand_computed_case() -> None:
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, math.log(3.0)]])  # p = 0.5 x5, 0.75
+    targets = torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0, 1.0]])
+    expected = (2 * math.log(2) + 4 * math.log(2) - math.log(0.75)) / 7
+    assert WeightedBCELoss()(logits, targets).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_equals_metric_and_sklearn() -> None:
+    logits, targets = _case()
+    loss = WeightedBCELoss()(logits, targets).item()
+    y_true = targets.reshape(-1, 6).numpy().astype(np.float64)
+    y_pred = torch.sigmoid(logits.double()).reshape(-1, 6).numpy()
+    assert loss == pytest.approx(weighted_log_loss(y_true, y_pred), rel=1e-5)
+    sample_weight = np.tile(LABEL_WEIGHTS, len(y_true))
+    assert loss == pytest.approx(log_loss(y_true.ravel(), y_pred.ravel(), sample_weight=sample_weight), rel=1e-5)
+
+
+def test_mask_and_nan_targets_are_left_out() -> None:
+    logits, targets = _case((2, 5))
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    expected = WeightedBCELoss()(logits[mask], targets[mask])
+    garbage_logits, nan_targets = logits.clone(), targets.clone()
+    garbage_logits[~mask] = float("nan")
+    garbage_logits.requires_grad_(True)
+    loss = WeightedBCELoss()(garbage_logits, targets, mask)
+    loss.backward()
+    assert loss.item() == pytest.approx(expected.item())
+    assert torch.isfinite(garbage_logits.grad).all()
+    assert torch.equal(garbage_logits.grad[~mask], torch.zeros_like(garbage_logits.grad[~mask]))
+    nan_targets[~mask] = float("nan")
+    assert WeightedBCELoss()(logits, nan_targets).item() == pytest.approx(expected.item())
+
+
+def test_gradients_finite_and_zero_when_nothing_valid() -> None:
+    logits, targets = _case()
+    logits.requires_grad_(True)
+    targets[:] = float("nan")
+    loss = WeightedBCELoss()(logits, targets)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_shape_mismatch_raises() -> None:
+    with pytest.raises(ValueError):
+        WeightedBCELoss()(torch.zeros(2, 6), torch.zeros(2, 5))
