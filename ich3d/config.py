@@ -112,6 +112,9 @@ class StageConfig:
         lr, weight_decay: AdamW settings; the learning rate follows a cosine schedule with warmup.
         positive_fraction: ``slice`` only: share of each epoch drawn from slices with ``any`` = 1.
         crop_len: series longer than this are randomly cropped to it in training (0 = no crop).
+        drop_slices: ``sequence``/``finetune``: share of readable slices hidden from the model in
+            training (replaced by the missing-slice embedding), so it learns to predict unreadable
+            slices from their neighbours.
     """
 
     epochs: int = 1
@@ -122,8 +125,10 @@ class StageConfig:
     positive_fraction: float = 0.3
     samples_per_epoch: int = 0
     crop_len: int = 0
+    drop_slices: float = 0.0
 
     def __post_init__(self) -> None:
+        _check(0 <= self.drop_slices < 1, "stages.*.drop_slices", "must be in [0, 1)")
         _check(self.epochs >= 1, "stages.*.epochs", "must be >= 1")
         _check(self.batch_size >= 1, "stages.*.batch_size", "must be >= 1")
         _check(self.lr > 0 and self.weight_decay >= 0, "stages.*.lr", "lr > 0, weight_decay >= 0")

@@ -1,0 +1,160 @@
+"""Batched prediction over a :class:`~ich3d.data.SeriesTable`: slice embeddings, then the head.
+
+Inference runs in two passes: the encoder embeds every readable slice once (optionally also its
+left-right flip), then the sequence head runs over each series' embedding sequence (optionally also
+reversed). Test-time augmentation therefore costs one extra encoder pass at most. Unreadable slices
+get no encoder pass; the model's missing-slice embedding stands in for them, so they are predicted
+from their series context.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ich3d.config import DataConfig
+from ich3d.data import SeriesDataset, SeriesTable, pad_series
+from ich3d.runtime import Runtime, eval_mode
+from ich3d.transforms import AugmentParams, series_neighbours, to_input
+
+
+def series_loader(table: SeriesTable, series_ids: np.ndarray, batch_size: int, num_workers: int,
+                  runtime: Runtime, crop_len: int = 0, crop_starts: np.ndarray | None = None) -> DataLoader:
+    """A loader of padded series batches (see :func:`ich3d.data.pad_series`)."""
+    dataset = SeriesDataset(table, series_ids, crop_len=crop_len, crop_starts=crop_starts)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=pad_series, pin_memory=runtime.device.type == "cuda",
+                      persistent_workers=False)
+
+
+def series_input(batch: dict[str, torch.Tensor], data: DataConfig, runtime: Runtime,
+                 params: AugmentParams | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder input of a padded series batch.
+
+    Args:
+        params: per-series (B) augmentation parameters, applied to all slices of a series; None: none.
+
+    Returns:
+        x: (M, C, S, S) float32 windowed images of the real, readable slices (row-major over B, N).
+        keep: (B, N) bool, which slices x holds.
+    """
+    hu = batch["hu"].to(runtime.device, non_blocking=True)
+    readable = batch["readable"].to(runtime.device)
+    keep = readable & batch["mask"].to(runtime.device)
+    context = data.context if data.input == "bsb25d" else 0
+    stacked = series_neighbours(hu, readable, context)[keep]  # (M, K, S0, S0)
+    if params is None:
+        return to_input(stacked, data.image_size), keep
+    series_of = torch.arange(len(hu))[:, None].expand(keep.shape)[keep.cpu()]
+    return to_input(stacked, data.image_size, params.take(series_of), augment=True), keep
+
+
+def flat_positions(table: SeriesTable, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, N) int64 flat slice index of each position of a padded batch (-1 on padding)."""
+    n = batch["mask"].shape[1]
+    first = torch.from_numpy(table.offsets[batch["index"].numpy()]) + batch["start"]
+    flat = first[:, None] + torch.arange(n)[None, :]
+    return torch.where(batch["mask"], flat, torch.full_like(flat, -1))
+
+
+def encode_table(model: torch.nn.Module, table: SeriesTable, data: DataConfig, runtime: Runtime,
+                 series_ids: np.ndarray, flip: bool = False, batch_series: int = 4,
+                 num_workers: int = 0) -> torch.Tensor:
+    """Embeds the readable slices of ``series_ids``.
+
+    Returns:
+        (n_slices, F) float32 on the CPU for the whole table; rows of other series and of unreadable
+        slices are zero.
+    """
+    out: torch.Tensor | None = None
+    with eval_mode(model):
+        for batch in series_loader(table, series_ids, batch_series, num_workers, runtime):
+            x, keep = series_input(batch, data, runtime)
+            if flip:
+                x = x.flip(-1)
+            with runtime.autocast():
+                emb = model.encode(x).float().cpu()
+            if out is None:
+                out = torch.zeros((table.n_slices, emb.shape[1]))
+            out[flat_positions(table, batch)[keep.cpu()]] = emb
+    assert out is not None, "no series to encode"
+    return out
+
+
+def sequence_index(table: SeriesTable, series_ids: np.ndarray, reverse: bool = False,
+                   starts: np.ndarray | None = None, crop_len: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat slice indices of a batch of series (or crops of them) as a padded (B, N) matrix.
+
+    Args:
+        series_ids: (B,) series positions in ``table``.
+        reverse: order each series from its last slice to its first.
+        starts: (B,) first slice of each crop (None: 0); ``crop_len`` > 0 caps the crop length.
+
+    Returns:
+        index: (B, N) int64 flat slice index (0 on padding).
+        mask: (B, N) bool, real slices.
+    """
+    lengths = torch.from_numpy(table.lengths[series_ids])
+    if crop_len:
+        lengths = lengths.clamp(max=crop_len)
+    n = int(lengths.max())
+    position = torch.arange(n)[None, :].expand(len(series_ids), n)
+    mask = position < lengths[:, None]
+    if reverse:
+        position = lengths[:, None] - 1 - position
+    first = torch.from_numpy(table.offsets[series_ids])
+    if starts is not None:
+        first = first + torch.from_numpy(np.asarray(starts, dtype=np.int64))
+    index = first[:, None] + position
+    return torch.where(mask, index, torch.zeros_like(index)), mask
+
+
+def head_logits(model: torch.nn.Module, table: SeriesTable, embeddings: torch.Tensor, series_ids: np.ndarray,
+                runtime: Runtime, reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Runs the head over whole series of cached embeddings.
+
+    Returns:
+        logits: (B, N, 6) float32 on the CPU, in the order of ``index``.
+        index, mask: as :func:`sequence_index`.
+    """
+    index, mask = sequence_index(table, series_ids, reverse)
+    readable = torch.from_numpy(table.readable)[index] & mask
+    emb = embeddings[index].to(runtime.device)
+    with runtime.autocast():
+        logits = model.forward_embeddings(emb, mask.to(runtime.device), readable.to(runtime.device))
+    return logits.float().cpu(), index, mask
+
+
+def predict_table(model: torch.nn.Module, table: SeriesTable, data: DataConfig, runtime: Runtime,
+                  series_ids: np.ndarray, tta_flip: bool = False, tta_reverse: bool = False,
+                  batch_series: int = 4, num_workers: int = 0) -> np.ndarray:
+    """Per-slice probabilities of ``series_ids``, averaged over the test-time augmentations.
+
+    Returns:
+        (n_slices, 6) float32 probabilities; NaN on rows of other series.
+    """
+    views = [encode_table(model, table, data, runtime, series_ids, flip, batch_series, num_workers)
+             for flip in ([False, True] if tta_flip else [False])]
+    return predict_from_embeddings(model, table, views, runtime, series_ids, tta_reverse)
+
+
+def predict_from_embeddings(model: torch.nn.Module, table: SeriesTable, views: list[torch.Tensor],
+                            runtime: Runtime, series_ids: np.ndarray, tta_reverse: bool = False,
+                            batch_series: int = 64) -> np.ndarray:
+    """Head probabilities from cached embedding views (e.g. plain and flipped), averaged."""
+    total = torch.zeros((table.n_slices, 6))
+    count = 0
+    with eval_mode(model):
+        for emb in views:
+            for reverse in [False, True] if tta_reverse else [False]:
+                for start in range(0, len(series_ids), batch_series):
+                    chunk = series_ids[start:start + batch_series]
+                    logits, index, mask = head_logits(model, table, emb, chunk, runtime, reverse)
+                    total[index[mask]] += torch.sigmoid(logits[mask])
+                count += 1
+    probs = (total / count).numpy()
+    covered = np.zeros(table.n_slices, dtype=bool)
+    covered[np.concatenate([np.arange(table.offsets[s], table.offsets[s + 1]) for s in series_ids])] = True
+    probs[~covered] = np.nan
+    return probs
