@@ -143,7 +143,7 @@ class InferConfig:
 
     tta_flip: bool = True
     tta_reverse: bool = True
-    batch_slices: int = 256
+    batch_series: int = 8  # series per encoder batch
 
 
 @dataclass(frozen=True)

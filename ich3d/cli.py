@@ -1,0 +1,217 @@
+"""The ``ich3d`` command line: thin click wrappers over the typed API (heavy imports inside commands)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from ich3d import __version__
+from ich3d.constants import EXIT_ERROR, EXIT_PARTIAL
+from ich3d.errors import Ich3dError
+
+log = logging.getLogger("ich3d")
+PathArg = click.Path(path_type=Path)
+ExistingDir = click.Path(exists=True, file_okay=False, path_type=Path)
+ExistingFile = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def _console(ctx: click.Context) -> Any:
+    from rich.console import Console
+
+    return Console(quiet=ctx.obj["quiet"])
+
+
+def handle_errors(command: Callable) -> Callable:
+    """Turns user-fixable errors into a one-line message and exit code 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except Ich3dError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_ERROR)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ich3d")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or tables; warnings and errors only.")
+@click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
+@click.pass_context
+def main(ctx: click.Context, quiet: bool, verbose: bool) -> None:
+    """Intracranial hemorrhage detection on head CT (RSNA 2019 format)."""
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=Console(stderr=True), show_path=False, show_time=False)])
+    ctx.obj = {"quiet": quiet}
+
+
+@main.command()
+@click.option("--out", required=True, type=PathArg, help="Folder to write the RSNA-layout dataset into.")
+@click.option("--n-series", default=40, show_default=True, help="Training series.")
+@click.option("--n-test-series", default=10, show_default=True, help="Test series.")
+@click.option("--image-size", default=512, show_default=True, help="Slice size in pixels.")
+@click.option("--seed", default=0, show_default=True)
+@click.pass_context
+@handle_errors
+def synth(ctx: click.Context, out: Path, n_series: int, n_test_series: int, image_size: int, seed: int) -> None:
+    """Write a synthetic head-CT dataset in the RSNA 2019 layout."""
+    from ich3d.synth import SynthConfig, make_synthetic_dataset
+
+    config = SynthConfig(n_train_series=n_series, n_test_series=n_test_series, image_size=image_size, seed=seed)
+    summary = make_synthetic_dataset(out, config)
+    _console(ctx).print(f"synthetic dataset in {out}: {summary}")
+
+
+@main.command("build-series")
+@click.option("--dicom-dir", "dicom_dirs", multiple=True, required=True, type=ExistingDir,
+              help="Folder of DICOM files (searched recursively); repeat for several.")
+@click.option("--labels", type=ExistingFile, help="Labels CSV in the RSNA long format (ID,Label).")
+@click.option("--out", required=True, type=PathArg, help="Dataset folder to write.")
+@click.option("--image-size", default=256, show_default=True, help="Side of the cached HU slices.")
+@click.option("--workers", type=int, help="Worker processes [default: all cores].")
+@click.option("--overwrite", is_flag=True, help="Rebuild cached series that already exist.")
+@click.option("--num-parts", default=1, show_default=True, help="Split the pixel pass over this many jobs.")
+@click.option("--part-id", default=0, show_default=True, help="This job's part (0-based).")
+@click.option("--index-only", is_flag=True, help="Stop after the header index.")
+@click.option("--strict", is_flag=True, help=f"Exit with code {EXIT_PARTIAL} when any input was skipped.")
+@click.pass_context
+@handle_errors
+def build_series_command(ctx: click.Context, dicom_dirs: tuple[Path, ...], labels: Path | None, out: Path,
+                         image_size: int, workers: int | None, overwrite: bool, num_parts: int, part_id: int,
+                         index_only: bool, strict: bool) -> None:
+    """Index DICOM files into series, join labels and cache Hounsfield units."""
+    from ich3d.build import build_series
+    from ich3d.report import print_build_summary
+
+    summary = build_series(list(dicom_dirs), out, labels_csv=labels, image_size=image_size, workers=workers,
+                           overwrite=overwrite, num_parts=num_parts, part_id=part_id, index_only=index_only,
+                           progress=not ctx.obj["quiet"])
+    print_build_summary(summary, _console(ctx))
+    if strict and summary.get("n_skipped", 0):
+        sys.exit(EXIT_PARTIAL)
+
+
+@main.command()
+@click.argument("image")
+@click.option("--dataset", required=True, type=ExistingDir)
+@click.option("--out", required=True, type=PathArg, help="PNG file to write.")
+@click.option("--series", "series_montage", is_flag=True, help="Also draw the image's series as a montage (OUT stem + _series.png).")
+@click.pass_context
+@handle_errors
+def show(ctx: click.Context, image: str, dataset: Path, out: Path, series_montage: bool) -> None:
+    """Draw the panel figure of one image (ID or path): raw, header window, scaled, BSB."""
+    from ich3d.viz import show_image, show_series_of_image
+
+    written = [show_image(dataset, image, out)]
+    if series_montage:
+        written.append(show_series_of_image(dataset, image, out.with_name(out.stem + "_series.png")))
+    _console(ctx).print("wrote " + ", ".join(map(str, written)))
+
+
+@main.command()
+@click.option("--dataset", required=True, type=ExistingDir, help="Dataset folder from build-series.")
+@click.option("--config", "config_path", help="YAML config or packaged name (cpu_small, rsna_256).")
+@click.option("--out", required=True, type=PathArg, help="Run folder.")
+@click.option("--fold", default=0, show_default=True, help="Validation fold.")
+@click.option("--set", "overrides", multiple=True, help="Override a config value: key.sub=value (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--device", help="cpu, cuda, cuda:1 ... [default: cuda if available]")
+@click.pass_context
+@handle_errors
+def train(ctx: click.Context, dataset: Path, config_path: str | None, out: Path, fold: int,
+          overrides: tuple[str, ...], resume: bool, device: str | None) -> None:
+    """Train the CNN encoder and GRU head in stages (launch with torchrun for several GPUs)."""
+    from ich3d.report import EpochTable
+    from ich3d.train import fit
+
+    if config_path is None and not resume:
+        raise click.UsageError("--config is required (unless --resume)")
+    table = EpochTable(_console(ctx))
+    result = fit(dataset, out, config_path, list(overrides), fold=fold, resume=resume, device=device, report=table.add)
+    table.final(result, out)
+
+
+@main.command()
+@click.option("--run", "runs", multiple=True, required=True, type=PathArg, help="Run folder (repeat to average).")
+@click.option("--dataset", type=ExistingDir, help="Dataset folder from build-series.")
+@click.option("--dicom-dir", "dicom_dirs", multiple=True, type=ExistingDir, help="Or DICOM folder(s) to read.")
+@click.option("--sample-submission", type=ExistingFile, help="Rows and order the submission must have.")
+@click.option("--out", required=True, type=PathArg)
+@click.option("--allow-missing", is_flag=True, help="Fill requested images without a file with the prior.")
+@click.option("--num-parts", default=1, show_default=True)
+@click.option("--part-id", default=0, show_default=True)
+@click.option("--device")
+@click.option("--workers", type=int, help="Processes for reading DICOM [default: all cores].")
+@click.pass_context
+@handle_errors
+def infer(ctx: click.Context, runs: tuple[Path, ...], dataset: Path | None, dicom_dirs: tuple[Path, ...],
+          sample_submission: Path | None, out: Path, allow_missing: bool, num_parts: int, part_id: int,
+          device: str | None, workers: int | None) -> None:
+    """Predict every image and write submission.csv and predictions.parquet."""
+    from ich3d.infer import predict
+    from ich3d.report import print_infer_summary
+
+    summary = predict(list(runs), out, dataset=dataset, dicom_dirs=list(dicom_dirs), sample_submission=sample_submission,
+                      allow_missing=allow_missing, num_parts=num_parts, part_id=part_id, device=device,
+                      workers=workers, progress=not ctx.obj["quiet"])
+    print_infer_summary(summary, _console(ctx))
+
+
+@main.command()
+@click.option("--out", required=True, type=ExistingDir, help="The --out folder of the infer parts.")
+@click.option("--sample-submission", type=ExistingFile)
+@click.option("--allow-missing", is_flag=True)
+@click.pass_context
+@handle_errors
+def merge(ctx: click.Context, out: Path, sample_submission: Path | None, allow_missing: bool) -> None:
+    """Join sharded inference parts into one submission."""
+    from ich3d.infer import merge as merge_parts
+    from ich3d.report import print_infer_summary
+
+    print_infer_summary(merge_parts(out, sample_submission, allow_missing), _console(ctx))
+
+
+@main.command()
+@click.argument("submission", type=ExistingFile)
+@click.option("--labels", required=True, type=ExistingFile, help="Ground truth, RSNA long format.")
+@click.option("--dataset", type=ExistingDir, help="Dataset index for the series-level AUC.")
+@click.option("--out", type=PathArg, help="JSON file for the score [default: next to SUBMISSION].")
+@click.pass_context
+@handle_errors
+def score(ctx: click.Context, submission: Path, labels: Path, dataset: Path | None, out: Path | None) -> None:
+    """Score a submission: weighted log loss, per-label log loss and AUC, series AUC."""
+    from ich3d.report import print_score
+    from ich3d.submission import save_score, score_submission, series_lookup
+
+    result = score_submission(submission, labels, series_lookup(submission, dataset))
+    save_score(result, out or submission.with_name("score.json"))
+    print_score(result, _console(ctx))
+
+
+@main.command()
+@click.option("--out", default="ich3d-demo", show_default=True, type=PathArg)
+@click.option("--n-series", default=60, show_default=True, help="Synthetic training series.")
+@click.option("--n-test-series", default=16, show_default=True)
+@click.option("--config", "config_name", default="cpu_small", show_default=True)
+@click.option("--set", "overrides", multiple=True, help="Config overrides key=value.")
+@click.option("--seed", default=0, show_default=True)
+@click.pass_context
+@handle_errors
+def demo(ctx: click.Context, out: Path, n_series: int, n_test_series: int, config_name: str,
+         overrides: tuple[str, ...], seed: int) -> None:
+    """synth → build-series → train → infer → score on synthetic data, with the prior for comparison."""
+    from ich3d.demo import run_demo
+    from ich3d.report import print_demo
+
+    print_demo(run_demo(out, n_series, n_test_series, config_name, list(overrides), seed,
+                        progress=not ctx.obj["quiet"]), _console(ctx))

@@ -1,0 +1,88 @@
+"""Rich tables for the CLI: build summary, training epochs, inference counts, scores, the demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ich3d.constants import LABELS
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def print_build_summary(summary: dict[str, Any], console: Console) -> None:
+    """Counts of files by status, series, labels and timings of a build."""
+    table = Table(title="build-series", show_header=False)
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) or "-"
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value[:5])) + (" ..." if len(value) > 5 else "") if value else "-"
+        table.add_row(key, _fmt(value))
+    console.print(table)
+
+
+class EpochTable:
+    """Prints one row per finished epoch (validation metrics), then the saved model's record."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def add(self, record: dict[str, Any]) -> None:
+        valid = record["valid"]
+        auc = valid.get("auc", {}).get("any")
+        self.console.print(
+            f"[bold]{record['stage']:>8}[/] epoch {record['epoch']:>3}  train loss {record['train_loss']:.4f}  "
+            f"valid wlogloss {_fmt(valid['weighted_log_loss'])}  AUC(any) {_fmt(auc)}  "
+            f"series AUC {_fmt(valid.get('series_auc_any'))}  ({record['seconds']:.0f} s)"
+        )
+
+    def final(self, result: dict[str, Any], out: Path) -> None:
+        self.console.print(score_table(result["metrics"], f"saved model: {result['stage']} epoch {result['epoch']} in {out}"))
+
+
+def score_table(metrics: dict[str, Any], title: str) -> Table:
+    """Per-label log loss and AUC, with the weighted log loss and series AUC in the caption."""
+    table = Table(title=title)
+    table.add_column("label")
+    table.add_column("log loss", justify="right")
+    table.add_column("AUC", justify="right")
+    for name in LABELS:
+        table.add_row(name, _fmt(metrics["log_loss"][name]), _fmt(metrics["auc"][name]))
+    table.caption = (f"weighted log loss {_fmt(metrics['weighted_log_loss'])}"
+                     + (f", series AUC(any) {_fmt(metrics['series_auc_any'])}" if metrics.get("series_auc_any") is not None else ""))
+    return table
+
+
+def print_score(metrics: dict[str, Any], console: Console) -> None:
+    console.print(score_table(metrics, "score"))
+    console.print(f"weighted log loss: {metrics['weighted_log_loss']:.5f}")
+
+
+def print_infer_summary(summary: dict[str, Any], console: Console) -> None:
+    table = Table(title="infer", show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+def print_demo(result: dict[str, Any], console: Console) -> None:
+    """The demo's score next to the prevalence prior's."""
+    console.print(score_table(result["score"], "demo: held-out synthetic test split"))
+    table = Table(title="demo summary")
+    table.add_column("model")
+    table.add_column("weighted log loss", justify="right")
+    table.add_row("prevalence prior", f"{result['prior_score']:.4f}")
+    table.add_row("slice-only (validation)", _fmt(result.get("slice_valid")))
+    table.add_row("CNN + GRU (validation)", _fmt(result.get("sequence_valid")))
+    table.add_row("[bold]CNN + GRU (test)[/]", f"[bold]{result['score']['weighted_log_loss']:.4f}[/]")
+    console.print(table)
+    console.print(f"demo test weighted log loss: {result['score']['weighted_log_loss']:.4f} "
+                  f"(prior {result['prior_score']:.4f}); outputs in {result['out']} ({result['seconds']:.0f} s)")

@@ -1,0 +1,138 @@
+"""RSNA submission files (``ID,Label`` with ``ID_<image>_<label>``): writing, validation, scoring.
+
+Torch-free, so ``ich3d score`` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ich3d.constants import LABELS
+from ich3d.errors import InputError
+from ich3d.metrics import evaluate
+
+_LABEL_INDEX = {name: j for j, name in enumerate(LABELS)}
+
+
+def _read_long(path: Path, what: str) -> pd.DataFrame:
+    """Reads an ``ID,Label`` CSV and splits IDs into image and label (vectorised)."""
+    if not Path(path).is_file():
+        raise InputError(f"{what} not found: {path}")
+    try:
+        frame = pd.read_csv(path, dtype={"ID": str})
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"{what} {path} is not a readable CSV: {exc}") from exc
+    if list(frame.columns) != ["ID", "Label"]:
+        raise InputError(f"{what} {path} has columns {list(frame.columns)}; expected exactly ID,Label")
+    parts = frame["ID"].str.rsplit("_", n=1, expand=True)
+    if parts.shape[1] != 2:
+        raise InputError(f"{what} {path}: IDs must look like ID_<image>_<label>, got e.g. {frame['ID'].head(3).tolist()}")
+    bad = frame.loc[~parts[1].isin(_LABEL_INDEX), "ID"]
+    if len(bad):
+        raise InputError(f"{what} {path}: IDs must end in one of {LABELS}; bad: {_listing(bad)}")
+    return frame.assign(image_id=parts[0], label=parts[1].map(_LABEL_INDEX))
+
+
+def read_submission_ids(path: Path) -> np.ndarray:
+    """The image IDs a sample submission asks for, in order of first appearance."""
+    return pd.unique(_read_long(path, "sample submission")["image_id"])
+
+
+def write_submission(path: Path, probs: pd.DataFrame, sample: Path | None = None) -> None:
+    """Writes six rows per image.
+
+    Args:
+        probs: (n_images, 6) probabilities indexed by image_id, columns in ``LABELS`` order.
+        sample: when given, exactly its rows in its order; otherwise every image in ``probs`` order.
+    """
+    values = probs.to_numpy(np.float64)
+    if sample is not None:
+        rows = _read_long(sample, "sample submission")
+        position = probs.index.get_indexer(rows["image_id"])
+        ids, labels = rows["ID"].to_numpy(), values[position, rows["label"].to_numpy()]
+    else:
+        ids = (probs.index.to_numpy(str)[:, None] + "_" + np.array(LABELS)[None, :]).ravel()
+        labels = values.ravel()
+    tmp = Path(path).with_suffix(".tmp")
+    pd.DataFrame({"ID": ids, "Label": labels}).to_csv(tmp, index=False, float_format="%.6g")
+    tmp.replace(path)
+
+
+def _listing(ids: pd.Series | np.ndarray | pd.Index) -> str:
+    ids = list(ids)
+    more = f" and {len(ids) - 10} more" if len(ids) > 10 else ""
+    return ", ".join(map(str, ids[:10])) + more
+
+
+def validate_submission(sub: pd.DataFrame, truth: pd.DataFrame) -> None:
+    """Rejects duplicate, missing or unknown IDs and probabilities that are NaN or outside [0, 1].
+
+    Raises:
+        InputError: listing the offending IDs.
+    """
+    problems = []
+    duplicated = sub.loc[sub["ID"].duplicated(), "ID"]
+    if len(duplicated):
+        problems.append(f"duplicate IDs: {_listing(duplicated.unique())}")
+    missing = pd.Index(truth["ID"]).difference(pd.Index(sub["ID"]))
+    if len(missing):
+        problems.append(f"missing IDs: {_listing(missing)}")
+    unknown = pd.Index(sub["ID"]).difference(pd.Index(truth["ID"]))
+    if len(unknown):
+        problems.append(f"unknown IDs (not in the labels): {_listing(unknown)}")
+    label = pd.to_numeric(sub["Label"], errors="coerce")
+    bad = sub.loc[label.isna() | (label < 0) | (label > 1), "ID"]
+    if len(bad):
+        problems.append(f"Label NaN or outside [0, 1]: {_listing(bad)}")
+    if problems:
+        raise InputError("submission rejected: " + "; ".join(problems))
+
+
+def _wide(frame: pd.DataFrame, value: str) -> pd.DataFrame:
+    return frame.pivot_table(index="image_id", columns="label", values=value, aggfunc="first").reindex(columns=range(6))
+
+
+def score_submission(submission: Path, labels: Path, series_of: pd.Series | None = None) -> dict[str, Any]:
+    """Scores a submission against labels in the RSNA long format.
+
+    Args:
+        series_of: image_id → series_uid, for the series-level AUC of ``any`` (optional).
+
+    Returns:
+        :func:`ich3d.metrics.evaluate`'s dict (weighted log loss, per-label log loss and AUC, ...).
+    """
+    truth = _read_long(labels, "labels CSV").drop_duplicates("ID")
+    sub = _read_long(submission, "submission")
+    validate_submission(sub, truth)
+    sub = sub.assign(Label=pd.to_numeric(sub["Label"]))
+    y_true = _wide(truth, "Label")
+    y_pred = _wide(sub, "Label").reindex(y_true.index)
+    if y_true.isna().any().any():
+        raise InputError(f"labels CSV {labels}: some images lack one of the six labels")
+    series = series_of.reindex(y_true.index).fillna("unknown").to_numpy() if series_of is not None else None
+    return evaluate(y_true.to_numpy(), y_pred.to_numpy(), series_ids=series)
+
+
+def save_score(result: dict[str, Any], path: Path) -> None:
+    """Writes the score as JSON."""
+    path.write_text(json.dumps(result, indent=1))
+
+
+def series_lookup(submission: Path, dataset: Path | None) -> pd.Series | None:
+    """image_id → series_uid from a dataset index, or from ``predictions.parquet`` beside the submission."""
+    if dataset is not None:
+        from ich3d.build import load_index
+
+        slices, _ = load_index(dataset)
+    else:
+        predictions = Path(submission).with_name("predictions.parquet")
+        if not predictions.is_file():
+            return None
+        slices = pd.read_parquet(predictions, columns=["image_id", "series_uid"])
+    known = slices.dropna(subset=["series_uid"]).drop_duplicates("image_id")
+    return known.set_index("image_id")["series_uid"]
