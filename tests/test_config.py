@@ -1,0 +1,57 @@
+"""Config loading: packaged configs, overrides, and clear errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ich3d.config import Config, load_config, save_config
+from ich3d.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", ["cpu_small", "rsna_256"])
+def test_packaged_configs_load_and_round_trip(name: str, tmp_path: Path) -> None:
+    config = load_config(name)
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+
+
+def test_overrides_are_typed_and_nested() -> None:
+    config = load_config("cpu_small", ["stages.slice.epochs=7", "model.encoder.name=resnet18", "data.input=bsb25d"])
+    assert config.stages["slice"].epochs == 7
+    assert config.model.encoder.name == "resnet18"
+    assert config.data.in_channels == 9
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ({"dta": {}}, "unknown config key(s) dta"),
+        ({"data": {"imagesize": 64}}, "data.imagesize"),
+        ({"data": {"image_size": "big"}}, "'data.image_size': expected a number"),
+        ({"data": {"image_size": 64.5}}, "expected an integer"),
+        ({"data": {"input": "rgb"}}, "data.input"),
+        ({"stages": {"slice": {"lr": -1}}}, "stages.*.lr"),
+        ({"stages": {"warmup": {}}}, "unknown stage"),
+        ({"stages": {"sequence": {}}}, "'slice' stage"),
+        ({"amp": "yes"}, "'amp': expected true/false"),
+    ],
+)
+def test_bad_values_name_the_key(data: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=None) as info:
+        load_config(data)
+    assert fragment in str(info.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_defaults_are_valid() -> None:
+    assert Config().stage_names() == ["slice"]
