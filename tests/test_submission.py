@@ -1,0 +1,82 @@
+"""Submissions: written in the sample's order, scored like scikit-learn, bad ones rejected with IDs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import log_loss
+
+from ich3d.constants import LABELS
+from ich3d.errors import InputError
+from ich3d.submission import read_submission_ids, score_submission, write_submission
+
+
+def _long(path: Path, images: list[str], values: np.ndarray) -> Path:
+    ids = [f"{image}_{label}" for image in images for label in LABELS]
+    pd.DataFrame({"ID": ids, "Label": values.ravel()}).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture()
+def truth(tmp_path: Path) -> tuple[Path, list[str], np.ndarray]:
+    rng = np.random.default_rng(0)
+    images = [f"ID_{i:09x}" for i in range(20)]
+    y = (rng.random((20, 6)) < 0.3).astype(float)
+    y[:, 0] = y[:, 1:].max(axis=1)
+    return _long(tmp_path / "labels.csv", images, y), images, y
+
+
+def test_write_follows_sample_order(tmp_path: Path) -> None:
+    images = ["ID_a", "ID_b", "ID_c"]
+    sample = _long(tmp_path / "sample.csv", images, np.full((3, 6), 0.5))
+    rows = pd.read_csv(sample).sample(frac=1, random_state=1)
+    rows.to_csv(sample, index=False)
+    probs = pd.DataFrame(np.arange(18).reshape(3, 6) / 20, index=images[::-1])
+    write_submission(tmp_path / "sub.csv", probs, sample)
+    written = pd.read_csv(tmp_path / "sub.csv")
+    assert written["ID"].tolist() == rows["ID"].tolist()
+    image, label = written["ID"].iloc[0].rsplit("_", 1)
+    assert written["Label"].iloc[0] == pytest.approx(probs.loc[image].iloc[LABELS.index(label)])
+    assert list(read_submission_ids(sample)) == list(pd.unique(rows["ID"].str.rsplit("_", n=1).str[0]))
+
+
+def test_score_equals_sklearn_weighted_log_loss(tmp_path: Path, truth) -> None:
+    labels, images, y = truth
+    p = np.random.default_rng(1).uniform(0.01, 0.99, y.shape)
+    sub = _long(tmp_path / "sub.csv", images, p)
+    result = score_submission(sub, labels)
+    weights = np.tile([2, 1, 1, 1, 1, 1], len(images))
+    expected = log_loss(y.ravel(), p.ravel(), sample_weight=weights)
+    assert result["weighted_log_loss"] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "fragment"),
+    [
+        (lambda f: f.iloc[6:], "missing IDs: ID_000000000_any"),
+        (lambda f: pd.concat([f, f.iloc[:1]]), "duplicate IDs: ID_000000000_any"),
+        (lambda f: pd.concat([f, pd.DataFrame({"ID": ["ID_zzz_any"], "Label": [0.5]})]), "unknown IDs"),
+        (lambda f: f.assign(Label=f["Label"].where(f.index != 3, np.nan)), "NaN or outside [0, 1]: ID_000000000_intraventricular"),
+        (lambda f: f.assign(Label=f["Label"].where(f.index != 4, 1.5)), "outside [0, 1]: ID_000000000_subarachnoid"),
+    ],
+)
+def test_bad_submissions_are_rejected_with_ids(tmp_path: Path, truth, mutate, fragment: str) -> None:
+    labels, images, y = truth
+    good = pd.read_csv(_long(tmp_path / "sub.csv", images, np.full(y.shape, 0.5)))
+    mutate(good).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(InputError) as info:
+        score_submission(tmp_path / "bad.csv", labels)
+    assert fragment in str(info.value)
+
+
+def test_wrong_columns_and_ids(tmp_path: Path, truth) -> None:
+    labels, _, _ = truth
+    (tmp_path / "cols.csv").write_text("Image,Prob\nID_a_any,0.5\n")
+    with pytest.raises(InputError, match="expected exactly ID,Label"):
+        score_submission(tmp_path / "cols.csv", labels)
+    (tmp_path / "ids.csv").write_text("ID,Label\nID_a_bleed,0.5\n")
+    with pytest.raises(InputError, match="bad: ID_a_bleed"):
+        score_submission(tmp_path / "ids.csv", labels)
