@@ -43,7 +43,8 @@ def _plain(value: Any, where: str) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     if type(value) in (dict, OrderedDict):
-        return type(value)((_plain(k, f"{where} (key {k!r})"), _plain(v, f"{where}.{k}")) for k, v in value.items())
+        items = ((_plain(k, f"{where} (key {k!r})"), _plain(v, f"{where}.{k}")) for k, v in value.items())
+        return type(value)(items)
     if type(value) in (list, tuple, set):
         return type(value)(_plain(v, f"{where}[{i}]") for i, v in enumerate(value))
     hint = " (use torch.from_numpy(...) or .tolist())" if isinstance(value, np.ndarray) else ""

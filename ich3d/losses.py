@@ -51,7 +51,8 @@ class WeightedBCELoss(nn.Module):
             valid = valid & mask.unsqueeze(-1)
         # Zero invalid entries first so that garbage (NaN) there reaches neither the loss nor the gradient.
         logits = torch.where(valid, logits.float(), 0.0)
-        bce = F.binary_cross_entropy_with_logits(logits, torch.where(valid, targets.float(), 0.0), reduction="none")
+        targets = torch.where(valid, targets.float(), 0.0)
+        bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
         weights = self.weights.to(logits.device) * valid
         total = (bce * weights).sum()
         return total / weights.sum().clamp_min(torch.finfo(torch.float32).tiny)

@@ -3,8 +3,9 @@
 Every encoder maps (M, C, S, S) float images to (M, F) embeddings and has an ``out_features`` (F)
 attribute. MONAI encoders are the MONAI modules themselves with their classifier replaced by
 ``nn.Identity``, so their state-dict keys stay MONAI's (the 2-D ResNets use torchvision's key names
-and shapes by design: ``conv1``, ``bn1``, ``layerK.I.downsample.0``, bias-free shortcuts). Nothing is ever downloaded: ``pretrained=False`` everywhere; local weights load from a file.
-``monai`` is imported inside the builders only (the import takes seconds).
+and shapes by design: ``conv1``, ``bn1``, ``layerK.I.downsample.0``, bias-free shortcuts). Nothing is
+ever downloaded: ``pretrained=False`` everywhere; local weights load from a file. ``monai`` is imported
+inside the builders only (the import takes seconds).
 """
 
 from __future__ import annotations
