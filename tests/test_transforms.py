@@ -1,0 +1,43 @@
+"""Batch transforms: BSB channels equal the windowing module's, augmentation is per series and seeded."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ich3d.config import AugmentConfig
+from ich3d.transforms import identity_params, sample_augment, series_neighbours, to_input
+from ich3d.windowing import bsb
+
+
+def test_plain_input_is_bsb_of_each_slice() -> None:
+    hu = torch.randint(-1000, 1500, (4, 3, 16, 16), dtype=torch.int16)
+    x = to_input(hu, 16)
+    assert x.shape == (4, 9, 16, 16)
+    expected = bsb(hu.numpy().astype(np.float32)).reshape(4, 9, 16, 16)
+    np.testing.assert_allclose(x.numpy(), expected, atol=1e-6)
+    torch.testing.assert_close(to_input(hu, 16, identity_params(4), augment=True), x, atol=1e-5, rtol=0)
+
+
+def test_resize_and_augment_are_deterministic_per_seed() -> None:
+    hu = torch.randint(-100, 200, (6, 1, 32, 32), dtype=torch.int16)
+    cfg = AugmentConfig()
+    a = to_input(hu, 16, sample_augment(6, cfg, torch.Generator().manual_seed(1)), augment=True)
+    b = to_input(hu, 16, sample_augment(6, cfg, torch.Generator().manual_seed(1)), augment=True)
+    c = to_input(hu, 16, sample_augment(6, cfg, torch.Generator().manual_seed(2)), augment=True)
+    assert a.shape == (6, 3, 16, 16) and torch.equal(a, b) and not torch.equal(a, c)
+    assert 0 <= a.min() and a.max() <= 1
+
+
+def test_series_share_their_augmentation() -> None:
+    params = sample_augment(2, AugmentConfig(flip=True), torch.Generator().manual_seed(0))
+    per_slice = params.take(torch.tensor([0, 0, 0, 1, 1]))
+    assert torch.equal(per_slice.theta[0], per_slice.theta[2])
+    assert torch.equal(per_slice.windows[3], per_slice.windows[4])
+
+
+def test_neighbours_clamp_at_ends_and_skip_unreadable() -> None:
+    hu = torch.arange(5, dtype=torch.int16)[None, :, None, None].expand(1, 5, 2, 2).clone()
+    readable = torch.tensor([[True, True, False, True, True]])
+    stacked = series_neighbours(hu, readable, context=1)[0, :, :, 0, 0]
+    assert stacked.tolist() == [[0, 0, 1], [0, 1, 1], [1, 2, 3], [3, 3, 4], [3, 4, 4]]
