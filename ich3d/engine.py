@@ -157,7 +157,7 @@ def save_model(ctx: RunContext, path: Path, model: IchModel, spec: dict[str, Any
 def load_model(path: Path, device: torch.device) -> tuple[IchModel, dict[str, Any]]:
     """Rebuilds the model of a checkpoint written by :func:`save_model` (weights_only loading)."""
     checkpoint = load_checkpoint(path)
-    model = build_model(checkpoint["model"], checkpoint["in_channels"])
+    model = build_model(checkpoint["model"], checkpoint["in_channels"], load_weights=False)
     model.load_state_dict(checkpoint["state_dict"])
     return model.to(device), checkpoint
 

@@ -120,7 +120,7 @@ def _table_predictor(ctx: RunContext, model: IchModel) -> Any:
 def _model_from_encoder(ctx: RunContext) -> tuple[IchModel, dict[str, Any]]:
     """The configured sequence model with the slice stage's encoder weights."""
     spec = model_spec(ctx.config)
-    model = build_model(spec, ctx.config.data.in_channels)
+    model = build_model(spec, ctx.config.data.in_channels, load_weights=False)
     trained = load_checkpoint(ctx.out / ENCODER_CHECKPOINT)["state_dict"]
     model.encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in trained.items() if k.startswith("encoder.")})
     return model.to(ctx.runtime.device), spec
