@@ -127,9 +127,9 @@ def run_epochs(ctx: RunContext, name: str, model: IchModel, cfg: StageConfig, st
         if metrics["weighted_log_loss"] < best["loss"]:
             best = {"loss": metrics["weighted_log_loss"], "epoch": epoch, "state": copy.deepcopy(model.state_dict()),
                     "record": record}
-        _log_epoch(ctx, record)
         save_last(ctx, {"stage": name, "epoch": epoch, "model": model.state_dict(), "best": best,
-                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+        _log_epoch(ctx, record)
     model.load_state_dict(best["state"])
     return best["record"]
 
