@@ -1,0 +1,247 @@
+"""The int16 Hounsfield-unit cache: resizing, writing one series per file, and reading it back.
+
+Resizing is separable: ``R @ img @ C^T`` with interpolation matrices ``R`` (S, H) and ``C`` (S, W)
+from :func:`resize_matrix` (area weights when shrinking, so it is antialiased; linear interpolation
+when enlarging). The matrices are banded, so they are applied tap by tap: each tap is a strided view
+when its indices step regularly (any integer shrink factor, e.g. 512 → 256), a gather otherwise.
+That is about ten times faster than the dense float32 products on this project's 2-core machine
+(0.2 ms against 2.7 ms per 512² slice) and gives the same numbers. Non-square images are first
+padded to a square around their centre with air (``HU_MIN``), so anatomy keeps its aspect ratio.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from ich3d.constants import CACHE_DIR, HU_MAX, HU_MIN, MISSING_HU, Status
+from ich3d.dicom import fix_rsna_12bit, read_pixels
+from ich3d.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=64)
+def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """1-D resampling weights from ``n_in`` to ``n_out`` samples (pixel centres aligned).
+
+    Shrinking: each output pixel averages the input pixels it covers, weighted by overlap (area
+    interpolation). Enlarging: linear interpolation between the two nearest input pixels, clamped at
+    the edges. Equal sizes: identity.
+
+    Returns:
+        (n_out, n_in) float32, every row summing to 1 (read-only, shared between calls).
+    """
+    if n_out <= n_in:
+        edges = np.arange(n_out + 1, dtype=np.float64) * (n_in / n_out)
+        left, right = edges[:-1, None], edges[1:, None]
+        pixel = np.arange(n_in)[None, :]
+        weights = np.clip(np.minimum(right, pixel + 1) - np.maximum(left, pixel), 0, None) * (n_out / n_in)
+    else:
+        source = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+        lower = np.floor(source).astype(np.int64)
+        upper = np.minimum(lower + 1, n_in - 1)
+        weights = np.zeros((n_out, n_in))
+        np.add.at(weights, (np.arange(n_out), lower), 1 - (source - lower))
+        np.add.at(weights, (np.arange(n_out), upper), source - lower)
+    matrix = weights.astype(np.float32)
+    matrix.flags.writeable = False
+    return matrix
+
+
+@dataclass(frozen=True)
+class _Taps:
+    """A banded :func:`resize_matrix` as taps: output ``i`` = sum_k weights[k][i] * x[indices[k][i]].
+
+    ``indices[k]`` is a slice when regular; ``weights`` is None when every weight equals ``scale``.
+    """
+
+    indices: tuple[slice | np.ndarray, ...]
+    weights: tuple[np.ndarray, ...] | None
+    scale: float
+
+
+@lru_cache(maxsize=64)
+def _taps(n_in: int, n_out: int) -> _Taps:
+    matrix = resize_matrix(n_in, n_out)
+    nonzero = matrix > 0
+    first, width = nonzero.argmax(axis=1), nonzero.sum(axis=1)
+    rows = np.arange(n_out)
+    indices, weights = [], []
+    for k in range(int(width.max())):
+        index = np.minimum(first + k, n_in - 1)
+        weights.append(np.where(k < width, matrix[rows, index], 0).astype(np.float32))
+        step = int(index[1] - index[0]) if n_out > 1 else 1
+        regular = step >= 1 and np.array_equal(index, index[0] + step * rows)
+        indices.append(slice(int(index[0]), int(index[-1]) + 1, step) if regular else index)
+    uniform = all(np.all(w == weights[0][0]) for w in weights)
+    return _Taps(tuple(indices), None if uniform else tuple(weights), float(weights[0][0]))
+
+
+def _resample(x: np.ndarray, taps: _Taps, axis: int) -> np.ndarray:
+    """Applies ``taps`` along ``axis`` (-1 or -2) of ``x``; float32 result."""
+    out: np.ndarray | None = None
+    for k, index in enumerate(taps.indices):
+        part = x[..., index, :] if axis == -2 else x[..., index]
+        if taps.weights is not None:
+            weight = taps.weights[k][:, None] if axis == -2 else taps.weights[k]
+            part = np.multiply(part, weight, dtype=np.float32)
+        if out is None:
+            out = part.astype(np.float32, copy=taps.weights is None)
+        else:
+            np.add(out, part, out=out, casting="unsafe")
+    if taps.weights is None:
+        out *= np.float32(taps.scale)
+    return out
+
+
+def pad_to_square(image: np.ndarray, fill: float) -> np.ndarray:
+    """(..., H, W) → (..., L, L), L = max(H, W), centred, new pixels set to ``fill``; square input unchanged."""
+    height, width = image.shape[-2:]
+    if height == width:
+        return image
+    side = max(height, width)
+    out = np.full(image.shape[:-2] + (side, side), fill, dtype=image.dtype)
+    top, left = (side - height) // 2, (side - width) // 2
+    out[..., top:top + height, left:left + width] = image
+    return out
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Resizes square images with :func:`resize_matrix` weights, rows then columns.
+
+    Args:
+        image: (..., H, H) integer or float array (pad non-square images with :func:`pad_to_square`).
+        size: output side S.
+
+    Returns:
+        (..., S, S) float32.
+    """
+    height, width = image.shape[-2:]
+    rows = _resample(image, _taps(height, size), axis=-2)
+    return _resample(rows, _taps(width, size), axis=-1)
+
+
+def to_cache_dtype(hu: np.ndarray) -> np.ndarray:
+    """Float HU → the cache's int16: rounded to the nearest integer, clipped to [HU_MIN, HU_MAX]."""
+    out = np.clip(hu, HU_MIN, HU_MAX)
+    return np.rint(out, out=out).astype(np.int16)
+
+
+def cache_file_name(series_uid: str) -> str:
+    """File name of a series in ``cache/``: the UID with characters other than ``[A-Za-z0-9._~-]``
+    replaced by ``_``, plus ``.npy``."""
+    return re.sub(r"[^A-Za-z0-9._~-]", "_", series_uid) + ".npy"
+
+
+def cache_path(dataset: Path, series_uid: str) -> Path:
+    """Path of the cache file of ``series_uid`` in the dataset folder ``dataset``."""
+    return Path(dataset) / CACHE_DIR / cache_file_name(series_uid)
+
+
+def write_atomic(path: Path, array: np.ndarray) -> None:
+    """Saves ``array`` as ``.npy`` through a temporary file in the same folder and ``os.replace``,
+    so a reader (or a resumed build) never sees a half-written file."""
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.save(file, array)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def load_series(dataset: Path, series_uid: str, mmap: bool = True) -> np.ndarray:
+    """The cached volume of one series.
+
+    Args:
+        dataset: the dataset folder written by ``ich3d build-series``.
+        series_uid: as in ``index/series.parquet``.
+        mmap: memory-map the file (read-only) instead of reading it.
+
+    Returns:
+        (N, S, S) int16 Hounsfield units, slices in ``slice_index`` order; slices whose pixels could
+        not be read hold ``MISSING_HU`` (their index status is not ok).
+
+    Raises:
+        InputError: no cache file for this series.
+    """
+    path = cache_path(dataset, series_uid)
+    if not path.is_file():
+        raise InputError(f"{path}: no cache file for series {series_uid}; run `ich3d build-series` "
+                         f"(with the same --num-parts/--part-id jobs) to complete the dataset")
+    return np.load(path, mmap_mode="r" if mmap else None)
+
+
+class CacheSlice(NamedTuple):
+    """What the pixel pass needs to know about one slice (a subset of an index row)."""
+
+    image_id: str
+    path: str
+    status: str
+    pixel_offset: int
+    rows: int
+    cols: int
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    transfer_syntax: str
+    rescale_slope: float
+    rescale_intercept: float
+
+
+def slice_to_cache(slice_: CacheSlice, size: int) -> np.ndarray:
+    """Reads one slice and returns it as (S, S) int16 HU.
+
+    The rescale is linear and every row of the resize weights sums to 1, so the slice is resized
+    first, on its stored integers, and rescaled at the small size: 4x fewer float operations at
+    256² than converting the 512² slice first (same values up to float rounding). Only the RSNA
+    12-bit fix, which is not linear, runs before the resize.
+    """
+    pixels, intercept = fix_rsna_12bit(read_pixels(slice_), slice_.rescale_intercept, slice_.bits_stored,
+                                       slice_.pixel_representation)
+    slope = np.float32(slice_.rescale_slope)
+    if pixels.shape[0] != pixels.shape[1]:
+        fill = (HU_MIN - intercept.item()) / slice_.rescale_slope if slice_.rescale_slope else 0.0
+        pixels = pad_to_square(pixels.astype(np.float32), fill)
+    small = resize(pixels, size)
+    small *= slope
+    small += intercept.astype(np.float32)
+    return to_cache_dtype(small)
+
+
+def write_series_cache(slices: Sequence[CacheSlice], path: Path, size: int) -> list[tuple[str, str, str, str]]:
+    """Builds and atomically writes the cache file of one series; never raises on a bad slice.
+
+    Slices whose header status is not ok, and slices that fail now, hold ``MISSING_HU``.
+
+    Args:
+        slices: the series' slices in slice_index order.
+        path: the cache file to write.
+        size: output side S.
+
+    Returns:
+        (image_id, path, status, error) of each slice that failed in this pass.
+    """
+    volume = np.full((len(slices), size, size), MISSING_HU, dtype=np.int16)
+    failures = []
+    for i, slice_ in enumerate(slices):
+        if slice_.status != Status.OK:
+            continue
+        try:
+            volume[i] = slice_to_cache(slice_, size)
+        except OSError as exc:
+            failures.append((slice_.image_id, slice_.path, str(Status.READ_ERROR), f"{type(exc).__name__}: {exc}"[:300]))
+        except Exception as exc:  # noqa: BLE001 - a broken slice must not stop its series
+            failures.append((slice_.image_id, slice_.path, str(Status.CORRUPT), f"{type(exc).__name__}: {exc}"[:300]))
+    write_atomic(path, volume)
+    return failures

@@ -1,0 +1,355 @@
+"""DICOM slices: header rows that never raise, raw pixel reads, stored values → Hounsfield units.
+
+The header pass reads each file with pydicom up to and past the Pixel Data element without loading
+it (``defer_size``), and decodes the few values it needs straight from pydicom's raw elements: about
+twice as fast as converting them through ``Dataset`` attributes, and free of pydicom's validation
+warnings (RSNA UIDs such as ``ID_0a1b2c3d4`` are not valid UIDs). For uncompressed transfer syntaxes
+it records where the pixel bytes lie, so the pixel pass reads them with one ``readinto``/``fromfile``
+call; compressed data go through pydicom's decoders. Only the identifiers the pipeline needs are
+kept: no names, dates or other PHI.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.uid import UID
+
+from ich3d.constants import Status
+
+#: Transfer syntaxes whose Pixel Data is stored raw at a fixed file offset, and their byte order.
+NATIVE_SYNTAXES: dict[str, str] = {
+    "1.2.840.10008.1.2": "<",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1": "<",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.2": ">",  # Explicit VR Big Endian (retired)
+}
+_PIXEL_DATA = 0x7FE00010
+_DEFER_BYTES = 1024  # values longer than this are skipped, not read (Pixel Data, private blobs)
+_ERROR_CHARS = 300
+
+# (column, tag, kind): what the header pass keeps. kind: str | int | floats | first (of a multi-value).
+_FIELDS: tuple[tuple[str, int, str], ...] = (
+    ("sop_uid", 0x00080018, "str"),
+    ("patient_id", 0x00100020, "str"),
+    ("study_uid", 0x0020000D, "str"),
+    ("series_uid", 0x0020000E, "str"),
+    ("instance_number", 0x00200013, "int"),
+    ("ipp", 0x00200032, "floats"),
+    ("iop", 0x00200037, "floats"),
+    ("samples_per_pixel", 0x00280002, "int"),
+    ("photometric", 0x00280004, "str"),
+    ("number_of_frames", 0x00280008, "int"),
+    ("rows", 0x00280010, "int"),
+    ("cols", 0x00280011, "int"),
+    ("pixel_spacing", 0x00280030, "first"),
+    ("bits_allocated", 0x00280100, "int"),
+    ("bits_stored", 0x00280101, "int"),
+    ("pixel_representation", 0x00280103, "int"),
+    ("window_center", 0x00281050, "first"),
+    ("window_width", 0x00281051, "first"),
+    ("rescale_intercept", 0x00281052, "first"),
+    ("rescale_slope", 0x00281053, "first"),
+)
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UT"})
+_GEOMETRY = ("ipp_x", "ipp_y", "ipp_z", "iop_rx", "iop_ry", "iop_rz", "iop_cx", "iop_cy", "iop_cz")
+
+#: Keys of the row returned by :func:`read_header`, in order.
+HEADER_COLUMNS: tuple[str, ...] = (
+    ("image_id", "path", "sop_uid", "patient_id", "study_uid", "series_uid", "instance_number")
+    + _GEOMETRY
+    + ("rows", "cols", "pixel_spacing", "bits_allocated", "bits_stored", "pixel_representation")
+    + ("rescale_intercept", "rescale_slope", "window_center", "window_width", "transfer_syntax")
+    + ("pixel_offset", "pixel_length", "status", "error")
+)
+
+
+def image_id_of(path: str | Path) -> str:
+    """The image ID of a file: its name without a ``.dcm`` suffix (``ID_0a1b2c3d4.dcm`` → ``ID_0a1b2c3d4``).
+
+    Other suffixes are kept, so a file named by its UID (``1.2.840.1234``) keeps its whole name.
+    """
+    name = os.path.basename(path)
+    return name[:-4] if name.lower().endswith(".dcm") else name
+
+
+def _empty_row(path: str) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(HEADER_COLUMNS)
+    row.update(image_id=image_id_of(path), path=path, pixel_offset=-1, pixel_length=-1, error="")
+    row.update({name: math.nan for name in _GEOMETRY})
+    return row
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """Reads the header of one file, never raising: problems become a ``status`` and an ``error``.
+
+    Args:
+        path: the file.
+
+    Returns:
+        A dict with the keys :data:`HEADER_COLUMNS`: identifiers (str or None), ``ipp_*``/``iop_*``
+        (float mm / direction cosines, NaN when absent), ``rows``/``cols``/bit depths (int or None),
+        rescale and window values (float; slope 1 and intercept 0 when absent, windows NaN when
+        absent, first value when multi-valued), ``pixel_offset``/``pixel_length`` (int bytes; -1 when
+        the pixels must be decoded by pydicom), ``status`` (a :class:`Status` value) and ``error``
+        ("" when ok).
+    """
+    path = str(path)
+    row = _empty_row(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with open(path, "rb") as fp:
+                dataset = _read_dataset(fp)
+                file_size = os.fstat(fp.fileno()).st_size
+        _fill_row(row, dataset, file_size)
+    except InvalidDicomError as exc:
+        _fail(row, Status.NOT_DICOM, exc)
+    except OSError as exc:
+        _fail(row, Status.READ_ERROR, exc)
+    except Exception as exc:  # noqa: BLE001 - any parser failure on a broken file is "corrupt"
+        _fail(row, Status.CORRUPT, exc)
+    return row
+
+
+def _fail(row: dict[str, Any], status: Status, exc: BaseException | str) -> None:
+    text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    row["status"] = str(status)
+    row["error"] = text[:_ERROR_CHARS]
+
+
+def _read_dataset(fp: BinaryIO) -> pydicom.FileDataset:
+    """pydicom's parse up to the end of the file, deferring long values; files without the 128-byte
+    preamble and ``DICM`` prefix are accepted only when they start like a DICOM data set."""
+    try:
+        return pydicom.dcmread(fp, defer_size=_DEFER_BYTES)
+    except InvalidDicomError:
+        fp.seek(0)
+        if not _looks_like_dataset(fp.read(16)):
+            raise InvalidDicomError("no DICM prefix and no DICOM data elements at the start") from None
+        fp.seek(0)
+        return pydicom.dcmread(fp, defer_size=_DEFER_BYTES, force=True)
+
+
+def _looks_like_dataset(head: bytes) -> bool:
+    """True when ``head`` starts with a group 0002/0008 element, explicit VR or implicit (little endian)."""
+    if len(head) < 8 or int.from_bytes(head[:2], "little") not in (0x0002, 0x0008):
+        return False
+    vr = head[4:6]
+    if vr.isalpha() and vr.isupper():
+        return True
+    return int.from_bytes(head[4:8], "little") < 1 << 16  # a plausible implicit VR length
+
+
+def _decode(element: Any, kind: str) -> Any:
+    """Value of a raw pydicom element (bytes) as str, int, float or tuple of floats; None if absent.
+
+    Raises:
+        ValueError: a numeric text value that does not parse.
+    """
+    value = element.value
+    if not value:
+        return None
+    vr = element.VR  # None for implicit VR: then numbers are binary, as for every tag read here
+    if kind == "int" and vr not in _TEXT_VRS:
+        size = 4 if vr in ("UL", "SL") else 2
+        order = "little" if element.is_little_endian else "big"
+        return int.from_bytes(value[:size], order, signed=vr in ("SS", "SL")) if len(value) >= size else None
+    text = value.decode("utf-8", "replace").strip(" \x00")
+    if kind == "str":
+        return text or None
+    parts = [float(part) for part in text.split("\\") if part.strip()]
+    if kind == "floats":
+        return tuple(parts)
+    if not parts:
+        return None
+    return int(parts[0]) if kind == "int" else parts[0]
+
+
+def _values(dataset: pydicom.Dataset) -> dict[str, Any]:
+    """The kept values; a malformed number counts as absent rather than failing the whole file."""
+    raw = dataset._dict  # raw elements, not yet converted: the fast path (see the module docstring)
+    values: dict[str, Any] = {}
+    for name, tag, kind in _FIELDS:
+        try:
+            values[name] = _decode(raw[tag], kind) if tag in raw else None
+        except ValueError:
+            values[name] = None
+    return values
+
+
+def _transfer_syntax(dataset: pydicom.FileDataset) -> str:
+    """The file's Transfer Syntax UID, or the encoding pydicom detected when the file has no meta."""
+    element = dataset.file_meta._dict.get(0x00020010) if hasattr(dataset, "file_meta") else None
+    value = element.value if element is not None else None  # bytes, or a UID once pydicom converted it
+    syntax = (value.decode("ascii", "replace") if isinstance(value, bytes) else str(value or "")).strip(" \x00")
+    if syntax:
+        return syntax
+    implicit, little = dataset.original_encoding
+    return "1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2"
+
+
+def _fill_row(row: dict[str, Any], dataset: pydicom.FileDataset, file_size: int) -> None:
+    """Copies the kept values into ``row`` and sets its status (ok unless a check fails)."""
+    values = _values(dataset)
+    geometry = (values.pop("ipp") or ()) + (values.pop("iop") or ())
+    extra = {key: values.pop(key) for key in ("samples_per_pixel", "photometric", "number_of_frames")}
+    row.update(values)
+    if len(geometry) == len(_GEOMETRY):
+        row.update(zip(_GEOMETRY, geometry))
+    row["transfer_syntax"] = _transfer_syntax(dataset)
+    row["rescale_slope"] = 1.0 if row["rescale_slope"] is None else row["rescale_slope"]
+    row["rescale_intercept"] = 0.0 if row["rescale_intercept"] is None else row["rescale_intercept"]
+    for name in ("pixel_spacing", "window_center", "window_width"):
+        row[name] = math.nan if row[name] is None else row[name]
+    if row["bits_stored"] is None:
+        row["bits_stored"] = row["bits_allocated"]
+    if row["pixel_representation"] is None:
+        row["pixel_representation"] = 0
+    pixel = dataset._dict.get(_PIXEL_DATA)
+    problem = _image_problem(row, extra, pixel) or _pixel_problem(row, pixel, file_size)
+    if problem is None and len(geometry) != len(_GEOMETRY):
+        problem = (Status.MISSING_GEOMETRY, "ImagePositionPatient or ImageOrientationPatient absent or malformed")
+    if problem is None:
+        row["status"] = str(Status.OK)
+    else:
+        _fail(row, *problem)
+
+
+def _image_problem(row: dict[str, Any], extra: dict[str, Any], pixel: Any) -> tuple[Status, str] | None:
+    """Missing pixels, or an image this pipeline does not handle (colour, multi-frame, odd depths)."""
+    if pixel is None:
+        return Status.NO_PIXELS, "no Pixel Data (7FE0,0010)"
+    if not row["rows"] or not row["cols"] or row["bits_allocated"] not in (8, 16, 32):
+        return Status.UNSUPPORTED_IMAGE, (
+            f"Rows={row['rows']} Columns={row['cols']} BitsAllocated={row['bits_allocated']}"
+        )
+    photometric = extra["photometric"] or "MONOCHROME2"
+    if (extra["samples_per_pixel"] or 1) != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        return Status.UNSUPPORTED_IMAGE, f"colour image: {photometric}, {extra['samples_per_pixel']} samples"
+    if (extra["number_of_frames"] or 1) > 1:
+        return Status.UNSUPPORTED_IMAGE, f"multi-frame image: {extra['number_of_frames']} frames"
+    return None
+
+
+def _pixel_problem(row: dict[str, Any], pixel: Any, file_size: int) -> tuple[Status, str] | None:
+    """Checks that the pixels can be decoded, and records their offset for uncompressed syntaxes."""
+    syntax = row["transfer_syntax"]
+    if syntax not in NATIVE_SYNTAXES:
+        try:
+            available = get_decoder(UID(syntax)).is_available
+        except NotImplementedError:
+            available = False
+        if not available:
+            return Status.UNSUPPORTED_SYNTAX, f"no decoder installed for transfer syntax {syntax}"
+        return None  # deflated or compressed: pydicom decodes in the pixel pass
+    expected = row["rows"] * row["cols"] * row["bits_allocated"] // 8
+    if pixel.length < expected:
+        return Status.CORRUPT, f"Pixel Data has {pixel.length} bytes, expected {expected}"
+    if pixel.value_tell + expected > file_size:
+        return Status.CORRUPT, f"file truncated: {file_size} bytes, pixels end at {pixel.value_tell + expected}"
+    row["pixel_offset"], row["pixel_length"] = pixel.value_tell, expected
+    return None
+
+
+def raw_dtype(bits_allocated: int, pixel_representation: int, transfer_syntax: str) -> np.dtype:
+    """numpy dtype of stored pixel values, e.g. ``<i2`` for 16-bit signed little endian."""
+    order = NATIVE_SYNTAXES.get(transfer_syntax, "<")
+    return np.dtype(f"{order}{'i' if pixel_representation else 'u'}{bits_allocated // 8}")
+
+
+def read_pixels(slice_: Any) -> np.ndarray:
+    """Stored pixel values of one slice, as pydicom's ``pixel_array`` would give them.
+
+    Args:
+        slice_: an index row (any object with the attributes ``path``, ``pixel_offset``, ``rows``,
+            ``cols``, ``bits_allocated``, ``bits_stored``, ``pixel_representation``,
+            ``transfer_syntax``).
+
+    Returns:
+        (rows, cols) integer array in native byte order; unused high bits corrected as pydicom 3 does.
+
+    Raises:
+        OSError, ValueError or a pydicom error when the file cannot be read or decoded.
+    """
+    if slice_.pixel_offset < 0:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pixels = pydicom.dcmread(slice_.path).pixel_array
+        if pixels.shape != (slice_.rows, slice_.cols):
+            raise ValueError(f"decoded pixels have shape {pixels.shape}, header says {(slice_.rows, slice_.cols)}")
+        return pixels
+    dtype = raw_dtype(slice_.bits_allocated, slice_.pixel_representation, slice_.transfer_syntax)
+    count = slice_.rows * slice_.cols
+    pixels = np.fromfile(slice_.path, dtype=dtype, count=count, offset=slice_.pixel_offset)
+    if pixels.size != count:
+        raise ValueError(f"file truncated: read {pixels.size} of {count} pixels")
+    pixels = pixels.reshape(slice_.rows, slice_.cols).astype(dtype.newbyteorder("="), copy=False)
+    shift = slice_.bits_allocated - slice_.bits_stored
+    if 0 < shift < slice_.bits_allocated:
+        pixels = (pixels << shift) >> shift
+    return pixels
+
+
+def _per_slice(value: float | np.ndarray) -> np.ndarray:
+    """A scalar, or an (N,) array of per-slice values, shaped to broadcast against (N, H, W)."""
+    return np.asarray(value).reshape(np.shape(value) + (1, 1))
+
+
+def fix_rsna_12bit(
+    pixels: np.ndarray,
+    intercept: float | np.ndarray,
+    bits_stored: int | np.ndarray,
+    pixel_representation: int | np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The RSNA 12-bit fix (ARCHITECTURE.md section 3), the only non-linear step before HU.
+
+    Where BitsStored == 12, PixelRepresentation == 0 and RescaleIntercept > -100 (images whose
+    stored values wrapped around), the values are shifted by 1000 modulo 4096 and the intercept
+    becomes -1000, as the RSNA 2019 solutions did.
+
+    Args:
+        pixels: (H, W) or (N, H, W) stored values (any integer dtype).
+        intercept, bits_stored, pixel_representation: scalars, or (N,) arrays (one per slice).
+
+    Returns:
+        (pixels, intercept): ``pixels`` unchanged when no slice needs the fix, else an int32 copy;
+        the intercept broadcastable against ``pixels`` ((1, 1) or (N, 1, 1)).
+    """
+    intercept = _per_slice(intercept)
+    fix = (_per_slice(bits_stored) == 12) & (_per_slice(pixel_representation) == 0) & (intercept > -100)
+    if not fix.any():
+        return pixels, intercept
+    shifted = pixels.astype(np.int32) + np.where(fix, 1000, 0).astype(np.int32)
+    np.subtract(shifted, 4096, out=shifted, where=fix & (shifted >= 4096))
+    return shifted, np.where(fix, -1000.0, intercept)
+
+
+def to_hu(
+    pixels: np.ndarray,
+    slope: float | np.ndarray,
+    intercept: float | np.ndarray,
+    bits_stored: int | np.ndarray,
+    pixel_representation: int | np.ndarray,
+) -> np.ndarray:
+    """Stored values → Hounsfield units: :func:`fix_rsna_12bit`, then value * slope + intercept.
+
+    Args:
+        pixels: (H, W) or (N, H, W) stored values (any integer dtype).
+        slope, intercept, bits_stored, pixel_representation: scalars, or (N,) arrays (one per slice).
+
+    Returns:
+        Same shape as ``pixels``, float32 Hounsfield units.
+    """
+    pixels, intercept = fix_rsna_12bit(pixels, intercept, bits_stored, pixel_representation)
+    hu = pixels.astype(np.float32)
+    hu *= _per_slice(slope).astype(np.float32)
+    hu += intercept.astype(np.float32)
+    return hu

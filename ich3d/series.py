@@ -1,0 +1,174 @@
+"""Series from slices: grouping, ordering along the slice normal, and per-series sanity flags.
+
+Works on a whole index at once with pandas/numpy (no Python loop over slices or series), in the
+manner of dicom-numpy: each slice's position is its ImagePositionPatient projected on the series'
+slice normal (cross product of the ImageOrientationPatient cosines); ties are broken by
+InstanceNumber, then SOPInstanceUID. Needs only the index columns, never a DICOM file.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from ich3d.cache import cache_file_name
+from ich3d.constants import CACHE_DIR, Status
+
+log = logging.getLogger(__name__)
+
+IPP_COLUMNS = ("ipp_x", "ipp_y", "ipp_z")
+IOP_COLUMNS = ("iop_rx", "iop_ry", "iop_rz", "iop_cx", "iop_cy", "iop_cz")
+#: Two slices closer than this along the normal (mm) share a position.
+DUPLICATE_TOLERANCE_MM = 0.01
+#: A step larger than this many median spacings is a gap (missing slices).
+GAP_FACTOR = 1.9
+#: Orientation cosines differing by more than this within a series mean mixed orientations.
+ORIENTATION_TOLERANCE = 1e-3
+#: Angles (degrees) above which a plane is oblique or the slice stack is sheared.
+TILT_TOLERANCE_DEG = 1.0
+
+
+def slice_normals(iop: np.ndarray) -> np.ndarray:
+    """Unit normals of slices from their orientation cosines.
+
+    Args:
+        iop: (N, 6) float ImageOrientationPatient (row cosine x, y, z, then column cosine x, y, z).
+
+    Returns:
+        (N, 3) float64, cross(row, column) normalised (NaN where the cosines are NaN or parallel).
+    """
+    normal = np.cross(iop[:, :3], iop[:, 3:])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return normal / np.linalg.norm(normal, axis=1, keepdims=True)
+
+
+def _series_keys(slices: pd.DataFrame) -> pd.Series:
+    """The series_uid of each row, made unique per (study_uid, series_uid).
+
+    DICOM makes series UIDs globally unique; should one appear in several studies anyway, the
+    second and later studies (in study_uid order) get ``~2``, ``~3``... appended, and a warning.
+    """
+    series = slices["series_uid"]
+    rank = slices.groupby("series_uid")["study_uid"].rank(method="dense")
+    clash = rank > 1
+    if clash.any():
+        log.warning("%d series UIDs appear in more than one study; renamed with a ~k suffix",
+                    series[clash].nunique())
+        series = series.where(~clash, series + "~" + rank.astype("Int64").astype(str))
+    return series
+
+
+def _reference_normals(series: pd.Series, normals: np.ndarray) -> np.ndarray:
+    """(N, 3) each row's series normal: the normalised mean of its series' slice normals."""
+    frame = pd.DataFrame(normals, columns=["x", "y", "z"], index=series.index)
+    mean = frame.groupby(series.to_numpy()).transform("mean").to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return mean / np.linalg.norm(mean, axis=1, keepdims=True)
+
+
+def order_slices(slices: pd.DataFrame) -> pd.DataFrame:
+    """Groups slices into series and sorts each along its normal.
+
+    A slice belongs to a series when it has a series UID and a complete geometry (IPP and IOP),
+    whatever its status: a slice whose pixels are corrupt keeps its place in the series.
+
+    Args:
+        slices: one row per file with ``study_uid``, ``series_uid`` (None when unknown),
+            ``instance_number``, ``sop_uid``, ``ipp_*`` (mm) and ``iop_*`` columns.
+
+    Returns:
+        A copy with ``series_uid`` disambiguated (see :func:`_series_keys`), ``position`` (float mm
+        along the series normal, NaN outside series) and ``slice_index`` (Int64, 0..N-1 in sorted
+        order, <NA> outside series); rows sorted by (series_uid, slice_index), slices outside any
+        series last.
+    """
+    out = slices.copy()
+    geometry = out[list(IPP_COLUMNS + IOP_COLUMNS)].to_numpy(np.float64)
+    in_series = out["series_uid"].notna().to_numpy() & np.isfinite(geometry).all(axis=1)
+    out["series_uid"] = _series_keys(out)
+    normals = _reference_normals(out["series_uid"][in_series], slice_normals(geometry[in_series, 3:]))
+    position = np.full(len(out), np.nan)
+    position[in_series] = np.einsum("ij,ij->i", geometry[in_series, :3], normals)
+    in_series &= np.isfinite(position)
+    out["position"] = np.where(in_series, position, np.nan)
+    out["_outside"] = ~in_series
+    keys = ["_outside", "series_uid", "position", "instance_number", "sop_uid", "path"]
+    out = out.sort_values([k for k in keys if k in out], kind="stable", na_position="last")
+    index = out.groupby(out["series_uid"].where(~out["_outside"])).cumcount()
+    out["slice_index"] = pd.array(index.where(~out["_outside"]), dtype="Int64")
+    return out.drop(columns="_outside").reset_index(drop=True)
+
+
+def _step_stats(series: np.ndarray, positions: np.ndarray) -> pd.DataFrame:
+    """Per series (index): has_duplicate_positions, slice_spacing (median mm), has_gaps."""
+    same = series[1:] == series[:-1]
+    steps = pd.DataFrame({"series": series[1:][same], "step": np.diff(positions)[same]})
+    steps["duplicate"] = steps["step"].abs() < DUPLICATE_TOLERANCE_MM
+    spacing = steps[~steps["duplicate"]].groupby("series")["step"].median()
+    steps["gap"] = steps["step"] > GAP_FACTOR * steps["series"].map(spacing)
+    stats = steps.groupby("series").agg(has_duplicate_positions=("duplicate", "any"), has_gaps=("gap", "any"))
+    stats["slice_spacing"] = spacing
+    return stats
+
+
+def _tilt(grouped: pd.core.groupby.DataFrameGroupBy) -> pd.Series:
+    """Per series: True when its plane is oblique to the patient axes or its stack is sheared
+    (the step between first and last ImagePositionPatient not parallel to the normal)."""
+    normal = grouped[["nx", "ny", "nz"]].mean().to_numpy()
+    normal /= np.linalg.norm(normal, axis=1, keepdims=True)
+    cos_tol = np.cos(np.deg2rad(TILT_TOLERANCE_DEG))
+    oblique = np.abs(normal).max(axis=1) < cos_tol
+    step = (grouped[list(IPP_COLUMNS)].last() - grouped[list(IPP_COLUMNS)].first()).to_numpy()
+    length = np.linalg.norm(step, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        along = np.abs(np.einsum("ij,ij->i", step, normal)) / length
+    sheared = (length > DUPLICATE_TOLERANCE_MM) & (along < cos_tol)
+    return pd.Series(oblique | sheared, index=grouped.size().index)
+
+
+def _mode(frame: pd.DataFrame, column: str) -> pd.Series:
+    """Most common value of ``column`` per series (smallest value on ties)."""
+    counts = frame.groupby(["series_uid", column]).size().rename("n").reset_index()
+    counts = counts.sort_values(["series_uid", "n", column], ascending=[True, False, True])
+    return counts.drop_duplicates("series_uid").set_index("series_uid")[column]
+
+
+def series_table(slices: pd.DataFrame) -> pd.DataFrame:
+    """One row per series, with the checks a volume needs before it is trusted.
+
+    Args:
+        slices: output of :func:`order_slices` (plus ``status``, ``patient_id``, ``source``,
+            ``rows``, ``cols`` and optionally ``label_any``).
+
+    Returns:
+        Columns series_uid, study_uid, patient_id, source, n_slices, n_ok, rows, cols (most common),
+        slice_spacing (median mm, NaN for one slice), has_duplicate_positions, has_gaps,
+        mixed_orientation, mixed_size, gantry_tilt (bool), n_labeled, n_any, cache_file; sorted by
+        series_uid.
+    """
+    frame = slices[slices["slice_index"].notna()].copy()
+    frame[["nx", "ny", "nz"]] = slice_normals(frame[list(IOP_COLUMNS)].to_numpy(np.float64))
+    labels = frame["label_any"] if "label_any" in frame else pd.Series(np.nan, index=frame.index)
+    frame["_ok"] = frame["status"] == str(Status.OK)
+    frame["_labeled"], frame["_any"] = labels.notna(), labels == 1
+    grouped = frame.groupby("series_uid", sort=True)
+    table = grouped.agg(
+        study_uid=("study_uid", "first"), patient_id=("patient_id", "first"), source=("source", "first"),
+        n_slices=("slice_index", "size"), n_ok=("_ok", "sum"), n_labeled=("_labeled", "sum"), n_any=("_any", "sum"),
+    )
+    table["rows"], table["cols"] = _mode(frame, "rows"), _mode(frame, "cols")
+    spread = grouped[list(IOP_COLUMNS)].max() - grouped[list(IOP_COLUMNS)].min()
+    table["mixed_orientation"] = (spread > ORIENTATION_TOLERANCE).any(axis=1)
+    table["mixed_size"] = (grouped["rows"].nunique() > 1) | (grouped["cols"].nunique() > 1)
+    table["gantry_tilt"] = _tilt(grouped)
+    table = table.join(_step_stats(frame["series_uid"].to_numpy(), frame["position"].to_numpy()))
+    for flag in ("has_duplicate_positions", "has_gaps"):
+        table[flag] = table[flag].fillna(False).astype(bool)
+    table = table.reset_index()
+    table["cache_file"] = CACHE_DIR + "/" + table["series_uid"].map(cache_file_name)
+    columns = ["series_uid", "study_uid", "patient_id", "source", "n_slices", "n_ok", "rows", "cols",
+               "slice_spacing", "has_duplicate_positions", "has_gaps", "mixed_orientation", "mixed_size",
+               "gantry_tilt", "n_labeled", "n_any", "cache_file"]
+    return table[columns]
