@@ -1,0 +1,584 @@
+"""Analytic 3-D head phantom in Hounsfield units (anatomy and hemorrhages), rendered one image plane at a time.
+
+Coordinates are patient coordinates in mm (DICOM LPS: x to the patient's left, y posterior, z superior).
+Every structure is an ellipsoid (or a union, cut or offset surface of ellipsoids) evaluated on the pixel
+grid of a plane with broadcasting, on the pixel box its cross-section can touch; edges are blended over
+one pixel (partial volume). A head is drawn once per patient (`sample_head`), placed on the scanner table
+once per series (`place_head`), and its hemorrhages are drawn per series (`sample_lesions`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from ich3d.constants import LABELS
+
+AIR_HU = -1000.0
+SUBTYPES: tuple[str, ...] = LABELS[1:]
+#: Cross-sections smaller than this (mm^2, and at least 3 pixels) do not make a slice positive.
+MIN_LESION_AREA_MM2 = 8.0
+#: Contrast of a lesion at its cranial and caudal ends relative to its centre (partial volume).
+END_CONTRAST = 0.35
+
+Box = tuple[int, int, int, int]  # (row0, row1, col0, col1), half-open
+
+
+def rotation(yaw: float = 0.0, pitch: float = 0.0, roll: float = 0.0) -> np.ndarray:
+    """(3, 3) matrix whose rows are a frame's axes, rotated by yaw (about z), pitch (x), roll (y), degrees."""
+    cy, sy = np.cos(np.radians(yaw)), np.sin(np.radians(yaw))
+    cp, sp = np.cos(np.radians(pitch)), np.sin(np.radians(pitch))
+    cr, sr = np.cos(np.radians(roll)), np.sin(np.radians(roll))
+    rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+    ry = np.array([[cr, 0, sr], [0, 1, 0], [-sr, 0, cr]])
+    return (rz @ rx @ ry).T
+
+
+@dataclass(frozen=True)
+class SliceGrid:
+    """Pixel grid of one image plane: pixel (i, j) lies at origin + j*spacing*row_dir + i*spacing*col_dir.
+
+    Attributes:
+        origin: (3,) ImagePositionPatient, mm. row_dir, col_dir: (3,) unit ImageOrientationPatient cosines.
+        spacing: pixel spacing, mm. size: rows == columns.
+    """
+
+    origin: np.ndarray
+    row_dir: np.ndarray
+    col_dir: np.ndarray
+    spacing: float
+    size: int
+
+    @cached_property
+    def normal(self) -> np.ndarray:
+        """(3,) unit slice normal (row_dir x col_dir)."""
+        return np.cross(self.row_dir, self.col_dir)
+
+    @property
+    def full(self) -> Box:
+        """The box of the whole image."""
+        return (0, self.size, 0, self.size)
+
+    def linear(self, vec: np.ndarray, offset: float, box: Box) -> np.ndarray:
+        """``offset + vec . p`` at the pixels of `box`: (rows, cols) float32."""
+        r0, r1, c0, c1 = box
+        base = float(offset + vec @ self.origin)
+        rows = base + float(vec @ self.col_dir) * self.spacing * np.arange(r0, r1, dtype=np.float32)
+        cols = float(vec @ self.row_dir) * self.spacing * np.arange(c0, c1, dtype=np.float32)
+        return rows[:, None] + cols[None, :]
+
+
+@dataclass(frozen=True)
+class Ellipsoid:
+    """Ellipsoid ``|rot @ (p - center) / axes| <= 1``; rows of `rot` are its axes in patient coordinates.
+
+    Attributes:
+        center: (3,) mm. axes: (3,) half-axes, mm. rot: (3, 3) orthonormal.
+    """
+
+    center: np.ndarray
+    axes: np.ndarray
+    rot: np.ndarray
+
+    def box(self, grid: SliceGrid, margin: float = 0.0) -> Box | None:
+        """Pixel box holding the cross-section with the plane of `grid` (grown by `margin` mm), or None."""
+        rel = self.center - grid.origin
+        if abs(rel @ grid.normal) > self.extent(grid.normal):
+            return None
+        box = []
+        for axis in (grid.col_dir, grid.row_dir):
+            mid, half = rel @ axis / grid.spacing, (self.extent(axis) + margin) / grid.spacing + 1.0
+            lo, hi = max(0, int(np.floor(mid - half))), min(grid.size, int(np.ceil(mid + half)) + 1)
+            if lo >= hi:
+                return None
+            box += [lo, hi]
+        return (box[0], box[1], box[2], box[3])
+
+    def local(self, grid: SliceGrid, box: Box) -> list[np.ndarray]:
+        """Normalised local coordinates ``(rot @ (p - center))_k / axes_k``: three (rows, cols) float32."""
+        return [grid.linear(r / a, -float(r @ self.center) / a, box) for r, a in zip(self.rot, self.axes)]
+
+    def distance(self, grid: SliceGrid, box: Box) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate signed distance to the surface (mm, negative inside) and rho^2, both (rows, cols)."""
+        s = self.local(grid, box)
+        rho2 = s[0] * s[0] + s[1] * s[1] + s[2] * s[2]
+        return self.distance_from_local(s, rho2), rho2
+
+    def distance_from_local(self, s: list[np.ndarray], rho2: np.ndarray) -> np.ndarray:
+        """Signed distance (mm) from `local` coordinates: ``(rho^2 - 1) / |grad rho^2|``, exact near the
+        surface, which is where layers (scalp, bone, cortex) are cut from it."""
+        grad2 = sum((sk * np.float32(1.0 / a)) ** 2 for sk, a in zip(s, self.axes))
+        return (rho2 - 1.0) / (2.0 * np.sqrt(grad2) + 1e-6)
+
+    def extent(self, direction: np.ndarray) -> float:
+        """Half-length (mm) of the ellipsoid along the unit vector `direction`."""
+        return float(np.sqrt(np.sum((self.axes * (self.rot @ direction)) ** 2)))
+
+
+def alpha(distance: np.ndarray, edge: float) -> np.ndarray:
+    """Inside fraction of a pixel from its signed distance (mm) to a surface, blended over `edge` mm."""
+    return np.clip(0.5 - distance * np.float32(1.0 / edge), 0.0, 1.0)
+
+
+def blend(img: np.ndarray, value: float | np.ndarray, frac: np.ndarray, box: Box | None = None) -> None:
+    """Paint `value` over `img` (in place) with coverage `frac` in [0, 1], on `box` (default: all)."""
+    view = img if box is None else img[box[0] : box[1], box[2] : box[3]]
+    view += frac * (value - view)
+
+
+def sub(arr: np.ndarray, box: Box) -> np.ndarray:
+    """View of `arr` on `box`."""
+    return arr[box[0] : box[1], box[2] : box[3]]
+
+
+@dataclass(frozen=True)
+class HeadParams:
+    """One patient's anatomy in head coordinates (mm; u left, v posterior, w superior; origin mid-head).
+
+    Attributes:
+        axes: (3,) scalp half-axes. scalp, skull: thicknesses. frontal: extra frontal bone thickness.
+        atrophy: 0 (young) .. 1 (old): ventricle and sulcal CSF. hu: tissue densities (HU) by name.
+        waves: (6, 3) sulcal wave vectors (rad/mm), phases: (6,) -- the gyral pattern.
+        calcified: choroid plexus calcifications present.
+    """
+
+    axes: np.ndarray
+    scalp: float
+    skull: float
+    frontal: float
+    atrophy: float
+    hu: dict[str, float]
+    waves: np.ndarray
+    phases: np.ndarray
+    calcified: bool
+
+
+def sample_head(rng: np.random.Generator) -> HeadParams:
+    """Draw one patient's head (size, shape, tissue densities, gyral pattern)."""
+    a = rng.uniform(68, 80)
+    directions = rng.normal(size=(6, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    ranges = {"scalp": (30, 50), "diploe": (700, 900), "table": (1350, 1600), "gm": (35, 40), "csf": (2, 12),
+              "calc": (150, 400)}  # fmt: skip
+    hu = {name: float(rng.uniform(lo, hi)) for name, (lo, hi) in ranges.items()}
+    hu["wm"] = float(np.clip(hu["gm"] - rng.uniform(8, 11), 25, 30))
+    return HeadParams(
+        axes=np.array([a, a + rng.uniform(12, 22), rng.uniform(78, 90)]),
+        scalp=float(rng.uniform(3.5, 6.0)),
+        skull=float(rng.uniform(5.0, 7.5)),
+        frontal=float(rng.uniform(1.0, 5.0)),
+        atrophy=float(rng.beta(2, 3)),
+        hu=hu,
+        waves=directions * rng.uniform(0.2, 0.3, size=(6, 1)),
+        phases=rng.uniform(0, 2 * np.pi, size=6),
+        calcified=bool(rng.random() < 0.5),
+    )
+
+
+@dataclass(frozen=True)
+class Pose:
+    """Where a head lies in patient coordinates: head = rot @ (p - center)."""
+
+    center: np.ndarray
+    rot: np.ndarray
+
+    def ellipsoid(self, center: tuple[float, ...] | np.ndarray, axes: tuple[float, ...] | np.ndarray,
+                  yaw: float = 0.0, pitch: float = 0.0, frame: np.ndarray | None = None) -> Ellipsoid:  # fmt: skip
+        """An ellipsoid given in head coordinates (axes = rows of `frame`, or rotated by yaw/pitch, degrees)."""
+        local = rotation(yaw, pitch) if frame is None else frame
+        return Ellipsoid(self.point(np.asarray(center, float)), np.asarray(axes, float), local @ self.rot)
+
+    def point(self, head_point: np.ndarray) -> np.ndarray:
+        """(3,) head coordinates -> patient coordinates."""
+        return self.center + self.rot.T @ head_point
+
+
+@dataclass(frozen=True)
+class Head:
+    """A placed head: the ellipsoids of its anatomy in patient coordinates and its densities."""
+
+    params: HeadParams
+    pose: Pose
+    center: np.ndarray  # (3,) centre of the cerebral cavity, head coordinates
+    scalp: Ellipsoid
+    cerebrum: Ellipsoid  # approximates the inner table above the skull base
+    floor: tuple[np.ndarray, float]  # cut plane under the cerebrum: distance = offset + vec . p (mm)
+    fossae: tuple[Ellipsoid, ...]  # posterior and middle cranial fossae, added to the cavity
+    ridges: tuple[Ellipsoid, ...]  # petrous ridges and clivus, removed from the cavity
+    base: tuple[tuple[Ellipsoid, float], ...]  # face core, sinuses, orbits: (shape, HU) outside the cavity
+    deep: tuple[tuple[Ellipsoid, float], ...]  # basal ganglia and thalami: (shape, HU)
+    stem: Ellipsoid
+    cisterns: tuple[Ellipsoid, ...]
+    ventricles: tuple[Ellipsoid, ...]
+    calcs: tuple[Ellipsoid, ...]
+
+
+
+def place_head(p: HeadParams, pose: Pose) -> Head:
+    """Build the anatomy of `p` at `pose` (see the module docstring for the structures)."""
+    ax = p.axes
+    inner = ax - p.scalp - p.skull
+    ca, cb, cc = inner[0], inner[1] - p.frontal / 2, inner[2]
+    cy, cz = p.frontal / 2, -3.0
+    at, el = p.atrophy, pose.ellipsoid
+    slope = 0.12
+    normal = pose.rot.T @ (np.array([0.0, slope, 1.0]) / np.hypot(1.0, slope))
+    w0 = cz - 0.4 * cc
+    floor_offset = float((w0 + slope * cy) / np.hypot(1.0, slope) + normal @ pose.center)
+    vent = [el((s * (6 + 4 * at), cy - 8, cz + 20), (3 + 6 * at, 27, 8 + 2 * at), yaw=-s * 10) for s in (1, -1)]
+    vent += [el((s * (14 + 3 * at), cy + 18, cz + 8), (4 + 5 * at, 16, 8), yaw=s * 25) for s in (1, -1)]
+    vent += [el((0, cy + 2, cz + 2), (1 + 2.5 * at, 12, 9)), el((0, cy + 0.33 * cb, cz - 0.42 * cc), (6, 4, 7))]
+    hu = p.hu
+    return Head(
+        params=p,
+        pose=pose,
+        center=np.array([0.0, cy, cz]),
+        scalp=el((0, 0, 0), tuple(ax)),
+        cerebrum=el((0, cy, cz), (ca, cb, cc)),
+        floor=(-normal, floor_offset),
+        fossae=(
+            el((0, cy + 0.42 * cb, cz - 0.42 * cc), (0.74 * ca, 0.45 * cb, 0.32 * cc)),
+            el((0.58 * ca, cy - 0.12 * cb, cz - 0.3 * cc), (0.34 * ca, 0.38 * cb, 0.25 * cc)),
+            el((-0.58 * ca, cy - 0.12 * cb, cz - 0.3 * cc), (0.34 * ca, 0.38 * cb, 0.25 * cc)),
+        ),
+        ridges=(
+            el((0.55 * ca, cy + 0.12 * cb, cz - 0.36 * cc), (0.5 * ca, 7, 9), yaw=-35),
+            el((-0.55 * ca, cy + 0.12 * cb, cz - 0.36 * cc), (0.5 * ca, 7, 9), yaw=35),
+            el((0, cy - 0.02 * cb, cz - 0.45 * cc), (9, 6, 0.22 * cc), pitch=-30),
+        ),
+        base=(
+            (el((0, -0.3 * ax[1], -0.72 * ax[2]), (0.6 * ax[0], 0.62 * ax[1], 0.36 * ax[2])), 45.0),
+            (el((0, cy - 0.22 * cb, cz - 0.42 * cc), (11, 9, 9)), AIR_HU),
+            (el((0, -0.78 * ax[1], -0.55 * ax[2]), (9, 12, 18)), AIR_HU),
+            (el((0, -ax[1] + p.scalp + 4, -0.1 * ax[2]), (11, 3.5, 8)), AIR_HU),
+            (el((0.8 * ca, cy + 0.25 * cb, cz - 0.5 * cc), (5, 7, 6)), -500.0),
+            (el((-0.8 * ca, cy + 0.25 * cb, cz - 0.5 * cc), (5, 7, 6)), -500.0),
+            (el((30, -0.62 * ax[1], -0.42 * ax[2]), (15, 18, 12)), -80.0),
+            (el((-30, -0.62 * ax[1], -0.42 * ax[2]), (15, 18, 12)), -80.0),
+            (el((30, -0.68 * ax[1], -0.42 * ax[2]), (11.5, 11.5, 11.5)), 10.0),
+            (el((-30, -0.68 * ax[1], -0.42 * ax[2]), (11.5, 11.5, 11.5)), 10.0),
+        ),
+        deep=(
+            (el((10, cy + 8, cz + 4), (8, 12, 9)), hu["gm"] - 1),
+            (el((-10, cy + 8, cz + 4), (8, 12, 9)), hu["gm"] - 1),
+            (el((20, cy - 8, cz + 5), (6, 13, 9), yaw=10), hu["gm"]),
+            (el((-20, cy - 8, cz + 5), (6, 13, 9), yaw=-10), hu["gm"]),
+        ),
+        stem=el((0, cy + 5, cz - 0.44 * cc), (13, 11, 0.36 * cc), pitch=-15),
+        cisterns=(
+            el((0, cy + 4, cz - 0.42 * cc), (19 + 4 * at, 17 + 3 * at, 0.32 * cc)),
+            el((0, cy - 16, cz - 0.2 * cc), (12 + 2 * at, 9, 5)),
+            el((0.62 * ca, cy - 12, cz - 0.08 * cc), (16, 2 + 2 * at, 10), yaw=-15),
+            el((-0.62 * ca, cy - 12, cz - 0.08 * cc), (16, 2 + 2 * at, 10), yaw=15),
+        ),
+        ventricles=tuple(vent),
+        calcs=tuple(el((s * (15 + 3 * at), cy + 20, cz + 8), (3, 3, 3)) for s in (1, -1)) if p.calcified else (),
+    )
+
+
+@dataclass(frozen=True)
+class SliceFields:
+    """Maps of one slice that hemorrhages are painted from, (S, S) float32 each.
+
+    Attributes:
+        cavity: signed distance to the inner table of the skull, mm (negative inside).
+        subarachnoid: fraction of each pixel that is subarachnoid CSF (sulci, fissures, cisterns, convexity).
+        ventricles: fraction of each pixel that is ventricular CSF.
+    """
+
+    cavity: np.ndarray
+    subarachnoid: np.ndarray
+    ventricles: np.ndarray
+
+
+def render_anatomy(head: Head, grid: SliceGrid) -> tuple[np.ndarray, SliceFields]:
+    """Noise-free Hounsfield units of the head on `grid`: ((S, S) float32, the fields lesions need)."""
+    p, e = head.params, grid.spacing
+    d_head, rho2 = head.scalp.distance(grid, grid.full)
+    img = np.full((grid.size, grid.size), AIR_HU, dtype=np.float32)
+    blend(img, p.hu["scalp"], alpha(d_head, e))
+    d_skull = d_head + np.float32(p.scalp)
+    cavity = _cavity(head, grid, d_skull)
+    depth = np.clip(-d_skull / np.maximum(cavity - d_skull, 1e-3), 0.0, 1.0)
+    blend(img, p.hu["diploe"] + (p.hu["table"] - p.hu["diploe"]) * (2 * depth - 1) ** 2, alpha(d_skull, e))
+    for shape, hu in head.base:
+        box = shape.box(grid)
+        if box is not None:
+            blend(img, hu, alpha(shape.distance(grid, box)[0], e) * alpha(sub(d_head, box), e), box)
+    csf = alpha(cavity, e)
+    blend(img, p.hu["csf"], csf)
+    brain = _paint_cortex(img, head, grid, cavity, rho2, d_skull)
+    fields = SliceFields(cavity, np.clip(csf - brain, 0.0, 1.0), np.zeros_like(img))
+    _paint_deep(img, head, grid, fields)
+    return img, fields
+
+
+def _cavity(head: Head, grid: SliceGrid, d_skull: np.ndarray) -> np.ndarray:
+    """Signed distance to the inner table, (S, S) float32: the skull's offset surface (thicker in front) over
+    the cerebral floor, plus the posterior and middle fossae, minus the petrous ridges and clivus."""
+    p, rot = head.params, head.pose.rot
+    v = grid.linear(rot[1] / p.axes[1], -float(rot[1] @ head.pose.center) / p.axes[1], grid.full)
+    d = d_skull + np.float32(p.skull) + np.float32(p.frontal) * np.clip(-v, 0.0, 1.0)
+    np.maximum(d, grid.linear(head.floor[0], head.floor[1], grid.full), out=d)
+    for shape, sign in [(f, 1.0) for f in head.fossae] + [(r, -1.0) for r in head.ridges]:
+        box = shape.box(grid)
+        if box is not None:
+            view, dist = sub(d, box), shape.distance(grid, box)[0]
+            view[...] = np.minimum(view, dist) if sign > 0 else np.maximum(view, -dist)
+    return np.maximum(d, d_skull + np.float32(0.6 * p.skull))
+
+
+def _paint_cortex(img: np.ndarray, head: Head, grid: SliceGrid, cavity: np.ndarray, rho2: np.ndarray,
+                  d_skull: np.ndarray) -> np.ndarray:  # fmt: skip
+    """Paint grey and white matter with gyri, sulci and the interhemispheric fissure; return brain fraction.
+
+    Sulci are the zero lines of a sum of plane waves evaluated at the pixel's radial projection on the
+    head's surface (`rho2` of the scalp), so they run radially into the cortex (only under the convexity:
+    within 30 mm of the outer table, `d_skull`); their distance in mm is |g| / |grad g| with the gradient
+    taken by finite differences on the grid.
+    """
+    p, e, at = head.params, grid.spacing, head.params.atrophy
+    rim, sulcal_depth, half_width = 0.6 + 2.0 * at, 7.0 + 5.0 * at, 0.4 + 1.2 * at
+    gyri = _gyral_field(head, grid, rho2)
+    slope = np.zeros_like(gyri)
+    slope[:, :-1] = np.abs(np.diff(gyri, axis=1))
+    slope[:-1, :] += np.abs(np.diff(gyri, axis=0))
+    distance = np.abs(gyri) / np.maximum(slope * np.float32(0.75 / e), 1e-3)  # mm to the nearest sulcus
+    below = cavity + np.float32(rim)  # <= 0 under the convexity CSF
+    taper = np.clip(np.minimum(below + sulcal_depth, d_skull + 30.0) / 3.0, 0.0, 1.0)
+    sulci = np.clip((half_width * taper - distance) / e + 0.5, 0.0, 1.0)
+    np.maximum(sulci, _fissure(head, grid), out=sulci)
+    brain = alpha(below, e) * (1.0 - sulci)
+    blend(img, p.hu["gm"], brain)
+    white_depth = 3.0 + (sulcal_depth + 1.0) * np.clip(1.0 - distance / 5.0, 0.0, 1.0)
+    blend(img, p.hu["wm"], alpha(below + white_depth, 1.5 * e))
+    return brain
+
+
+def _gyral_field(head: Head, grid: SliceGrid, rho2: np.ndarray) -> np.ndarray:
+    """Sum of the patient's sulcal plane waves at the radial projection of each pixel, (S, S) float32."""
+    inv_r = 1.0 / np.sqrt(np.maximum(rho2, 1e-4))
+    gyri = np.zeros_like(rho2)
+    for k, phase in zip(head.params.waves @ head.pose.rot, head.params.phases.tolist()):
+        gyri += np.sin(grid.linear(k, -float(k @ head.pose.center), grid.full) * inv_r + phase)
+    return gyri
+
+
+def _fissure(head: Head, grid: SliceGrid) -> np.ndarray:
+    """CSF fraction of the interhemispheric fissure (midline, above the ventricles or in front/behind them)."""
+    e, at, rows = grid.spacing, head.params.atrophy, head.cerebrum.rot
+    u, v, w = (grid.linear(r, -float(r @ head.cerebrum.center), grid.full) for r in rows)
+    width = 0.5 + 1.2 * at
+    region = np.maximum(alpha(28.0 - w, e), alpha(32.0 - np.abs(v), e))
+    region *= alpha(grid.linear(head.floor[0], head.floor[1], grid.full) + 10.0, e)
+    return np.clip((width - np.abs(u)) / e + 0.5, 0.0, 1.0) * region
+
+
+def _paint_deep(img: np.ndarray, head: Head, grid: SliceGrid, fields: SliceFields) -> None:
+    """Paint nuclei, cisterns, brainstem, ventricles and calcifications; fill the fields' CSF maps."""
+    hu, e = head.params.hu, grid.spacing
+    parts = [(s, hu_, "nucleus") for s, hu_ in head.deep] + [(s, hu["csf"], "cistern") for s in head.cisterns]
+    parts += [(head.stem, hu["wm"] + 3.0, "stem")] + [(s, hu["csf"], "ventricle") for s in head.ventricles]
+    parts += [(s, hu["calc"], "calc") for s in head.calcs]
+    for shape, value, kind in parts:
+        box = shape.box(grid)
+        if box is None:
+            continue
+        frac = alpha(shape.distance(grid, box)[0], 2.0 * e if kind == "nucleus" else e)
+        frac *= alpha(sub(fields.cavity, box), e)
+        blend(img, value, frac, box)
+        sa = sub(fields.subarachnoid, box)
+        if kind == "cistern":
+            np.maximum(sa, frac, out=sa)
+        elif kind in ("stem", "ventricle"):
+            sa *= 1.0 - frac
+        if kind == "ventricle":
+            np.maximum(sub(fields.ventricles, box), frac, out=sub(fields.ventricles, box))
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """One hemorrhage.
+
+    Attributes:
+        label: its subtype (one of LABELS[1:]).
+        extent: where the blood is (epidural, intraparenchymal) or may be (the others); its third axis runs
+            craniocaudally: contrast falls to END_CONTRAST at its ends.
+        hu: blood density at the centre, HU.
+        size: subdural: greatest thickness; intraparenchymal: width of the edema rim (mm).
+        level: intraventricular: blood only where patient y >= level (dependent layering), mm.
+    """
+
+    label: str
+    extent: Ellipsoid
+    hu: float
+    size: float = 0.0
+    level: float = -np.inf
+
+
+@dataclass(frozen=True)
+class _Cut:
+    """A lesion's pixel box on one slice: the image, its local coordinates there and the slice's fields."""
+
+    img: np.ndarray
+    grid: SliceGrid
+    box: Box
+    s: list[np.ndarray]
+    rho2: np.ndarray
+    fields: SliceFields
+
+    def field(self, name: str) -> np.ndarray:
+        """A field of the slice on the box."""
+        return sub(getattr(self.fields, name), self.box)
+
+
+def paint_lesion(img: np.ndarray, lesion: Lesion, grid: SliceGrid, fields: SliceFields) -> int:
+    """Paint `lesion` into `img` (HU, in place); return the pixels it covers by more than half."""
+    box = lesion.extent.box(grid, margin=lesion.size)
+    if box is None:
+        return 0
+    s = lesion.extent.local(grid, box)
+    cut = _Cut(img, grid, box, s, s[0] * s[0] + s[1] * s[1] + s[2] * s[2], fields)
+    frac = _FRACTIONS[lesion.label](lesion, cut)
+    taper = 1.0 - (1.0 - END_CONTRAST) * np.minimum(s[2] * s[2], 1.0)
+    blend(img, lesion.hu, frac * taper, box)
+    return int(np.count_nonzero(frac > 0.5))
+
+
+def render_slice(head: Head, lesions: list[Lesion], grid: SliceGrid) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Noise-free HU of one slice, (S, S) float32, and its six labels (0/1, LABELS order).
+
+    A subtype is positive when its lesions cover more than half of at least MIN_LESION_AREA_MM2 (and 3
+    pixels) of the slice; ``any`` is their OR.
+    """
+    img, fields = render_anatomy(head, grid)
+    found = dict.fromkeys(SUBTYPES, 0)
+    for lesion in lesions:
+        found[lesion.label] += paint_lesion(img, lesion, grid, fields)
+    least = max(3, int(np.ceil(MIN_LESION_AREA_MM2 / grid.spacing**2)))
+    subtypes = tuple(int(found[name] >= least) for name in SUBTYPES)
+    return img, (int(any(subtypes)), *subtypes)
+
+
+def _epidural(lesion: Lesion, cut: _Cut) -> np.ndarray:
+    """Biconvex lens: the extent (centred on the inner table) inside the cavity."""
+    e = cut.grid.spacing
+    return alpha(lesion.extent.distance_from_local(cut.s, cut.rho2), e) * alpha(cut.field("cavity"), e)
+
+
+def _subdural(lesion: Lesion, cut: _Cut) -> np.ndarray:
+    """Crescent: a band under the inner table, thickest at the extent's centre."""
+    thickness = lesion.size * np.sqrt(np.clip(1.0 - cut.rho2, 0.0, 1.0))
+    cav = cut.field("cavity")
+    return np.clip(np.minimum(-cav, cav + thickness) / cut.grid.spacing, 0.0, 1.0)
+
+
+def _subarachnoid(lesion: Lesion, cut: _Cut) -> np.ndarray:
+    """Blood in the subarachnoid CSF (sulci, fissures, cisterns) inside the extent."""
+    inside = alpha(lesion.extent.distance_from_local(cut.s, cut.rho2), cut.grid.spacing)
+    return cut.field("subarachnoid") * inside
+
+
+def _intraventricular(lesion: Lesion, cut: _Cut) -> np.ndarray:
+    """Blood in the ventricles inside the extent, below a fluid level (patient y >= level)."""
+    e = cut.grid.spacing
+    frac = cut.field("ventricles") * alpha(lesion.extent.distance_from_local(cut.s, cut.rho2), e)
+    if np.isfinite(lesion.level):
+        frac *= alpha(cut.grid.linear(np.array([0.0, -1.0, 0.0]), lesion.level, cut.box), e)
+    return frac
+
+
+def _intraparenchymal(lesion: Lesion, cut: _Cut) -> np.ndarray:
+    """Lobulated clot in the parenchyma; paints its hypodense edema rim (18 HU) first."""
+    s, e = cut.s, cut.grid.spacing
+    lobes = 1.0 + 0.12 * np.sin(4.0 * s[0] + 2.0 * s[2]) + 0.1 * np.sin(5.0 * s[1] - 3.0 * s[0] + 1.0)
+    d = (np.sqrt(cut.rho2) * lobes - 1.0) * float(np.mean(lesion.extent.axes))
+    inside = alpha(cut.field("cavity") + 2.0, e)
+    blend(cut.img, 18.0, alpha(d - lesion.size, 2.0 * e) * inside, cut.box)
+    return alpha(d, e) * inside
+
+
+_FRACTIONS = {
+    "epidural": _epidural,
+    "intraparenchymal": _intraparenchymal,
+    "intraventricular": _intraventricular,
+    "subarachnoid": _subarachnoid,
+    "subdural": _subdural,
+}
+
+
+def sample_lesions(rng: np.random.Generator, head: Head, labels: list[str]) -> list[Lesion]:
+    """One hemorrhage of each subtype in `labels`, placed in `head` with subtype-specific geometry."""
+    return [_SAMPLERS[label](rng, head) for label in labels]
+
+
+def _surface(rng: np.random.Generator, head: Head, elevation: tuple[float, float],
+             lateral: bool = True) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """A point of the inner table (head coordinates) and the frame (normal, horizontal, craniocaudal) there."""
+    az = np.radians(rng.uniform(-70, 70) + 180.0 * rng.integers(2) if lateral else rng.uniform(0, 360))
+    el = np.radians(rng.uniform(*elevation))
+    ray = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+    axes = head.cerebrum.axes
+    point = head.center + ray / np.sqrt(np.sum((ray / axes) ** 2))
+    normal = (point - head.center) / axes**2
+    normal /= np.linalg.norm(normal)
+    across = np.cross([0.0, 0.0, 1.0], normal)
+    across /= np.linalg.norm(across)
+    return point, np.stack([normal, across, np.cross(normal, across)])
+
+
+def _sample_epidural(rng: np.random.Generator, head: Head) -> Lesion:
+    point, frame = _surface(rng, head, (-5, 45))
+    axes = (rng.uniform(6, 13), rng.uniform(18, 32), rng.uniform(6, 13))
+    return Lesion("epidural", head.pose.ellipsoid(point, axes, frame=frame), rng.uniform(60, 85))
+
+
+def _sample_subdural(rng: np.random.Generator, head: Head) -> Lesion:
+    point, frame = _surface(rng, head, (-10, 50))
+    axes = (30.0, rng.uniform(35, 75), rng.uniform(15, 45))
+    extent = head.pose.ellipsoid(point, axes, frame=frame)
+    return Lesion("subdural", extent, rng.uniform(55, 80), size=rng.uniform(3, 14))
+
+
+def _sample_subarachnoid(rng: np.random.Generator, head: Head) -> Lesion:
+    if rng.random() < 0.5:  # basal cisterns and Sylvian fissures
+        center = head.center + np.array([0.0, -8.0, -0.22 * head.cerebrum.axes[2]])
+        axes, frame = (rng.uniform(30, 55), rng.uniform(25, 40), rng.uniform(12, 30)), np.eye(3)
+    else:  # convexity
+        point, frame = _surface(rng, head, (0, 60), lateral=False)
+        center, axes = point - 5.0 * frame[0], (15.0, rng.uniform(20, 45), rng.uniform(15, 35))
+    return Lesion("subarachnoid", head.pose.ellipsoid(center, axes, frame=frame), rng.uniform(55, 75))
+
+
+def _sample_intraparenchymal(rng: np.random.Generator, head: Head) -> Lesion:
+    where = rng.random()
+    if where < 0.45:  # basal ganglia and thalamus
+        center = head.center + [rng.choice([-1, 1]) * rng.uniform(12, 26), rng.uniform(-12, 14), rng.uniform(-2, 16)]
+    elif where < 0.9:  # lobar
+        point, _ = _surface(rng, head, (0, 50), lateral=False)
+        center = head.center + rng.uniform(0.45, 0.7) * (point - head.center)
+    else:  # cerebellar
+        center = head.center + [rng.uniform(-20, 20), 0.42 * head.cerebrum.axes[1], -0.42 * head.cerebrum.axes[2]]
+    axes = (rng.uniform(6, 22), rng.uniform(6, 22), rng.uniform(10, 25))
+    extent = head.pose.ellipsoid(center, axes, yaw=rng.uniform(0, 180))
+    return Lesion("intraparenchymal", extent, rng.uniform(60, 85), size=rng.uniform(2, 6))
+
+
+def _sample_intraventricular(rng: np.random.Generator, head: Head) -> Lesion:
+    low = rng.uniform(-25, 5)  # how far down the third and fourth ventricles the blood reaches
+    extent = head.pose.ellipsoid(head.center + [0.0, 8.0, (low + 32) / 2], (40.0, 45.0, (32 - low) / 2))
+    layered = rng.random() < 0.5  # a fluid level in the dependent (posterior) horns, else a cast
+    level = head.pose.point(head.center + [0.0, rng.uniform(8, 20), 0.0])[1] if layered else -np.inf
+    return Lesion("intraventricular", extent, rng.uniform(55, 80), level=level)
+
+
+_SAMPLERS = {
+    "epidural": _sample_epidural,
+    "intraparenchymal": _sample_intraparenchymal,
+    "intraventricular": _sample_intraventricular,
+    "subarachnoid": _sample_subarachnoid,
+    "subdural": _sample_subdural,
+}
