@@ -214,13 +214,23 @@ def _fill_row(row: dict[str, Any], dataset: pydicom.FileDataset, file_size: int)
     if row["pixel_representation"] is None:
         row["pixel_representation"] = 0
     pixel = dataset._dict.get(_PIXEL_DATA)
-    problem = _image_problem(row, extra, pixel) or _pixel_problem(row, pixel, file_size)
+    if pixel is None and _cut_short(dataset, file_size):
+        problem: tuple[Status, str] | None = (Status.CORRUPT, f"file truncated inside the header ({file_size} bytes)")
+    else:
+        problem = _image_problem(row, extra, pixel) or _pixel_problem(row, pixel, file_size)
     if problem is None and len(geometry) != len(_GEOMETRY):
         problem = (Status.MISSING_GEOMETRY, "ImagePositionPatient or ImageOrientationPatient absent or malformed")
     if problem is None:
         row["status"] = str(Status.OK)
     else:
         _fail(row, *problem)
+
+
+def _cut_short(dataset: pydicom.Dataset, file_size: int) -> bool:
+    """True when an element's value would end past the end of the file (pydicom reads it short)."""
+    ends = (e.value_tell + e.length for e in dataset._dict.values()
+            if getattr(e, "value_tell", None) is not None and e.length != 0xFFFFFFFF)
+    return max(ends, default=0) > file_size
 
 
 def _image_problem(row: dict[str, Any], extra: dict[str, Any], pixel: Any) -> tuple[Status, str] | None:
