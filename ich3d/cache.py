@@ -104,7 +104,8 @@ def _resample(x: np.ndarray, taps: _Taps, axis: int) -> np.ndarray:
 
 
 def pad_to_square(image: np.ndarray, fill: float) -> np.ndarray:
-    """(..., H, W) → (..., L, L), L = max(H, W), centred, new pixels set to ``fill``; square input unchanged."""
+    """(..., H, W) → (..., L, L), L = max(H, W), centred (an odd extra pixel goes last), new pixels set
+    to ``fill``; square input is returned unchanged."""
     height, width = image.shape[-2:]
     if height == width:
         return image

@@ -51,13 +51,18 @@ def _series_keys(slices: pd.DataFrame) -> pd.Series:
     second and later studies (in study_uid order) get ``~2``, ``~3``... appended, and a warning.
     """
     series = slices["series_uid"]
+    series_code, _ = pd.factorize(series)
+    study_code, _ = pd.factorize(slices["study_uid"], sort=True)
+    known = series_code >= 0
+    stride = study_code.max() + 2
+    pairs = np.unique(series_code[known].astype(np.int64) * stride + study_code[known] + 1)
+    pair_series = pairs // stride
+    if not (pair_series[1:] == pair_series[:-1]).any():
+        return series
     rank = slices.groupby("series_uid")["study_uid"].rank(method="dense")
     clash = rank > 1
-    if clash.any():
-        log.warning("%d series UIDs appear in more than one study; renamed with a ~k suffix",
-                    series[clash].nunique())
-        series = series.where(~clash, series + "~" + rank.astype("Int64").astype(str))
-    return series
+    log.warning("%d series UIDs appear in more than one study; renamed with a ~k suffix", series[clash].nunique())
+    return series.where(~clash, series + "~" + rank.astype("Int64").astype(str))
 
 
 def _reference_normals(series: pd.Series, normals: np.ndarray) -> np.ndarray:
