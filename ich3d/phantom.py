@@ -43,14 +43,15 @@ class SliceGrid:
 
     Attributes:
         origin: (3,) ImagePositionPatient, mm. row_dir, col_dir: (3,) unit ImageOrientationPatient cosines.
-        spacing: pixel spacing, mm. size: rows == columns.
+        spacing: pixel spacing, mm. rows, cols: image shape.
     """
 
     origin: np.ndarray
     row_dir: np.ndarray
     col_dir: np.ndarray
     spacing: float
-    size: int
+    rows: int
+    cols: int
 
     @cached_property
     def normal(self) -> np.ndarray:
@@ -60,7 +61,12 @@ class SliceGrid:
     @property
     def full(self) -> Box:
         """The box of the whole image."""
-        return (0, self.size, 0, self.size)
+        return (0, self.rows, 0, self.cols)
+
+    def crop(self, box: Box) -> SliceGrid:
+        """The grid of the pixels in `box`."""
+        origin = self.origin + self.spacing * (box[2] * self.row_dir + box[0] * self.col_dir)
+        return SliceGrid(origin, self.row_dir, self.col_dir, self.spacing, box[1] - box[0], box[3] - box[2])
 
     def linear(self, vec: np.ndarray, offset: float, box: Box) -> np.ndarray:
         """``offset + vec . p`` at the pixels of `box`: (rows, cols) float32."""
@@ -89,9 +95,9 @@ class Ellipsoid:
         if abs(rel @ grid.normal) > self.extent(grid.normal):
             return None
         box = []
-        for axis in (grid.col_dir, grid.row_dir):
+        for axis, n in ((grid.col_dir, grid.rows), (grid.row_dir, grid.cols)):
             mid, half = rel @ axis / grid.spacing, (self.extent(axis) + margin) / grid.spacing + 1.0
-            lo, hi = max(0, int(np.floor(mid - half))), min(grid.size, int(np.ceil(mid + half)) + 1)
+            lo, hi = max(0, int(np.floor(mid - half))), min(n, int(np.ceil(mid + half)) + 1)
             if lo >= hi:
                 return None
             box += [lo, hi]
@@ -120,7 +126,9 @@ class Ellipsoid:
 
 def alpha(distance: np.ndarray, edge: float) -> np.ndarray:
     """Inside fraction of a pixel from its signed distance (mm) to a surface, blended over `edge` mm."""
-    return np.clip(0.5 - distance * np.float32(1.0 / edge), 0.0, 1.0)
+    frac = distance * np.float32(-1.0 / edge)
+    frac += 0.5
+    return np.clip(frac, 0.0, 1.0, out=frac)
 
 
 def blend(img: np.ndarray, value: float | np.ndarray, frac: np.ndarray, box: Box | None = None) -> None:
@@ -295,13 +303,13 @@ class SliceFields:
 
 
 def render_anatomy(head: Head, grid: SliceGrid) -> tuple[np.ndarray, SliceFields]:
-    """Noise-free Hounsfield units of the head on `grid`: ((S, S) float32, the fields lesions need)."""
+    """Noise-free Hounsfield units of the head on `grid`: ((rows, cols) float32, the fields lesions need)."""
     p, e = head.params, grid.spacing
     d_head, rho2 = head.scalp.distance(grid, grid.full)
-    img = np.full((grid.size, grid.size), AIR_HU, dtype=np.float32)
+    img = np.full((grid.rows, grid.cols), AIR_HU, dtype=np.float32)
     blend(img, p.hu["scalp"], alpha(d_head, e))
     d_skull = d_head + np.float32(p.scalp)
-    cavity = _cavity(head, grid, d_skull)
+    cavity, floor = _cavity(head, grid, d_skull)
     depth = np.clip(-d_skull / np.maximum(cavity - d_skull, 1e-3), 0.0, 1.0)
     blend(img, p.hu["diploe"] + (p.hu["table"] - p.hu["diploe"]) * (2 * depth - 1) ** 2, alpha(d_skull, e))
     for shape, hu in head.base:
@@ -310,51 +318,68 @@ def render_anatomy(head: Head, grid: SliceGrid) -> tuple[np.ndarray, SliceFields
             blend(img, hu, alpha(shape.distance(grid, box)[0], e) * alpha(sub(d_head, box), e), box)
     csf = alpha(cavity, e)
     blend(img, p.hu["csf"], csf)
-    brain = _paint_cortex(img, head, grid, cavity, rho2, d_skull)
+    brain = _paint_cortex(img, head, grid, (cavity, rho2, d_skull, floor))
     fields = SliceFields(cavity, np.clip(csf - brain, 0.0, 1.0), np.zeros_like(img))
     _paint_deep(img, head, grid, fields)
     return img, fields
 
 
-def _cavity(head: Head, grid: SliceGrid, d_skull: np.ndarray) -> np.ndarray:
-    """Signed distance to the inner table, (S, S) float32: the skull's offset surface (thicker in front) over
-    the cerebral floor, plus the posterior and middle fossae, minus the petrous ridges and clivus."""
+def _cavity(head: Head, grid: SliceGrid, d_skull: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Signed distances (mm) to the inner table and to the cerebral floor, (rows, cols) float32 each.
+
+    The inner table is the skull's offset surface (thicker in front) over the cerebral floor, plus the
+    posterior and middle fossae, minus the petrous ridges and clivus."""
     p, rot = head.params, head.pose.rot
     v = grid.linear(rot[1] / p.axes[1], -float(rot[1] @ head.pose.center) / p.axes[1], grid.full)
     d = d_skull + np.float32(p.skull) + np.float32(p.frontal) * np.clip(-v, 0.0, 1.0)
-    np.maximum(d, grid.linear(head.floor[0], head.floor[1], grid.full), out=d)
+    floor = grid.linear(head.floor[0], head.floor[1], grid.full)
+    np.maximum(d, floor, out=d)
     for shape, sign in [(f, 1.0) for f in head.fossae] + [(r, -1.0) for r in head.ridges]:
         box = shape.box(grid)
         if box is not None:
             view, dist = sub(d, box), shape.distance(grid, box)[0]
             view[...] = np.minimum(view, dist) if sign > 0 else np.maximum(view, -dist)
-    return np.maximum(d, d_skull + np.float32(0.6 * p.skull))
+    return np.maximum(d, d_skull + np.float32(0.6 * p.skull)), floor
 
 
-def _paint_cortex(img: np.ndarray, head: Head, grid: SliceGrid, cavity: np.ndarray, rho2: np.ndarray,
-                  d_skull: np.ndarray) -> np.ndarray:  # fmt: skip
+def _paint_cortex(img: np.ndarray, head: Head, grid: SliceGrid, maps: tuple[np.ndarray, ...]) -> np.ndarray:
     """Paint grey and white matter with gyri, sulci and the interhemispheric fissure; return brain fraction.
 
+    Args:
+        maps: signed distances (mm) to the inner table, to the outer table and to the cerebral floor, and
+            the scalp's rho^2, (rows, cols) each.
+
     Sulci are the zero lines of a sum of plane waves evaluated at the pixel's radial projection on the
-    head's surface (`rho2` of the scalp), so they run radially into the cortex (only under the convexity:
-    within 30 mm of the outer table, `d_skull`); their distance in mm is |g| / |grad g| with the gradient
-    taken by finite differences on the grid.
+    head's surface (scalp rho^2), so they run radially into the cortex (under the convexity only: within
+    30 mm of the outer table); their distance in mm is |g| / |grad g| (finite differences on the grid).
     """
+    cavity, rho2, d_skull, floor = maps
     p, e, at = head.params, grid.spacing, head.params.atrophy
     rim, sulcal_depth, half_width = 0.6 + 2.0 * at, 7.0 + 5.0 * at, 0.4 + 1.2 * at
     gyri = _gyral_field(head, grid, rho2)
     slope = np.zeros_like(gyri)
     slope[:, :-1] = np.abs(np.diff(gyri, axis=1))
     slope[:-1, :] += np.abs(np.diff(gyri, axis=0))
-    distance = np.abs(gyri) / np.maximum(slope * np.float32(0.75 / e), 1e-3)  # mm to the nearest sulcus
+    slope *= np.float32(0.75 / e)
+    np.abs(gyri, out=gyri)
+    distance = np.divide(gyri, np.maximum(slope, 1e-3, out=slope), out=gyri)  # mm to the nearest sulcus
     below = cavity + np.float32(rim)  # <= 0 under the convexity CSF
-    taper = np.clip(np.minimum(below + sulcal_depth, d_skull + 30.0) / 3.0, 0.0, 1.0)
-    sulci = np.clip((half_width * taper - distance) / e + 0.5, 0.0, 1.0)
-    np.maximum(sulci, _fissure(head, grid), out=sulci)
-    brain = alpha(below, e) * (1.0 - sulci)
+    taper = np.minimum(below + np.float32(sulcal_depth), d_skull + np.float32(30.0))
+    taper *= np.float32(half_width / 3.0)
+    np.clip(taper, 0.0, half_width, out=taper)
+    sulci = alpha(distance - taper, e)
+    # the interhemispheric fissure: midline CSF within 30 mm of the surface, above the cerebral floor
+    u = grid.linear(head.cerebrum.rot[0], -float(head.cerebrum.rot[0] @ head.cerebrum.center), grid.full)
+    fissure = alpha(np.abs(u, out=u) - np.float32(0.5 + 1.2 * at), e)
+    fissure *= alpha(-below - np.float32(30.0), e) * alpha(floor + np.float32(10.0), e)
+    np.maximum(sulci, fissure, out=sulci)
+    brain = alpha(below, e)
+    brain *= 1.0 - sulci
     blend(img, p.hu["gm"], brain)
-    white_depth = 3.0 + (sulcal_depth + 1.0) * np.clip(1.0 - distance / 5.0, 0.0, 1.0)
-    blend(img, p.hu["wm"], alpha(below + white_depth, 1.5 * e))
+    white = np.clip(1.0 - distance * np.float32(0.2), 0.0, 1.0)
+    white *= np.float32(sulcal_depth + 1.0)
+    white += below + np.float32(3.0)
+    blend(img, p.hu["wm"], alpha(white, 1.5 * e))
     return brain
 
 
@@ -365,16 +390,6 @@ def _gyral_field(head: Head, grid: SliceGrid, rho2: np.ndarray) -> np.ndarray:
     for k, phase in zip(head.params.waves @ head.pose.rot, head.params.phases.tolist()):
         gyri += np.sin(grid.linear(k, -float(k @ head.pose.center), grid.full) * inv_r + phase)
     return gyri
-
-
-def _fissure(head: Head, grid: SliceGrid) -> np.ndarray:
-    """CSF fraction of the interhemispheric fissure (midline, above the ventricles or in front/behind them)."""
-    e, at, rows = grid.spacing, head.params.atrophy, head.cerebrum.rot
-    u, v, w = (grid.linear(r, -float(r @ head.cerebrum.center), grid.full) for r in rows)
-    width = 0.5 + 1.2 * at
-    region = np.maximum(alpha(28.0 - w, e), alpha(32.0 - np.abs(v), e))
-    region *= alpha(grid.linear(head.floor[0], head.floor[1], grid.full) + 10.0, e)
-    return np.clip((width - np.abs(u)) / e + 0.5, 0.0, 1.0) * region
 
 
 def _paint_deep(img: np.ndarray, head: Head, grid: SliceGrid, fields: SliceFields) -> None:
@@ -436,15 +451,17 @@ class _Cut:
 
 
 def paint_lesion(img: np.ndarray, lesion: Lesion, grid: SliceGrid, fields: SliceFields) -> int:
-    """Paint `lesion` into `img` (HU, in place); return the pixels it covers by more than half."""
+    """Paint `lesion` into `img` (HU, in place); return its pixels: those it takes over by more than half
+    (coverage times contrast, which falls towards the lesion's ends)."""
     box = lesion.extent.box(grid, margin=lesion.size)
     if box is None:
         return 0
     s = lesion.extent.local(grid, box)
     cut = _Cut(img, grid, box, s, s[0] * s[0] + s[1] * s[1] + s[2] * s[2], fields)
     frac = _FRACTIONS[lesion.label](lesion, cut)
-    taper = 1.0 - (1.0 - END_CONTRAST) * np.minimum(s[2] * s[2], 1.0)
-    blend(img, lesion.hu, frac * taper, box)
+    frac *= 1.0 - (1.0 - END_CONTRAST) * np.minimum(s[2] * s[2], 1.0)
+    view = sub(img, box)
+    view += frac * np.maximum(lesion.hu - view, 0.0)  # blood replaces tissue, never darkens bone
     return int(np.count_nonzero(frac > 0.5))
 
 
@@ -454,10 +471,16 @@ def render_slice(head: Head, lesions: list[Lesion], grid: SliceGrid) -> tuple[np
     A subtype is positive when its lesions cover more than half of at least MIN_LESION_AREA_MM2 (and 3
     pixels) of the slice; ``any`` is their OR.
     """
-    img, fields = render_anatomy(head, grid)
+    img = np.full((grid.rows, grid.cols), AIR_HU, dtype=np.float32)
+    box = head.scalp.box(grid)
+    if box is None:
+        return img, (0,) * len(LABELS)
+    crop = grid.crop(box)  # everything happens inside the head
+    head_img, fields = render_anatomy(head, crop)
     found = dict.fromkeys(SUBTYPES, 0)
     for lesion in lesions:
-        found[lesion.label] += paint_lesion(img, lesion, grid, fields)
+        found[lesion.label] += paint_lesion(head_img, lesion, crop, fields)
+    sub(img, box)[...] = head_img
     least = max(3, int(np.ceil(MIN_LESION_AREA_MM2 / grid.spacing**2)))
     subtypes = tuple(int(found[name] >= least) for name in SUBTYPES)
     return img, (int(any(subtypes)), *subtypes)

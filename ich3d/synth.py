@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -102,13 +103,16 @@ class SeriesPlan:
     quirks: dict[str, str]  # QUIRK_SHARES key -> value
 
 
-def make_synthetic_dataset(out: Path, config: SynthConfig, progress: Callable[[int], None] | None = None) -> dict:
+def make_synthetic_dataset(out: Path, config: SynthConfig, progress: Callable[[int], None] | None = None,
+                           workers: int = 1) -> dict:  # fmt: skip
     """Write a synthetic RSNA-layout dataset under `out` (see the module docstring) and return its summary.
 
     Args:
         out: output folder; created if missing, must not already hold stage_2_train/ or stage_2_test/ files.
         config: the settings.
-        progress: called with the number of files just written, after each series and extra file.
+        progress: called with the number of files just written, after each series and extra file
+            (`count_files(config)` files in all).
+        workers: processes writing series in parallel (the output does not depend on it).
 
     Returns:
         The summary also written to out/synth.json: config, counts per split (files, images, series,
@@ -116,7 +120,10 @@ def make_synthetic_dataset(out: Path, config: SynthConfig, progress: Callable[[i
 
     Raises:
         InputError: `out` is a file or already holds a dataset.
+        ConfigError: workers < 1.
     """
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1 (got {workers}).")
     out = Path(out)
     for split in SPLITS:
         folder = out / f"stage_2_{split}"
@@ -127,24 +134,46 @@ def make_synthetic_dataset(out: Path, config: SynthConfig, progress: Callable[[i
     plans, extras = plan_dataset(config)
     labels: dict[str, dict[str, tuple[int, ...]]] = {split: {} for split in SPLITS}
     infos = []
-    for plan in plans:
-        series_labels, info = write_series(out / f"stage_2_{plan.split}", plan, config)
+    for plan, (series_labels, info) in zip(plans, _write_all_series(out, plans, config, progress, workers)):
         labels[plan.split].update(series_labels)
         infos.append(info)
-        if progress is not None:
-            progress(len(plan.sop_uids))
     for split, (corrupt, junk) in extras.items():
         _truncate_pixels(out / f"stage_2_{split}" / f"{corrupt}.dcm")
-        seed_seq = np.random.default_rng([config.seed, SPLITS.index(split), 99])
-        (out / f"stage_2_{split}" / f"{junk}.dcm").write_bytes(b"not a DICOM file\n" + seed_seq.bytes(2048))
+        junk_rng = np.random.default_rng([config.seed, SPLITS.index(split), 99])
+        (out / f"stage_2_{split}" / f"{junk}.dcm").write_bytes(b"not a DICOM file\n" + junk_rng.bytes(2048))
         if progress is not None:
-            progress(1)
+            progress(1)  # the junk file (the corrupt one is a slice of a series)
     summary = _summary(config, plans, infos, labels, extras)
     _write_csvs(out, config, labels, extras)
     (out / "synth.json").write_text(json.dumps(summary, indent=1) + "\n")
     n_files = sum(s["files"] for s in summary["splits"].values())
     log.info("wrote %d files in %.1f s to %s", n_files, time.perf_counter() - start, out)
     return summary
+
+
+def count_files(config: SynthConfig) -> int:
+    """How many files `make_synthetic_dataset` writes for `config` (for progress bars)."""
+    plans, extras = plan_dataset(config)
+    return sum(len(plan.sop_uids) for plan in plans) + len(extras)
+
+
+def _write_all_series(out: Path, plans: list[SeriesPlan], config: SynthConfig,
+                      progress: Callable[[int], None] | None, workers: int) -> list[tuple[dict, dict]]:  # fmt: skip
+    """write_series for every plan, in `workers` processes; results in plan order."""
+    report = progress or (lambda n: None)
+    folders = [out / f"stage_2_{plan.split}" for plan in plans]
+    if workers == 1:
+        results = []
+        for folder, plan in zip(folders, plans):
+            results.append(write_series(folder, plan, config))
+            report(len(plan.sop_uids))
+        return results
+    with ProcessPoolExecutor(min(workers, len(plans))) as pool:
+        futures = [pool.submit(write_series, folder, plan, config) for folder, plan in zip(folders, plans)]
+        for future, plan in zip(futures, plans):
+            future.result()
+            report(len(plan.sop_uids))
+        return [future.result() for future in futures]
 
 
 def plan_dataset(config: SynthConfig) -> tuple[list[SeriesPlan], dict[str, tuple[str, str]]]:
@@ -209,13 +238,13 @@ def write_series(folder: Path, plan: SeriesPlan, config: SynthConfig) -> tuple[d
     lesions = phantom.sample_lesions(rng, head, _subtypes(rng, config) if positive else [])
     grids, info = _slice_grids(rng, head, plan, config)
     numbers = _instance_numbers(rng, plan.quirks["instances"], len(grids))
-    encode = _encoder(rng, plan.quirks["pixels"], grids[0].size)
+    encode = _encoder(rng, plan.quirks["pixels"], info["image_size"])
     sigma, labels = rng.uniform(3.0, 6.0), {}
     with disable_value_validation():
         template, syntax = _template(rng, plan, grids[0])
         for grid, sop, number in zip(grids, plan.sop_uids, numbers):
             hu, labels[sop] = phantom.render_slice(head, lesions, grid)
-            hu += _noise(rng, grid.size, sigma)
+            hu += _noise(rng, info["image_size"], sigma)
             _write_slice(folder / f"{sop}.dcm", template, syntax, sop, number, grid.origin, encode(hu))
     return labels, info
 
@@ -259,18 +288,19 @@ def _slice_grids(rng: np.random.Generator, head: phantom.Head, plan: SeriesPlan,
     for k in range(n):
         z = (first + k * step - table[1] * normal[1]) / normal[2]
         origin = np.array([table[0], table[1], z]) - (size - 1) / 2 * pixel * (row + col)
-        grids.append(phantom.SliceGrid(origin, row, col, float(pixel), size))
-    return grids, {"size": size, "pixel_spacing": round(pixel, 4), "slice_spacing": step, "tilt": round(tilt, 2)}
+        grids.append(phantom.SliceGrid(origin, row, col, float(pixel), size, size))
+    info = {"image_size": size, "pixel_spacing": round(pixel, 4), "slice_spacing": step, "tilt_degrees": round(tilt, 2)}
+    return grids, info
 
 
 def _noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
-    """CT-like noise, HU: Gaussian of std `sigma`, correlated over neighbouring pixels (2x2 box)."""
-    white = rng.standard_normal((size + 1, size + 1), dtype=np.float32)
-    noise = white[:-1, :-1] + white[1:, :-1]
-    noise += white[:-1, 1:]
-    noise += white[1:, 1:]
-    noise *= np.float32(sigma / 2.0)
-    return noise
+    """CT-like noise, (size, size) float32 HU of std `sigma`: sums of four uniform bytes over 2x2 pixel
+    boxes, nearly Gaussian (Irwin-Hall) and correlated between neighbours (0.5), ~6x cheaper than normals."""
+    white = np.frombuffer(rng.bytes((size + 1) ** 2), dtype=np.int8).reshape(size + 1, size + 1).astype(np.int16)
+    box = white[:-1, :-1] + white[1:, :-1]
+    box += white[:-1, 1:]
+    box += white[1:, 1:]
+    return box.astype(np.float32) * np.float32(sigma / np.sqrt(4 * (256**2 - 1) / 12))
 
 
 def _encoder(rng: np.random.Generator, kind: str, size: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -312,7 +342,7 @@ def _template(rng: np.random.Generator, plan: SeriesPlan, grid: phantom.SliceGri
         _el(0x0020000D, "UI", plan.study_uid), _el(0x0020000E, "UI", plan.series_uid), _el(0x00200010, "SH", ""),
         _el(0x00200037, "DS", [f"{x:.6f}" for x in (*grid.row_dir, *grid.col_dir)]),
         _el(0x00280002, "US", 1), _el(0x00280004, "CS", "MONOCHROME2"),
-        _el(0x00280010, "US", grid.size), _el(0x00280011, "US", grid.size),
+        _el(0x00280010, "US", grid.rows), _el(0x00280011, "US", grid.cols),
         _el(0x00280030, "DS", [f"{grid.spacing:.10g}"] * 2), _el(0x00280100, "US", 16),
         _el(0x00280101, "US", bits), _el(0x00280102, "US", bits - 1), _el(0x00280103, "US", representation),
         _el(0x00281052, "DS", intercept), _el(0x00281053, "DS", "1"),
@@ -323,7 +353,8 @@ def _template(rng: np.random.Generator, plan: SeriesPlan, grid: phantom.SliceGri
     elif plan.quirks["window"] == "multi":  # RSNA style: zero-padded, the second pair maybe a bone window
         bone = rng.random() < 0.5
         centers, widths = [center, 500 if bone else center], [width, 2000 if bone else width]
-        elems += [_el(0x00281050, "DS", [f"{v:05d}" for v in centers]), _el(0x00281051, "DS", [f"{v:05d}" for v in widths])]
+        elems += [_el(0x00281050, "DS", [f"{v:05d}" for v in centers]),
+                  _el(0x00281051, "DS", [f"{v:05d}" for v in widths])]
     syntax = ImplicitVRLittleEndian if plan.quirks["syntax"] == "implicit" else ExplicitVRLittleEndian
     return elems, syntax
 
