@@ -1,0 +1,181 @@
+"""Benchmark of ``build_series`` against the seed notebook's per-file pipeline and the raw decode floor.
+
+Usage: python scripts/bench_build.py --data /tmp/ich3d-bench [--workers 2] [--repeats 3] [--write]
+
+The synthetic dataset (512x512 slices, >= 1,000 files) is generated once into --data and reused.
+All three pipelines run in the same process run on the same files, after every file was read once
+(warm page cache); each figure is the median of --repeats runs.
+
+* seed: the seed notebook's ``_read`` per file, one process: pydicom read, 12-bit fix, three float
+  windows, stacked, resized to S. cv2 is not installed here, so the resize is PIL's bilinear on each
+  float channel (PIL antialiases when shrinking, cv2's INTER_LINEAR does not: slightly more work).
+* raw floor: ``pydicom.dcmread(path).pixel_array`` per file, one process.
+* build: ``build_series`` with --workers processes into a fresh folder (header pass, index, pixel
+  pass, cache files written), wall time of the whole call.
+
+--write replaces the "build-series" section of BENCHMARKS.md with the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image
+
+from ich3d.build import build_series
+from ich3d.constants import Status
+from ich3d.dicom import read_header
+from ich3d.synth import SynthConfig, make_synthetic_dataset
+
+SECTION = "## build-series"
+
+
+def dataset_files(data: Path, min_files: int) -> list[Path]:
+    """The readable files of the train split of the synthetic dataset in ``data`` (generated if absent).
+
+    The seed and raw pipelines run on these; ``build_series`` gets the whole folder, with its corrupt
+    and junk files, and is credited with all of them."""
+    folder = data / "stage_2_train"
+    if not folder.is_dir():
+        n_series = max(1, min_files // 25 + 1)  # synth series hold ~34 slices here
+        make_synthetic_dataset(data, SynthConfig(n_train_series=n_series, n_test_series=1, image_size=512,
+                                                 min_slices=30, max_slices=50, seed=0))
+    files = [path for path in sorted(folder.iterdir()) if read_header(path)["status"] == Status.OK]
+    if len(files) < min_files:
+        raise SystemExit(f"{folder} holds {len(files)} files, fewer than {min_files}: use another --data")
+    return files
+
+
+def seed_read(path: Path, size: int | None) -> np.ndarray:
+    """The seed notebook's ``_read(path, (size, size))`` (In [31]-[33]), PIL standing in for cv2.resize;
+    ``size`` None skips the resize (the seed's cost if cv2.resize were free)."""
+    dcm = pydicom.dcmread(path)
+
+    def window(dcm: pydicom.Dataset, center: int, width: int) -> np.ndarray:
+        if (dcm.BitsStored == 12) and (dcm.PixelRepresentation == 0) and (int(dcm.RescaleIntercept) > -100):
+            x = dcm.pixel_array + 1000
+            x[x >= 4096] = x[x >= 4096] - 4096
+            dcm.PixelData = x.tobytes()
+            dcm.RescaleIntercept = -1000
+        img = dcm.pixel_array * dcm.RescaleSlope + dcm.RescaleIntercept
+        return np.clip(img, center - width // 2, center + width // 2)
+
+    try:
+        brain = (window(dcm, 40, 80) - 0) / 80
+        subdural = (window(dcm, 80, 200) - (-20)) / 200
+        soft = (window(dcm, 40, 380) - (-150)) / 380
+        img = np.array([brain, subdural, soft]).transpose(1, 2, 0)
+    except Exception:  # noqa: BLE001 - as the seed does
+        img = np.zeros((size or 512, size or 512, 3))
+    if size is None:
+        return img
+    channels = [np.asarray(Image.fromarray(img[..., c].astype(np.float32)).resize((size, size), Image.BILINEAR))
+                for c in range(3)]
+    return np.stack(channels, axis=-1)
+
+
+def raw_read(path: Path, size: int) -> np.ndarray:
+    """The floor: pydicom read and decode of the pixel bytes."""
+    return pydicom.dcmread(path).pixel_array
+
+
+def time_per_file(fn, files: list[Path], size: int) -> float:
+    began = time.perf_counter()
+    for path in files:
+        fn(path, size)
+    return len(files) / (time.perf_counter() - began)
+
+
+def time_build(folder: Path, size: int, workers: int) -> tuple[float, dict]:
+    with tempfile.TemporaryDirectory(dir=folder.parent) as temp:
+        began = time.perf_counter()
+        summary = build_series([folder], Path(temp) / "dataset", image_size=size, workers=workers, progress=False)
+        return summary["n_files"] / (time.perf_counter() - began), summary
+
+
+def run(data: Path, size: int, workers: int, repeats: int, min_files: int) -> dict:
+    files = dataset_files(data, min_files)
+    for path in files:  # warm the page cache
+        path.read_bytes()
+    rates: dict[str, list[float]] = {"seed": [], "seed_no_resize": [], "raw": [], "build": []}
+    phases: list[dict] = []
+    for _ in range(repeats):
+        rates["seed"].append(time_per_file(seed_read, files, size))
+        rates["seed_no_resize"].append(time_per_file(seed_read, files, None))
+        rates["raw"].append(time_per_file(raw_read, files, size))
+        rate, summary = time_build(files[0].parent, size, workers)
+        rates["build"].append(rate)
+        phases.append(summary["timings"])
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    timing = {key: statistics.median(p[key] for p in phases) for key in phases[0]}
+    return {"files": len(files), "size": size, "workers": workers, "repeats": repeats, "median": median,
+            "runs": rates, "timings": timing}
+
+
+def table(result: dict) -> str:
+    m = result["median"]
+    lines = [
+        f"Machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
+        f"{datetime.date.today().isoformat()}; {result['files']} synthetic 512x512 int16 files, S = {result['size']}, "
+        f"page cache warm, median of {result['repeats']} runs (noisy VM: +-15-25 %).",
+        "",
+        "| pipeline | processes | files/s | build speed-up | vs raw floor |",
+        "|---|---|---|---|---|",
+        f"| seed notebook per-file pipeline (pydicom, 12-bit fix, 3 float windows, PIL bilinear resize) | 1 | "
+        f"{m['seed']:.0f} | {m['build'] / m['seed']:.1f}x | {m['seed'] / m['raw']:.2f}x |",
+        f"| same without the resize (bound for a free cv2.resize) | 1 | {m['seed_no_resize']:.0f} | "
+        f"{m['build'] / m['seed_no_resize']:.1f}x | {m['seed_no_resize'] / m['raw']:.2f}x |",
+        f"| raw floor: pydicom read + decode of the pixel bytes | 1 | {m['raw']:.0f} | {m['build'] / m['raw']:.1f}x | 1.00x |",
+        f"| `build_series` (headers, index, pixel pass, cache files written) | {result['workers']} | {m['build']:.0f} | "
+        f"- | {m['build'] / m['raw']:.2f}x |",
+        "",
+        "build phases (s, median): " + ", ".join(f"{k} {v:.2f}" for k, v in result["timings"].items()),
+        "",
+        f"Targets: build >= 5x seed ({'met' if m['build'] >= 5 * m['seed'] else 'NOT met'}; against the seed "
+        f"without its resize: {'met' if m['build'] >= 5 * m['seed_no_resize'] else 'NOT met'}), "
+        f"build >= 0.5x raw floor ({'met' if m['build'] >= 0.5 * m['raw'] else 'NOT met'}).",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, body: str) -> None:
+    """Replaces (or appends) the build-series section of BENCHMARKS.md, keeping other sections."""
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    start = text.find(SECTION)
+    end = len(text) if start < 0 else text.find("\n## ", start + len(SECTION))
+    block = f"{SECTION}\n\n`python scripts/bench_build.py --data DIR --workers 2 --write`\n\n{body}\n"
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + block
+    else:
+        text = text[:start] + block + ("" if end < 0 else text[end:])
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="Folder for the synthetic dataset (reused).")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--min-files", type=int, default=1000)
+    parser.add_argument("--write", action="store_true", help="Write the table into BENCHMARKS.md.")
+    args = parser.parse_args()
+    result = run(args.data, args.image_size, args.workers, args.repeats, args.min_files)
+    body = table(result)
+    print(body)
+    if args.write:
+        write_section(Path(__file__).resolve().parents[1] / "BENCHMARKS.md", body)
+
+
+if __name__ == "__main__":
+    main()
