@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -138,7 +139,8 @@ def train(ctx: click.Context, dataset: Path, config_path: str | None, out: Path,
         raise click.UsageError("--config is required (unless --resume)")
     table = EpochTable(_console(ctx))
     result = fit(dataset, out, config_path, list(overrides), fold=fold, resume=resume, device=device, report=table.add)
-    table.final(result, out)
+    if os.environ.get("RANK", "0") == "0":  # torchrun: only rank 0 reports
+        table.final(result, out)
 
 
 @main.command()
@@ -215,3 +217,7 @@ def demo(ctx: click.Context, out: Path, n_series: int, n_test_series: int, confi
 
     print_demo(run_demo(out, n_series, n_test_series, config_name, list(overrides), seed,
                         progress=not ctx.obj["quiet"]), _console(ctx))
+
+
+if __name__ == "__main__":  # `python -m ich3d.cli`, as torchrun launches it
+    main()

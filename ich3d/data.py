@@ -72,8 +72,8 @@ def build_table(dataset: Path, slices: pd.DataFrame, series_uids: list[str]) -> 
         dataset=Path(dataset),
         series_uids=np.asarray(series_uids, dtype=object),
         offsets=offsets,
-        labels=rows[list(LABEL_COLUMNS)].to_numpy(np.float32),
-        readable=(rows["status"] == Status.OK).to_numpy(),
+        labels=np.array(rows[list(LABEL_COLUMNS)], dtype=np.float32),  # writable copies (pandas CoW)
+        readable=np.array(rows["status"] == Status.OK, dtype=bool),
         image_ids=rows["image_id"].to_numpy(object),
         patient_ids=patient,
     )
@@ -118,7 +118,7 @@ class SliceDataset(Dataset):
         window = np.clip(np.arange(local - self.context, local + self.context + 1), 0, stop - start - 1)
         window = np.where(readable[window], window, local)
         hu = self._reader(self.table.series_uids[s])[window]
-        return torch.from_numpy(np.ascontiguousarray(hu)), torch.from_numpy(self.table.labels[flat])
+        return torch.from_numpy(np.array(hu)), torch.from_numpy(self.table.labels[flat])
 
 
 class SeriesDataset(Dataset):
@@ -146,7 +146,7 @@ class SeriesDataset(Dataset):
         last = min(stop - start, first + self.crop_len) if self.crop_len else stop - start
         hu = self._reader(self.table.series_uids[s])[first:last]
         return {
-            "hu": torch.from_numpy(np.ascontiguousarray(hu)),
+            "hu": torch.from_numpy(np.array(hu)),
             "labels": torch.from_numpy(self.table.labels[start + first:start + last]),
             "readable": torch.from_numpy(self.table.readable[start + first:start + last]),
             "index": torch.tensor(s),

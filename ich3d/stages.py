@@ -20,7 +20,7 @@ from ich3d.losses import WeightedBCELoss
 from ich3d.models.model import IchModel, build_model
 from ich3d.predict import (encode_table, predict_from_embeddings, predict_table, sequence_index, series_input,
                            series_loader)
-from ich3d.runtime import Runtime, barrier
+from ich3d.runtime import barrier, derive_seed, seed_everything
 from ich3d.transforms import sample_augment, to_input
 
 EMBEDDINGS_FILE = "embeddings.pt"
@@ -81,6 +81,7 @@ def slice_stage(ctx: RunContext, state: dict[str, Any] | None) -> dict[str, Any]
     """Stage 1: encoder + per-slice head on sampled single slices (positives oversampled)."""
     cfg, data, runtime = ctx.config.stages["slice"], ctx.config.data, ctx.runtime
     spec = model_spec(ctx.config, head="slice")
+    seed_everything(derive_seed(ctx.config.seed, "slice", "init"))
     model = build_model(spec, data.in_channels).to(runtime.device)
     trainable = wrap_ddp(SliceForward(model), runtime)
     criterion, scaler = WeightedBCELoss(), runtime.grad_scaler()
@@ -120,6 +121,7 @@ def _table_predictor(ctx: RunContext, model: IchModel) -> Any:
 def _model_from_encoder(ctx: RunContext) -> tuple[IchModel, dict[str, Any]]:
     """The configured sequence model with the slice stage's encoder weights."""
     spec = model_spec(ctx.config)
+    seed_everything(derive_seed(ctx.config.seed, "sequence", "init"))
     model = build_model(spec, ctx.config.data.in_channels, load_weights=False)
     trained = load_checkpoint(ctx.out / ENCODER_CHECKPOINT)["state_dict"]
     model.encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in trained.items() if k.startswith("encoder.")})

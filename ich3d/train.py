@@ -50,7 +50,7 @@ def fit(dataset: Path, out: Path, config: Config | str | Path | None = None, ove
         report: called on the main process with each epoch's record (for progress tables).
 
     Returns:
-        The final record: stage, epoch and validation metrics of the saved model, and run paths.
+        The saved model's ``stage``, ``epoch`` and validation ``metrics``.
     """
     config = _resolve_config(out, config, overrides, resume)
     runtime = setup_runtime(device, config.amp)
@@ -58,15 +58,14 @@ def fit(dataset: Path, out: Path, config: Config | str | Path | None = None, ove
         ctx = _prepare(Path(dataset), Path(out), config, fold, resume, runtime, report or (lambda record: None))
         state = load_checkpoint(ctx.out / LAST_CHECKPOINT) if resume else None
         ctx.completed.extend(state["completed"] if state else [])
-        result: dict[str, Any] = {}
         for name in config.stage_names():
             if name in ctx.completed:
                 continue
-            result = STAGES[name](ctx, state if state and state.get("stage") == name else None)
+            STAGES[name](ctx, state if state and state.get("stage") == name else None)
             ctx.completed.append(name)
             save_last(ctx, {"stage": None})
             state = None
-        return result or _final_record(ctx)
+        return _final_record(ctx)
     finally:
         teardown_runtime()
 
