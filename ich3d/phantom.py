@@ -351,7 +351,7 @@ def _paint_cortex(img: np.ndarray, head: Head, grid: SliceGrid, maps: tuple[np.n
 
     Sulci are the zero lines of a sum of plane waves evaluated at the pixel's radial projection on the
     head's surface (scalp rho^2), so they run radially into the cortex (under the convexity only: within
-    30 mm of the outer table); their distance in mm is |g| / |grad g| (finite differences on the grid).
+    24 mm of the outer table); their distance in mm is |g| / |grad g| (finite differences on the grid).
     """
     cavity, rho2, d_skull, floor = maps
     p, e, at = head.params, grid.spacing, head.params.atrophy
@@ -364,14 +364,14 @@ def _paint_cortex(img: np.ndarray, head: Head, grid: SliceGrid, maps: tuple[np.n
     np.abs(gyri, out=gyri)
     distance = np.divide(gyri, np.maximum(slope, 1e-3, out=slope), out=gyri)  # mm to the nearest sulcus
     below = cavity + np.float32(rim)  # <= 0 under the convexity CSF
-    taper = np.minimum(below + np.float32(sulcal_depth), d_skull + np.float32(30.0))
+    taper = np.minimum(below + np.float32(sulcal_depth), d_skull + np.float32(24.0))
     taper *= np.float32(half_width / 3.0)
     np.clip(taper, 0.0, half_width, out=taper)
     sulci = alpha(distance - taper, e)
-    # the interhemispheric fissure: midline CSF within 30 mm of the surface, above the cerebral floor
+    # the interhemispheric fissure: midline CSF within 45 mm of the outer table, above the cerebral floor
     u = grid.linear(head.cerebrum.rot[0], -float(head.cerebrum.rot[0] @ head.cerebrum.center), grid.full)
     fissure = alpha(np.abs(u, out=u) - np.float32(0.5 + 1.2 * at), e)
-    fissure *= alpha(-below - np.float32(30.0), e) * alpha(floor + np.float32(10.0), e)
+    fissure *= alpha(-d_skull - np.float32(45.0), e) * alpha(floor + np.float32(10.0), e)
     np.maximum(sulci, fissure, out=sulci)
     brain = alpha(below, e)
     brain *= 1.0 - sulci

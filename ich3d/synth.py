@@ -44,7 +44,8 @@ QUIRK_SHARES: dict[str, dict[str, float]] = {
 }
 _DEFAULTS = {"pixels": "signed", "window": "single", "tilt": "none", "size": "standard",
              "instances": "ordered", "syntax": "explicit"}  # fmt: skip
-_SPACINGS = (2.5, 3.0, 4.0, 6.0, 7.5)  # slice spacings (mm) of series whose slice count does not suit 5 mm
+#: Slice spacings (mm) and their shares; a series has about 155 mm / spacing + 1 slices.
+_SPACINGS = {5.0: 0.7, 4.0: 0.1, 3.0: 0.1, 2.5: 0.05, 6.0: 0.05}
 _WINDOWS = ((40, 80), (35, 135), (40, 150), (30, 80), (36, 100))
 
 
@@ -55,7 +56,7 @@ class SynthConfig:
     Attributes:
         n_train_series, n_test_series: series per split (one study each; some patients have two studies).
         image_size: rows == columns of most series (a few "odd" series are 1.23x or 1.5x larger).
-        min_slices, max_slices: range of slices per series (most have about 32, 5 mm apart).
+        min_slices, max_slices: range of slices per series (most have 29-35, 5 mm apart; thinner series more).
         seed: everything is drawn from it.
         positive_fraction: share of series with at least one hemorrhage.
         subtype_probability: chance of each subtype in a positive series, in LABELS[1:] order
@@ -70,7 +71,7 @@ class SynthConfig:
     max_slices: int = 60
     seed: int = 0
     positive_fraction: float = 0.38
-    subtype_probability: tuple[float, ...] = (0.04, 0.55, 0.35, 0.38, 0.42)
+    subtype_probability: tuple[float, ...] = (0.04, 0.62, 0.4, 0.32, 0.38)
     quirks: bool = True
 
     def __post_init__(self) -> None:
@@ -100,6 +101,7 @@ class SeriesPlan:
     study_uid: str
     series_uid: str
     sop_uids: tuple[str, ...]
+    spacing: float  # nominal slice spacing, mm
     quirks: dict[str, str]  # QUIRK_SHARES key -> value
 
 
@@ -195,11 +197,12 @@ def plan_dataset(config: SynthConfig) -> tuple[list[SeriesPlan], dict[str, tuple
         for i in range(n):
             if i == 0 or not follow_up[i] or follow_up[i - 1]:
                 patient, patient_id = patient + 1, _new_id(rng, used, 8)
-            n_slices = int(np.clip(round(rng.normal(32, 6)), config.min_slices, config.max_slices))
+            spacing = float(rng.choice(list(_SPACINGS), p=list(_SPACINGS.values())))
+            n_slices = int(np.clip(round(rng.uniform(140, 170) / spacing) + 1, config.min_slices, config.max_slices))
             sops = tuple(_new_id(rng, used, 9) for _ in range(n_slices))
             study, series = _new_id(rng, used, 10), _new_id(rng, used, 10)
             q = {key: values[i] for key, values in quirks.items()}
-            plans.append(SeriesPlan(split, i, patient, patient_id, study, series, sops, q))
+            plans.append(SeriesPlan(split, i, patient, patient_id, study, series, sops, spacing, q))
         if config.quirks:
             first = len(plans) - n
             victim = plans[first + int(rng.integers(n))]
@@ -280,9 +283,9 @@ def _slice_grids(rng: np.random.Generator, head: phantom.Head, plan: SeriesPlan,
     low = head.pose.point(head.center + [0, 0.42 * ax[1], -0.74 * ax[2]]) @ normal - rng.uniform(2, 10)
     high = head.pose.center @ normal + head.scalp.extent(normal) + rng.uniform(-4, 6)
     n = len(plan.sop_uids)
-    ideal = (high - low) / (n - 1)
-    step = 5.0 if 0.8 <= 5.0 / ideal <= 1.3 else min(_SPACINGS, key=lambda sp: abs(sp - ideal))
-    first = (low + high - step * (n - 1)) / 2 + rng.uniform(-0.3, 0.3) * step
+    ideal = (high - low) / (n - 1)  # a series far too long or short for its head gets another spacing
+    step = plan.spacing if 0.9 <= plan.spacing / ideal <= 1.1 else round(ideal * 4) / 4
+    first = low + (high - low - step * (n - 1)) * rng.uniform(0.2, 0.5)  # spare slices mostly above the vertex
     table = head.pose.center[:2] - [rng.uniform(-12, 12), rng.uniform(-15, 15)]
     grids = []
     for k in range(n):
