@@ -213,10 +213,12 @@ def demo(ctx: click.Context, out: Path, n_series: int, n_test_series: int, confi
          overrides: tuple[str, ...], seed: int) -> None:
     """synth → build-series → train → infer → score on synthetic data, with the prior for comparison."""
     from ich3d.demo import run_demo
-    from ich3d.report import print_demo
+    from ich3d.report import EpochTable, print_demo
 
-    print_demo(run_demo(out, n_series, n_test_series, config_name, list(overrides), seed,
-                        progress=not ctx.obj["quiet"]), _console(ctx))
+    console = _console(ctx)
+    result = run_demo(out, n_series, n_test_series, config_name, list(overrides), seed,
+                      progress=not ctx.obj["quiet"], report=EpochTable(console).add)
+    print_demo(result, console)
 
 
 if __name__ == "__main__":  # `python -m ich3d.cli`, as torchrun launches it

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -15,7 +15,7 @@ from ich3d.constants import MODEL_CHECKPOINT, RUN_METRICS_FILE
 
 def run_demo(out: Path, n_series: int = 60, n_test_series: int = 16, config: str = "cpu_small",
              overrides: list[str] | None = None, seed: int = 0, progress: bool = True,
-             synth_image_size: int = 256) -> dict[str, Any]:
+             synth_image_size: int = 256, report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Runs the whole pipeline on freshly generated data with a held-out test split.
 
     Returns:
@@ -39,7 +39,7 @@ def run_demo(out: Path, n_series: int = 60, n_test_series: int = 16, config: str
                                              image_size=synth_image_size, seed=seed))
     build_series([data / "stage_2_train"], dataset, labels_csv=data / "stage_2_train.csv",
                  image_size=resolved.data.image_size, progress=progress)
-    fit(dataset, run, resolved, fold=0, resume=(run / "last.pt").is_file())
+    fit(dataset, run, resolved, fold=0, resume=(run / "last.pt").is_file(), report=report)
     predict([run], pred, dicom_dirs=[data / "stage_2_test"],
             sample_submission=data / "stage_2_sample_submission.csv", progress=progress)
     labels = data / "stage_2_test_labels.csv"
