@@ -88,18 +88,17 @@ def _taps(n_in: int, n_out: int) -> _Taps:
 
 def _resample(x: np.ndarray, taps: _Taps, axis: int) -> np.ndarray:
     """Applies ``taps`` along ``axis`` (-1 or -2) of ``x``; float32 result."""
-    out: np.ndarray | None = None
-    for k, index in enumerate(taps.indices):
-        part = x[..., index, :] if axis == -2 else x[..., index]
-        if taps.weights is not None:
-            weight = taps.weights[k][:, None] if axis == -2 else taps.weights[k]
-            part = np.multiply(part, weight, dtype=np.float32)
-        if out is None:
-            out = part.astype(np.float32, copy=taps.weights is None)
-        else:
+    parts = [x[..., index, :] if axis == -2 else x[..., index] for index in taps.indices]
+    if taps.weights is None:  # equal weights: sum the taps, scale once
+        out = np.add(parts[0], parts[1], dtype=np.float32) if len(parts) > 1 else parts[0].astype(np.float32)
+        for part in parts[2:]:
             np.add(out, part, out=out, casting="unsafe")
-    if taps.weights is None:
         out *= np.float32(taps.scale)
+        return out
+    shape = (-1, 1) if axis == -2 else (-1,)
+    out = np.multiply(parts[0], taps.weights[0].reshape(shape), dtype=np.float32)
+    for part, weight in zip(parts[1:], taps.weights[1:]):
+        out += np.multiply(part, weight.reshape(shape), dtype=np.float32)
     return out
 
 
