@@ -1,0 +1,165 @@
+"""Inference throughput, DICOM folder → submission.csv, split into read/decode, model and writing.
+
+Usage: python scripts/bench_infer.py [--data /tmp/ich3d-bench-infer] [--run RUN] [--device cpu] [--write]
+
+A synthetic set (--series test series of 512x512 files, plus a few training series) is generated once
+into --data. Without --run, a tiny cpu_small run is trained there first with ``ich3d.train.fit``
+(1 slice epoch of 64 samples, 1 sequence epoch: the weights do not matter for speed, the
+architecture does). The phases are those of ``ich3d.infer.predict`` with ``--dicom-dir``, called
+one by one into a fresh OUT folder:
+
+* read/decode: ``build_series`` of the test folder into ``OUT/dataset`` at the model's image size
+  (header pass, index, pixel pass with all cores);
+* model: index load, ``build_table`` and the ensemble (``predict_table`` with the run's TTA);
+* writing: the part frame, its parquet file and ``merge`` → ``predictions.parquet`` + ``submission.csv``.
+
+Model loading is reported apart (paid once per job). The projection to the 121,232 images of the
+RSNA stage-2 test set scales the measured per-image time linearly.
+--write appends (or replaces) the "## Inference" section at the end of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ich3d.build import build_series, load_index, part_series
+from ich3d.config import load_config
+from ich3d.data import build_table
+from ich3d.engine import load_model
+from ich3d.infer import PARTS_DIR, _checkpoint_of, _ensemble, _part_file, _part_frame, merge
+from ich3d.runtime import setup_runtime
+from ich3d.synth import SynthConfig, make_synthetic_dataset
+from ich3d.train import fit
+
+SECTION = "## Inference"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+RSNA_STAGE2_TEST_IMAGES = 121_232
+TINY_RUN = ["stages.slice.epochs=1", "stages.slice.samples_per_epoch=64", "stages.sequence.epochs=1"]
+
+
+def prepare(data: Path, n_series: int, run: Path | None, device: str | None) -> Path:
+    """Generates the synthetic set (once) and trains the tiny run (once) unless ``run`` is given."""
+    if not (data / "stage_2_test").is_dir():
+        make_synthetic_dataset(data, SynthConfig(n_train_series=6, n_test_series=n_series, image_size=512,
+                                                 min_slices=30, max_slices=45, seed=1))
+    if run is not None:
+        return run
+    run = data / "run"
+    if not (run / "model.pt").is_file():
+        shutil.rmtree(run, ignore_errors=True)
+        began = time.perf_counter()
+        build_series([data / "stage_2_train"], data / "train_dataset", labels_csv=data / "stage_2_train.csv",
+                     image_size=load_config("cpu_small").data.image_size, progress=False)
+        fit(data / "train_dataset", run, "cpu_small", TINY_RUN, device=device)
+        print(f"tiny run trained in {time.perf_counter() - began:.1f} s: {run}")
+    return run
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Adds the wall time of the block (CUDA work included) to ``timings[name]``."""
+    began = time.perf_counter()
+    yield
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - began
+
+
+def infer_phases(run: Path, test_dir: Path, sample: Path, out: Path, device: str | None, workers: int | None) -> tuple[dict, dict]:
+    """The steps of ``ich3d.infer.predict`` (one part) with each phase timed; returns timings, summary."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    t: dict[str, float] = {}
+    with timed(t, "load model"):
+        runtime = setup_runtime(device, amp=True)
+        models = [load_model(_checkpoint_of(run), runtime.device)]
+    with timed(t, "read/decode"):
+        size = max(checkpoint["image_size"] for _, checkpoint in models)
+        build_series([test_dir], out / "dataset", image_size=size, workers=workers, progress=False)
+    with timed(t, "model"):
+        slices, series = load_index(out / "dataset")
+        table = build_table(out / "dataset", slices, list(part_series(series, 1, 0)))
+        probs = _ensemble(models, table, runtime)
+    with timed(t, "writing"):
+        prior = np.mean([checkpoint["prevalence"] for _, checkpoint in models], axis=0)
+        part = _part_frame(table, probs, slices, prior)
+        path = _part_file(out, 0, 1)
+        path.parent.mkdir(exist_ok=True)
+        part.to_parquet(path, index=False)
+        (out / PARTS_DIR / "prior.json").write_text(json.dumps({"prior": prior.tolist(), "num_parts": 1}))
+        summary = merge(out, sample)
+    summary.update(n_files=len(slices), image_size=size, n_model_slices=int(table.readable.sum()), config=models[0][1]["config"])
+    return t, summary
+
+
+def markdown(t: dict[str, float], s: dict, args: argparse.Namespace, device: str) -> str:
+    n = s["n_files"]
+    total = sum(v for k, v in t.items() if k != "load model")
+    infer_cfg = s["config"]["infer"]
+    lines = [SECTION, "",
+             f"`python scripts/bench_infer.py --device {device}` — machine: {args.machine}, date {args.date},"
+             f" torch {torch.__version__}, python {platform.python_version()}, {torch.get_num_threads()} torch threads,"
+             f" build workers {args.workers or os.cpu_count()}. Input: {n} synthetic 512x512 DICOM files"
+             f" ({args.series} series, incl. one corrupt and one junk file) → submission.csv with {s['images']} images"
+             f" ({s['model']} model, {s['context']} context, {s['prior']} prior). Model: cpu_small"
+             f" (encoder `{s['config']['model']['encoder']['name']}`, head `{s['config']['model']['head']['name']}`,"
+             f" {s['image_size']} px), TTA flip {infer_cfg['tta_flip']}, reverse {infer_cfg['tta_reverse']}.",
+             "", "| phase | seconds | share | images/s | projected for 121,232 images |", "|---|---|---|---|---|"]
+    for name in ("read/decode", "model", "writing"):
+        lines.append(f"| {name} | {t[name]:.2f} | {100 * t[name] / total:.0f} % | {n / t[name]:,.1f} |"
+                     f" {_hours(t[name] / n * RSNA_STAGE2_TEST_IMAGES)} |")
+    lines.append(f"| **total** | {total:.2f} | 100 % | {n / total:,.1f} | {_hours(total / n * RSNA_STAGE2_TEST_IMAGES)} |")
+    lines.append(f"| load model (once per job, not in total) | {t['load model']:.2f} | - | - | - |")
+    return "\n".join(lines) + "\n"
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h ({seconds / 60:,.0f} min)"
+
+
+def write_section(text: str, section: str = SECTION) -> None:
+    """Appends ``text`` at the end of BENCHMARKS.md, replacing an earlier ``section`` of ours."""
+    old = BENCHMARKS.read_text() if BENCHMARKS.is_file() else "# Benchmarks\n"
+    start = old.find(f"\n{section}\n")
+    if start >= 0:
+        following = old.find("\n## ", start + 1)
+        old = old[:start + 1] + (old[following + 1:] if following >= 0 else "")
+    BENCHMARKS.write_text(old.rstrip("\n") + "\n\n" + text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("/tmp/ich3d-bench-infer"))
+    parser.add_argument("--run", type=Path, default=None, help="a trained run folder (default: train a tiny one)")
+    parser.add_argument("--series", type=int, default=8, help="synthetic test series (about 37 files each)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--workers", type=int, default=None, help="build_series processes (default: all cores)")
+    parser.add_argument("--machine", default="2-core CPU VM")
+    parser.add_argument("--date", default=datetime.date.today().isoformat())
+    parser.add_argument("--write", action="store_true", help="write the '## Inference' section of BENCHMARKS.md")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    run = prepare(args.data, args.series, args.run, args.device)
+    t, summary = infer_phases(run, args.data / "stage_2_test", args.data / "stage_2_sample_submission.csv",
+                              args.data / "out", args.device, args.workers)
+    text = markdown(t, summary, args, str(setup_runtime(args.device, amp=True).device.type))
+    print(text)
+    if args.write:
+        write_section(text)
+
+
+if __name__ == "__main__":
+    main()
