@@ -309,7 +309,7 @@ def render_anatomy(head: Head, grid: SliceGrid) -> tuple[np.ndarray, SliceFields
     img = np.full((grid.rows, grid.cols), AIR_HU, dtype=np.float32)
     blend(img, p.hu["scalp"], alpha(d_head, e))
     d_skull = d_head + np.float32(p.scalp)
-    cavity, floor = _cavity(head, grid, d_skull)
+    cavity, floor, u = _cavity(head, grid, d_skull)
     depth = np.clip(-d_skull / np.maximum(cavity - d_skull, 1e-3), 0.0, 1.0)
     blend(img, p.hu["diploe"] + (p.hu["table"] - p.hu["diploe"]) * (2 * depth - 1) ** 2, alpha(d_skull, e))
     for shape, hu in head.base:
@@ -318,42 +318,45 @@ def render_anatomy(head: Head, grid: SliceGrid) -> tuple[np.ndarray, SliceFields
             blend(img, hu, alpha(shape.distance(grid, box)[0], e) * alpha(sub(d_head, box), e), box)
     csf = alpha(cavity, e)
     blend(img, p.hu["csf"], csf)
-    brain = _paint_cortex(img, head, grid, (cavity, rho2, d_skull, floor))
+    brain = _paint_cortex(img, head, grid, (cavity, rho2, d_skull, floor, u))
     fields = SliceFields(cavity, np.clip(csf - brain, 0.0, 1.0), np.zeros_like(img))
     _paint_deep(img, head, grid, fields)
     return img, fields
 
 
-def _cavity(head: Head, grid: SliceGrid, d_skull: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Signed distances (mm) to the inner table and to the cerebral floor, (rows, cols) float32 each.
+def _cavity(head: Head, grid: SliceGrid, d_skull: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Signed distances (mm) to the inner table and to the cerebral floor, and the head's left-right
+    coordinate u (mm), (rows, cols) float32 each.
 
-    The inner table is the skull's offset surface (thicker in front) over the cerebral floor, plus the
-    posterior and middle fossae, minus the petrous ridges and clivus."""
+    The inner table is the skull's offset surface (thicker in front) over the cerebral floor (a tilted
+    plane sinking laterally), plus the posterior and middle fossae, minus the petrous ridges and clivus."""
     p, rot = head.params, head.pose.rot
+    u = grid.linear(rot[0], -float(rot[0] @ head.pose.center), grid.full)
     v = grid.linear(rot[1] / p.axes[1], -float(rot[1] @ head.pose.center) / p.axes[1], grid.full)
     d = d_skull + np.float32(p.skull) + np.float32(p.frontal) * np.clip(-v, 0.0, 1.0)
     floor = grid.linear(head.floor[0], head.floor[1], grid.full)
+    floor -= u * u * np.float32(1.0 / 140.0)
     np.maximum(d, floor, out=d)
     for shape, sign in [(f, 1.0) for f in head.fossae] + [(r, -1.0) for r in head.ridges]:
         box = shape.box(grid)
         if box is not None:
             view, dist = sub(d, box), shape.distance(grid, box)[0]
             view[...] = np.minimum(view, dist) if sign > 0 else np.maximum(view, -dist)
-    return np.maximum(d, d_skull + np.float32(0.6 * p.skull)), floor
+    return np.maximum(d, d_skull + np.float32(0.6 * p.skull)), floor, u
 
 
 def _paint_cortex(img: np.ndarray, head: Head, grid: SliceGrid, maps: tuple[np.ndarray, ...]) -> np.ndarray:
     """Paint grey and white matter with gyri, sulci and the interhemispheric fissure; return brain fraction.
 
     Args:
-        maps: signed distances (mm) to the inner table, to the outer table and to the cerebral floor, and
-            the scalp's rho^2, (rows, cols) each.
+        maps: signed distance (mm) to the inner table, the scalp's rho^2, signed distances to the outer
+            table and to the cerebral floor, and the left-right coordinate u (mm), (rows, cols) each.
 
     Sulci are the zero lines of a sum of plane waves evaluated at the pixel's radial projection on the
     head's surface (scalp rho^2), so they run radially into the cortex (under the convexity only: within
     24 mm of the outer table); their distance in mm is |g| / |grad g| (finite differences on the grid).
     """
-    cavity, rho2, d_skull, floor = maps
+    cavity, rho2, d_skull, floor, u = maps
     p, e, at = head.params, grid.spacing, head.params.atrophy
     rim, sulcal_depth, half_width = 0.6 + 2.0 * at, 7.0 + 5.0 * at, 0.4 + 1.2 * at
     gyri = _gyral_field(head, grid, rho2)
@@ -369,8 +372,7 @@ def _paint_cortex(img: np.ndarray, head: Head, grid: SliceGrid, maps: tuple[np.n
     np.clip(taper, 0.0, half_width, out=taper)
     sulci = alpha(distance - taper, e)
     # the interhemispheric fissure: midline CSF within 45 mm of the outer table, above the cerebral floor
-    u = grid.linear(head.cerebrum.rot[0], -float(head.cerebrum.rot[0] @ head.cerebrum.center), grid.full)
-    fissure = alpha(np.abs(u, out=u) - np.float32(0.5 + 1.2 * at), e)
+    fissure = alpha(np.abs(u) - np.float32(0.5 + 1.2 * at), e)
     fissure *= alpha(-d_skull - np.float32(45.0), e) * alpha(floor + np.float32(10.0), e)
     np.maximum(sulci, fissure, out=sulci)
     brain = alpha(below, e)

@@ -4,7 +4,7 @@ instance numbers, transfer syntaxes, a corrupt and a non-DICOM file per split, d
 
 Layout under OUT: stage_2_train/ and stage_2_test/ (ID_<9 hex>.dcm), stage_2_train.csv,
 stage_2_sample_submission.csv (every test file, incl. the corrupt and the junk one), stage_2_test_labels.csv
-(ground truth of every test image incl. the corrupt one, not the junk file, which is no image) and
+(ground truth of every test file: the corrupt image, and the junk file as all-negative) and
 synth.json (settings, counts, which series carry which quirk). Output is byte-identical for the same
 config; each series draws from its own generator seeded with (seed, split, series index).
 """
@@ -280,12 +280,12 @@ def _slice_grids(rng: np.random.Generator, head: phantom.Head, plan: SeriesPlan,
     c, s = np.cos(np.radians(tilt)), np.sin(np.radians(tilt))
     row, col, normal = np.array([1.0, 0, 0]), np.array([0, c, -s]), np.array([0, s, c])
     ax = head.cerebrum.axes
-    low = head.pose.point(head.center + [0, 0.42 * ax[1], -0.74 * ax[2]]) @ normal - rng.uniform(2, 10)
-    high = head.pose.center @ normal + head.scalp.extent(normal) + rng.uniform(-4, 6)
+    low = head.pose.point(head.center + [0, 0.42 * ax[1], -0.74 * ax[2]]) @ normal - rng.uniform(2, 8)
+    high = head.pose.center @ normal + head.scalp.extent(normal) - rng.uniform(0, 6)
     n = len(plan.sop_uids)
     ideal = (high - low) / (n - 1)  # a series far too long or short for its head gets another spacing
     step = plan.spacing if 0.9 <= plan.spacing / ideal <= 1.1 else round(ideal * 4) / 4
-    first = low + (high - low - step * (n - 1)) * rng.uniform(0.2, 0.5)  # spare slices mostly above the vertex
+    first = low + (high - low - step * (n - 1)) * rng.uniform(0.6, 0.9)  # spare slices mostly below the base
     table = head.pose.center[:2] - [rng.uniform(-12, 12), rng.uniform(-15, 15)]
     grids = []
     for k in range(n):
@@ -343,7 +343,7 @@ def _template(rng: np.random.Generator, plan: SeriesPlan, grid: phantom.SliceGri
     elems = [
         _el(0x00080016, "UI", CTImageStorage), _el(0x00080060, "CS", "CT"), _el(0x00100020, "LO", plan.patient_id),
         _el(0x0020000D, "UI", plan.study_uid), _el(0x0020000E, "UI", plan.series_uid), _el(0x00200010, "SH", ""),
-        _el(0x00200037, "DS", [f"{x:.6f}" for x in (*grid.row_dir, *grid.col_dir)]),
+        _el(0x00200037, "DS", [f"{x + 0.0:.6f}" for x in (*grid.row_dir, *grid.col_dir)]),  # no "-0.000000"
         _el(0x00280002, "US", 1), _el(0x00280004, "CS", "MONOCHROME2"),
         _el(0x00280010, "US", grid.rows), _el(0x00280011, "US", grid.cols),
         _el(0x00280030, "DS", [f"{grid.spacing:.10g}"] * 2), _el(0x00280100, "US", 16),
@@ -432,8 +432,11 @@ def _write_csvs(out: Path, config: SynthConfig, labels: dict[str, dict[str, tupl
             train.insert(int(rng.integers(len(train) + 1)), str(image))
     _write_long(out / "stage_2_train.csv", [(i, labels["train"][i]) for i in train])
     test = list(rng.permutation(list(labels["test"])))
-    _write_long(out / "stage_2_test_labels.csv", [(i, labels["test"][i]) for i in test])
-    submission = test + ([extras["test"][1]] if "test" in extras else [])
+    junk = [extras["test"][1]] if "test" in extras else []
+    # Like RSNA's, the truth covers every image the sample asks for: the junk file shows no hemorrhage.
+    truth = [(i, labels["test"][i]) for i in test] + [(i, (0,) * len(LABELS)) for i in junk]
+    _write_long(out / "stage_2_test_labels.csv", truth)
+    submission = test + junk
     _write_long(out / "stage_2_sample_submission.csv", [(i, None) for i in rng.permutation(submission)])
 
 

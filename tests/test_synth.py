@@ -129,7 +129,9 @@ def test_labels_csv_format(synthetic_rsna: Path, summary: dict, headers: dict) -
     for values in train.values():
         assert values["any"] == max(values[label] for label in LABELS[1:])
     test_truth = _labels(synthetic_rsna / "stage_2_test_labels.csv")
-    assert set(test_truth) == set(headers["test"])
+    junk = Path(summary["splits"]["test"]["junk_file"]).stem
+    assert set(test_truth) == set(headers["test"]) | {junk}  # every requested file has a truth
+    assert set(test_truth[junk].values()) == {0}
     sample = _long_csv(synthetic_rsna / "stage_2_sample_submission.csv")
     assert {value for _, value in sample} == {"0.5"}
     files = {p.stem for p in (synthetic_rsna / "stage_2_test").iterdir()}
