@@ -233,7 +233,7 @@ def _index(out: Path, files: InputFiles, labels_csv: Path | None, pool: Executor
     log.info("header pass: %d files in %.1f s (%.0f files/s)", len(header), header_s, len(header) / max(header_s, 1e-9))
     slices, series, label_report = _make_index(header, labels)
     meta = {"version": INDEX_VERSION, "files_id": files.files_id, "labels_id": labels_id,
-            "labels": label_report, "header_s": round(header_s, 3), "index_s": round(time.perf_counter() - began - header_s, 3)}
+            "labels": label_report, "header_s": round(header_s, 3)}
     (out / SERIES_FILE).parent.mkdir(parents=True, exist_ok=True)
     _write_parquet(series, out / SERIES_FILE, meta)
     _write_parquet(slices, out / SLICES_FILE, meta)  # written last: its metadata marks a complete index
@@ -306,6 +306,7 @@ def _pixel_pass(out: Path, slices: pd.DataFrame, series: pd.DataFrame, size: int
     done = {} if overwrite else journal.finished()
     todo = [uid for uid in mine if uid not in done or not cache_path(out, uid).is_file()]
     tasks = _cache_tasks(slices, todo)
+    todo.sort(key=lambda uid: -len(tasks[uid]))  # longest first: no long series left for the end
     (out / CACHE_DIR).mkdir(parents=True, exist_ok=True)
     n_slices = sum(len(task) for task in tasks.values())
     with journal.writer() as append, _progress(progress, "pixels", n_slices) as advance:
@@ -374,14 +375,15 @@ def build_series(
     out.mkdir(parents=True, exist_ok=True)
     files = collect_files(dicom_dirs, exclude=out)
     log.info("%d candidate files in %d folders (%d ignored by suffix)", len(files.paths), len(dicom_dirs), files.n_ignored)
-    collect_s = time.perf_counter() - began
+    timings = {"collect_s": time.perf_counter() - began}
     with _pool(workers) as pool:
         slices, series, meta = _index(out, files, labels_csv, pool, progress)
+        timings["index_s"] = time.perf_counter() - began - timings["collect_s"]  # header pass included
         pixels = {} if index_only else _pixel_pass(out, slices, series, image_size, (num_parts, part_id),
                                                    overwrite, files.files_id, pool, progress)
-    timings = {"collect_s": collect_s, "header_s": 0.0 if meta["reused"] else meta["header_s"],
-               "index_s": 0.0 if meta["reused"] else meta["index_s"], "total_s": time.perf_counter() - began}
-    timings["pixel_s"] = timings["total_s"] - sum(timings[k] for k in ("collect_s", "header_s", "index_s"))
+    timings["total_s"] = time.perf_counter() - began
+    timings["pixel_s"] = timings["total_s"] - timings["index_s"] - timings["collect_s"]
+    timings["header_s"] = 0.0 if meta["reused"] else meta["header_s"]
     summary = _summary(dicom_dirs, labels_csv, files, slices, series, meta, pixels, timings)
     summary["settings"] = {"image_size": image_size, "workers": workers, "overwrite": overwrite,
                            "num_parts": num_parts, "part_id": part_id, "index_only": index_only}

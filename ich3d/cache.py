@@ -214,7 +214,8 @@ def slice_to_cache(slice_: CacheSlice, size: int) -> np.ndarray:
         fill = (HU_MIN - intercept.item()) / slice_.rescale_slope if slice_.rescale_slope else 0.0
         pixels = pad_to_square(pixels.astype(np.float32), fill)
     small = resize(pixels, size)
-    small *= slope
+    if slope != 1:
+        small *= slope
     small += intercept.astype(np.float32)
     return to_cache_dtype(small)
 

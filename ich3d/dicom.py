@@ -397,23 +397,26 @@ def fix_rsna_12bit(
 
     Where BitsStored == 12, PixelRepresentation == 0 and RescaleIntercept > -100 (images whose
     stored values wrapped around), the values are shifted by 1000 modulo 4096 and the intercept
-    becomes -1000, as the RSNA 2019 solutions did.
+    becomes -1000, as the RSNA 2019 solutions did (``x + 1000``, minus 4096 where >= 4096: the same
+    for values masked to 12 bits, as :func:`read_pixels` and pydicom return them).
 
     Args:
         pixels: (H, W) or (N, H, W) stored values (any integer dtype).
         intercept, bits_stored, pixel_representation: scalars, or (N,) arrays (one per slice).
 
     Returns:
-        (pixels, intercept): ``pixels`` unchanged when no slice needs the fix, else an int32 copy;
+        (pixels, intercept): ``pixels`` unchanged when no slice needs the fix, else a corrected copy;
         the intercept broadcastable against ``pixels`` ((1, 1) or (N, 1, 1)).
     """
     intercept = _per_slice(intercept)
     fix = (_per_slice(bits_stored) == 12) & (_per_slice(pixel_representation) == 0) & (intercept > -100)
     if not fix.any():
         return pixels, intercept
-    shifted = pixels.astype(np.int32) + np.where(fix, 1000, 0).astype(np.int32)
-    np.subtract(shifted, 4096, out=shifted, where=fix & (shifted >= 4096))
-    return shifted, np.where(fix, -1000.0, intercept)
+    work = pixels if pixels.dtype == np.uint16 else pixels.astype(np.int32)
+    wrapped = (work + 1000) & 4095  # uint16 stays uint16: 4095 + 1000 fits
+    if not fix.all():
+        wrapped = np.where(fix, wrapped, work)
+    return wrapped, np.where(fix, -1000.0, intercept)
 
 
 def to_hu(

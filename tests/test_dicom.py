@@ -191,3 +191,12 @@ def test_fast_scanner_agrees_with_pydicom(tmp_path: Path, synthetic_rsna: Path, 
     slow = [read_header(path) for path in paths]
     assert all(_same(a, b) for a, b in zip(fast, slow))
     assert sum(row["status"] == Status.OK for row in fast) >= len(paths) - 2
+
+
+def test_12bit_fix_keeps_uint16_and_matches_the_notebook_on_12bit_values() -> None:
+    pixels = np.arange(4096, dtype=np.uint16).reshape(64, 64)
+    fixed, intercept = fix_rsna_12bit(pixels, 0.0, 12, 0)
+    notebook = pixels.astype(np.int64) + 1000
+    notebook[notebook >= 4096] -= 4096
+    assert fixed.dtype == np.uint16 and intercept.item() == -1000
+    np.testing.assert_array_equal(fixed, notebook)
