@@ -57,10 +57,11 @@ def run_demo(out: Path, n_series: int = 60, n_test_series: int = 16, config: str
 
 
 def _best_validation(run: Path) -> dict[str, float | None]:
-    """Best validation weighted log loss of the slice stage and of the sequence stage."""
+    """Validation weighted log loss of the prior and the best of the slice and sequence stages."""
+    prior = json.loads((run / "run.json").read_text())["prior_valid"]["weighted_log_loss"]
     best: dict[str, float] = {}
     for line in (run / RUN_METRICS_FILE).read_text().splitlines():
         record = json.loads(line)
         loss = record["valid"]["weighted_log_loss"]
         best[record["stage"]] = min(loss, best.get(record["stage"], float("inf")))
-    return {"slice_valid": best.get("slice"), "sequence_valid": best.get("sequence")}
+    return {"prior_valid": prior, "slice_valid": best.get("slice"), "sequence_valid": best.get("sequence")}

@@ -76,13 +76,13 @@ def print_infer_summary(summary: dict[str, Any], console: Console) -> None:
 def print_demo(result: dict[str, Any], console: Console) -> None:
     """The demo's score next to the prevalence prior's."""
     console.print(score_table(result["score"], "demo: held-out synthetic test split"))
-    table = Table(title="demo summary")
+    table = Table(title="demo summary: weighted log loss")
     table.add_column("model")
-    table.add_column("weighted log loss", justify="right")
-    table.add_row("prevalence prior", f"{result['prior_score']:.4f}")
-    table.add_row("slice-only (validation)", _fmt(result.get("slice_valid")))
-    table.add_row("CNN + GRU (validation)", _fmt(result.get("sequence_valid")))
-    table.add_row("[bold]CNN + GRU (test)[/]", f"[bold]{result['score']['weighted_log_loss']:.4f}[/]")
+    table.add_column("validation (fold 0)", justify="right")
+    table.add_column("held-out test", justify="right")
+    table.add_row("prevalence prior", _fmt(result.get("prior_valid")), f"{result['prior_score']:.4f}")
+    table.add_row("CNN, slice-only", _fmt(result.get("slice_valid")), "")
+    table.add_row("[bold]CNN + GRU[/]", _fmt(result.get("sequence_valid")), f"[bold]{result['score']['weighted_log_loss']:.4f}[/]")
     console.print(table)
     console.print(f"demo test weighted log loss: {result['score']['weighted_log_loss']:.4f} "
                   f"(prior {result['prior_score']:.4f}); outputs in {result['out']} ({result['seconds']:.0f} s)")

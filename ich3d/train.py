@@ -13,14 +13,17 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from ich3d import __version__, stages
 from ich3d.build import load_index
 from ich3d.checkpoint import load_checkpoint
 from ich3d.config import Config, load_config, save_config
-from ich3d.constants import LAST_CHECKPOINT, MODEL_CHECKPOINT, RUN_CONFIG_FILE, RUN_SPLITS_FILE
-from ich3d.data import build_table
+from ich3d.constants import LABELS, LAST_CHECKPOINT, MODEL_CHECKPOINT, RUN_CONFIG_FILE, RUN_SPLITS_FILE
+from ich3d.data import SeriesTable, build_table
 from ich3d.engine import RunContext, save_last
 from ich3d.errors import ConfigError
+from ich3d.metrics import evaluate
 from ich3d.runtime import Runtime, barrier, setup_runtime, teardown_runtime
 from ich3d.splits import load_splits, make_folds, save_splits, split_series
 
@@ -90,19 +93,27 @@ def _prepare(dataset: Path, out: Path, config: Config, fold: int, resume: bool, 
     splits_path = out / RUN_SPLITS_FILE
     fold_of = load_splits(splits_path) if resume and splits_path.is_file() else make_folds(series, config.folds, config.seed)
     train_uids, valid_uids = split_series(fold_of, fold)
+    train, valid = build_table(dataset, slices, train_uids), build_table(dataset, slices, valid_uids)
+    prevalence = train.labels[train.labeled_readable()].mean(axis=0)
     if runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / RUN_CONFIG_FILE)
         save_splits(splits_path, fold_of, series, config.seed)
-        info = {"ich3d_version": __version__, "dataset": str(dataset.resolve()), "fold": fold}
+        info = {"ich3d_version": __version__, "dataset": str(dataset.resolve()), "fold": fold,
+                "train_series": len(train_uids), "valid_series": len(valid_uids),
+                "prevalence": dict(zip(LABELS, prevalence.tolist())), "prior_valid": _prior_metrics(valid, prevalence)}
         (out / RUN_INFO_FILE).write_text(json.dumps(info, indent=1))
     barrier(runtime)
-    train, valid = build_table(dataset, slices, train_uids), build_table(dataset, slices, valid_uids)
-    usable = train.labeled_readable()
-    prevalence = train.labels[usable].mean(axis=0)
     log.info("fold %d: %d training series (%d slices), %d validation series", fold, len(train_uids),
-             int(usable.sum()), len(valid_uids))
+             int(train.labeled_readable().sum()), len(valid_uids))
     return RunContext(config, out, runtime, fold, train, valid, prevalence, report)
+
+
+def _prior_metrics(valid: SeriesTable, prevalence: np.ndarray) -> dict[str, Any]:
+    """Validation metrics of the prevalence prior: the baseline every model must beat."""
+    usable = valid.labeled_readable()
+    series_ids = valid.series_uids[valid.series_of_slice()][usable]
+    return evaluate(valid.labels[usable], np.tile(prevalence, (int(usable.sum()), 1)), series_ids=series_ids)
 
 
 def _check_run_folder(out: Path, resume: bool) -> None:
