@@ -25,8 +25,9 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ich3d import __version__
-from ich3d.cache import CacheSlice, cache_path, write_series_cache
+from ich3d.cache import CacheJournal, CacheSlice, cache_path, write_series_cache
 from ich3d.constants import BUILD_FILE, CACHE_DIR, LABEL_COLUMNS, PIXEL_FAILURES_DIR, SERIES_FILE, SLICES_FILE, Status
 from ich3d.dicom import HEADER_COLUMNS, read_header
-from ich3d.errors import InputError
+from ich3d.errors import Ich3dError, InputError
 from ich3d.labels import LabelTable, join_labels, read_labels
 from ich3d.series import order_slices, series_table
 
@@ -49,9 +50,9 @@ log = logging.getLogger(__name__)
 #: Version of the index layout; load_index refuses other versions.
 INDEX_VERSION = 1
 _META_KEY = b"ich3d"
-_CHUNK_FILES = 256
+_CHUNK_FILES = 256  # files per header-pass task
 #: Columns of index/pixel_failures/part-<I>.parquet.
-FAILURE_COLUMNS = ("image_id", "path", "status", "error")  # files per header-pass task
+FAILURE_COLUMNS = ("image_id", "path", "status", "error")
 #: Suffixes that are never DICOM slices (everything else is tried, and reported if unreadable).
 IGNORED_SUFFIXES = frozenset({".csv", ".json", ".jsonl", ".txt", ".md", ".parquet", ".npy", ".npz", ".xml",
                               ".html", ".png", ".jpg", ".jpeg", ".gif", ".zip", ".gz", ".tar", ".py",
@@ -77,16 +78,19 @@ class InputFiles:
 
 
 def _walk(folder: Path, exclude: Path) -> Iterator[os.DirEntry]:
-    """Files under ``folder`` (recursively), skipping hidden entries and the ``exclude`` folder."""
-    stack = [folder]
+    """Files under ``folder`` (recursively, following links once), skipping hidden entries and ``exclude``."""
+    stack, seen = [folder], {exclude}
     while stack:
-        with os.scandir(stack.pop()) as entries:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        with os.scandir(current) as entries:
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
                 if entry.is_dir(follow_symlinks=True):
-                    if Path(entry.path).resolve() != exclude:
-                        stack.append(Path(entry.path))
+                    stack.append(Path(entry.path).resolve())
                 elif entry.is_file(follow_symlinks=True):
                     yield entry
 
@@ -94,28 +98,31 @@ def _walk(folder: Path, exclude: Path) -> Iterator[os.DirEntry]:
 def collect_files(dicom_dirs: Sequence[Path], exclude: Path) -> InputFiles:
     """Finds the candidate DICOM files under each folder.
 
-    Every file is a candidate except hidden files, ``DICOMDIR`` and names with a suffix in
-    :data:`IGNORED_SUFFIXES` (``.csv``, ``.json``...): extension-less files and ``.dcm`` files
-    are tried, and anything unreadable is reported in the index rather than silently skipped.
+    Every file is a candidate except hidden files, ``DICOMDIR``, names with a suffix in
+    :data:`IGNORED_SUFFIXES` (``.csv``, ``.json``...) and files already found through another
+    folder: extension-less files and ``.dcm`` files are tried, and anything unreadable is reported
+    in the index rather than silently skipped.
 
     Raises:
         InputError: a folder that does not exist or holds no candidate file.
     """
-    paths, sources, n_ignored = [], [], 0
+    paths, sources, n_ignored, seen = [], [], 0, set()
     digest = hashlib.sha256()
     for folder in dicom_dirs:
         if not Path(folder).is_dir():
             raise InputError(f"--dicom-dir {folder}: not a folder")
         found = []
         for entry in _walk(Path(folder).resolve(), exclude.resolve()):
-            if entry.name == "DICOMDIR" or os.path.splitext(entry.name)[1].lower() in IGNORED_SUFFIXES:
+            ignored = entry.name == "DICOMDIR" or os.path.splitext(entry.name)[1].lower() in IGNORED_SUFFIXES
+            if ignored or entry.path in seen:  # a folder given twice, or inside another one
                 n_ignored += 1
                 continue
+            seen.add(entry.path)
             stat = entry.stat()
             found.append((entry.path, stat.st_size, stat.st_mtime_ns))
         if not found:
             raise InputError(f"--dicom-dir {folder}: no DICOM files found (searched recursively; "
-                             f"{n_ignored} files ignored by their suffix so far)")
+                             f"{n_ignored} files ignored by their suffix or already found)")
         found.sort()
         for path, size, mtime in found:
             digest.update(f"{path}\0{size}\0{mtime}\n".encode())
@@ -247,54 +254,40 @@ def part_series(series: pd.DataFrame, num_parts: int, part_id: int) -> list[str]
     return series["series_uid"].iloc[part_id::num_parts].tolist()
 
 
-class _Journal:
-    """Finished series of the pixel pass: one JSON line each, appended after its cache file is written.
-
-    An entry counts only for the same input files and image size. All parts' journals are read, so a
-    change of --num-parts keeps finished work.
-    """
-
-    def __init__(self, out: Path, part_id: int, files_id: str, size: int) -> None:
-        self.folder = out / PIXEL_FAILURES_DIR
-        self.path = self.folder / f"part-{part_id}.jsonl"
-        self.key = {"files_id": files_id, "size": size}
-
-    def finished(self) -> dict[str, list]:
-        """series_uid → its failure records, for every valid entry (the latest wins)."""
-        done: dict[str, list] = {}
-        for path in sorted(self.folder.glob("part-*.jsonl")):
-            for line in path.read_text().splitlines():
-                with contextlib.suppress(ValueError):  # a line cut by a kill
-                    entry = json.loads(line)
-                    if {k: entry.get(k) for k in self.key} == self.key:
-                        done[entry["series_uid"]] = entry["failures"]
-        return done
-
-    @contextlib.contextmanager
-    def writer(self) -> Iterator[Callable[[str, list], None]]:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as file:
-            def append(series_uid: str, failures: list) -> None:
-                file.write(json.dumps(self.key | {"series_uid": series_uid, "failures": failures}) + "\n")
-                file.flush()
-
-            yield append
+def _series_blocks(slices: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """series_uid → (start, stop) rows of its slices: the index is sorted by series, then slice_index."""
+    n = int(slices["slice_index"].notna().sum())
+    uids = slices["series_uid"].iloc[:n].to_numpy(object)
+    starts = np.flatnonzero(np.r_[True, uids[1:] != uids[:-1]]) if n else np.zeros(0, dtype=np.int64)
+    return {uids[a]: (int(a), int(b)) for a, b in zip(starts, np.r_[starts[1:], n])}
 
 
-def _cache_tasks(slices: pd.DataFrame, series_uids: Iterable[str]) -> dict[str, list[CacheSlice]]:
-    """series_uid → its slices (in slice_index order) as :class:`CacheSlice` records."""
-    wanted = set(series_uids)
-    rows = slices[slices["series_uid"].notna()]
-    rows = rows[np.fromiter((uid in wanted for uid in rows["series_uid"]), bool, len(rows))]
-    columns = []
-    for name in CacheSlice._fields:
-        column = rows[name]
-        column = column.fillna(-1) if column.dtype == _INT else column.fillna("") if name in ("transfer_syntax", "status") else column
-        columns.append(column.tolist())
-    tasks: dict[str, list[CacheSlice]] = {}
-    for uid, record in zip(rows["series_uid"].tolist(), zip(*columns)):
-        tasks.setdefault(uid, []).append(CacheSlice(*record))
-    return tasks
+def _task_table(slices: pd.DataFrame) -> pd.DataFrame:
+    """The :class:`CacheSlice` columns of the index, missing values filled (-1, "")."""
+    table = slices[list(CacheSlice._fields)]
+    return table.fillna({name: (-1 if table[name].dtype == _INT else "") for name in ("pixel_offset", "rows", "cols",
+                         "bits_allocated", "bits_stored", "pixel_representation", "transfer_syntax", "status")})
+
+
+def _run_series(pool: Executor | None, uids: list[str], task: Callable[[str], list[CacheSlice]], out: Path,
+                size: int) -> Iterator[tuple[str, list]]:
+    """Yields (series_uid, failures) as series finish, with at most 4 series per worker in flight."""
+    if pool is None:
+        for uid in uids:
+            yield uid, write_series_cache(task(uid), cache_path(out, uid), size)
+        return
+    queue, pending = iter(uids), {}
+    limit = 4 * getattr(pool, "_max_workers", 1)
+    while True:
+        for uid in queue:
+            pending[pool.submit(write_series_cache, task(uid), cache_path(out, uid), size)] = uid
+            if len(pending) >= limit:
+                break
+        if not pending:
+            return
+        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for future in finished:
+            yield pending.pop(future), future.result()
 
 
 def _pixel_pass(out: Path, slices: pd.DataFrame, series: pd.DataFrame, size: int, parts: tuple[int, int],
@@ -302,28 +295,35 @@ def _pixel_pass(out: Path, slices: pd.DataFrame, series: pd.DataFrame, size: int
     """Builds this part's missing cache files; writes its failures parquet; returns counts."""
     num_parts, part_id = parts
     mine = part_series(series, num_parts, part_id)
-    journal = _Journal(out, part_id, files_id, size)
+    journal = CacheJournal(out, part_id, files_id, size)
     done = {} if overwrite else journal.finished()
+    length = dict(zip(series["series_uid"], series["n_slices"].astype(int)))
     todo = [uid for uid in mine if uid not in done or not cache_path(out, uid).is_file()]
-    tasks = _cache_tasks(slices, todo)
-    todo.sort(key=lambda uid: -len(tasks[uid]))  # longest first: no long series left for the end
+    todo.sort(key=lambda uid: -length[uid])  # longest first: no long series left for the end
+    table, blocks = _task_table(slices), _series_blocks(slices)
+
+    def task(uid: str) -> list[CacheSlice]:
+        start, stop = blocks[uid]
+        return [CacheSlice(*row) for row in table.iloc[start:stop].itertuples(index=False, name=None)]
+
     (out / CACHE_DIR).mkdir(parents=True, exist_ok=True)
-    n_slices = sum(len(task) for task in tasks.values())
-    with journal.writer() as append, _progress(progress, "pixels", n_slices) as advance:
-        if pool is None:
-            results = ((uid, write_series_cache(tasks[uid], cache_path(out, uid), size)) for uid in todo)
-        else:
-            futures = {pool.submit(write_series_cache, tasks[uid], cache_path(out, uid), size): uid for uid in todo}
-            results = ((futures[future], future.result()) for future in as_completed(futures))
-        for uid, failures in results:
-            append(uid, [list(f) for f in failures])
-            done[uid] = failures
-            advance(len(tasks[uid]))
+    try:
+        with journal.writer() as append, _progress(progress, "pixels", sum(length[u] for u in todo)) as advance:
+            for uid, failures in _run_series(pool, todo, task, out, size):
+                append(uid, failures)
+                done[uid] = failures
+                advance(length[uid])
+    except BrokenProcessPool as exc:
+        raise Ich3dError(f"{out}: a worker process died (out of memory?); rerun the same command to resume "
+                         f"(finished series are kept)") from exc
+    except OSError as exc:
+        raise Ich3dError(f"{out / CACHE_DIR}: writing the cache failed ({exc}); fix it and rerun the same command "
+                         f"to resume") from exc
     records = [tuple(f) for uid in mine for f in done.get(uid, [])]
     failures = pd.DataFrame(records, columns=list(FAILURE_COLUMNS), dtype=_STR)
-    _write_parquet(failures, journal.folder / f"part-{part_id}.parquet", {"files_id": files_id, "size": size})
+    _write_parquet(failures, out / PIXEL_FAILURES_DIR / f"part-{part_id}.parquet", {"files_id": files_id, "size": size})
     return {"series_in_part": len(mine), "series_built": len(todo), "series_already_done": len(mine) - len(todo),
-            "slices_built": n_slices, "pixel_failures": failures["status"].value_counts().to_dict()}
+            "slices_built": sum(length[u] for u in todo), "pixel_failures": failures["status"].value_counts().to_dict()}
 
 
 def _check_arguments(image_size: int, workers: int, num_parts: int, part_id: int) -> None:

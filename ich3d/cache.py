@@ -11,18 +11,21 @@ padded to a square around their centre with air (``HU_MIN``), so anatomy keeps i
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-from ich3d.constants import CACHE_DIR, HU_MAX, HU_MIN, MISSING_HU, Status
+from ich3d.constants import CACHE_DIR, HU_MAX, HU_MIN, MISSING_HU, PIXEL_FAILURES_DIR, Status
 from ich3d.dicom import fix_rsna_12bit, read_pixels
 from ich3d.errors import InputError
 
@@ -246,3 +249,41 @@ def write_series_cache(slices: Sequence[CacheSlice], path: Path, size: int) -> l
             failures.append((slice_.image_id, slice_.path, str(Status.CORRUPT), f"{type(exc).__name__}: {exc}"[:300]))
     write_atomic(path, volume)
     return failures
+
+
+class CacheJournal:
+    """Finished series of the pixel pass, with their failures: ``index/pixel_failures/part-<I>.jsonl``.
+
+    One JSON line per series, appended (and flushed) after its cache file was written atomically,
+    so after a kill every journaled series has a complete file and its failure records. An entry
+    counts only for the same input files (``files_id``) and image size. The journals of all parts
+    are read, so finished work survives a change of --num-parts.
+    """
+
+    def __init__(self, dataset: Path, part_id: int, files_id: str, size: int) -> None:
+        self.folder = Path(dataset) / PIXEL_FAILURES_DIR
+        self.path = self.folder / f"part-{part_id}.jsonl"
+        self.key = {"files_id": files_id, "size": size}
+
+    def finished(self) -> dict[str, list]:
+        """series_uid → its failure records [image_id, path, status, error] (the latest entry wins)."""
+        done: dict[str, list] = {}
+        for path in sorted(self.folder.glob("part-*.jsonl")):
+            for line in path.read_text().splitlines():
+                with contextlib.suppress(ValueError, KeyError):  # a line cut by a kill
+                    entry = json.loads(line)
+                    if {k: entry.get(k) for k in self.key} == self.key:
+                        done[entry["series_uid"]] = entry["failures"]
+        return done
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[Callable[[str, list], None]]:
+        """Yields ``append(series_uid, failures)``."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as file:
+            def append(series_uid: str, failures: list) -> None:
+                entry = self.key | {"series_uid": series_uid, "failures": [list(f) for f in failures]}
+                file.write(json.dumps(entry) + "\n")
+                file.flush()
+
+            yield append
