@@ -90,13 +90,13 @@ def _taps(n_in: int, n_out: int) -> _Taps:
 
 
 def _resample(x: np.ndarray, taps: _Taps, axis: int) -> np.ndarray:
-    """Applies ``taps`` along ``axis`` (-1 or -2) of ``x``; float32 result."""
+    """Applies ``taps`` along ``axis`` (-1 or -2) of ``x``; float32 result, not yet multiplied by
+    ``taps.scale`` when the weights are all equal (the caller scales once, at the smallest size)."""
     parts = [x[..., index, :] if axis == -2 else x[..., index] for index in taps.indices]
-    if taps.weights is None:  # equal weights: sum the taps, scale once
+    if taps.weights is None:
         out = np.add(parts[0], parts[1], dtype=np.float32) if len(parts) > 1 else parts[0].astype(np.float32)
         for part in parts[2:]:
             np.add(out, part, out=out, casting="unsafe")
-        out *= np.float32(taps.scale)
         return out
     shape = (-1, 1) if axis == -2 else (-1,)
     out = np.multiply(parts[0], taps.weights[0].reshape(shape), dtype=np.float32)
@@ -129,8 +129,12 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
         (..., S, S) float32.
     """
     height, width = image.shape[-2:]
-    rows = _resample(image, _taps(height, size), axis=-2)
-    return _resample(rows, _taps(width, size), axis=-1)
+    row_taps, column_taps = _taps(height, size), _taps(width, size)
+    out = _resample(_resample(image, row_taps, axis=-2), column_taps, axis=-1)
+    scale = (row_taps.scale if row_taps.weights is None else 1.0) * (column_taps.scale if column_taps.weights is None else 1.0)
+    if scale != 1.0:
+        out *= np.float32(scale)
+    return out
 
 
 def to_cache_dtype(hu: np.ndarray) -> np.ndarray:
