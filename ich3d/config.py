@@ -182,6 +182,16 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"config key '{key}': {message}")
 
 
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string: accept such numeric strings as numbers."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _convert(value: Any, hint: Any, key: str) -> Any:
     """Checks and converts one YAML value to the annotated type ``hint``."""
     origin = typing.get_origin(hint)
@@ -204,6 +214,7 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
         return value
     if hint in (int, float):
+        value = _number(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
         if hint is int and float(value) != int(value):

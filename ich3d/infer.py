@@ -55,8 +55,6 @@ def predict(runs: list[Path], out: Path, dataset: Path | None = None, dicom_dirs
     Returns:
         Summary counts (``model``, ``context``, ``prior``, ``missing``) and output paths.
     """
-    import torch  # noqa: F401  (heavy import only for this command)
-
     from ich3d.engine import load_model
     from ich3d.runtime import select_device, setup_runtime
 
@@ -106,7 +104,7 @@ def _ensemble(models: list, table: Any, runtime: Any) -> np.ndarray:
         data = DataConfig(**checkpoint["config"]["data"])
         tta = InferConfig(**checkpoint["config"]["infer"])
         total += predict_table(model, table, data, runtime, series_ids, tta.tta_flip, tta.tta_reverse,
-                               batch_series=tta.batch_series)
+                               batch_series=tta.batch_series, num_workers=checkpoint["config"]["num_workers"])
     return (total / len(models)).astype(np.float32)
 
 

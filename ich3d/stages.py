@@ -77,12 +77,18 @@ def _channels_last(x: torch.Tensor, ctx: RunContext) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if ctx.config.channels_last else x
 
 
+def _to_device(model: IchModel, ctx: RunContext) -> IchModel:
+    """The model on the run's device, in channels_last memory format when configured."""
+    model = model.to(ctx.runtime.device)
+    return model.to(memory_format=torch.channels_last) if ctx.config.channels_last else model
+
+
 def slice_stage(ctx: RunContext, state: dict[str, Any] | None) -> dict[str, Any]:
     """Stage 1: encoder + per-slice head on sampled single slices (positives oversampled)."""
     cfg, data, runtime = ctx.config.stages["slice"], ctx.config.data, ctx.runtime
     spec = model_spec(ctx.config, head="slice")
     seed_everything(derive_seed(ctx.config.seed, "slice", "init"))
-    model = build_model(spec, data.in_channels).to(runtime.device)
+    model = _to_device(build_model(spec, data.in_channels), ctx)
     trainable = wrap_ddp(SliceForward(model), runtime)
     criterion, scaler = WeightedBCELoss(), runtime.grad_scaler()
     count = cfg.samples_per_epoch or int(ctx.train.labeled_readable().sum())
@@ -125,7 +131,7 @@ def _model_from_encoder(ctx: RunContext) -> tuple[IchModel, dict[str, Any]]:
     model = build_model(spec, ctx.config.data.in_channels, load_weights=False)
     trained = load_checkpoint(ctx.out / ENCODER_CHECKPOINT)["state_dict"]
     model.encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in trained.items() if k.startswith("encoder.")})
-    return model.to(ctx.runtime.device), spec
+    return _to_device(model, ctx), spec
 
 
 def _embeddings(ctx: RunContext, model: IchModel) -> dict[str, list[torch.Tensor]]:
@@ -216,7 +222,7 @@ def finetune_stage(ctx: RunContext, state: dict[str, Any] | None) -> dict[str, A
     cfg, data, runtime = ctx.config.stages["finetune"], ctx.config.data, ctx.runtime
     if (ctx.out / MODEL_CHECKPOINT).is_file():
         model, checkpoint = load_model(ctx.out / MODEL_CHECKPOINT, runtime.device)
-        spec = checkpoint["model"]
+        model, spec = _to_device(model, ctx), checkpoint["model"]
     else:
         model, spec = _model_from_encoder(ctx)
     trainable = wrap_ddp(SeriesForward(model), runtime)

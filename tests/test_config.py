@@ -18,7 +18,9 @@ def test_packaged_configs_load_and_round_trip(name: str, tmp_path: Path) -> None
 
 
 def test_overrides_are_typed_and_nested() -> None:
-    config = load_config("cpu_small", ["stages.slice.epochs=7", "model.encoder.name=resnet18", "data.input=bsb25d"])
+    config = load_config("cpu_small", ["stages.slice.epochs=7", "model.encoder.name=resnet18", "data.input=bsb25d",
+                                       "stages.slice.lr=1e-4"])
+    assert config.stages["slice"].lr == 1e-4  # YAML 1.1 reads 1e-4 as a string
     assert config.stages["slice"].epochs == 7
     assert config.model.encoder.name == "resnet18"
     assert config.data.in_channels == 9

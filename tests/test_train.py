@@ -38,6 +38,17 @@ def test_tiny_run_learns_and_writes_the_run_folder(tiny_dataset: Path, tmp_path:
     assert checkpoint["model"]["head"]["name"] == "gru" and len(checkpoint["prevalence"]) == 6
 
 
+def test_finetune_stage_with_2_5d_input(tiny_dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ft"
+    extra = ["data.input=bsb25d", "stages.finetune.epochs=1", "stages.finetune.batch_size=2",
+             "stages.finetune.crop_len=8", "stages.finetune.lr=1e-4"]
+    result = fit(tiny_dataset, run, "cpu_small", TINY + extra)
+    assert [r["stage"] for r in _records(run)][-1] == "finetune"
+    assert result["stage"] in {"finetune"}
+    checkpoint = torch.load(run / MODEL_CHECKPOINT, weights_only=True)
+    assert checkpoint["in_channels"] == 9
+
+
 class Killed(Exception):
     """Stands in for a kill right after an epoch's checkpoint was written."""
 
