@@ -72,6 +72,9 @@ def test_missing_embedding_is_trained() -> None:
     readable[1, 0] = False
     head(torch.randn(2, 4, F), mask, readable).sum().backward()
     assert head.missing_embedding.grad.abs().sum() > 0
+    head.zero_grad(set_to_none=True)
+    head(torch.randn(2, 4, F), mask).sum().backward()  # every parameter gets a gradient (DDP)
+    assert all(p.grad is not None for p in head.parameters())
 
 
 def test_all_padding_row_and_bad_masks() -> None:

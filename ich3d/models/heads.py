@@ -39,9 +39,9 @@ def fill_embeddings(
         raise ValueError(f"mask and readable must be bool tensors, got {mask.dtype}")
     result = torch.where(mask.unsqueeze(-1), embeddings, torch.zeros((), dtype=embeddings.dtype,
                                                                     device=embeddings.device))
-    if readable is not None:
-        result = torch.where((mask & ~readable).unsqueeze(-1), missing.to(result.dtype), result)
-    return result
+    # Always in the graph (zero gradient when every slice is readable), as DistributedDataParallel wants.
+    unreadable = mask & ~readable if readable is not None else torch.zeros_like(mask)
+    return torch.where(unreadable.unsqueeze(-1), missing.to(result.dtype), result)
 
 
 def sequence_lengths(mask: torch.Tensor) -> torch.Tensor:
