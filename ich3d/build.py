@@ -168,11 +168,11 @@ def _progress(enabled: bool, description: str, total: int) -> Iterator[Callable[
     if not enabled:
         yield lambda n: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich import progress as rp
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns) as bar:
+    columns = (rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(), rp.TimeElapsedColumn(),
+               rp.TimeRemainingColumn())
+    with rp.Progress(*columns) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
 
@@ -321,9 +321,11 @@ def _pixel_pass(out: Path, slices: pd.DataFrame, series: pd.DataFrame, size: int
                          f"to resume") from exc
     records = [tuple(f) for uid in mine for f in done.get(uid, [])]
     failures = pd.DataFrame(records, columns=list(FAILURE_COLUMNS), dtype=_STR)
-    _write_parquet(failures, out / PIXEL_FAILURES_DIR / f"part-{part_id}.parquet", {"files_id": files_id, "size": size})
+    meta = {"files_id": files_id, "size": size}
+    _write_parquet(failures, out / PIXEL_FAILURES_DIR / f"part-{part_id}.parquet", meta)
     return {"series_in_part": len(mine), "series_built": len(todo), "series_already_done": len(mine) - len(todo),
-            "slices_built": sum(length[u] for u in todo), "pixel_failures": failures["status"].value_counts().to_dict()}
+            "slices_built": sum(length[u] for u in todo),
+            "pixel_failures": failures["status"].value_counts().to_dict()}
 
 
 def _check_arguments(image_size: int, workers: int, num_parts: int, part_id: int) -> None:
@@ -374,7 +376,7 @@ def build_series(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = collect_files(dicom_dirs, exclude=out)
-    log.info("%d candidate files in %d folders (%d ignored by suffix)", len(files.paths), len(dicom_dirs), files.n_ignored)
+    log.info("%d candidate files in %d folders (%d ignored)", len(files.paths), len(dicom_dirs), files.n_ignored)
     timings = {"collect_s": time.perf_counter() - began}
     with _pool(workers) as pool:
         slices, series, meta = _index(out, files, labels_csv, pool, progress)

@@ -131,7 +131,7 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
     height, width = image.shape[-2:]
     row_taps, column_taps = _taps(height, size), _taps(width, size)
     out = _resample(_resample(image, row_taps, axis=-2), column_taps, axis=-1)
-    scale = (row_taps.scale if row_taps.weights is None else 1.0) * (column_taps.scale if column_taps.weights is None else 1.0)
+    scale = np.prod([taps.scale for taps in (row_taps, column_taps) if taps.weights is None])
     if scale != 1.0:
         out *= np.float32(scale)
     return out
@@ -247,10 +247,9 @@ def write_series_cache(slices: Sequence[CacheSlice], path: Path, size: int) -> l
             continue
         try:
             volume[i] = slice_to_cache(slice_, size)
-        except OSError as exc:
-            failures.append((slice_.image_id, slice_.path, str(Status.READ_ERROR), f"{type(exc).__name__}: {exc}"[:300]))
         except Exception as exc:  # noqa: BLE001 - a broken slice must not stop its series
-            failures.append((slice_.image_id, slice_.path, str(Status.CORRUPT), f"{type(exc).__name__}: {exc}"[:300]))
+            status = Status.READ_ERROR if isinstance(exc, OSError) else Status.CORRUPT
+            failures.append((slice_.image_id, slice_.path, str(status), f"{type(exc).__name__}: {exc}"[:300]))
     write_atomic(path, volume)
     return failures
 

@@ -144,12 +144,13 @@ def table(result: dict) -> str:
             ("same without the resize (bound for a free cv2.resize)", 1, "seed_no_resize"),
             ("raw floor: pydicom read + decode of the pixel bytes", 1, "raw"),
             ("`build_series` (headers, index, pixel pass, cache files written)", result["workers"], "build")]
+    machine = f"{os.cpu_count()} cores ({platform.processor() or platform.machine()})"
+    load = "{:.1f}-{:.1f}".format(*result["load"])
     lines = [
-        f"Machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), {datetime.date.today().isoformat()}; "
-        f"{result['files']} synthetic 512x512 int16 files (ich3d.synth), S = {result['size']}, page cache warm, "
-        f"median of {result['repeats']} runs. Load average during the runs {result['load'][0]:.1f}-{result['load'][1]:.1f} "
-        f"(other jobs shared the 2 cores), so wall-clock rates are pessimistic for the 2-process build; files per "
-        f"CPU-second (all processes) are not affected by sharing.",
+        f"Machine: {machine}, {datetime.date.today().isoformat()}; {result['files']} synthetic 512x512 int16 files "
+        f"(ich3d.synth), S = {result['size']}, page cache warm, median of {result['repeats']} runs. Load average "
+        f"during the runs {load}: other jobs shared the 2 cores, so wall-clock rates are pessimistic, most of all "
+        f"for the 2-process build; files per CPU-second (all processes) are less affected by the sharing.",
         "",
         "| pipeline | processes | files/s (wall) | files per CPU-s | build speed-up (wall) | build speed-up (CPU) |",
         "|---|---|---|---|---|---|",
@@ -157,13 +158,13 @@ def table(result: dict) -> str:
     for label, processes, key in rows:
         speedup = ("-", "-") if key == "build" else (f"{w['build'] / w[key]:.1f}x", f"{c['build'] / c[key]:.1f}x")
         lines.append(f"| {label} | {processes} | {w[key]:.0f} | {c[key]:.0f} | {speedup[0]} | {speedup[1]} |")
+    seed, bound, floor = w["build"] / w["seed"], w["build"] / w["seed_no_resize"], w["build"] / w["raw"]
     lines += [
         "",
         "build phases (s, median): " + ", ".join(f"{k} {v:.2f}" for k, v in result["timings"].items()),
         "",
-        f"Targets (wall): build >= 5x seed: {'met' if w['build'] >= 5 * w['seed'] else 'NOT met'} "
-        f"({w['build'] / w['seed']:.1f}x; {w['build'] / w['seed_no_resize']:.1f}x against the seed without its resize); "
-        f"build >= 0.5x raw floor: {'met' if w['build'] >= 0.5 * w['raw'] else 'NOT met'} ({w['build'] / w['raw']:.2f}x).",
+        f"Targets (wall): build >= 5x seed: {'met' if seed >= 5 else 'NOT met'} ({seed:.1f}x; {bound:.1f}x against "
+        f"the seed without its resize); build >= 0.5x raw floor: {'met' if floor >= 0.5 else 'NOT met'} ({floor:.2f}x).",
     ]
     return "\n".join(lines)
 

@@ -16,7 +16,8 @@ from ich3d.dicom import read_header, read_pixels, to_hu
 from ich3d.errors import InputError
 
 
-@pytest.mark.parametrize(("n_in", "n_out"), [(512, 256), (512, 128), (512, 224), (100, 64), (7, 3), (64, 64), (3, 7), (32, 96)])
+@pytest.mark.parametrize(("n_in", "n_out"),
+                         [(512, 256), (512, 128), (512, 224), (100, 64), (7, 3), (64, 64), (3, 7), (32, 96)])
 def test_resize_equals_dense_separable_product(n_in: int, n_out: int) -> None:
     matrix = resize_matrix(n_in, n_out)
     assert matrix.shape == (n_out, n_in) and matrix.dtype == np.float32

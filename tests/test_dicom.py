@@ -67,7 +67,8 @@ def test_read_header_of_a_good_slice(tmp_path: Path) -> None:
     assert (row["instance_number"], row["rows"], row["cols"]) == (7, 32, 32)
     assert (row["ipp_x"], row["ipp_y"], row["ipp_z"]) == (-1.5, 2.0, 33.25)
     assert (row["iop_rx"], row["iop_cy"], row["pixel_spacing"]) == (1.0, 1.0, 0.5)
-    assert (row["rescale_slope"], row["rescale_intercept"], row["window_center"], row["window_width"]) == (1, -1024, 40, 80)
+    rescale = (row["rescale_slope"], row["rescale_intercept"])
+    assert rescale == (1, -1024) and (row["window_center"], row["window_width"]) == (40, 80)
     assert row["pixel_length"] == 32 * 32 * 2
     np.testing.assert_array_equal(_pixels_of(row), ramp())
 
@@ -110,7 +111,8 @@ def test_junk_missing_and_empty_files(tmp_path: Path) -> None:
     junk.write_bytes(b"this is not a DICOM file at all" * 20)
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
-    for path, status in ((junk, Status.NOT_DICOM), (empty, Status.NOT_DICOM), (tmp_path / "gone.dcm", Status.READ_ERROR)):
+    cases = ((junk, Status.NOT_DICOM), (empty, Status.NOT_DICOM), (tmp_path / "gone.dcm", Status.READ_ERROR))
+    for path, status in cases:
         row = read_header(path)
         assert row["status"] == status and row["error"], path
         assert row["series_uid"] is None and np.isnan(row["ipp_z"])
@@ -179,7 +181,8 @@ def _same(a: dict, b: dict) -> bool:
     return all(a[k] == b[k] or (isinstance(a[k], float) and np.isnan(a[k]) and np.isnan(b[k])) for k in a)
 
 
-def test_fast_scanner_agrees_with_pydicom(tmp_path: Path, synthetic_rsna: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fast_scanner_agrees_with_pydicom(tmp_path: Path, synthetic_rsna: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Every file of the synthetic dataset, plus hand-made variants, reads the same through both paths."""
     paths = sorted((synthetic_rsna / "stage_2_train").iterdir())[:60]
     paths += [write_slice(tmp_path / "implicit.dcm", syntax=ImplicitVRLittleEndian, WindowCenter=[40, 80]),

@@ -114,7 +114,8 @@ def test_slices_without_geometry_or_series_are_left_out_and_last() -> None:
 
 
 def test_one_series_uid_in_two_studies_becomes_two_series() -> None:
-    slices = [fake(5.0 * i, i, f"a{i}", study="1.1") for i in range(3)] + [fake(5.0 * i, i, f"b{i}", study="1.2") for i in range(2)]
+    slices = [fake(5.0 * i, i, f"a{i}", study="1.1") for i in range(3)]
+    slices += [fake(5.0 * i, i, f"b{i}", study="1.2") for i in range(2)]
     table = series_table(order_slices(frame(slices)))
     assert table["series_uid"].tolist() == ["1.2.3", "1.2.3~2"]
     assert table["n_slices"].tolist() == [3, 2] and table["study_uid"].tolist() == ["1.1", "1.2"]
@@ -135,7 +136,8 @@ def test_order_is_vectorised_enough_for_rsna_scale() -> None:
     n_series, n = 1000, 38
     rng = np.random.default_rng(0)
     z = np.tile(np.arange(n) * 5.0, n_series)
-    data = {"series_uid": np.repeat([f"1.2.{i}" for i in range(n_series)], n), "study_uid": np.repeat([f"1.{i}" for i in range(n_series)], n),
+    data = {"series_uid": np.repeat([f"1.2.{i}" for i in range(n_series)], n),
+            "study_uid": np.repeat([f"1.{i}" for i in range(n_series)], n),
             "sop_uid": [f"s{i}" for i in range(n_series * n)], "path": [f"/p/{i}" for i in range(n_series * n)],
             "instance_number": rng.integers(0, 50, n_series * n), "ipp_x": -100.0, "ipp_y": -100.0, "ipp_z": z,
             "iop_rx": 1.0, "iop_ry": 0.0, "iop_rz": 0.0, "iop_cx": 0.0, "iop_cy": 1.0, "iop_cz": 0.0,
