@@ -58,12 +58,12 @@ class LabelTable:
         }
 
 
-def _read_long(csv: Path) -> pd.DataFrame:
+def _read_csv(csv: Path, what: str) -> pd.DataFrame:
     """The CSV (ID as str, Label as parsed), with its header checked."""
     try:
         frame = pd.read_csv(csv, dtype={"ID": str}, keep_default_na=False, engine="pyarrow")
     except FileNotFoundError:
-        raise InputError(f"{csv}: labels file not found") from None
+        raise InputError(f"{csv}: {what} not found") from None
     except (ValueError, pd.errors.ParserError, pa.ArrowInvalid, UnicodeDecodeError) as exc:
         raise InputError(f"{csv}: not a readable CSV ({exc}); expected the header ID,Label") from None
     if tuple(frame.columns) != EXPECTED_HEADER:
@@ -99,6 +99,25 @@ def _label_values(csv: Path, labels: pd.Series) -> np.ndarray:
     return values.to_numpy(np.int64)
 
 
+def read_long(csv: Path, what: str = "labels file") -> pd.DataFrame:
+    """Reads an RSNA long-format CSV (labels, sample submission or submission) and splits its IDs.
+
+    Args:
+        csv: path of a CSV with the header ``ID,Label`` and IDs ``ID_<hex>_<label>``.
+        what: how error messages name the file.
+
+    Returns:
+        The rows with columns ``ID``, ``Label`` (as read), ``image_id`` (str) and ``label`` (int64
+        code in ``LABELS`` order).
+
+    Raises:
+        InputError: missing file, wrong header, malformed IDs, unknown label names.
+    """
+    frame = _read_csv(csv, what)
+    images, label = _split_ids(csv, frame["ID"])
+    return frame.assign(image_id=images.to_numpy(), label=label)
+
+
 def read_labels(csv: Path) -> LabelTable:
     """Reads and validates an RSNA long-format label CSV.
 
@@ -114,8 +133,8 @@ def read_labels(csv: Path) -> LabelTable:
     Raises:
         InputError: missing file, wrong header, malformed IDs, unknown label names, labels not 0/1.
     """
-    frame = _read_long(csv)
-    images, label = _split_ids(csv, frame["ID"])
+    frame = read_long(csv)
+    images, label = frame["image_id"], frame["label"].to_numpy()
     value = _label_values(csv, frame["Label"])
     image_code, image_ids = pd.factorize(images, sort=True)
     key = image_code.astype(np.int64) * len(LABELS) + label

@@ -14,33 +14,12 @@ import pandas as pd
 
 from ich3d.constants import LABELS
 from ich3d.errors import InputError
+from ich3d.labels import read_long
 from ich3d.metrics import evaluate
-
-_LABEL_INDEX = {name: j for j, name in enumerate(LABELS)}
-
-
-def _read_long(path: Path, what: str) -> pd.DataFrame:
-    """Reads an ``ID,Label`` CSV and splits IDs into image and label (vectorised)."""
-    if not Path(path).is_file():
-        raise InputError(f"{what} not found: {path}")
-    try:
-        frame = pd.read_csv(path, dtype={"ID": str})
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise InputError(f"{what} {path} is not a readable CSV: {exc}") from exc
-    if list(frame.columns) != ["ID", "Label"]:
-        raise InputError(f"{what} {path} has columns {list(frame.columns)}; expected exactly ID,Label")
-    parts = frame["ID"].str.rsplit("_", n=1, expand=True)
-    if parts.shape[1] != 2:
-        raise InputError(f"{what} {path}: IDs must look like ID_<image>_<label>, got e.g. {frame['ID'].head(3).tolist()}")
-    bad = frame.loc[~parts[1].isin(_LABEL_INDEX), "ID"]
-    if len(bad):
-        raise InputError(f"{what} {path}: IDs must end in one of {LABELS}; bad: {_listing(bad)}")
-    return frame.assign(image_id=parts[0], label=parts[1].map(_LABEL_INDEX))
-
 
 def read_submission_ids(path: Path) -> np.ndarray:
     """The image IDs a sample submission asks for, in order of first appearance."""
-    return pd.unique(_read_long(path, "sample submission")["image_id"])
+    return pd.unique(read_long(path, "sample submission")["image_id"])
 
 
 def write_submission(path: Path, probs: pd.DataFrame, sample: Path | None = None) -> None:
@@ -52,7 +31,7 @@ def write_submission(path: Path, probs: pd.DataFrame, sample: Path | None = None
     """
     values = probs.to_numpy(np.float64)
     if sample is not None:
-        rows = _read_long(sample, "sample submission")
+        rows = read_long(sample, "sample submission")
         position = probs.index.get_indexer(rows["image_id"])
         ids, labels = rows["ID"].to_numpy(), values[position, rows["label"].to_numpy()]
     else:
@@ -106,8 +85,8 @@ def score_submission(submission: Path, labels: Path, series_of: pd.Series | None
     Returns:
         :func:`ich3d.metrics.evaluate`'s dict (weighted log loss, per-label log loss and AUC, ...).
     """
-    truth = _read_long(labels, "labels CSV").drop_duplicates("ID")
-    sub = _read_long(submission, "submission")
+    truth = read_long(labels, "labels CSV").drop_duplicates("ID")
+    sub = read_long(submission, "submission")
     validate_submission(sub, truth)
     sub = sub.assign(Label=pd.to_numeric(sub["Label"]))
     y_true = _wide(truth, "Label")
