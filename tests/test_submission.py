@@ -78,5 +78,5 @@ def test_wrong_columns_and_ids(tmp_path: Path, truth) -> None:
     with pytest.raises(InputError, match="expected the header ID,Label"):
         score_submission(tmp_path / "cols.csv", labels)
     (tmp_path / "ids.csv").write_text("ID,Label\nID_a_bleed,0.5\n")
-    with pytest.raises(InputError, match="unknown label names .bleed."):
+    with pytest.raises(InputError, match="unknown label names.*bleed"):
         score_submission(tmp_path / "ids.csv", labels)
