@@ -335,8 +335,8 @@ def _pixel_problem(row: dict[str, Any], pixel: Any, file_size: int) -> tuple[Sta
             return Status.UNSUPPORTED_SYNTAX, f"no decoder installed for transfer syntax {syntax}"
         return None  # deflated or compressed: pydicom decodes in the pixel pass
     expected = row["rows"] * row["cols"] * row["bits_allocated"] // 8
-    if pixel.length < expected:
-        return Status.CORRUPT, f"Pixel Data has {pixel.length} bytes, expected {expected}"
+    if pixel.length not in (expected, expected + 1):  # + 1: a value of odd length is padded to even
+        return Status.CORRUPT, f"Pixel Data has {pixel.length} bytes, Rows x Columns x BitsAllocated / 8 = {expected}"
     if pixel.value_tell + expected > file_size:
         return Status.CORRUPT, f"file truncated: {file_size} bytes, pixels end at {pixel.value_tell + expected}"
     row["pixel_offset"], row["pixel_length"] = pixel.value_tell, expected

@@ -203,3 +203,13 @@ def test_12bit_fix_keeps_uint16_and_matches_the_notebook_on_12bit_values() -> No
     notebook[notebook >= 4096] -= 4096
     assert fixed.dtype == np.uint16 and intercept.item() == -1000
     np.testing.assert_array_equal(fixed, notebook)
+
+
+def test_pixel_data_length_must_match_the_image_size(tmp_path: Path) -> None:
+    short = read_header(write_slice(tmp_path / "short.dcm", Rows=40))
+    assert short["status"] == Status.CORRUPT and "Pixel Data has 2048 bytes" in short["error"]
+    long = read_header(write_slice(tmp_path / "long.dcm", Rows=16))
+    assert long["status"] == Status.CORRUPT
+    odd = read_header(write_slice(tmp_path / "odd.dcm", pixels=np.ones((3, 3), np.uint8), BitsAllocated=8,
+                                  BitsStored=8, HighBit=7, PixelRepresentation=0))
+    assert odd["status"] == Status.OK and odd["pixel_length"] == 9
