@@ -26,7 +26,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from ich3d import __version__, phantom
+from ich3d import __version__, lesions, phantom
 from ich3d.constants import LABELS
 from ich3d.errors import ConfigError, InputError
 
@@ -238,7 +238,7 @@ def write_series(folder: Path, plan: SeriesPlan, config: SynthConfig) -> tuple[d
     params = phantom.sample_head(np.random.default_rng([config.seed, 2000, plan.patient]))
     head = phantom.place_head(params, _pose(rng))
     positive = rng.random() < config.positive_fraction
-    lesions = phantom.sample_lesions(rng, head, _subtypes(rng, config) if positive else [])
+    hemorrhages = lesions.sample_lesions(rng, head, _subtypes(rng, config) if positive else [])
     grids, info = _slice_grids(rng, head, plan, config)
     numbers = _instance_numbers(rng, plan.quirks["instances"], len(grids))
     encode = _encoder(rng, plan.quirks["pixels"], info["image_size"])
@@ -246,7 +246,7 @@ def write_series(folder: Path, plan: SeriesPlan, config: SynthConfig) -> tuple[d
     with disable_value_validation():
         template, syntax = _template(rng, plan, grids[0])
         for grid, sop, number in zip(grids, plan.sop_uids, numbers):
-            hu, labels[sop] = phantom.render_slice(head, lesions, grid)
+            hu, labels[sop] = lesions.render_slice(head, hemorrhages, grid)
             hu += _noise(rng, info["image_size"], sigma)
             _write_slice(folder / f"{sop}.dcm", template, syntax, sop, number, grid.origin, encode(hu))
     return labels, info

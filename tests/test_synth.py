@@ -15,7 +15,7 @@ import pytest
 from pydicom.config import disable_value_validation
 from pydicom.errors import InvalidDicomError
 
-from ich3d import phantom
+from ich3d import lesions, phantom
 from ich3d.constants import LABELS
 from ich3d.dicom import to_hu
 from ich3d.errors import ConfigError, InputError
@@ -238,14 +238,14 @@ def test_positive_slices_show_blood(synthetic_rsna: Path, headers: dict) -> None
 def test_lesion_labels_follow_the_painted_pixels() -> None:
     """Noise-free: positive slices of a lesion are contiguous, and each shows blood (raised >= 7 HU)."""
     rng = np.random.default_rng(3)
-    for label in phantom.SUBTYPES:
+    for label in lesions.SUBTYPES:
         head = phantom.place_head(phantom.sample_head(rng), phantom.Pose(np.zeros(3), np.eye(3)))
-        lesion = phantom.sample_lesions(rng, head, [label])
+        lesion = lesions.sample_lesions(rng, head, [label])
         positive, raised = [], []
         for z in np.arange(-70.0, 95.0, 5.0):
             grid = phantom.SliceGrid(np.array([-127.0, -127.0, z]), np.eye(3)[0], np.eye(3)[1], 2.0, 128, 128)
-            clean, none = phantom.render_slice(head, [], grid)
-            bloody, labels = phantom.render_slice(head, lesion, grid)
+            clean, none = lesions.render_slice(head, [], grid)
+            bloody, labels = lesions.render_slice(head, lesion, grid)
             assert none == (0,) * len(LABELS) and labels[0] == labels[LABELS.index(label)] == max(labels)
             positive.append(labels[0])
             raised.append(np.count_nonzero(bloody - clean >= 7.0))
