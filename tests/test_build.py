@@ -137,10 +137,10 @@ def test_pixel_failures_are_merged_into_the_index(synthetic_rsna: Path, tmp_path
     victim = slices[slices["status"] == Status.OK].iloc[3]
     real = ich3d.cache.read_pixels
 
-    def flaky(slice_: ich3d.cache.CacheSlice) -> np.ndarray:
+    def flaky(slice_: ich3d.cache.CacheSlice, scratch: bytearray | None = None) -> np.ndarray:
         if slice_.path == victim["path"]:
             raise ValueError("decoder exploded")
-        return real(slice_)
+        return real(slice_, scratch)
 
     monkeypatch.setattr(ich3d.cache, "read_pixels", flaky)
     summary = build(synthetic_rsna, out)

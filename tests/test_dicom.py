@@ -213,3 +213,13 @@ def test_pixel_data_length_must_match_the_image_size(tmp_path: Path) -> None:
     odd = read_header(write_slice(tmp_path / "odd.dcm", pixels=np.ones((3, 3), np.uint8), BitsAllocated=8,
                                   BitsStored=8, HighBit=7, PixelRepresentation=0))
     assert odd["status"] == Status.OK and odd["pixel_length"] == 9
+
+
+def test_read_pixels_reuses_a_scratch_buffer(tmp_path: Path) -> None:
+    small = read_header(write_slice(tmp_path / "small.dcm", pixels=ramp(16)))
+    large = read_header(write_slice(tmp_path / "large.dcm", pixels=ramp(32)))
+    scratch = bytearray()
+    np.testing.assert_array_equal(read_pixels(types.SimpleNamespace(**small), scratch), ramp(16))
+    assert len(scratch) == 16 * 16 * 2
+    np.testing.assert_array_equal(read_pixels(types.SimpleNamespace(**large), scratch), ramp(32))
+    assert len(scratch) == 32 * 32 * 2
