@@ -58,7 +58,8 @@ class SynthConfig:
         image_size: rows == columns of most series (a few "odd" series are 1.23x or 1.5x larger).
         min_slices, max_slices: range of slices per series (most have 29-35, 5 mm apart; thinner series more).
         seed: everything is drawn from it.
-        positive_fraction: share of series with at least one hemorrhage.
+        positive_fraction: share of the series of each split with hemorrhage (rounded; exact, so small
+            datasets have positives too).
         subtype_probability: chance of each subtype in a positive series, in LABELS[1:] order
             (epidural, intraparenchymal, intraventricular, subarachnoid, subdural).
         quirks: write the RSNA quirks (QUIRK_SHARES, corrupt and junk files, duplicate label rows).
@@ -70,8 +71,8 @@ class SynthConfig:
     min_slices: int = 20
     max_slices: int = 60
     seed: int = 0
-    positive_fraction: float = 0.38
-    subtype_probability: tuple[float, ...] = (0.04, 0.62, 0.4, 0.32, 0.38)
+    positive_fraction: float = 0.4
+    subtype_probability: tuple[float, ...] = (0.04, 0.6, 0.45, 0.5, 0.38)
     quirks: bool = True
 
     def __post_init__(self) -> None:
@@ -102,6 +103,7 @@ class SeriesPlan:
     series_uid: str
     sop_uids: tuple[str, ...]
     spacing: float  # nominal slice spacing, mm
+    positive: bool  # has hemorrhage
     quirks: dict[str, str]  # QUIRK_SHARES key -> value
 
 
@@ -191,6 +193,7 @@ def plan_dataset(config: SynthConfig) -> tuple[list[SeriesPlan], dict[str, tuple
     patient = -1
     for split, n in zip(SPLITS, (config.n_train_series, config.n_test_series)):
         quirks = {key: _assign(rng, n, shares, _DEFAULTS[key], config.quirks) for key, shares in QUIRK_SHARES.items()}
+        positive = rng.permutation(np.arange(n) < round(config.positive_fraction * n))
         follow_up = rng.random(n) < 0.12
         if n >= 3 and not follow_up[1:].any():
             follow_up[int(rng.integers(1, n))] = True
@@ -202,7 +205,7 @@ def plan_dataset(config: SynthConfig) -> tuple[list[SeriesPlan], dict[str, tuple
             sops = tuple(_new_id(rng, used, 9) for _ in range(n_slices))
             study, series = _new_id(rng, used, 10), _new_id(rng, used, 10)
             q = {key: values[i] for key, values in quirks.items()}
-            plans.append(SeriesPlan(split, i, patient, patient_id, study, series, sops, spacing, q))
+            plans.append(SeriesPlan(split, i, patient, patient_id, study, series, sops, spacing, bool(positive[i]), q))
         if config.quirks:
             first = len(plans) - n
             victim = plans[first + int(rng.integers(n))]
@@ -237,8 +240,7 @@ def write_series(folder: Path, plan: SeriesPlan, config: SynthConfig) -> tuple[d
     rng = np.random.default_rng([config.seed, SPLITS.index(plan.split), plan.index])
     params = phantom.sample_head(np.random.default_rng([config.seed, 2000, plan.patient]))
     head = phantom.place_head(params, _pose(rng))
-    positive = rng.random() < config.positive_fraction
-    hemorrhages = lesions.sample_lesions(rng, head, _subtypes(rng, config) if positive else [])
+    hemorrhages = lesions.sample_lesions(rng, head, _subtypes(rng, config) if plan.positive else [])
     grids, info = _slice_grids(rng, head, plan, config)
     numbers = _instance_numbers(rng, plan.quirks["instances"], len(grids))
     encode = _encoder(rng, plan.quirks["pixels"], info["image_size"])
