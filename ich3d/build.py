@@ -26,7 +26,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
+from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ich3d import __version__
-from ich3d.cache import CacheJournal, CacheSlice, cache_path, write_series_cache
+from ich3d.cache import CacheJournal, cache_path, cache_series
 from ich3d.constants import BUILD_FILE, CACHE_DIR, LABEL_COLUMNS, PIXEL_FAILURES_DIR, SERIES_FILE, SLICES_FILE, Status
 from ich3d.dicom import HEADER_COLUMNS, read_header
 from ich3d.errors import Ich3dError, InputError
@@ -254,44 +254,8 @@ def part_series(series: pd.DataFrame, num_parts: int, part_id: int) -> list[str]
     return series["series_uid"].iloc[part_id::num_parts].tolist()
 
 
-def _series_blocks(slices: pd.DataFrame) -> dict[str, tuple[int, int]]:
-    """series_uid → (start, stop) rows of its slices: the index is sorted by series, then slice_index."""
-    n = int(slices["slice_index"].notna().sum())
-    uids = slices["series_uid"].iloc[:n].to_numpy(object)
-    starts = np.flatnonzero(np.r_[True, uids[1:] != uids[:-1]]) if n else np.zeros(0, dtype=np.int64)
-    return {uids[a]: (int(a), int(b)) for a, b in zip(starts, np.r_[starts[1:], n])}
-
-
-def _task_table(slices: pd.DataFrame) -> pd.DataFrame:
-    """The :class:`CacheSlice` columns of the index, missing values filled (-1, "")."""
-    table = slices[list(CacheSlice._fields)]
-    return table.fillna({name: (-1 if table[name].dtype == _INT else "") for name in ("pixel_offset", "rows", "cols",
-                         "bits_allocated", "bits_stored", "pixel_representation", "transfer_syntax", "status")})
-
-
-def _run_series(pool: Executor | None, uids: list[str], task: Callable[[str], list[CacheSlice]], out: Path,
-                size: int) -> Iterator[tuple[str, list]]:
-    """Yields (series_uid, failures) as series finish, with at most 4 series per worker in flight."""
-    if pool is None:
-        for uid in uids:
-            yield uid, write_series_cache(task(uid), cache_path(out, uid), size)
-        return
-    queue, pending = iter(uids), {}
-    limit = 4 * getattr(pool, "_max_workers", 1)
-    while True:
-        for uid in queue:
-            pending[pool.submit(write_series_cache, task(uid), cache_path(out, uid), size)] = uid
-            if len(pending) >= limit:
-                break
-        if not pending:
-            return
-        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-        for future in finished:
-            yield pending.pop(future), future.result()
-
-
 def _pixel_pass(out: Path, slices: pd.DataFrame, series: pd.DataFrame, size: int, parts: tuple[int, int],
-                overwrite: bool, files_id: str, pool: Executor | None, progress: bool) -> dict:
+                overwrite: bool, files_id: str, pool: Executor | None, workers: int, progress: bool) -> dict:
     """Builds this part's missing cache files; writes its failures parquet; returns counts."""
     num_parts, part_id = parts
     mine = part_series(series, num_parts, part_id)
@@ -300,19 +264,10 @@ def _pixel_pass(out: Path, slices: pd.DataFrame, series: pd.DataFrame, size: int
     length = dict(zip(series["series_uid"], series["n_slices"].astype(int)))
     todo = [uid for uid in mine if uid not in done or not cache_path(out, uid).is_file()]
     todo.sort(key=lambda uid: -length[uid])  # longest first: no long series left for the end
-    table, blocks = _task_table(slices), _series_blocks(slices)
-
-    def task(uid: str) -> list[CacheSlice]:
-        start, stop = blocks[uid]
-        return [CacheSlice(*row) for row in table.iloc[start:stop].itertuples(index=False, name=None)]
-
     (out / CACHE_DIR).mkdir(parents=True, exist_ok=True)
     try:
-        with journal.writer() as append, _progress(progress, "pixels", sum(length[u] for u in todo)) as advance:
-            for uid, failures in _run_series(pool, todo, task, out, size):
-                append(uid, failures)
-                done[uid] = failures
-                advance(length[uid])
+        with _progress(progress, "pixels", sum(length[u] for u in todo)) as advance:
+            done |= cache_series(out, slices, todo, size, journal, pool, 4 * workers, advance)
     except BrokenProcessPool as exc:
         raise Ich3dError(f"{out}: a worker process died (out of memory?); rerun the same command to resume "
                          f"(finished series are kept)") from exc
@@ -382,7 +337,7 @@ def build_series(
         slices, series, meta = _index(out, files, labels_csv, pool, progress)
         timings["index_s"] = time.perf_counter() - began - timings["collect_s"]  # header pass included
         pixels = {} if index_only else _pixel_pass(out, slices, series, image_size, (num_parts, part_id),
-                                                   overwrite, files.files_id, pool, progress)
+                                                   overwrite, files.files_id, pool, workers, progress)
     timings["total_s"] = time.perf_counter() - began
     timings["pixel_s"] = timings["total_s"] - timings["index_s"] - timings["collect_s"]
     timings["header_s"] = 0.0 if meta["reused"] else meta["header_s"]

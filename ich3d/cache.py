@@ -1,4 +1,4 @@
-"""The int16 Hounsfield-unit cache: resizing, writing one series per file, and reading it back.
+"""The int16 Hounsfield-unit cache: resizing, the pixel pass (one file per series), reading it back.
 
 Resizing is separable: ``R @ img @ C^T`` with interpolation matrices ``R`` (S, H) and ``C`` (S, W)
 from :func:`resize_matrix` (area weights when shrinking, so it is antialiased; linear interpolation
@@ -18,12 +18,14 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, wait
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 
 from ich3d.constants import CACHE_DIR, HU_MAX, HU_MIN, MISSING_HU, PIXEL_FAILURES_DIR, Status
 from ich3d.dicom import fix_rsna_12bit, read_pixels
@@ -290,3 +292,76 @@ class CacheJournal:
                 file.flush()
 
             yield append
+
+
+def _series_blocks(slices: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """series_uid → (start, stop) rows of its slices: the index is sorted by series, then slice_index."""
+    n = int(slices["slice_index"].notna().sum())
+    uids = slices["series_uid"].iloc[:n].to_numpy(object)
+    starts = np.flatnonzero(np.r_[True, uids[1:] != uids[:-1]]) if n else np.zeros(0, dtype=np.int64)
+    return {uids[a]: (int(a), int(b)) for a, b in zip(starts, np.r_[starts[1:], n])}
+
+
+_TASK_FILL = {name: -1 for name in ("pixel_offset", "rows", "cols", "bits_allocated", "bits_stored",
+                                    "pixel_representation")} | {"transfer_syntax": "", "status": ""}
+
+
+def _task_table(slices: pd.DataFrame) -> pd.DataFrame:
+    """The :class:`CacheSlice` columns of the index, missing values filled (-1, "")."""
+    return slices[list(CacheSlice._fields)].fillna(_TASK_FILL)
+
+
+def _run_series(pool: Executor | None, uids: Sequence[str], task: Callable[[str], list[CacheSlice]], out: Path,
+                size: int, limit: int) -> Iterator[tuple[str, list]]:
+    """Yields (series_uid, failures) as series finish, with at most ``limit`` series in flight."""
+    if pool is None:
+        for uid in uids:
+            yield uid, write_series_cache(task(uid), cache_path(out, uid), size)
+        return
+    queue, pending = iter(uids), {}
+    while True:
+        for uid in queue:
+            pending[pool.submit(write_series_cache, task(uid), cache_path(out, uid), size)] = uid
+            if len(pending) >= limit:
+                break
+        if not pending:
+            return
+        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for future in finished:
+            yield pending.pop(future), future.result()
+
+
+def cache_series(dataset: Path, slices: pd.DataFrame, series_uids: Sequence[str], size: int, journal: CacheJournal,
+                 pool: Executor | None = None, in_flight: int = 8,
+                 advance: Callable[[int], None] = lambda n: None) -> dict[str, list]:
+    """Builds the cache files of ``series_uids`` (in this order), journaling each finished series.
+
+    Workers get whole series and write the files themselves, returning only failure records; the
+    :class:`CacheSlice` lists of at most ``in_flight`` series exist at a time, so memory stays flat.
+
+    Args:
+        dataset: the dataset folder (files go to ``cache/``).
+        slices: the index, sorted by series then slice_index (as written by ``build_series``).
+        series_uids: the series to build.
+        size: output side S.
+        journal: where finished series are recorded.
+        pool: process pool, or None to work in this process.
+        in_flight: series submitted to the pool at a time (a few per worker keeps every worker busy).
+        advance: called with each finished series' number of slices (progress).
+
+    Returns:
+        series_uid → its failure records (image_id, path, status, error).
+    """
+    table, blocks = _task_table(slices), _series_blocks(slices)
+
+    def task(uid: str) -> list[CacheSlice]:
+        start, stop = blocks[uid]
+        return [CacheSlice(*row) for row in table.iloc[start:stop].itertuples(index=False, name=None)]
+
+    done = {}
+    with journal.writer() as append:
+        for uid, failures in _run_series(pool, series_uids, task, dataset, size, in_flight):
+            append(uid, failures)
+            done[uid] = failures
+            advance(blocks[uid][1] - blocks[uid][0])
+    return done
