@@ -42,30 +42,32 @@ _DEFER_BYTES = 1024  # pydicom path: values longer than this are skipped, not re
 _SCAN_BYTES = 1 << 16  # fast path: the header must end (Pixel Data start) within this many bytes
 _ERROR_CHARS = 300
 
-# (column, tag, kind): what the header pass keeps. kind: str | int | floats | first (of a multi-value).
+# (column, tag, kind): what the header pass keeps. kind: str | us (binary, US) | is (text, IS) | floats |
+# first (first of a multi-valued DS).
 _FIELDS: tuple[tuple[str, int, str], ...] = (
     ("sop_uid", 0x00080018, "str"),
     ("patient_id", 0x00100020, "str"),
     ("study_uid", 0x0020000D, "str"),
     ("series_uid", 0x0020000E, "str"),
-    ("instance_number", 0x00200013, "int"),
+    ("instance_number", 0x00200013, "is"),
     ("ipp", 0x00200032, "floats"),
     ("iop", 0x00200037, "floats"),
-    ("samples_per_pixel", 0x00280002, "int"),
+    ("samples_per_pixel", 0x00280002, "us"),
     ("photometric", 0x00280004, "str"),
-    ("number_of_frames", 0x00280008, "int"),
-    ("rows", 0x00280010, "int"),
-    ("cols", 0x00280011, "int"),
+    ("number_of_frames", 0x00280008, "is"),
+    ("rows", 0x00280010, "us"),
+    ("cols", 0x00280011, "us"),
     ("pixel_spacing", 0x00280030, "first"),
-    ("bits_allocated", 0x00280100, "int"),
-    ("bits_stored", 0x00280101, "int"),
-    ("pixel_representation", 0x00280103, "int"),
+    ("bits_allocated", 0x00280100, "us"),
+    ("bits_stored", 0x00280101, "us"),
+    ("pixel_representation", 0x00280103, "us"),
     ("window_center", 0x00281050, "first"),
     ("window_width", 0x00281051, "first"),
     ("rescale_intercept", 0x00281052, "first"),
     ("rescale_slope", 0x00281053, "first"),
 )
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UT"})
+_BINARY_VRS = frozenset({"US", "SS", "UL", "SL"})
 _GEOMETRY = ("ipp_x", "ipp_y", "ipp_z", "iop_rx", "iop_ry", "iop_rz", "iop_cx", "iop_cy", "iop_cz")
 
 #: Keys of the row returned by :func:`read_header`, in order.
@@ -232,8 +234,9 @@ def _decode(element: Any, kind: str) -> Any:
     value = element.value
     if not value:
         return None
-    vr = element.VR  # None for implicit VR: then numbers are binary, as for every tag read here
-    if kind == "int" and vr not in _TEXT_VRS:
+    vr = element.VR  # None for implicit VR: the kind (the dictionary VR) says binary or text
+    binary = vr not in _TEXT_VRS if kind == "us" else vr in _BINARY_VRS
+    if binary:
         size = 4 if vr in ("UL", "SL") else 2
         order = "little" if element.is_little_endian else "big"
         return int.from_bytes(value[:size], order, signed=vr in ("SS", "SL")) if len(value) >= size else None
@@ -245,7 +248,7 @@ def _decode(element: Any, kind: str) -> Any:
         return tuple(parts)
     if not parts:
         return None
-    return int(parts[0]) if kind == "int" else parts[0]
+    return int(parts[0]) if kind in ("us", "is") else parts[0]
 
 
 def _values(raw: Mapping[int, Any]) -> dict[str, Any]:

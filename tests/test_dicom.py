@@ -223,3 +223,11 @@ def test_read_pixels_reuses_a_scratch_buffer(tmp_path: Path) -> None:
     assert len(scratch) == 16 * 16 * 2
     np.testing.assert_array_equal(read_pixels(types.SimpleNamespace(**large), scratch), ramp(32))
     assert len(scratch) == 32 * 32 * 2
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, "1.2.840.10008.1.2.1"])
+def test_numbers_decode_in_both_vr_encodings(tmp_path: Path, syntax: str) -> None:
+    """IS values are text and US values binary, also in implicit VR files (no VR on the wire)."""
+    row = read_header(write_slice(tmp_path / "n.dcm", syntax=syntax, InstanceNumber=1234, NumberOfFrames=1))
+    assert (row["instance_number"], row["rows"], row["bits_stored"], row["pixel_representation"]) == (1234, 32, 16, 1)
+    assert row["status"] == Status.OK
