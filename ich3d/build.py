@@ -159,6 +159,7 @@ def _pool(workers: int) -> Iterator[Executor | None]:
         return
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else None)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as executor:
+        executor.submit(int).result()  # start the workers now, before any progress-bar thread exists
         yield executor
 
 
