@@ -54,7 +54,7 @@ def _series_keys(slices: pd.DataFrame) -> pd.Series:
     series_code, _ = pd.factorize(series)
     study_code, _ = pd.factorize(slices["study_uid"], sort=True)
     known = series_code >= 0
-    stride = study_code.max() + 2
+    stride = study_code.max(initial=-1) + 2
     pairs = np.unique(series_code[known].astype(np.int64) * stride + study_code[known] + 1)
     pair_series = pairs // stride
     if not (pair_series[1:] == pair_series[:-1]).any():

@@ -191,3 +191,14 @@ def test_load_index_errors(tmp_path: Path, built: tuple[Path, dict]) -> None:
     pq.write_table(table.replace_schema_metadata({b"ich3d": json.dumps(meta).encode()}), out / SLICES_FILE)
     with pytest.raises(InputError, match="version 0"):
         load_index(out)
+
+
+def test_a_folder_of_junk_gives_an_index_without_series(tmp_path: Path) -> None:
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.dcm").write_bytes(b"not dicom")
+    (junk / "b").write_bytes(b"\0" * 300)
+    summary = build_series([junk], tmp_path / "out", workers=1, progress=False)
+    assert summary["counts"] == {"not_dicom": 2} and summary["n_series"] == 0 and summary["n_skipped"] == 2
+    slices, series = load_index(tmp_path / "out")
+    assert len(slices) == 2 and series.empty and slices["slice_index"].isna().all()
