@@ -23,7 +23,6 @@ import datetime
 import os
 import platform
 import resource
-import shutil
 import statistics
 import tempfile
 import time
