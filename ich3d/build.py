@@ -229,16 +229,20 @@ def _index(out: Path, files: InputFiles, labels_csv: Path | None, pool: Executor
            progress: bool) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """The index of ``files``: reused when it matches the inputs, else built and written."""
     labels_id = _labels_id(labels_csv)
-    meta = _read_meta(out / SLICES_FILE)
-    if (meta and meta.get("version") == INDEX_VERSION and meta.get("files_id") == files.files_id
-            and meta.get("labels_id") == labels_id and (out / SERIES_FILE).is_file()):
+    meta = _read_meta(out / SLICES_FILE) or {}
+    same_files = meta.get("version") == INDEX_VERSION and meta.get("files_id") == files.files_id
+    if same_files and meta.get("labels_id") == labels_id and (out / SERIES_FILE).is_file():
         log.info("%s: index matches the inputs, reused", out / SLICES_FILE)
         return pd.read_parquet(out / SLICES_FILE), pd.read_parquet(out / SERIES_FILE), meta | {"reused": True}
     labels = read_labels(Path(labels_csv)) if labels_csv is not None else None  # fail fast, before the long pass
     began = time.perf_counter()
-    header = _header_pass(files, pool, progress)
+    if same_files:  # only the labels changed: the headers already read are still right
+        log.info("%s: same files, new labels: headers reused", out / SLICES_FILE)
+        header = pd.read_parquet(out / SLICES_FILE).drop(columns=["position", "slice_index", *LABEL_COLUMNS])
+    else:
+        header = _header_pass(files, pool, progress)
     header_s = time.perf_counter() - began
-    log.info("header pass: %d files in %.1f s (%.0f files/s)", len(header), header_s, len(header) / max(header_s, 1e-9))
+    log.info("headers: %d files in %.1f s (%.0f files/s)", len(header), header_s, len(header) / max(header_s, 1e-9))
     slices, series, label_report = _make_index(header, labels)
     meta = {"version": INDEX_VERSION, "files_id": files.files_id, "labels_id": labels_id,
             "labels": label_report, "header_s": round(header_s, 3)}
@@ -405,11 +409,16 @@ def load_index(dataset: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     missing = {"image_id", "path", "series_uid", "slice_index", "status", *LABEL_COLUMNS} - set(slices.columns)
     if missing or "series_uid" not in series.columns:
         raise InputError(f"{dataset}: index without the columns {sorted(missing)}; rerun `ich3d build-series`")
-    return _merge_failures(dataset, slices, meta["files_id"]), series
+    merged = _merge_failures(dataset, slices, meta["files_id"])
+    if merged is not slices:  # some pixels failed: n_ok counts them out
+        ok = merged.loc[merged["status"] == str(Status.OK), "series_uid"].value_counts()
+        series["n_ok"] = series["series_uid"].map(ok).fillna(0).astype(series["n_ok"].dtype)
+    return merged, series
 
 
 def _merge_failures(dataset: Path, slices: pd.DataFrame, files_id: str) -> pd.DataFrame:
-    """Sets status/error of slices that failed in the pixel pass (failure files of this index only)."""
+    """Sets status/error of slices that failed in the pixel pass (failure files of this index only);
+    ``slices`` itself when none did."""
     parts = [pd.read_parquet(path) for path in sorted((dataset / PIXEL_FAILURES_DIR).glob("part-*.parquet"))
              if (_read_meta(path) or {}).get("files_id") == files_id]
     failures = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()

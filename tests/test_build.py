@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+import ich3d.build
 import ich3d.cache
 from ich3d.build import build_series, load_index, part_series
 from ich3d.cache import load_series
@@ -145,16 +146,19 @@ def test_pixel_failures_are_merged_into_the_index(synthetic_rsna: Path, tmp_path
     monkeypatch.setattr(ich3d.cache, "read_pixels", flaky)
     summary = build(synthetic_rsna, out)
     assert summary["pixel_pass"]["pixel_failures"] == {"corrupt": 1} and summary["n_skipped"] == 3
-    merged, _ = load_index(out)
+    merged, series = load_index(out)
     row = merged.set_index("path").loc[victim["path"]]
+    n_ok = series.set_index("series_uid").loc[victim["series_uid"], "n_ok"]
+    assert n_ok == (merged[merged["series_uid"] == victim["series_uid"]]["status"] == Status.OK).sum()
     assert row["status"] == Status.CORRUPT and "decoder exploded" in row["error"]
     assert (load_series(out, victim["series_uid"])[victim["slice_index"]] == MISSING_HU).all()
     failures = pd.read_parquet(out / PIXEL_FAILURES_DIR / "part-0.parquet")
     assert failures[["image_id", "status"]].values.tolist() == [[victim["image_id"], "corrupt"]]
 
 
-def test_new_labels_rebuild_the_index_but_keep_the_cache(built: tuple[Path, dict], synthetic_rsna: Path,
-                                                        tmp_path: Path) -> None:
+def test_new_labels_rebuild_the_index_but_keep_headers_and_cache(built: tuple[Path, dict], synthetic_rsna: Path,
+                                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ich3d.build, "_header_pass", lambda *args: pytest.fail("headers read again"))
     out = tmp_path / "dataset"
     shutil.copytree(built[0], out)
     labels = tmp_path / "labels.csv"
@@ -163,6 +167,10 @@ def test_new_labels_rebuild_the_index_but_keep_the_cache(built: tuple[Path, dict
     summary = build(synthetic_rsna, out, labels_csv=labels)
     assert not summary["index_reused"] and summary["pixel_pass"]["series_built"] == 0
     assert 0 < summary["n_labeled"] < built[1]["n_labeled"]
+    rebuilt, _ = load_index(out)
+    original, _ = load_index(built[0])
+    same = ["image_id", "series_uid", "slice_index", "position", "status", "pixel_offset"]
+    pd.testing.assert_frame_equal(rebuilt[same], original[same])
 
 
 def test_input_errors(tmp_path: Path, synthetic_rsna: Path) -> None:
