@@ -19,10 +19,10 @@ from ich3d.constants import BUILD_FILE, LABEL_COLUMNS, MISSING_HU, PIXEL_FAILURE
 from ich3d.errors import InputError
 
 SIZE = 32
-CONTRACT_COLUMNS = ["image_id", "sop_uid", "path", "source", "patient_id", "study_uid", "series_uid", "instance_number",
-                    "slice_index", "position", "ipp_x", "ipp_y", "ipp_z", "rows", "cols", "pixel_spacing", "bits_stored",
-                    "pixel_representation", "rescale_intercept", "rescale_slope", "window_center", "window_width",
-                    "transfer_syntax", "status", "error", *LABEL_COLUMNS]
+CONTRACT_COLUMNS = ["image_id", "sop_uid", "path", "source", "patient_id", "study_uid", "series_uid",
+                    "instance_number", "slice_index", "position", "ipp_x", "ipp_y", "ipp_z", "rows", "cols",
+                    "pixel_spacing", "bits_stored", "pixel_representation", "rescale_intercept", "rescale_slope",
+                    "window_center", "window_width", "transfer_syntax", "status", "error", *LABEL_COLUMNS]
 
 
 def build(synthetic_rsna: Path, out: Path, **kwargs) -> dict:
@@ -91,7 +91,8 @@ def test_index_is_reused_and_an_unchanged_rebuild_does_nothing(built: tuple[Path
     assert cache_bytes(out) == before
 
 
-def test_resume_rebuilds_only_the_missing_series(built: tuple[Path, dict], synthetic_rsna: Path, tmp_path: Path) -> None:
+def test_resume_rebuilds_only_the_missing_series(built: tuple[Path, dict], synthetic_rsna: Path,
+                                                  tmp_path: Path) -> None:
     out = tmp_path / "dataset"
     shutil.copytree(built[0], out)
     before = cache_bytes(out)
@@ -156,8 +157,8 @@ def test_pixel_failures_are_merged_into_the_index(synthetic_rsna: Path, tmp_path
     assert failures[["image_id", "status"]].values.tolist() == [[victim["image_id"], "corrupt"]]
 
 
-def test_new_labels_rebuild_the_index_but_keep_headers_and_cache(built: tuple[Path, dict], synthetic_rsna: Path,
-                                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_new_labels_rebuild_the_index_but_keep_headers_and_cache(
+        built: tuple[Path, dict], synthetic_rsna: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ich3d.build, "_header_pass", lambda *args: pytest.fail("headers read again"))
     out = tmp_path / "dataset"
     shutil.copytree(built[0], out)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ich3d.series import order_slices, series_table, slice_normals
+from ich3d.series import IOP_COLUMNS, order_slices, series_table, slice_normals
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -32,7 +32,7 @@ def frame(slices: Sequence[types.SimpleNamespace]) -> pd.DataFrame:
                      "patient_id": "p", "study_uid": s.StudyInstanceUID, "series_uid": s.SeriesInstanceUID,
                      "source": "/data", "instance_number": s.InstanceNumber, "rows": s.Rows, "cols": s.Columns,
                      "status": "ok", **dict(zip(("ipp_x", "ipp_y", "ipp_z"), ipp)),
-                     **dict(zip(("iop_rx", "iop_ry", "iop_rz", "iop_cx", "iop_cy", "iop_cz"), s.ImageOrientationPatient))})
+                     **dict(zip(IOP_COLUMNS, s.ImageOrientationPatient))})
     out = pd.DataFrame(rows)
     out["instance_number"] = out["instance_number"].astype("Int64")
     return out
