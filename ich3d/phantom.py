@@ -229,8 +229,8 @@ def place_head(p: HeadParams, pose: Pose) -> Head:
     normal = pose.rot.T @ (np.array([0.0, slope, 1.0]) / np.hypot(1.0, slope))
     w0 = cz - 0.4 * cc
     floor_offset = float((w0 + slope * cy) / np.hypot(1.0, slope) + normal @ pose.center)
-    vent = [el((s * (6 + 4 * at), cy - 8, cz + 20), (3 + 6 * at, 27, 8 + 2 * at), yaw=-s * 10) for s in (1, -1)]
-    vent += [el((s * (14 + 3 * at), cy + 18, cz + 8), (4 + 5 * at, 16, 8), yaw=s * 25) for s in (1, -1)]
+    vent = [el((s * (9 + 6 * at), cy - 6, cz + 19), (3.5 + 6 * at, 30, 8 + 2 * at), yaw=-s * 6) for s in (1, -1)]
+    vent += [el((s * (12 + 3 * at), cy + 17, cz + 9), (4 + 5 * at, 17, 8), yaw=s * 30) for s in (1, -1)]
     vent += [el((0, cy + 2, cz + 2), (1 + 2.5 * at, 12, 9)), el((0, cy + 0.33 * cb, cz - 0.42 * cc), (6, 4, 7))]
     hu = p.hu
     return Head(
