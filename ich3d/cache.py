@@ -5,7 +5,7 @@ from :func:`resize_matrix` (area weights when shrinking, so it is antialiased; l
 when enlarging). The matrices are banded, so they are applied tap by tap: each tap is a strided view
 when its indices step regularly (any integer shrink factor, e.g. 512 → 256), a gather otherwise.
 That is about ten times faster than the dense float32 products on this project's 2-core machine
-(0.2 ms against 2.7 ms per 512² slice) and gives the same numbers. Non-square images are first
+(0.2 ms against 2.7 ms per 512² slice) and gives the same numbers, to float rounding. Non-square images are first
 padded to a square around their centre with air (``HU_MIN``), so anatomy keeps its aspect ratio.
 """
 
@@ -285,10 +285,13 @@ class CacheJournal:
     def writer(self) -> Iterator[Callable[[str, list], None]]:
         """Yields ``append(series_uid, failures)``."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as file:
+        with open(self.path, "a+b") as file:
+            if file.tell() and (file.seek(-1, os.SEEK_END), file.read(1))[1] != b"\n":
+                file.write(b"\n")  # end a line cut by a kill, so the next entry starts clean
+
             def append(series_uid: str, failures: list) -> None:
                 entry = self.key | {"series_uid": series_uid, "failures": [list(f) for f in failures]}
-                file.write(json.dumps(entry) + "\n")
+                file.write(json.dumps(entry).encode() + b"\n")
                 file.flush()
 
             yield append

@@ -117,6 +117,7 @@ def test_resume_after_a_killed_pixel_pass(built: tuple[Path, dict], synthetic_rs
     summary = build(synthetic_rsna, out, workers=2)
     assert summary["pixel_pass"]["series_built"] == len(lines) - 2
     assert cache_bytes(out) == before
+    assert build(synthetic_rsna, out)["pixel_pass"]["series_built"] == 0  # the journal healed
 
 
 def test_two_parts_give_the_same_cache_as_one(built: tuple[Path, dict], synthetic_rsna: Path, tmp_path: Path) -> None:
