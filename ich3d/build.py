@@ -41,6 +41,7 @@ from ich3d import __version__
 from ich3d.cache import CacheJournal, cache_path, cache_series
 from ich3d.constants import BUILD_FILE, CACHE_DIR, LABEL_COLUMNS, PIXEL_FAILURES_DIR, SERIES_FILE, SLICES_FILE, Status
 from ich3d.dicom import HEADER_COLUMNS, read_header
+from ich3d.progress import progress_bar
 from ich3d.errors import Ich3dError, InputError
 from ich3d.labels import LabelTable, join_labels, read_labels
 from ich3d.series import order_slices, series_table
@@ -163,21 +164,6 @@ def _pool(workers: int) -> Iterator[Executor | None]:
         yield executor
 
 
-@contextlib.contextmanager
-def _progress(enabled: bool, description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar; yields ``advance(n)``."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich import progress as rp
-
-    columns = (rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(), rp.TimeElapsedColumn(),
-               rp.TimeRemainingColumn())
-    with rp.Progress(*columns) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
-
-
 def read_header_chunk(paths: Sequence[str]) -> pd.DataFrame:
     """Header rows of ``paths`` as a typed DataFrame (columns :data:`ich3d.dicom.HEADER_COLUMNS`)."""
     rows = [tuple(read_header(path).values()) for path in paths]
@@ -188,7 +174,7 @@ def _header_pass(files: InputFiles, pool: Executor | None, progress: bool) -> pd
     chunks = [files.paths[i:i + _CHUNK_FILES] for i in range(0, len(files.paths), _CHUNK_FILES)]
     results = pool.map(read_header_chunk, chunks) if pool else map(read_header_chunk, chunks)
     frames = []
-    with _progress(progress, "headers", len(files.paths)) as advance:
+    with progress_bar(progress, "headers", len(files.paths)) as advance:
         for frame in results:
             frames.append(frame)
             advance(len(frame))
@@ -271,7 +257,7 @@ def _pixel_pass(out: Path, slices: pd.DataFrame, series: pd.DataFrame, size: int
     todo.sort(key=lambda uid: -length[uid])  # longest first: no long series left for the end
     (out / CACHE_DIR).mkdir(parents=True, exist_ok=True)
     try:
-        with _progress(progress, "pixels", sum(length[u] for u in todo)) as advance:
+        with progress_bar(progress, "pixels", sum(length[u] for u in todo)) as advance:
             done |= cache_series(out, slices, todo, size, journal, pool, 4 * workers, advance)
     except BrokenProcessPool as exc:
         raise Ich3dError(f"{out}: a worker process died (out of memory?); rerun the same command to resume "

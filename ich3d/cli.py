@@ -62,15 +62,21 @@ def main(ctx: click.Context, quiet: bool, verbose: bool) -> None:
 @click.option("--n-test-series", default=10, show_default=True, help="Test series.")
 @click.option("--image-size", default=512, show_default=True, help="Slice size in pixels.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--workers", default=1, show_default=True, help="Processes writing series in parallel.")
 @click.pass_context
 @handle_errors
-def synth(ctx: click.Context, out: Path, n_series: int, n_test_series: int, image_size: int, seed: int) -> None:
+def synth(ctx: click.Context, out: Path, n_series: int, n_test_series: int, image_size: int, seed: int,
+          workers: int) -> None:
     """Write a synthetic head-CT dataset in the RSNA 2019 layout."""
-    from ich3d.synth import SynthConfig, make_synthetic_dataset
+    from ich3d.progress import progress_bar
+    from ich3d.synth import SynthConfig, count_files, make_synthetic_dataset
 
     config = SynthConfig(n_train_series=n_series, n_test_series=n_test_series, image_size=image_size, seed=seed)
-    summary = make_synthetic_dataset(out, config)
-    _console(ctx).print(f"synthetic dataset in {out}: {summary}")
+    with progress_bar(not ctx.obj["quiet"], "synth", count_files(config)) as advance:
+        summary = make_synthetic_dataset(out, config, progress=advance, workers=workers)
+    _console(ctx).print(f"synthetic dataset in {out}: " + "; ".join(
+        f"{split}: {c['images']} images, {c['series']} series, {c['positive_slices']['any']} with hemorrhage"
+        for split, c in summary["splits"].items()))
 
 
 @main.command("build-series")
@@ -80,8 +86,10 @@ def synth(ctx: click.Context, out: Path, n_series: int, n_test_series: int, imag
 @click.option("--out", required=True, type=PathArg, help="Dataset folder to write.")
 @click.option("--image-size", default=256, show_default=True, help="Side of the cached HU slices.")
 @click.option("--workers", type=int, help="Worker processes [default: all cores].")
-@click.option("--overwrite", is_flag=True, help="Rebuild cached series that already exist.")
-@click.option("--num-parts", default=1, show_default=True, help="Split the pixel pass over this many jobs.")
+@click.option("--overwrite", is_flag=True,
+              help="Rebuild this part's cache files even if finished (the index is rebuilt whenever the inputs change).")
+@click.option("--num-parts", default=1, show_default=True,
+              help="Split the pixel pass over this many jobs; run once with --index-only first, parts share the index.")
 @click.option("--part-id", default=0, show_default=True, help="This job's part (0-based).")
 @click.option("--index-only", is_flag=True, help="Stop after the header index.")
 @click.option("--strict", is_flag=True, help=f"Exit with code {EXIT_PARTIAL} when any input was skipped.")

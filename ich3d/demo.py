@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -28,15 +29,18 @@ def run_demo(out: Path, n_series: int = 60, n_test_series: int = 16, config: str
     from ich3d.config import load_config
     from ich3d.infer import predict
     from ich3d.submission import score_submission, series_lookup, write_submission
-    from ich3d.synth import SynthConfig, make_synthetic_dataset
+    from ich3d.progress import progress_bar
+    from ich3d.synth import SynthConfig, count_files, make_synthetic_dataset
     from ich3d.train import fit
 
     began = time.perf_counter()
     out = Path(out)
     data, dataset, run, pred = out / "rsna", out / "dataset", out / "run", out / "predictions"
     resolved = load_config(config, overrides)
-    make_synthetic_dataset(data, SynthConfig(n_train_series=n_series, n_test_series=n_test_series,
-                                             image_size=synth_image_size, seed=seed))
+    synth_config = SynthConfig(n_train_series=n_series, n_test_series=n_test_series,
+                               image_size=synth_image_size, seed=seed)
+    with progress_bar(progress, "synth", count_files(synth_config)) as advance:
+        make_synthetic_dataset(data, synth_config, progress=advance, workers=os.cpu_count() or 1)
     build_series([data / "stage_2_train"], dataset, labels_csv=data / "stage_2_train.csv",
                  image_size=resolved.data.image_size, progress=progress)
     fit(dataset, run, resolved, fold=0, resume=(run / "last.pt").is_file(), report=report)

@@ -71,10 +71,10 @@ def test_train_infer_score_commands(tiny_dataset: Path, trained_run: Path, synth
 
 @pytest.mark.slow
 def test_demo_beats_the_prior(tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo"), "--n-series", "24", "--n-test-series", "6",
-                                       "--set", "stages.slice.epochs=3", "--set", "stages.sequence.epochs=12",
-                                       "--set", "folds=4"])
+    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo"), "--n-series", "36", "--n-test-series", "8",
+                                       "--set", "stages.slice.samples_per_epoch=1024", "--set", "stages.sequence.epochs=12"])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "demo" / "demo.json").read_text())
-    assert summary["score"]["weighted_log_loss"] < summary["prior_score"]
+    assert summary["score"]["weighted_log_loss"] < 0.85 * summary["prior_score"]
     assert "demo test weighted log loss" in result.output
+    assert (tmp_path / "demo" / "predictions" / "submission.csv").is_file()
