@@ -11,7 +11,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from ich3d.constants import MODEL_CHECKPOINT, RUN_METRICS_FILE
+from ich3d.constants import ENCODER_CHECKPOINT, MODEL_CHECKPOINT, RUN_METRICS_FILE
 
 
 def run_demo(out: Path, n_series: int = 60, n_test_series: int = 16, config: str = "cpu_small",
@@ -19,45 +19,66 @@ def run_demo(out: Path, n_series: int = 60, n_test_series: int = 16, config: str
              synth_image_size: int = 256, report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Runs the whole pipeline on freshly generated data with a held-out test split.
 
+    The test split is predicted from its raw DICOM folder (corrupt and junk files included) in the
+    sample submission's order, by the final CNN + GRU model and, for comparison, by the slice-only
+    model of the first stage; both are scored against the prevalence prior.
+
     Returns:
-        ``score`` (the test metrics), ``prior_score`` (the training prevalence as prediction),
-        ``slice_valid`` / ``sequence_valid`` (validation weighted log loss of the slice-only and GRU
-        models), ``seconds`` and ``out``.
+        ``score`` (test metrics of the final model), ``slice_score`` and ``prior_score`` (test weighted
+        log loss of the slice-only model and of the training prevalence), ``prior_valid``,
+        ``slice_valid``, ``sequence_valid`` (best validation weighted log loss), ``seconds``, ``out``.
     """
     from ich3d.build import build_series
-    from ich3d.checkpoint import load_checkpoint
     from ich3d.config import load_config
     from ich3d.infer import predict
-    from ich3d.submission import score_submission, series_lookup, write_submission
-    from ich3d.progress import progress_bar
-    from ich3d.synth import SynthConfig, count_files, make_synthetic_dataset
     from ich3d.train import fit
 
     began = time.perf_counter()
     out = Path(out)
     data, dataset, run, pred = out / "rsna", out / "dataset", out / "run", out / "predictions"
     resolved = load_config(config, overrides)
-    synth_config = SynthConfig(n_train_series=n_series, n_test_series=n_test_series,
-                               image_size=synth_image_size, seed=seed)
-    with progress_bar(progress, "synth", count_files(synth_config)) as advance:
-        make_synthetic_dataset(data, synth_config, progress=advance, workers=os.cpu_count() or 1)
+    _synthesize(data, n_series, n_test_series, synth_image_size, seed, progress)
     build_series([data / "stage_2_train"], dataset, labels_csv=data / "stage_2_train.csv",
                  image_size=resolved.data.image_size, progress=progress)
     fit(dataset, run, resolved, fold=0, resume=(run / "last.pt").is_file(), report=report)
-    predict([run], pred, dicom_dirs=[data / "stage_2_test"],
-            sample_submission=data / "stage_2_sample_submission.csv", progress=progress)
-    labels = data / "stage_2_test_labels.csv"
-    score = score_submission(pred / "submission.csv", labels, series_lookup(pred / "submission.csv", None))
-    prior = np.asarray(load_checkpoint(run / MODEL_CHECKPOINT)["prevalence"])
-    prior_file = pred / "prior_submission.csv"
-    ids = pd.read_csv(data / "stage_2_sample_submission.csv")["ID"].str.rsplit("_", n=1).str[0].unique()
-    write_submission(prior_file, pd.DataFrame(np.tile(prior, (len(ids), 1)), index=ids),
-                     data / "stage_2_sample_submission.csv")
-    prior_score = score_submission(prior_file, labels)["weighted_log_loss"]
-    result = {"score": score, "prior_score": prior_score, **_best_validation(run), "out": str(out),
-              "seconds": time.perf_counter() - began}
+    sample, labels = data / "stage_2_sample_submission.csv", data / "stage_2_test_labels.csv"
+    predict([run], pred, dicom_dirs=[data / "stage_2_test"], sample_submission=sample, progress=progress)
+    predict([run / ENCODER_CHECKPOINT], out / "predictions_slice_only", dataset=pred / "dataset",
+            sample_submission=sample, progress=progress)
+    result = {
+        "score": _score(pred / "submission.csv", labels),
+        "slice_score": _score(out / "predictions_slice_only" / "submission.csv", labels)["weighted_log_loss"],
+        "prior_score": _prior_score(run, sample, labels, pred / "prior_submission.csv"),
+        **_best_validation(run), "out": str(out), "seconds": time.perf_counter() - began,
+    }
     (out / "demo.json").write_text(json.dumps(result, indent=1, default=str))
     return result
+
+
+def _synthesize(data: Path, n_series: int, n_test_series: int, image_size: int, seed: int, progress: bool) -> None:
+    from ich3d.progress import progress_bar
+    from ich3d.synth import SynthConfig, count_files, make_synthetic_dataset
+
+    config = SynthConfig(n_train_series=n_series, n_test_series=n_test_series, image_size=image_size, seed=seed)
+    with progress_bar(progress, "synth", count_files(config)) as advance:
+        make_synthetic_dataset(data, config, progress=advance, workers=os.cpu_count() or 1)
+
+
+def _score(submission: Path, labels: Path) -> dict[str, Any]:
+    from ich3d.submission import score_submission, series_lookup
+
+    return score_submission(submission, labels, series_lookup(submission, None))
+
+
+def _prior_score(run: Path, sample: Path, labels: Path, path: Path) -> float:
+    """Test weighted log loss of the training prevalence used as every image's prediction."""
+    from ich3d.checkpoint import load_checkpoint
+    from ich3d.submission import read_submission_ids, write_submission
+
+    prior = np.asarray(load_checkpoint(run / MODEL_CHECKPOINT)["prevalence"])
+    ids = read_submission_ids(sample)
+    write_submission(path, pd.DataFrame(np.tile(prior, (len(ids), 1)), index=ids), sample)
+    return _score(path, labels)["weighted_log_loss"]
 
 
 def _best_validation(run: Path) -> dict[str, float | None]:

@@ -81,7 +81,7 @@ def print_demo(result: dict[str, Any], console: Console) -> None:
     table.add_column("validation (fold 0)", justify="right")
     table.add_column("held-out test", justify="right")
     table.add_row("prevalence prior", _fmt(result.get("prior_valid")), f"{result['prior_score']:.4f}")
-    table.add_row("CNN, slice-only", _fmt(result.get("slice_valid")), "")
+    table.add_row("CNN, slice-only", _fmt(result.get("slice_valid")), _fmt(result.get("slice_score")))
     table.add_row("[bold]CNN + GRU[/]", _fmt(result.get("sequence_valid")), f"[bold]{result['score']['weighted_log_loss']:.4f}[/]")
     console.print(table)
     console.print(f"demo test weighted log loss: {result['score']['weighted_log_loss']:.4f} "
