@@ -41,6 +41,7 @@ from ich3d import __version__
 from ich3d.cache import CacheJournal, cache_path, cache_series
 from ich3d.constants import BUILD_FILE, CACHE_DIR, LABEL_COLUMNS, PIXEL_FAILURES_DIR, SERIES_FILE, SLICES_FILE, Status
 from ich3d.dicom import HEADER_COLUMNS, read_header
+from ich3d.atomic import atomic_write
 from ich3d.progress import progress_bar
 from ich3d.errors import Ich3dError, InputError
 from ich3d.labels import LabelTable, join_labels, read_labels
@@ -197,9 +198,8 @@ def _write_parquet(frame: pd.DataFrame, path: Path, meta: dict) -> None:
     """Atomic parquet write with ``meta`` (JSON) in the schema metadata."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), _META_KEY: json.dumps(meta).encode()})
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, temp)
-    os.replace(temp, path)
+    with atomic_write(path) as file:
+        pq.write_table(table, file)
 
 
 def _read_meta(path: Path) -> dict | None:

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, wait
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from ich3d.atomic import atomic_write
 from ich3d.constants import CACHE_DIR, HU_MAX, HU_MIN, MISSING_HU, PIXEL_FAILURES_DIR, Status
 from ich3d.dicom import fix_rsna_12bit, read_pixels
 from ich3d.errors import InputError
@@ -159,14 +159,8 @@ def cache_path(dataset: Path, series_uid: str) -> Path:
 def write_atomic(path: Path, array: np.ndarray) -> None:
     """Saves ``array`` as ``.npy`` through a temporary file in the same folder and ``os.replace``,
     so a reader (or a resumed build) never sees a half-written file."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.save(file, array)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as file:
+        np.save(file, array)
 
 
 def load_series(dataset: Path, series_uid: str, mmap: bool = True) -> np.ndarray:

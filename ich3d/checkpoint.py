@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import pickle
-import tempfile
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -16,6 +14,7 @@ import numpy as np
 import torch
 
 from ich3d import __version__
+from ich3d.atomic import atomic_write
 from ich3d.errors import ConfigError, InputError
 
 logger = logging.getLogger(__name__)
@@ -77,16 +76,8 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     data = {k: _plain(v, k) for k, v in payload.items()}
     data.update(ich3d_version=__version__, format_version=FORMAT_VERSION)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(data, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, fsync=True) as handle:
+        torch.save(data, handle)
     logger.debug("saved checkpoint %s", path)
 
 

@@ -37,6 +37,8 @@ from ich3d.constants import Status
 from ich3d.dicom import read_header
 from ich3d.synth import SynthConfig, make_synthetic_dataset
 
+from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)
+
 SECTION = "## build-series"
 RSNA_FILES = 752_803
 NOTES = """Profile (cProfile and per-stage timers, one process, 2026-11-26) and what it changed:
@@ -188,19 +190,6 @@ def _met(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replaces (or appends) the build-series section of BENCHMARKS.md, keeping other sections."""
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    end = len(text) if start < 0 else text.find("\n## ", start + len(SECTION))
-    block = f"{SECTION}\n\n`python scripts/bench_build.py --data DIR --workers 2 --write`\n\n{body}\n\n{NOTES}\n"
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + block
-    else:
-        text = text[:start] + block + ("" if end < 0 else text[end:])
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="Folder for the synthetic dataset (reused).")
@@ -214,7 +203,7 @@ def main() -> None:
     body = table(result)
     print(body)
     if args.write:
-        write_section(Path(__file__).resolve().parents[1] / "BENCHMARKS.md", body)
+        write_section(f"{SECTION}\n\n`python scripts/bench_build.py --data DIR --workers 2 --write`\n\n{body}\n\n{NOTES}\n")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import time
 from collections.abc import Callable
@@ -32,6 +31,8 @@ from rich.table import Table
 from ich3d.constants import LABELS
 from ich3d.losses import WeightedBCELoss
 from ich3d.models.encoder import ENCODERS, build_encoder
+
+from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)
 
 MALLOC_TUNABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 SECTION = "## Encoders"
@@ -180,17 +181,6 @@ def markdown_section(results: list[Result], args: argparse.Namespace, elapsed: f
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the ``## Encoders`` section of ``path`` (up to the next ``## ``), or append it at the end."""
-    text = path.read_text() if path.exists() else ""
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
-    else:
-        text = (text.rstrip("\n") + "\n\n" if text.strip() else "# Benchmarks\n\n") + section
-    path.write_text(text)
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=list(ENCODERS))
@@ -221,7 +211,7 @@ def main() -> None:
                           f"train {r.train:.1f} img/s, CPU share {r.cpu_share:.2f}")
     console.print(render(results))
     if args.write:
-        write_section(args.write, markdown_section(results, args, time.perf_counter() - start))
+        write_section(markdown_section(results, args, time.perf_counter() - start), args.write)
         console.print(f"wrote the {SECTION!r} section of {args.write}")
 
 

@@ -44,8 +44,9 @@ from ich3d.runtime import setup_runtime
 from ich3d.synth import SynthConfig, make_synthetic_dataset
 from ich3d.train import fit
 
+from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)
+
 SECTION = "## Inference"
-BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 RSNA_STAGE2_TEST_IMAGES = 121_232
 TINY_RUN = ["stages.slice.epochs=1", "stages.slice.samples_per_epoch=64", "stages.sequence.epochs=1"]
 
@@ -128,16 +129,6 @@ def markdown(t: dict[str, float], s: dict, args: argparse.Namespace, device: str
 
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h ({seconds / 60:,.0f} min)"
-
-
-def write_section(text: str, section: str = SECTION) -> None:
-    """Appends ``text`` at the end of BENCHMARKS.md, replacing an earlier ``section`` of ours."""
-    old = BENCHMARKS.read_text() if BENCHMARKS.is_file() else "# Benchmarks\n"
-    start = old.find(f"\n{section}\n")
-    if start >= 0:
-        following = old.find("\n## ", start + 1)
-        old = old[:start + 1] + (old[following + 1:] if following >= 0 else "")
-    BENCHMARKS.write_text(old.rstrip("\n") + "\n\n" + text)
 
 
 def main() -> None:

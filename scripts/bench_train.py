@@ -44,8 +44,9 @@ from ich3d.stages import EmbeddingForward, SliceForward
 from ich3d.synth import SynthConfig, make_synthetic_dataset
 from ich3d.transforms import sample_augment, to_input
 
+from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)
+
 SECTION = "## Training"
-BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 
 
 def prepare_dataset(data: Path, image_size: int, n_series: int, source_size: int) -> Path:
@@ -189,16 +190,6 @@ def markdown(table_rows: list[tuple[str, ...]], args: argparse.Namespace, config
              "", "| stage | throughput | step (ms) | data wait | notes |", "|---|---|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows]
     return "\n".join(lines) + "\n"
-
-
-def write_section(text: str, section: str = SECTION) -> None:
-    """Appends ``text`` at the end of BENCHMARKS.md, replacing an earlier ``section`` of ours."""
-    old = BENCHMARKS.read_text() if BENCHMARKS.is_file() else "# Benchmarks\n"
-    start = old.find(f"\n{section}\n")
-    if start >= 0:
-        following = old.find("\n## ", start + 1)
-        old = old[:start + 1] + (old[following + 1:] if following >= 0 else "")
-    BENCHMARKS.write_text(old.rstrip("\n") + "\n\n" + text)
 
 
 def main() -> None:
