@@ -73,7 +73,7 @@ def predict(runs: list[Path], out: Path, dataset: Path | None = None, dicom_dirs
     slices, series = load_index(dataset)
     mine = part_series(series, num_parts, part_id)
     table = build_table(dataset, slices, list(mine))
-    probs = _ensemble(models, table, runtime)
+    probs = _ensemble(models, table, runtime, progress)
     prior = np.mean([checkpoint["prevalence"] for _, checkpoint in models], axis=0)
     part = _part_frame(table, probs, slices, prior if part_id == 0 else None)
     path = _part_file(out, part_id, num_parts)
@@ -92,19 +92,21 @@ def _checkpoint_of(run: Path) -> Path:
     return path
 
 
-def _ensemble(models: list, table: Any, runtime: Any) -> np.ndarray:
+def _ensemble(models: list, table: Any, runtime: Any, progress: bool = False) -> np.ndarray:
     """(n_slices, 6) probabilities averaged over the runs (each with its own TTA settings)."""
     from ich3d.predict import predict_table
+    from ich3d.progress import progress_bar
 
     series_ids = np.arange(len(table.series_uids))
     if len(series_ids) == 0:
         return np.zeros((0, len(LABELS)), dtype=np.float32)
     total = np.zeros((table.n_slices, len(LABELS)))
-    for model, checkpoint in models:
-        data = DataConfig(**checkpoint["config"]["data"])
-        tta = InferConfig(**checkpoint["config"]["infer"])
-        total += predict_table(model, table, data, runtime, series_ids, tta.tta_flip, tta.tta_reverse,
-                               batch_series=tta.batch_series, num_workers=checkpoint["config"]["num_workers"])
+    with progress_bar(progress, "predict", len(series_ids) * len(models)) as advance:
+        for model, checkpoint in models:
+            data = DataConfig(**checkpoint["config"]["data"])
+            tta = InferConfig(**checkpoint["config"]["infer"])
+            total += predict_table(model, table, data, runtime, series_ids, tta.tta_flip, tta.tta_reverse,
+                                   tta.batch_series, checkpoint["config"]["num_workers"], advance)
     return (total / len(models)).astype(np.float32)
 
 

@@ -9,6 +9,8 @@ from their series context.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -59,27 +61,33 @@ def flat_positions(table: SeriesTable, batch: dict[str, torch.Tensor]) -> torch.
 
 
 def encode_table(model: torch.nn.Module, table: SeriesTable, data: DataConfig, runtime: Runtime,
-                 series_ids: np.ndarray, flip: bool = False, batch_series: int = 4,
-                 num_workers: int = 0) -> torch.Tensor:
-    """Embeds the readable slices of ``series_ids``.
+                 series_ids: np.ndarray, flips: tuple[bool, ...] = (False,), batch_series: int = 4,
+                 num_workers: int = 0, advance: Callable[[int], None] | None = None) -> list[torch.Tensor]:
+    """Embeds the readable slices of ``series_ids``, once per view, in one pass over the data.
+
+    Args:
+        flips: one view per entry: the slices as they are (False) or flipped left-right (True).
+        advance: called with the number of series done after each batch (progress bars).
 
     Returns:
-        (n_slices, F) float32 on the CPU for the whole table; rows of other series and of unreadable
-        slices are zero.
+        One (n_slices, F) float32 CPU tensor per view, for the whole table; rows of other series and
+        of unreadable slices are zero.
     """
-    out: torch.Tensor | None = None
+    views: list[torch.Tensor] = []
     with eval_mode(model):
         for batch in series_loader(table, series_ids, batch_series, num_workers, runtime):
             x, keep = series_input(batch, data, runtime)
-            if flip:
-                x = x.flip(-1)
-            with runtime.autocast():
-                emb = model.encode(x).float().cpu()
-            if out is None:
-                out = torch.zeros((table.n_slices, emb.shape[1]))
-            out[flat_positions(table, batch)[keep.cpu()]] = emb
-    assert out is not None, "no series to encode"
-    return out
+            rows = flat_positions(table, batch)[keep.cpu()]
+            for view, flip in enumerate(flips):
+                with runtime.autocast():
+                    emb = model.encode(x.flip(-1) if flip else x).float().cpu()
+                if len(views) <= view:
+                    views.append(torch.zeros((table.n_slices, emb.shape[1])))
+                views[view][rows] = emb
+            if advance is not None:
+                advance(len(batch["index"]))
+    assert views, "no series to encode"
+    return views
 
 
 def sequence_index(table: SeriesTable, series_ids: np.ndarray, reverse: bool = False,
@@ -128,14 +136,15 @@ def head_logits(model: torch.nn.Module, table: SeriesTable, embeddings: torch.Te
 
 def predict_table(model: torch.nn.Module, table: SeriesTable, data: DataConfig, runtime: Runtime,
                   series_ids: np.ndarray, tta_flip: bool = False, tta_reverse: bool = False,
-                  batch_series: int = 4, num_workers: int = 0) -> np.ndarray:
+                  batch_series: int = 4, num_workers: int = 0,
+                  advance: Callable[[int], None] | None = None) -> np.ndarray:
     """Per-slice probabilities of ``series_ids``, averaged over the test-time augmentations.
 
     Returns:
         (n_slices, 6) float32 probabilities; NaN on rows of other series.
     """
-    views = [encode_table(model, table, data, runtime, series_ids, flip, batch_series, num_workers)
-             for flip in ([False, True] if tta_flip else [False])]
+    flips = (False, True) if tta_flip else (False,)
+    views = encode_table(model, table, data, runtime, series_ids, flips, batch_series, num_workers, advance)
     return predict_from_embeddings(model, table, views, runtime, series_ids, tta_reverse)
 
 

@@ -146,8 +146,9 @@ def _embeddings(ctx: RunContext, model: IchModel) -> dict[str, list[torch.Tensor
         part = {}
         for name, table in (("train", ctx.train), ("valid", ctx.valid)):
             mine = np.arange(runtime.rank, len(table.series_uids), runtime.world_size)
-            part[name] = [encode_table(model, table, ctx.config.data, runtime, mine, flip,
-                                       num_workers=ctx.config.num_workers).half() for flip in (False, True)]
+            views = encode_table(model, table, ctx.config.data, runtime, mine, (False, True),
+                                 num_workers=ctx.config.num_workers)
+            part[name] = [view.half() for view in views]
         _merge_rank_parts(ctx, part, path)
     cached = load_checkpoint(path)
     return {name: [view.float() for view in cached[name]] for name in ("train", "valid")}

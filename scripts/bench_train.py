@@ -129,8 +129,8 @@ def bench_sequence(config: Config, table: SeriesTable, model: Any, runtime: Runt
     """Sequence-stage steps of the head on embedding crops (embeddings from ``encode_table``)."""
     cfg = config.stages["sequence"]
     began = time.perf_counter()
-    views = torch.stack([encode_table(model, table, config.data, runtime, np.arange(len(table.series_uids)), flip,
-                                      num_workers=config.num_workers) for flip in (False, True)])
+    views = torch.stack(encode_table(model, table, config.data, runtime, np.arange(len(table.series_uids)),
+                                     (False, True), num_workers=config.num_workers))
     encode_s = time.perf_counter() - began
     seq = build_model(model_spec(config), config.data.in_channels, load_weights=False).to(runtime.device)
     seq.encoder.load_state_dict(model.encoder.state_dict())
