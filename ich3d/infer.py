@@ -56,7 +56,7 @@ def predict(runs: list[Path], out: Path, dataset: Path | None = None, dicom_dirs
         Summary counts (``model``, ``context``, ``prior``, ``missing``) and output paths.
     """
     from ich3d.engine import load_model
-    from ich3d.runtime import select_device, setup_runtime
+    from ich3d.runtime import setup_runtime
 
     if (dataset is None) == (not dicom_dirs):
         raise InputError("give exactly one of --dataset DATASET or --dicom-dir DIR")
