@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,10 +57,16 @@ def run_demo(out: Path, n_series: int = 60, n_test_series: int = 16, config: str
 
 
 def _synthesize(data: Path, n_series: int, n_test_series: int, image_size: int, seed: int, progress: bool) -> None:
+    """Writes the synthetic data, or reuses what an earlier demo with the same settings wrote."""
+    from ich3d.errors import InputError
     from ich3d.progress import progress_bar
     from ich3d.synth import SynthConfig, count_files, make_synthetic_dataset
 
     config = SynthConfig(n_train_series=n_series, n_test_series=n_test_series, image_size=image_size, seed=seed)
+    if (data / "synth.json").is_file():
+        if json.loads((data / "synth.json").read_text())["config"] == json.loads(json.dumps(asdict(config))):
+            return
+        raise InputError(f"{data} holds synthetic data made with other settings: use another --out")
     with progress_bar(progress, "synth", count_files(config)) as advance:
         make_synthetic_dataset(data, config, progress=advance, workers=os.cpu_count() or 1)
 

@@ -78,3 +78,13 @@ def test_demo_beats_the_prior(tmp_path: Path) -> None:
     assert summary["score"]["weighted_log_loss"] < 0.85 * summary["prior_score"]
     assert "demo test weighted log loss" in result.output
     assert (tmp_path / "demo" / "predictions" / "submission.csv").is_file()
+
+
+def test_demo_reruns_in_the_same_folder(tmp_path: Path) -> None:
+    tiny = ["--n-series", "6", "--n-test-series", "2", "--set", "folds=2", "--set", "stages.slice.samples_per_epoch=64",
+            "--set", "stages.slice.epochs=1", "--set", "stages.sequence.epochs=1", "--set", "data.image_size=32"]
+    args = ["-q", "demo", "--out", str(tmp_path / "demo"), *tiny]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert CliRunner().invoke(main, args).exit_code == 0  # reuses the data and the finished run
+    other = CliRunner().invoke(main, [*args[:4], "--n-series", "7", *tiny[2:]])
+    assert other.exit_code == 1 and "other settings" in other.output
