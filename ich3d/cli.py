@@ -146,7 +146,8 @@ def train(ctx: click.Context, dataset: Path, config_path: str | None, out: Path,
     if config_path is None and not resume:
         raise click.UsageError("--config is required (unless --resume)")
     table = EpochTable(_console(ctx))
-    result = fit(dataset, out, config_path, list(overrides), fold=fold, resume=resume, device=device, report=table.add)
+    result = fit(dataset, out, config_path, list(overrides), fold=fold, resume=resume, device=device, report=table.add,
+                 progress=not ctx.obj["quiet"])
     if os.environ.get("RANK", "0") == "0":  # torchrun: only rank 0 reports
         table.final(result, out)
 

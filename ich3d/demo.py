@@ -41,7 +41,7 @@ def run_demo(out: Path, n_series: int = 60, n_test_series: int = 16, config: str
     _synthesize(data, n_series, n_test_series, synth_image_size, seed, progress)
     build_series([data / "stage_2_train"], dataset, labels_csv=data / "stage_2_train.csv",
                  image_size=resolved.data.image_size, progress=progress)
-    fit(dataset, run, resolved, fold=0, resume=(run / "last.pt").is_file(), report=report)
+    fit(dataset, run, resolved, fold=0, resume=(run / "last.pt").is_file(), report=report, progress=progress)
     sample, labels = data / "stage_2_sample_submission.csv", data / "stage_2_test_labels.csv"
     predict([run], pred, dicom_dirs=[data / "stage_2_test"], sample_submission=sample, progress=progress)
     predict([run / ENCODER_CHECKPOINT], out / "predictions_slice_only", dataset=pred / "dataset",

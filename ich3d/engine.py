@@ -20,6 +20,7 @@ from ich3d.constants import LABELS, LAST_CHECKPOINT, RUN_METRICS_FILE
 from ich3d.data import SeriesTable
 from ich3d.metrics import evaluate
 from ich3d.models.model import IchModel, build_model
+from ich3d.progress import progress_bar
 from ich3d.runtime import Runtime, barrier, derive_seed, gather_objects, seed_everything
 
 
@@ -35,7 +36,12 @@ class RunContext:
     valid: SeriesTable
     prevalence: np.ndarray  # (6,) training-slice label means
     report: Callable[[dict[str, Any]], None]
+    progress: bool = False  # per-step progress bars (main process only)
     completed: list[str] = field(default_factory=list)  # finished stages, in order
+
+    def step_bar(self, description: str, total: int) -> Any:
+        """A progress bar over an epoch's steps; yields ``advance(n)`` (no-op when disabled)."""
+        return progress_bar(self.progress and self.runtime.is_main, description, total)
 
 
 def model_spec(config: Config, head: str | None = None) -> dict[str, Any]:

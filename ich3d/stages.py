@@ -102,12 +102,14 @@ def slice_stage(ctx: RunContext, state: dict[str, Any] | None) -> dict[str, Any]
                             num_workers=ctx.config.num_workers, pin_memory=runtime.device.type == "cuda")
         model.train()
         losses = []
-        for hu, target in loader:
-            params = sample_augment(len(hu), ctx.config.augment, generator)
-            x = _channels_last(to_input(hu.to(runtime.device, non_blocking=True), data.image_size, params, True), ctx)
-            with runtime.autocast():
-                logits = trainable(x)[:, 0].float()
-            losses.append(_step(criterion(logits, target.to(runtime.device)), optimizer, scheduler, scaler))
+        with ctx.step_bar(f"slice epoch {epoch}", len(plan)) as advance:
+            for hu, target in loader:
+                params = sample_augment(len(hu), ctx.config.augment, generator)
+                x = _channels_last(to_input(hu.to(runtime.device, non_blocking=True), data.image_size, params, True), ctx)
+                with runtime.autocast():
+                    logits = trainable(x)[:, 0].float()
+                losses.append(_step(criterion(logits, target.to(runtime.device)), optimizer, scheduler, scaler))
+                advance(1)
         return float(np.mean(losses))
 
     record = run_epochs(ctx, "slice", model, cfg, steps, train_epoch, _table_predictor(ctx, model), state)
@@ -237,14 +239,16 @@ def finetune_stage(ctx: RunContext, state: dict[str, Any] | None) -> dict[str, A
                                cfg.crop_len, starts[mine])
         model.train()
         losses = []
-        for batch in loader:
-            params = sample_augment(len(batch["hu"]), ctx.config.augment, generator)
-            x, keep = series_input(batch, data, runtime, params)
-            mask, readable = batch["mask"].to(runtime.device), batch["readable"].to(runtime.device)
-            with runtime.autocast():
-                logits = trainable(_channels_last(x, ctx), keep, mask, readable).float()
-            loss = criterion(logits, batch["labels"].to(runtime.device), readable & mask)
-            losses.append(_step(loss, optimizer, scheduler, scaler))
+        with ctx.step_bar(f"finetune epoch {epoch}", len(loader)) as advance:
+            for batch in loader:
+                params = sample_augment(len(batch["hu"]), ctx.config.augment, generator)
+                x, keep = series_input(batch, data, runtime, params)
+                mask, readable = batch["mask"].to(runtime.device), batch["readable"].to(runtime.device)
+                with runtime.autocast():
+                    logits = trainable(_channels_last(x, ctx), keep, mask, readable).float()
+                loss = criterion(logits, batch["labels"].to(runtime.device), readable & mask)
+                losses.append(_step(loss, optimizer, scheduler, scaler))
+                advance(1)
         return float(np.mean(losses))
 
     record = run_epochs(ctx, "finetune", model, cfg, steps, train_epoch, _table_predictor(ctx, model), state)

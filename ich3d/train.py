@@ -39,7 +39,7 @@ STAGES: dict[str, Callable[[RunContext, dict[str, Any] | None], dict[str, Any]]]
 
 def fit(dataset: Path, out: Path, config: Config | str | Path | None = None, overrides: list[str] | None = None,
         fold: int = 0, resume: bool = False, device: str | None = None,
-        report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        report: Callable[[dict[str, Any]], None] | None = None, progress: bool = False) -> dict[str, Any]:
     """Trains the configured stages on one fold of a built dataset.
 
     Args:
@@ -51,6 +51,7 @@ def fit(dataset: Path, out: Path, config: Config | str | Path | None = None, ove
         resume: continue the run in ``out`` from ``last.pt``.
         device: "cpu", "cuda", ... or None for automatic.
         report: called on the main process with each epoch's record (for progress tables).
+        progress: show per-step progress bars of the slice and finetune stages.
 
     Returns:
         The saved model's ``stage``, ``epoch`` and validation ``metrics``.
@@ -59,6 +60,7 @@ def fit(dataset: Path, out: Path, config: Config | str | Path | None = None, ove
     runtime = setup_runtime(device, config.amp)
     try:
         ctx = _prepare(Path(dataset), Path(out), config, fold, resume, runtime, report or (lambda record: None))
+        ctx.progress = progress
         state = load_checkpoint(ctx.out / LAST_CHECKPOINT) if resume else None
         ctx.completed.extend(state["completed"] if state else [])
         for name in config.stage_names():
