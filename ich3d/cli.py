@@ -69,7 +69,7 @@ def synth(ctx: click.Context, out: Path, n_series: int, n_test_series: int, imag
           workers: int) -> None:
     """Write a synthetic head-CT dataset in the RSNA 2019 layout."""
     from ich3d.progress import progress_bar
-    from ich3d.synth import SynthConfig, count_files, make_synthetic_dataset
+    from ich3d.synth.generate import SynthConfig, count_files, make_synthetic_dataset
 
     config = SynthConfig(n_train_series=n_series, n_test_series=n_test_series, image_size=image_size, seed=seed)
     with progress_bar(not ctx.obj["quiet"], "synth", count_files(config)) as advance:
@@ -99,8 +99,8 @@ def build_series_command(ctx: click.Context, dicom_dirs: tuple[Path, ...], label
                          image_size: int, workers: int | None, overwrite: bool, num_parts: int, part_id: int,
                          index_only: bool, strict: bool) -> None:
     """Index DICOM files into series, join labels and cache Hounsfield units."""
-    from ich3d.build import build_series
-    from ich3d.report import print_build_summary
+    from ich3d.dataset.build import build_series
+    from ich3d.console import print_build_summary
 
     summary = build_series(list(dicom_dirs), out, labels_csv=labels, image_size=image_size, workers=workers,
                            overwrite=overwrite, num_parts=num_parts, part_id=part_id, index_only=index_only,
@@ -140,8 +140,8 @@ def show(ctx: click.Context, image: str, dataset: Path, out: Path, series_montag
 def train(ctx: click.Context, dataset: Path, config_path: str | None, out: Path, fold: int,
           overrides: tuple[str, ...], resume: bool, device: str | None) -> None:
     """Train the CNN encoder and GRU head in stages (launch with torchrun for several GPUs)."""
-    from ich3d.report import EpochTable
-    from ich3d.train import fit
+    from ich3d.console import EpochTable
+    from ich3d.training.fit import fit
 
     if config_path is None and not resume:
         raise click.UsageError("--config is required (unless --resume)")
@@ -169,8 +169,8 @@ def infer(ctx: click.Context, runs: tuple[Path, ...], dataset: Path | None, dico
           sample_submission: Path | None, out: Path, allow_missing: bool, num_parts: int, part_id: int,
           device: str | None, workers: int | None) -> None:
     """Predict every image and write submission.csv and predictions.parquet."""
-    from ich3d.infer import predict
-    from ich3d.report import print_infer_summary
+    from ich3d.inference.run import predict
+    from ich3d.console import print_infer_summary
 
     summary = predict(list(runs), out, dataset=dataset, dicom_dirs=list(dicom_dirs), sample_submission=sample_submission,
                       allow_missing=allow_missing, num_parts=num_parts, part_id=part_id, device=device,
@@ -186,8 +186,8 @@ def infer(ctx: click.Context, runs: tuple[Path, ...], dataset: Path | None, dico
 @handle_errors
 def merge(ctx: click.Context, out: Path, sample_submission: Path | None, allow_missing: bool) -> None:
     """Join sharded inference parts into one submission."""
-    from ich3d.infer import merge as merge_parts
-    from ich3d.report import print_infer_summary
+    from ich3d.inference.run import merge as merge_parts
+    from ich3d.console import print_infer_summary
 
     print_infer_summary(merge_parts(out, sample_submission, allow_missing), _console(ctx))
 
@@ -201,8 +201,8 @@ def merge(ctx: click.Context, out: Path, sample_submission: Path | None, allow_m
 @handle_errors
 def score(ctx: click.Context, submission: Path, labels: Path, dataset: Path | None, out: Path | None) -> None:
     """Score a submission: weighted log loss, per-label log loss and AUC, series AUC."""
-    from ich3d.report import print_score
-    from ich3d.submission import save_score, score_submission, series_lookup
+    from ich3d.console import print_score
+    from ich3d.inference.submission import save_score, score_submission, series_lookup
 
     result = score_submission(submission, labels, series_lookup(submission, dataset))
     save_score(result, out or submission.with_name("score.json"))
@@ -222,7 +222,7 @@ def demo(ctx: click.Context, out: Path, n_series: int, n_test_series: int, confi
          overrides: tuple[str, ...], seed: int) -> None:
     """synth → build-series → train → infer → score on synthetic data, with the prior for comparison."""
     from ich3d.demo import run_demo
-    from ich3d.report import EpochTable, print_demo
+    from ich3d.console import EpochTable, print_demo
 
     console = _console(ctx)
     result = run_demo(out, n_series, n_test_series, config_name, list(overrides), seed,

@@ -29,10 +29,10 @@ def run_demo(out: Path, n_series: int = 60, n_test_series: int = 16, config: str
         log loss of the slice-only model and of the training prevalence), ``prior_valid``,
         ``slice_valid``, ``sequence_valid`` (best validation weighted log loss), ``seconds``, ``out``.
     """
-    from ich3d.build import build_series
+    from ich3d.dataset.build import build_series
     from ich3d.config import load_config
-    from ich3d.infer import predict
-    from ich3d.train import fit
+    from ich3d.inference.run import predict
+    from ich3d.training.fit import fit
 
     began = time.perf_counter()
     out = Path(out)
@@ -60,7 +60,7 @@ def _synthesize(data: Path, n_series: int, n_test_series: int, image_size: int, 
     """Writes the synthetic data, or reuses what an earlier demo with the same settings wrote."""
     from ich3d.errors import InputError
     from ich3d.progress import progress_bar
-    from ich3d.synth import SynthConfig, count_files, make_synthetic_dataset
+    from ich3d.synth.generate import SynthConfig, count_files, make_synthetic_dataset
 
     config = SynthConfig(n_train_series=n_series, n_test_series=n_test_series, image_size=image_size, seed=seed)
     if (data / "synth.json").is_file():
@@ -72,7 +72,7 @@ def _synthesize(data: Path, n_series: int, n_test_series: int, image_size: int, 
 
 
 def _score(submission: Path, labels: Path) -> dict[str, Any]:
-    from ich3d.submission import score_submission, series_lookup
+    from ich3d.inference.submission import score_submission, series_lookup
 
     return score_submission(submission, labels, series_lookup(submission, None))
 
@@ -80,7 +80,7 @@ def _score(submission: Path, labels: Path) -> dict[str, Any]:
 def _prior_score(run: Path, sample: Path, labels: Path, path: Path) -> float:
     """Test weighted log loss of the training prevalence used as every image's prediction."""
     from ich3d.checkpoint import load_checkpoint
-    from ich3d.submission import read_submission_ids, write_submission
+    from ich3d.inference.submission import read_submission_ids, write_submission
 
     prior = np.asarray(load_checkpoint(run / MODEL_CHECKPOINT)["prevalence"])
     ids = read_submission_ids(sample)

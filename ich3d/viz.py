@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ich3d.build import load_index
-from ich3d.cache import load_series
+from ich3d.dataset.build import load_index
+from ich3d.dataset.cache import load_series
 from ich3d.constants import LABEL_COLUMNS, LABELS, WINDOWS, Status
-from ich3d.dicom import read_header, read_pixels, to_hu
+from ich3d.dataset.dicom import read_header, read_pixels, to_hu
 from ich3d.errors import InputError
-from ich3d.windowing import bsb, scaled_window
+from ich3d.data.windowing import bsb, scaled_window
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from ich3d.build import build_series
+from ich3d.dataset.build import build_series
 from ich3d.constants import Status
-from ich3d.dicom import read_header
-from ich3d.synth import SynthConfig, make_synthetic_dataset
+from ich3d.dataset.dicom import read_header
+from ich3d.synth.generate import SynthConfig, make_synthetic_dataset
 
 from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)
 
@@ -159,7 +159,7 @@ def table(result: dict) -> str:
     load = "{:.1f}-{:.1f}".format(*result["load"])
     lines = [
         f"Machine: {machine}, {datetime.date.today().isoformat()}; {result['files']} synthetic 512x512 int16 files "
-        f"(ich3d.synth), S = {result['size']}, page cache warm, median of {result['repeats']} runs. Load average "
+        f"(ich3d.synth.generate), S = {result['size']}, page cache warm, median of {result['repeats']} runs. Load average "
         f"during the runs {load}: other jobs shared the 2 cores, so wall-clock rates are pessimistic, most of all "
         f"for the 2-process build; files per CPU-second (all processes) are less affected by the sharing.",
         "",

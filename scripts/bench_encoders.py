@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ich3d.constants import LABELS
-from ich3d.losses import WeightedBCELoss
+from ich3d.training.losses import WeightedBCELoss
 from ich3d.models.encoder import ENCODERS, build_encoder
 
 from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)

@@ -35,14 +35,14 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ich3d.build import build_series, load_index, part_series
+from ich3d.dataset.build import build_series, load_index, part_series
 from ich3d.config import load_config
-from ich3d.data import build_table
-from ich3d.engine import load_model
-from ich3d.infer import PARTS_DIR, _checkpoint_of, _ensemble, _part_file, _part_frame, merge
+from ich3d.data.tables import build_table
+from ich3d.training.engine import load_model
+from ich3d.inference.run import PARTS_DIR, _checkpoint_of, _ensemble, _part_file, _part_frame, merge
 from ich3d.runtime import setup_runtime
-from ich3d.synth import SynthConfig, make_synthetic_dataset
-from ich3d.train import fit
+from ich3d.synth.generate import SynthConfig, make_synthetic_dataset
+from ich3d.training.fit import fit
 
 from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)
 

@@ -5,7 +5,7 @@ Usage: python scripts/bench_train.py [--data /tmp/ich3d-bench-train] [--config c
 
 A synthetic dataset (12 train series at 256 px) is generated once into --data and built into
 ``--data/dataset`` at the config's image size; both are reused when present. The timing loops use
-the package's own pieces, as ``ich3d.stages`` does:
+the package's own pieces, as ``ich3d.training.stages`` does:
 
 * slice stage: ``SliceDataset`` through a ``DataLoader`` with the config's ``num_workers``, batches of
   the stage's ``batch_size`` drawn by ``sample_slices``; per step ``sample_augment`` + ``to_input``
@@ -32,17 +32,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ich3d.build import build_series, load_index
+from ich3d.dataset.build import build_series, load_index
 from ich3d.config import Config, load_config
-from ich3d.data import SeriesTable, SliceDataset, batches, build_table, sample_slices
-from ich3d.engine import model_spec
-from ich3d.losses import WeightedBCELoss
+from ich3d.data.tables import SeriesTable, SliceDataset, batches, build_table, sample_slices
+from ich3d.training.engine import model_spec
+from ich3d.training.losses import WeightedBCELoss
 from ich3d.models.model import build_model
-from ich3d.predict import encode_table, sequence_index
+from ich3d.inference.predictor import encode_table, sequence_index
 from ich3d.runtime import Runtime, seed_everything, setup_runtime
-from ich3d.stages import EmbeddingForward, SliceForward
-from ich3d.synth import SynthConfig, make_synthetic_dataset
-from ich3d.transforms import sample_augment, to_input
+from ich3d.training.stages import EmbeddingForward, SliceForward
+from ich3d.synth.generate import SynthConfig, make_synthetic_dataset
+from ich3d.data.transforms import sample_augment, to_input
 
 from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)
 

@@ -26,7 +26,7 @@ TINY_TRAINING = [
 @pytest.fixture(scope="session")
 def synthetic_rsna(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """RSNA layout, 6 training and 3 test series at 64 px (with the corrupt and junk files)."""
-    from ich3d.synth import SynthConfig, make_synthetic_dataset
+    from ich3d.synth.generate import SynthConfig, make_synthetic_dataset
 
     out = tmp_path_factory.mktemp("rsna")
     make_synthetic_dataset(out, SynthConfig(n_train_series=6, n_test_series=3, image_size=64, seed=0))
@@ -36,7 +36,7 @@ def synthetic_rsna(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dataset(synthetic_rsna: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The training split built at 32 px with labels."""
-    from ich3d.build import build_series
+    from ich3d.dataset.build import build_series
 
     out = tmp_path_factory.mktemp("dataset") / "train32"
     build_series([synthetic_rsna / "stage_2_train"], out, labels_csv=synthetic_rsna / "stage_2_train.csv",
@@ -47,7 +47,7 @@ def tiny_dataset(synthetic_rsna: Path, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="session")
 def trained_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder trained with :data:`TINY_TRAINING` (slice + sequence stages)."""
-    from ich3d.train import fit
+    from ich3d.training.fit import fit
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     fit(tiny_dataset, out, "cpu_small", TINY_TRAINING)

@@ -11,10 +11,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-import ich3d.build
-import ich3d.cache
-from ich3d.build import build_series, load_index, part_series
-from ich3d.cache import load_series
+import ich3d.dataset.build
+import ich3d.dataset.cache
+from ich3d.dataset.build import build_series, load_index, part_series
+from ich3d.dataset.cache import load_series
 from ich3d.constants import BUILD_FILE, LABEL_COLUMNS, MISSING_HU, PIXEL_FAILURES_DIR, SLICES_FILE, Status
 from ich3d.errors import InputError
 
@@ -138,14 +138,14 @@ def test_pixel_failures_are_merged_into_the_index(synthetic_rsna: Path, tmp_path
     build(synthetic_rsna, out, index_only=True)
     slices, _ = load_index(out)
     victim = slices[slices["status"] == Status.OK].iloc[3]
-    real = ich3d.cache.read_pixels
+    real = ich3d.dataset.cache.read_pixels
 
-    def flaky(slice_: ich3d.cache.CacheSlice, scratch: bytearray | None = None) -> np.ndarray:
+    def flaky(slice_: ich3d.dataset.cache.CacheSlice, scratch: bytearray | None = None) -> np.ndarray:
         if slice_.path == victim["path"]:
             raise ValueError("decoder exploded")
         return real(slice_, scratch)
 
-    monkeypatch.setattr(ich3d.cache, "read_pixels", flaky)
+    monkeypatch.setattr(ich3d.dataset.cache, "read_pixels", flaky)
     summary = build(synthetic_rsna, out)
     assert summary["pixel_pass"]["pixel_failures"] == {"corrupt": 1} and summary["n_skipped"] == 3
     merged, series = load_index(out)
@@ -160,7 +160,7 @@ def test_pixel_failures_are_merged_into_the_index(synthetic_rsna: Path, tmp_path
 
 def test_new_labels_rebuild_the_index_but_keep_headers_and_cache(
         built: tuple[Path, dict], synthetic_rsna: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ich3d.build, "_header_pass", lambda *args: pytest.fail("headers read again"))
+    monkeypatch.setattr(ich3d.dataset.build, "_header_pass", lambda *args: pytest.fail("headers read again"))
     out = tmp_path / "dataset"
     shutil.copytree(built[0], out)
     labels = tmp_path / "labels.csv"

@@ -14,8 +14,8 @@ from pydicom.uid import ImplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
 from conftest import ramp, write_slice
 from ich3d.constants import Status
-from ich3d import dicom
-from ich3d.dicom import HEADER_COLUMNS, fix_rsna_12bit, image_id_of, read_header, read_pixels, to_hu
+from ich3d.dataset import dicom
+from ich3d.dataset.dicom import HEADER_COLUMNS, fix_rsna_12bit, image_id_of, read_header, read_pixels, to_hu
 
 
 def _pixels_of(row: dict) -> np.ndarray:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from ich3d.errors import InputError
-from ich3d.infer import merge, predict
+from ich3d.inference.run import merge, predict
 
 
 def test_submission_matches_sample_including_unreadable(trained_run: Path, synthetic_rsna: Path, tmp_path: Path) -> None:
@@ -27,7 +27,7 @@ def test_submission_matches_sample_including_unreadable(trained_run: Path, synth
 
 
 def test_raw_folder_equals_built_dataset_and_shards_merge(trained_run: Path, synthetic_rsna: Path, tmp_path: Path) -> None:
-    from ich3d.build import build_series
+    from ich3d.dataset.build import build_series
 
     test_dir = synthetic_rsna / "stage_2_test"
     raw = tmp_path / "raw"

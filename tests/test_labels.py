@@ -10,7 +10,7 @@ import pytest
 
 from ich3d.constants import LABEL_COLUMNS, LABELS
 from ich3d.errors import InputError
-from ich3d.labels import join_labels, read_labels
+from ich3d.dataset.labels import join_labels, read_labels
 
 
 def write_csv(path: Path, rows: list[tuple[str, object]], header: str = "ID,Label") -> Path:

@@ -10,7 +10,7 @@ import torch
 from sklearn.metrics import log_loss
 
 from ich3d.constants import LABEL_WEIGHTS
-from ich3d.losses import WeightedBCELoss
+from ich3d.training.losses import WeightedBCELoss
 from ich3d.metrics import weighted_log_loss
 
 

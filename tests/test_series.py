@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ich3d.series import IOP_COLUMNS, order_slices, series_table, slice_normals
+from ich3d.dataset.series import IOP_COLUMNS, order_slices, series_table, slice_normals
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from ich3d.errors import ConfigError, InputError
-from ich3d.splits import load_splits, make_folds, save_splits, split_series
+from ich3d.training.splits import load_splits, make_folds, save_splits, split_series
 
 
 def _series(n_patients: int = 12, per_patient: int = 2) -> pd.DataFrame:

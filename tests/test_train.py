@@ -15,7 +15,7 @@ import torch
 from ich3d.checkpoint import load_checkpoint
 from ich3d.constants import ENCODER_CHECKPOINT, LAST_CHECKPOINT, MODEL_CHECKPOINT
 from ich3d.errors import ConfigError, InputError
-from ich3d.train import fit
+from ich3d.training.fit import fit
 
 from conftest import TINY_TRAINING as TINY
 

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from ich3d.config import AugmentConfig
-from ich3d.transforms import identity_params, sample_augment, series_neighbours, to_input
-from ich3d.windowing import bsb
+from ich3d.data.transforms import identity_params, sample_augment, series_neighbours, to_input
+from ich3d.data.windowing import bsb
 
 
 def test_plain_input_is_bsb_of_each_slice() -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ich3d.constants import BSB_WINDOWS, HU_MAX, HU_MIN, WINDOWS
-from ich3d.windowing import bsb, scaled_window, window
+from ich3d.data.windowing import bsb, scaled_window, window
 
 
 @pytest.mark.parametrize(("hu", "expected"), [(-1000, 0.0), (0, 0.0), (20, 0.25), (40, 0.5), (80, 1.0), (500, 1.0)])

@@ -1,7 +1,7 @@
 """Torch datasets over the HU cache: single slices (slice stage) and whole series (sequence stages).
 
 Items are int16 Hounsfield units straight from the memory-mapped cache; windowing, resizing and
-augmentation happen on whole batches on the training device (:mod:`ich3d.transforms`), so loader
+augmentation happen on whole batches on the training device (:mod:`ich3d.data.transforms`), so loader
 workers only copy small integer arrays and the GPU never waits for float work on the CPU.
 """
 
@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from ich3d.cache import load_series
+from ich3d.dataset.cache import load_series
 from ich3d.constants import LABEL_COLUMNS, Status
 
 

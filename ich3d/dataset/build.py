@@ -2,7 +2,7 @@
 
 Two passes over a process pool. The header pass reads every file's header (never its pixels) in
 chunks and returns small typed DataFrames; series are then grouped, sorted and flagged for the whole
-index at once (:mod:`ich3d.series`), labels joined (:mod:`ich3d.labels`), and the index written. The
+index at once (:mod:`ich3d.dataset.series`), labels joined (:mod:`ich3d.dataset.labels`), and the index written. The
 pixel pass gives each worker whole series: it reads the pixels, converts and resizes them and writes
 ``cache/<series_uid>.npy`` itself, returning only failure records (sending arrays back to the parent
 capped throughput at ~250 files/s on 2 cores).
@@ -38,14 +38,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ich3d import __version__
-from ich3d.cache import CacheJournal, cache_path, cache_series
+from ich3d.dataset.cache import CacheJournal, cache_path, cache_series
 from ich3d.constants import BUILD_FILE, CACHE_DIR, LABEL_COLUMNS, PIXEL_FAILURES_DIR, SERIES_FILE, SLICES_FILE, Status
-from ich3d.dicom import HEADER_COLUMNS, read_header
+from ich3d.dataset.dicom import HEADER_COLUMNS, read_header
 from ich3d.atomic import atomic_write
 from ich3d.progress import progress_bar
 from ich3d.errors import Ich3dError, InputError
-from ich3d.labels import LabelTable, join_labels, read_labels
-from ich3d.series import order_slices, series_table
+from ich3d.dataset.labels import LabelTable, join_labels, read_labels
+from ich3d.dataset.series import order_slices, series_table
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def _pool(workers: int) -> Iterator[Executor | None]:
 
 
 def read_header_chunk(paths: Sequence[str]) -> pd.DataFrame:
-    """Header rows of ``paths`` as a typed DataFrame (columns :data:`ich3d.dicom.HEADER_COLUMNS`)."""
+    """Header rows of ``paths`` as a typed DataFrame (columns :data:`ich3d.dataset.dicom.HEADER_COLUMNS`)."""
     rows = [tuple(read_header(path).values()) for path in paths]
     return pd.DataFrame.from_records(rows, columns=list(HEADER_COLUMNS)).astype(_HEADER_DTYPES)
 

@@ -1,4 +1,4 @@
-"""Batched prediction over a :class:`~ich3d.data.SeriesTable`: slice embeddings, then the head.
+"""Batched prediction over a :class:`~ich3d.data.tables.SeriesTable`: slice embeddings, then the head.
 
 Inference runs in two passes: the encoder embeds every readable slice once (optionally also its
 left-right flip), then the sequence head runs over each series' embedding sequence (optionally also
@@ -16,14 +16,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from ich3d.config import DataConfig
-from ich3d.data import SeriesDataset, SeriesTable, pad_series
+from ich3d.data.tables import SeriesDataset, SeriesTable, pad_series
 from ich3d.runtime import Runtime, eval_mode
-from ich3d.transforms import AugmentParams, series_neighbours, to_input
+from ich3d.data.transforms import AugmentParams, series_neighbours, to_input
 
 
 def series_loader(table: SeriesTable, series_ids: np.ndarray, batch_size: int, num_workers: int,
                   runtime: Runtime, crop_len: int = 0, crop_starts: np.ndarray | None = None) -> DataLoader:
-    """A loader of padded series batches (see :func:`ich3d.data.pad_series`)."""
+    """A loader of padded series batches (see :func:`ich3d.data.datasets.pad_series`)."""
     dataset = SeriesDataset(table, series_ids, crop_len=crop_len, crop_starts=crop_starts)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       collate_fn=pad_series, pin_memory=runtime.device.type == "cuda",

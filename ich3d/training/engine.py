@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ich3d.checkpoint import load_checkpoint, save_checkpoint
 from ich3d.config import Config, StageConfig
 from ich3d.constants import LABELS, LAST_CHECKPOINT, RUN_METRICS_FILE
-from ich3d.data import SeriesTable
+from ich3d.data.tables import SeriesTable
 from ich3d.metrics import evaluate
 from ich3d.models.model import IchModel, build_model
 from ich3d.progress import progress_bar

@@ -14,14 +14,14 @@ from torch.utils.data import DataLoader
 
 from ich3d.checkpoint import load_checkpoint, save_checkpoint
 from ich3d.constants import ENCODER_CHECKPOINT, MODEL_CHECKPOINT
-from ich3d.data import SeriesTable, SliceDataset, batches, sample_slices
-from ich3d.engine import RunContext, load_model, model_spec, run_epochs, save_model, wrap_ddp
-from ich3d.losses import WeightedBCELoss
+from ich3d.data.tables import SeriesTable, SliceDataset, batches, sample_slices
+from ich3d.training.engine import RunContext, load_model, model_spec, run_epochs, save_model, wrap_ddp
+from ich3d.training.losses import WeightedBCELoss
 from ich3d.models.model import IchModel, build_model
-from ich3d.predict import (encode_table, predict_from_embeddings, predict_table, sequence_index, series_input,
+from ich3d.inference.predictor import (encode_table, predict_from_embeddings, predict_table, sequence_index, series_input,
                            series_loader)
 from ich3d.runtime import barrier, derive_seed, seed_everything
-from ich3d.transforms import sample_augment, to_input
+from ich3d.data.transforms import sample_augment, to_input
 
 EMBEDDINGS_FILE = "embeddings.pt"
 

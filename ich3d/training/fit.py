@@ -15,17 +15,18 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ich3d import __version__, stages
-from ich3d.build import load_index
+from ich3d import __version__
+from ich3d.training import stages
+from ich3d.dataset.build import load_index
 from ich3d.checkpoint import load_checkpoint
 from ich3d.config import Config, load_config, save_config
 from ich3d.constants import LABELS, LAST_CHECKPOINT, MODEL_CHECKPOINT, RUN_CONFIG_FILE, RUN_SPLITS_FILE
-from ich3d.data import SeriesTable, build_table
-from ich3d.engine import RunContext, save_last
+from ich3d.data.tables import SeriesTable, build_table
+from ich3d.training.engine import RunContext, save_last
 from ich3d.errors import ConfigError
 from ich3d.metrics import evaluate
 from ich3d.runtime import Runtime, barrier, setup_runtime, teardown_runtime
-from ich3d.splits import load_splits, make_folds, save_splits, split_series
+from ich3d.training.splits import load_splits, make_folds, save_splits, split_series
 
 log = logging.getLogger(__name__)
 RUN_INFO_FILE = "run.json"

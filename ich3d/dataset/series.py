@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from ich3d.cache import cache_file_name
+from ich3d.dataset.cache import cache_file_name
 from ich3d.constants import CACHE_DIR, Status
 
 log = logging.getLogger(__name__)

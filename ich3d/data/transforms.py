@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ich3d.config import AugmentConfig
 from ich3d.constants import BSB_WINDOWS, WINDOWS
-from ich3d.windowing import window
+from ich3d.data.windowing import window
 
 _BSB = torch.tensor([WINDOWS[name] for name in BSB_WINDOWS])  # (3, 2) centre, width in HU
 

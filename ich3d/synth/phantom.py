@@ -4,7 +4,7 @@ Coordinates are patient coordinates in mm (DICOM LPS: x to the patient's left, y
 Every structure is an ellipsoid (or a union, cut or offset surface of ellipsoids) evaluated on the pixel
 grid of a plane with broadcasting, on the pixel box its cross-section can touch; edges are blended over
 one pixel (partial volume). A head is drawn once per patient (`sample_head`) and placed on the scanner
-table once per series (`place_head`); ich3d.lesions adds the hemorrhages.
+table once per series (`place_head`); ich3d.synth.lesions adds the hemorrhages.
 """
 
 from __future__ import annotations

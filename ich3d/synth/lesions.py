@@ -1,4 +1,4 @@
-"""Hemorrhages of the synthetic head (ich3d.phantom): five subtype geometries as 3-D objects, and the
+"""Hemorrhages of the synthetic head (ich3d.synth.phantom): five subtype geometries as 3-D objects, and the
 rendering of a labelled slice.
 
 epidural: biconvex lens against the inner table, short; subdural: crescent along the inner table, long;
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ich3d.constants import LABELS
-from ich3d.phantom import AIR_HU, Box, Ellipsoid, Head, SliceFields, SliceGrid, alpha, blend, render_anatomy, sub
+from ich3d.synth.phantom import AIR_HU, Box, Ellipsoid, Head, SliceFields, SliceGrid, alpha, blend, render_anatomy, sub
 
 SUBTYPES: tuple[str, ...] = LABELS[1:]
 #: Cross-sections smaller than this (mm^2, and at least 3 pixels) do not make a slice positive.

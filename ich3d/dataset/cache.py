@@ -28,7 +28,7 @@ import pandas as pd
 
 from ich3d.atomic import atomic_write
 from ich3d.constants import CACHE_DIR, HU_MAX, HU_MIN, MISSING_HU, PIXEL_FAILURES_DIR, Status
-from ich3d.dicom import fix_rsna_12bit, read_pixels
+from ich3d.dataset.dicom import fix_rsna_12bit, read_pixels
 from ich3d.errors import InputError
 
 log = logging.getLogger(__name__)

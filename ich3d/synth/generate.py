@@ -26,7 +26,8 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from ich3d import __version__, lesions, phantom
+from ich3d import __version__
+from ich3d.synth import lesions, phantom
 from ich3d.constants import LABELS
 from ich3d.errors import ConfigError, InputError
 
@@ -421,7 +422,7 @@ def _summary(config: SynthConfig, plans: list[SeriesPlan], infos: list[dict],
         series.append({"split": plan.split, "series_uid": plan.series_uid, "study_uid": plan.study_uid,
                        "patient_id": plan.patient_id, "n_slices": len(plan.sop_uids), **info, **plan.quirks,
                        "positive_slices": dict(zip(LABELS, positives.tolist()))})  # fmt: skip
-    return {"generator": f"ich3d.synth {__version__}", "config": asdict(config), "splits": splits, "series": series}
+    return {"generator": f"ich3d.synth.generate {__version__}", "config": asdict(config), "splits": splits, "series": series}
 
 
 def _write_csvs(out: Path, config: SynthConfig, labels: dict[str, dict[str, tuple[int, ...]]],

@@ -14,7 +14,7 @@ import pandas as pd
 
 from ich3d.constants import LABELS
 from ich3d.errors import InputError
-from ich3d.labels import read_long
+from ich3d.dataset.labels import read_long
 from ich3d.metrics import evaluate
 
 def read_submission_ids(path: Path) -> np.ndarray:
@@ -105,7 +105,7 @@ def save_score(result: dict[str, Any], path: Path) -> None:
 def series_lookup(submission: Path, dataset: Path | None) -> pd.Series | None:
     """image_id → series_uid from a dataset index, or from ``predictions.parquet`` beside the submission."""
     if dataset is not None:
-        from ich3d.build import load_index
+        from ich3d.dataset.build import load_index
 
         slices, _ = load_index(dataset)
     else:

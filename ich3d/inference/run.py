@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ich3d.build import build_series, load_index, part_series
+from ich3d.dataset.build import build_series, load_index, part_series
 from ich3d.config import DataConfig, InferConfig
 from ich3d.constants import LABELS, MODEL_CHECKPOINT
-from ich3d.data import build_table
+from ich3d.data.tables import build_table
 from ich3d.errors import InputError
-from ich3d.submission import read_submission_ids, write_submission
+from ich3d.inference.submission import read_submission_ids, write_submission
 
 log = logging.getLogger(__name__)
 PROB_COLUMNS = [f"p_{name}" for name in LABELS]
@@ -55,7 +55,7 @@ def predict(runs: list[Path], out: Path, dataset: Path | None = None, dicom_dirs
     Returns:
         Summary counts (``model``, ``context``, ``prior``, ``missing``) and output paths.
     """
-    from ich3d.engine import load_model
+    from ich3d.training.engine import load_model
     from ich3d.runtime import setup_runtime
 
     if (dataset is None) == (not dicom_dirs):
@@ -94,7 +94,7 @@ def _checkpoint_of(run: Path) -> Path:
 
 def _ensemble(models: list, table: Any, runtime: Any, progress: bool = False) -> np.ndarray:
     """(n_slices, 6) probabilities averaged over the runs (each with its own TTA settings)."""
-    from ich3d.predict import predict_table
+    from ich3d.inference.predictor import predict_table
     from ich3d.progress import progress_bar
 
     series_ids = np.arange(len(table.series_uids))

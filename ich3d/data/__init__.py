@@ -1,0 +1,1 @@
+"""Tables, torch datasets, samplers and batch transforms over a built dataset."""

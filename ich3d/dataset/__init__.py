@@ -1,0 +1,1 @@
+"""DICOM (and, later, NIfTI) files to the dataset folder: headers, series, labels, the HU cache."""

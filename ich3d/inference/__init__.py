@@ -1,0 +1,1 @@
+"""Inference: batched prediction, the predict/merge API, submissions."""

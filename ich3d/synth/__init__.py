@@ -1,0 +1,1 @@
+"""The synthetic head-CT generator: phantom anatomy, hemorrhages, DICOM writing."""

@@ -1,0 +1,1 @@
+"""Training: stages, the engine that runs them, losses, folds."""
