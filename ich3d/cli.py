@@ -1,4 +1,9 @@
-"""The ``ich3d`` command line: thin click wrappers over the typed API (heavy imports inside commands)."""
+"""The ``ich3d`` command line: thin click wrappers over the typed API (heavy imports inside commands).
+
+Every command turns the failures a user can meet (ich3d's own errors, file-system faults, a bad
+device) into one line on stderr, ``error: what, which file, what to do``, with exit code 1; click's
+usage errors exit with 2. ``-q/--quiet`` and ``-v/--verbose`` are accepted before or after the command.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from typing import Any, Callable
 import click
 
 from ich3d import __version__
-from ich3d.constants import EXIT_ERROR, EXIT_PARTIAL
+from ich3d.constants import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PARTIAL
 from ich3d.errors import Ich3dError
 
 log = logging.getLogger("ich3d")
@@ -21,24 +26,69 @@ ExistingDir = click.Path(exists=True, file_okay=False, path_type=Path)
 ExistingFile = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
-def _console(ctx: click.Context) -> Any:
-    from rich.console import Console
-
-    return Console(quiet=ctx.obj["quiet"])
+def _os_error_message(exc: OSError) -> str:
+    """``path: reason; what to do`` for a file-system fault."""
+    where = exc.filename or "a file"
+    if exc.filename2:
+        where = f"{where} -> {exc.filename2}"
+    reason = exc.strerror or type(exc).__name__
+    return f"{where}: {reason}; check that the path exists, is the right kind (file or folder) and is writable"
 
 
 def handle_errors(command: Callable) -> Callable:
-    """Turns user-fixable errors into a one-line message and exit code 1."""
+    """Turns user-fixable failures into a one-line message and exit code 1 (130 when interrupted)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except Ich3dError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_ERROR)
+            message = str(exc)
+        except OSError as exc:
+            message = _os_error_message(exc)
+        except MemoryError:
+            message = "out of memory; use fewer --workers, a smaller --batch or a machine with more memory"
+        except KeyboardInterrupt:
+            click.echo("interrupted: finished work is kept; rerun the same command to resume", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        click.echo(f"error: {' '.join(message.split())}", err=True)
+        sys.exit(EXIT_ERROR)
 
     return wrapper
+
+
+def _set_verbosity(ctx: click.Context, quiet: bool, verbose: bool) -> None:
+    """Applies -q/-v (given before or after the command: either place switches it on)."""
+    root = ctx.find_root()
+    root.obj = root.obj or {"quiet": False, "verbose": False}
+    root.obj["quiet"] |= quiet
+    root.obj["verbose"] |= verbose
+    level = logging.DEBUG if root.obj["verbose"] else logging.WARNING if root.obj["quiet"] else logging.INFO
+    logging.getLogger().setLevel(level)
+
+
+def verbosity_options(command: Callable) -> Callable:
+    """Adds -q/--quiet and -v/--verbose to a command, so they may follow it."""
+
+    def apply(name: str) -> Callable[[click.Context, click.Parameter, bool], None]:
+        def callback(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+            _set_verbosity(ctx, quiet=name == "quiet" and value, verbose=name == "verbose" and value)
+        return callback
+
+    command = click.option("--quiet", "-q", is_flag=True, expose_value=False, callback=apply("quiet"),
+                           help="No progress bars or tables; warnings and errors only.")(command)
+    return click.option("--verbose", "-v", is_flag=True, expose_value=False, callback=apply("verbose"),
+                        help="Debug logging.")(command)
+
+
+def _quiet(ctx: click.Context) -> bool:
+    return bool(ctx.find_root().obj["quiet"])
+
+
+def _console(ctx: click.Context) -> Any:
+    from rich.console import Console
+
+    return Console(quiet=_quiet(ctx))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,13 +97,14 @@ def handle_errors(command: Callable) -> Callable:
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
 @click.pass_context
 def main(ctx: click.Context, quiet: bool, verbose: bool) -> None:
-    """Intracranial hemorrhage detection on head CT (RSNA 2019 format)."""
+    """Intracranial hemorrhage detection on head CT (RSNA 2019 format and clinical exports)."""
     from rich.console import Console
     from rich.logging import RichHandler
 
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=Console(stderr=True), show_path=False, show_time=False)])
-    ctx.obj = {"quiet": quiet}
+    logging.basicConfig(format="%(message)s", handlers=[RichHandler(console=Console(stderr=True), show_path=False,
+                                                                    show_time=False)])
+    ctx.obj = {"quiet": False, "verbose": False}
+    _set_verbosity(ctx, quiet, verbose)
 
 
 @main.command()
@@ -63,6 +114,7 @@ def main(ctx: click.Context, quiet: bool, verbose: bool) -> None:
 @click.option("--image-size", default=512, show_default=True, help="Slice size in pixels.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--workers", default=1, show_default=True, help="Processes writing series in parallel.")
+@verbosity_options
 @click.pass_context
 @handle_errors
 def synth(ctx: click.Context, out: Path, n_series: int, n_test_series: int, image_size: int, seed: int,
@@ -72,7 +124,7 @@ def synth(ctx: click.Context, out: Path, n_series: int, n_test_series: int, imag
     from ich3d.synth.generate import SynthConfig, count_files, make_synthetic_dataset
 
     config = SynthConfig(n_train_series=n_series, n_test_series=n_test_series, image_size=image_size, seed=seed)
-    with progress_bar(not ctx.obj["quiet"], "synth", count_files(config)) as advance:
+    with progress_bar(not _quiet(ctx), "synth", count_files(config)) as advance:
         summary = make_synthetic_dataset(out, config, progress=advance, workers=workers)
     _console(ctx).print(f"synthetic dataset in {out}: " + "; ".join(
         f"{split}: {c['images']} images, {c['series']} series, {c['positive_slices']['any']} with hemorrhage"
@@ -89,23 +141,31 @@ def synth(ctx: click.Context, out: Path, n_series: int, n_test_series: int, imag
 @click.option("--overwrite", is_flag=True,
               help="Rebuild this part's cache files even if finished (the index is rebuilt whenever the inputs change).")
 @click.option("--num-parts", default=1, show_default=True,
-              help="Split the pixel pass over this many jobs; run once with --index-only first, parts share the index.")
+              help="Split the pixel pass over this many jobs (they share one index).")
 @click.option("--part-id", default=0, show_default=True, help="This job's part (0-based).")
 @click.option("--index-only", is_flag=True, help="Stop after the header index.")
 @click.option("--strict", is_flag=True, help=f"Exit with code {EXIT_PARTIAL} when any input was skipped.")
+@verbosity_options
 @click.pass_context
 @handle_errors
 def build_series_command(ctx: click.Context, dicom_dirs: tuple[Path, ...], labels: Path | None, out: Path,
                          image_size: int, workers: int | None, overwrite: bool, num_parts: int, part_id: int,
                          index_only: bool, strict: bool) -> None:
     """Index DICOM files into series, join labels and cache Hounsfield units."""
-    from ich3d.dataset.build import build_series
     from ich3d.console import print_build_summary
+    from ich3d.dataset.build import build_series
 
     summary = build_series(list(dicom_dirs), out, labels_csv=labels, image_size=image_size, workers=workers,
                            overwrite=overwrite, num_parts=num_parts, part_id=part_id, index_only=index_only,
-                           progress=not ctx.obj["quiet"])
+                           progress=not _quiet(ctx))
     print_build_summary(summary, _console(ctx))
+    usable = summary["n_files"] - summary["n_skipped"]
+    if usable == 0:
+        raise Ich3dError(f"none of the {summary['n_files']} files under {', '.join(map(str, dicom_dirs))} is a usable "
+                         f"CT image ({summary['counts']}); see {out}/build.json for each file's reason")
+    if summary["n_skipped"]:
+        log.warning("%d of %d files were not usable (reasons in %s/build.json and the index)", summary["n_skipped"],
+                    summary["n_files"], out)
     if strict and summary.get("n_skipped", 0):
         sys.exit(EXIT_PARTIAL)
 
@@ -115,6 +175,7 @@ def build_series_command(ctx: click.Context, dicom_dirs: tuple[Path, ...], label
 @click.option("--dataset", required=True, type=ExistingDir)
 @click.option("--out", required=True, type=PathArg, help="PNG file to write.")
 @click.option("--series", "series_montage", is_flag=True, help="Also draw the image's series as a montage (OUT stem + _series.png).")
+@verbosity_options
 @click.pass_context
 @handle_errors
 def show(ctx: click.Context, image: str, dataset: Path, out: Path, series_montage: bool) -> None:
@@ -131,13 +192,14 @@ def show(ctx: click.Context, image: str, dataset: Path, out: Path, series_montag
 @click.option("--dataset", required=True, type=ExistingDir, help="Dataset folder from build-series.")
 @click.option("--config", "config_path", help="YAML config or packaged name (cpu_small, rsna_256).")
 @click.option("--out", required=True, type=PathArg, help="Run folder.")
-@click.option("--fold", default=0, show_default=True, help="Validation fold.")
+@click.option("--fold", type=int, help="Validation fold [default: 0; with --resume: the run's fold].")
 @click.option("--set", "overrides", multiple=True, help="Override a config value: key.sub=value (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--device", help="cpu, cuda, cuda:1 ... [default: cuda if available]")
+@verbosity_options
 @click.pass_context
 @handle_errors
-def train(ctx: click.Context, dataset: Path, config_path: str | None, out: Path, fold: int,
+def train(ctx: click.Context, dataset: Path, config_path: str | None, out: Path, fold: int | None,
           overrides: tuple[str, ...], resume: bool, device: str | None) -> None:
     """Train the CNN encoder and GRU head in stages (launch with torchrun for several GPUs)."""
     from ich3d.console import EpochTable
@@ -147,13 +209,14 @@ def train(ctx: click.Context, dataset: Path, config_path: str | None, out: Path,
         raise click.UsageError("--config is required (unless --resume)")
     table = EpochTable(_console(ctx))
     result = fit(dataset, out, config_path, list(overrides), fold=fold, resume=resume, device=device, report=table.add,
-                 progress=not ctx.obj["quiet"])
+                 progress=not _quiet(ctx))
     if os.environ.get("RANK", "0") == "0":  # torchrun: only rank 0 reports
         table.final(result, out)
 
 
 @main.command()
-@click.option("--run", "runs", multiple=True, required=True, type=PathArg, help="Run folder (repeat to average).")
+@click.option("--run", "runs", multiple=True, required=True, type=PathArg,
+              help="Run folder (all its folds), fold folder or model checkpoint; repeat to average.")
 @click.option("--dataset", type=ExistingDir, help="Dataset folder from build-series.")
 @click.option("--dicom-dir", "dicom_dirs", multiple=True, type=ExistingDir, help="Or DICOM folder(s) to read.")
 @click.option("--sample-submission", type=ExistingFile, help="Rows and order the submission must have.")
@@ -161,20 +224,24 @@ def train(ctx: click.Context, dataset: Path, config_path: str | None, out: Path,
 @click.option("--allow-missing", is_flag=True, help="Fill requested images without a file with the prior.")
 @click.option("--num-parts", default=1, show_default=True)
 @click.option("--part-id", default=0, show_default=True)
-@click.option("--device")
-@click.option("--workers", type=int, help="Processes for reading DICOM [default: all cores].")
+@click.option("--device", help="cpu, cuda, cuda:1 ... [default: cuda if available]")
+@click.option("--batch", "batch_series", default=8, show_default=True, help="Series per encoder batch.")
+@click.option("--workers", type=int, help="Processes reading DICOM [default: all cores] and loader workers [default: 1].")
+@click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision on CUDA.")
+@verbosity_options
 @click.pass_context
 @handle_errors
 def infer(ctx: click.Context, runs: tuple[Path, ...], dataset: Path | None, dicom_dirs: tuple[Path, ...],
           sample_submission: Path | None, out: Path, allow_missing: bool, num_parts: int, part_id: int,
-          device: str | None, workers: int | None) -> None:
+          device: str | None, batch_series: int, workers: int | None, amp: bool) -> None:
     """Predict every image and write submission.csv and predictions.parquet."""
-    from ich3d.inference.run import predict
     from ich3d.console import print_infer_summary
+    from ich3d.inference.run import InferOptions, predict
 
+    options = InferOptions(device=device, batch_series=batch_series, workers=workers, amp=amp)
     summary = predict(list(runs), out, dataset=dataset, dicom_dirs=list(dicom_dirs), sample_submission=sample_submission,
-                      allow_missing=allow_missing, num_parts=num_parts, part_id=part_id, device=device,
-                      workers=workers, progress=not ctx.obj["quiet"])
+                      allow_missing=allow_missing, num_parts=num_parts, part_id=part_id, options=options,
+                      progress=not _quiet(ctx))
     print_infer_summary(summary, _console(ctx))
 
 
@@ -182,12 +249,13 @@ def infer(ctx: click.Context, runs: tuple[Path, ...], dataset: Path | None, dico
 @click.option("--out", required=True, type=ExistingDir, help="The --out folder of the infer parts.")
 @click.option("--sample-submission", type=ExistingFile)
 @click.option("--allow-missing", is_flag=True)
+@verbosity_options
 @click.pass_context
 @handle_errors
 def merge(ctx: click.Context, out: Path, sample_submission: Path | None, allow_missing: bool) -> None:
     """Join sharded inference parts into one submission."""
-    from ich3d.inference.run import merge as merge_parts
     from ich3d.console import print_infer_summary
+    from ich3d.inference.run import merge as merge_parts
 
     print_infer_summary(merge_parts(out, sample_submission, allow_missing), _console(ctx))
 
@@ -197,6 +265,7 @@ def merge(ctx: click.Context, out: Path, sample_submission: Path | None, allow_m
 @click.option("--labels", required=True, type=ExistingFile, help="Ground truth, RSNA long format.")
 @click.option("--dataset", type=ExistingDir, help="Dataset index for the series-level AUC.")
 @click.option("--out", type=PathArg, help="JSON file for the score [default: next to SUBMISSION].")
+@verbosity_options
 @click.pass_context
 @handle_errors
 def score(ctx: click.Context, submission: Path, labels: Path, dataset: Path | None, out: Path | None) -> None:
@@ -216,17 +285,18 @@ def score(ctx: click.Context, submission: Path, labels: Path, dataset: Path | No
 @click.option("--config", "config_name", default="cpu_small", show_default=True)
 @click.option("--set", "overrides", multiple=True, help="Config overrides key=value.")
 @click.option("--seed", default=0, show_default=True)
+@verbosity_options
 @click.pass_context
 @handle_errors
 def demo(ctx: click.Context, out: Path, n_series: int, n_test_series: int, config_name: str,
          overrides: tuple[str, ...], seed: int) -> None:
     """synth → build-series → train → infer → score on synthetic data, with the prior for comparison."""
-    from ich3d.demo import run_demo
     from ich3d.console import EpochTable, print_demo
+    from ich3d.demo import run_demo
 
     console = _console(ctx)
     result = run_demo(out, n_series, n_test_series, config_name, list(overrides), seed,
-                      progress=not ctx.obj["quiet"], report=EpochTable(console).add)
+                      progress=not _quiet(ctx), report=EpochTable(console).add)
     print_demo(result, console)
 
 

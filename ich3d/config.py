@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, ClassVar, Union
 
 import yaml
 
@@ -103,38 +103,101 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class StageConfig:
-    """One training stage.
+    """What every training stage has (each stage adds its own keys in a subclass).
 
     Attributes:
-        epochs: passes; for ``slice`` an epoch is ``samples_per_epoch`` sampled slices (0 = all
-            readable labeled training slices); for ``sequence``/``finetune`` one pass over the series.
+        epochs: passes; for ``slice`` an epoch is ``samples_per_epoch`` sampled slices, for
+            ``sequence``/``finetune`` one pass over the training series.
         batch_size: slices (``slice``) or series (``sequence``, ``finetune``) per step.
-        lr, weight_decay: AdamW settings; the learning rate follows a cosine schedule with warmup.
-        positive_fraction: ``slice`` only: share of each epoch drawn from slices with ``any`` = 1.
-        crop_len: series longer than this are randomly cropped to it in training (0 = no crop).
-        drop_slices: ``sequence``/``finetune``: share of readable slices hidden from the model in
-            training (replaced by the missing-slice embedding), so it learns to predict unreadable
-            slices from their neighbours.
+        lr, weight_decay: AdamW settings; the learning rate follows a cosine schedule after a linear
+            warmup over ``warmup_fraction`` of the steps.
     """
+
+    STAGE: ClassVar[str] = "*"
 
     epochs: int = 1
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        key = f"stages.{self.STAGE}"
+        _check(self.epochs >= 1, f"{key}.epochs", "must be >= 1")
+        _check(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
+        _check(self.lr > 0, f"{key}.lr", "must be > 0")
+        _check(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
+        _check(0 <= self.warmup_fraction < 1, f"{key}.warmup_fraction", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class SliceStageConfig(StageConfig):
+    """Stage 1, encoder + per-slice head on sampled single slices.
+
+    Attributes:
+        positive_fraction: share of each epoch drawn from slices with ``any`` = 1.
+        samples_per_epoch: slices per epoch (0 = every readable labeled training slice once).
+    """
+
+    STAGE: ClassVar[str] = "slice"
+
     positive_fraction: float = 0.3
     samples_per_epoch: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(0 <= self.positive_fraction <= 1, "stages.slice.positive_fraction", "must be in [0, 1]")
+        _check(self.samples_per_epoch >= 0, "stages.slice.samples_per_epoch", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class SeriesStageConfig(StageConfig):
+    """Keys of the stages that train on whole series (sequence, finetune).
+
+    Attributes:
+        crop_len: series longer than this are randomly cropped to it in training (0 = no crop).
+        drop_slices: share of readable slices hidden from the model in training (replaced by the
+            missing-slice embedding), so it learns to predict unreadable slices from their neighbours.
+    """
+
     crop_len: int = 0
     drop_slices: float = 0.0
 
     def __post_init__(self) -> None:
-        _check(0 <= self.drop_slices < 1, "stages.*.drop_slices", "must be in [0, 1)")
-        _check(self.epochs >= 1, "stages.*.epochs", "must be >= 1")
-        _check(self.batch_size >= 1, "stages.*.batch_size", "must be >= 1")
-        _check(self.lr > 0 and self.weight_decay >= 0, "stages.*.lr", "lr > 0, weight_decay >= 0")
-        _check(0 <= self.positive_fraction <= 1, "stages.*.positive_fraction", "must be in [0, 1]")
-        _check(0 <= self.warmup_fraction < 1, "stages.*.warmup_fraction", "must be in [0, 1)")
-        _check(self.samples_per_epoch >= 0 and self.crop_len >= 0, "stages.*", "counts must be >= 0")
+        super().__post_init__()
+        _check(self.crop_len >= 0, f"stages.{self.STAGE}.crop_len", "must be >= 0")
+        _check(0 <= self.drop_slices < 1, f"stages.{self.STAGE}.drop_slices", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class SequenceStageConfig(SeriesStageConfig):
+    """Stage 2, the sequence head on cached slice embeddings (the encoder is frozen)."""
+
+    STAGE: ClassVar[str] = "sequence"
+
+
+@dataclass(frozen=True)
+class FinetuneStageConfig(SeriesStageConfig):
+    """Stage 3, encoder and head end to end over augmented series crops."""
+
+    STAGE: ClassVar[str] = "finetune"
+
+
+@dataclass(frozen=True)
+class StagesConfig:
+    """The stages to run; a stage runs when its section is present. They run in the fixed order
+    slice, sequence, finetune; ``slice`` trains the encoder and is required."""
+
+    slice: Union[SliceStageConfig, None] = None
+    sequence: Union[SequenceStageConfig, None] = None
+    finetune: Union[FinetuneStageConfig, None] = None
+
+    def __post_init__(self) -> None:
+        _check(self.slice is not None, "stages.slice", "the slice stage trains the encoder: it is required")
+
+    def names(self) -> list[str]:
+        """The stages to run, in their fixed order."""
+        return [name for name in STAGE_ORDER if getattr(self, name) is not None]
 
 
 @dataclass(frozen=True)
@@ -158,23 +221,18 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    stages: dict[str, StageConfig] = field(default_factory=lambda: {"slice": StageConfig()})
+    stages: StagesConfig = field(default_factory=lambda: StagesConfig(slice=SliceStageConfig()))
     infer: InferConfig = field(default_factory=InferConfig)
 
     def __post_init__(self) -> None:
         _check(self.folds >= 2, "folds", "must be >= 2")
         _check(self.num_workers >= 0, "num_workers", "must be >= 0")
-        unknown = sorted(set(self.stages) - set(STAGE_ORDER))
-        _check(not unknown, "stages", f"unknown stage(s) {unknown}; known: {STAGE_ORDER}")
-        _check("slice" in self.stages, "stages", "the 'slice' stage trains the encoder: it is required")
-
-    def stage_names(self) -> list[str]:
-        """The stages to run, in their fixed order."""
-        return [name for name in STAGE_ORDER if name in self.stages]
 
     def to_dict(self) -> dict[str, Any]:
-        """A plain dict (YAML/checkpoint friendly) of the resolved config."""
-        return dataclasses.asdict(self)
+        """A plain dict (YAML/checkpoint friendly) of the resolved config; absent stages left out."""
+        data = dataclasses.asdict(self)
+        data["stages"] = {name: value for name, value in data["stages"].items() if value is not None}
+        return data
 
 
 def _check(ok: bool, key: str, message: str) -> None:

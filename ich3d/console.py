@@ -1,4 +1,4 @@
-"""Rich tables for the CLI: build summary, training epochs, inference counts, scores, the demo."""
+"""Rich tables printed by the CLI: build summary, training epochs, inference counts, scores, the demo."""
 
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ class EpochTable:
         )
 
     def final(self, result: dict[str, Any], out: Path) -> None:
-        self.console.print(score_table(result["metrics"], f"saved model: {result['stage']} epoch {result['epoch']} in {out}"))
+        self.console.print(score_table(result["metrics"], f"saved model: fold {result['fold']}, {result['stage']} "
+                                                          f"epoch {result['epoch']} in {out}"))
 
 
 def score_table(metrics: dict[str, Any], title: str) -> Table:

@@ -51,24 +51,9 @@ class Status(StrEnum):
     READ_ERROR = "read_error"  # I/O error (permissions, vanished file)
 
 
-# Dataset folder layout (ARCHITECTURE.md section 1).
-INDEX_DIR = "index"
-SLICES_FILE = "index/slices.parquet"
-SERIES_FILE = "index/series.parquet"
-PIXEL_FAILURES_DIR = "index/pixel_failures"
-CACHE_DIR = "cache"
-BUILD_FILE = "build.json"
-
-# Run folder layout.
-RUN_CONFIG_FILE = "config.yaml"
-RUN_SPLITS_FILE = "splits.json"
-RUN_METRICS_FILE = "metrics.jsonl"
-ENCODER_CHECKPOINT = "encoder.pt"
-MODEL_CHECKPOINT = "model.pt"
-LAST_CHECKPOINT = "last.pt"
-
 # Exit codes of the CLI (click itself uses 2 for usage errors).
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it

@@ -9,10 +9,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import pandas as pd
 
-from ich3d.constants import ENCODER_CHECKPOINT, MODEL_CHECKPOINT, RUN_METRICS_FILE
+from ich3d.layout import InferFolder, RunFolder
 
 
 def run_demo(out: Path, n_series: int = 60, n_test_series: int = 16, config: str = "cpu_small",
@@ -29,27 +28,27 @@ def run_demo(out: Path, n_series: int = 60, n_test_series: int = 16, config: str
         log loss of the slice-only model and of the training prevalence), ``prior_valid``,
         ``slice_valid``, ``sequence_valid`` (best validation weighted log loss), ``seconds``, ``out``.
     """
-    from ich3d.dataset.build import build_series
     from ich3d.config import load_config
+    from ich3d.dataset.build import build_series
     from ich3d.inference.run import predict
     from ich3d.training.fit import fit
 
     began = time.perf_counter()
     out = Path(out)
-    data, dataset, run, pred = out / "rsna", out / "dataset", out / "run", out / "predictions"
+    data, dataset = out / "rsna", out / "dataset"
+    run, pred, slice_only = RunFolder(out / "run"), InferFolder(out / "predictions"), InferFolder(out / "predictions_slice_only")
     resolved = load_config(config, overrides)
     _synthesize(data, n_series, n_test_series, synth_image_size, seed, progress)
     build_series([data / "stage_2_train"], dataset, labels_csv=data / "stage_2_train.csv",
                  image_size=resolved.data.image_size, progress=progress)
-    fit(dataset, run, resolved, fold=0, resume=(run / "last.pt").is_file(), report=report, progress=progress)
+    fit(dataset, run.root, resolved, fold=0, resume=run.info.is_file(), report=report, progress=progress)
     sample, labels = data / "stage_2_sample_submission.csv", data / "stage_2_test_labels.csv"
-    predict([run], pred, dicom_dirs=[data / "stage_2_test"], sample_submission=sample, progress=progress)
-    predict([run / ENCODER_CHECKPOINT], out / "predictions_slice_only", dataset=pred / "dataset",
-            sample_submission=sample, progress=progress)
+    predict([run.root], pred.root, dicom_dirs=[data / "stage_2_test"], sample_submission=sample, progress=progress)
+    predict([run.fold(0).encoder], slice_only.root, dataset=pred.dataset, sample_submission=sample, progress=progress)
     result = {
-        "score": _score(pred / "submission.csv", labels),
-        "slice_score": _score(out / "predictions_slice_only" / "submission.csv", labels)["weighted_log_loss"],
-        "prior_score": _prior_score(run, sample, labels, pred / "prior_submission.csv"),
+        "score": _score(pred.submission, labels),
+        "slice_score": _score(slice_only.submission, labels)["weighted_log_loss"],
+        "prior_score": _prior_score(run, sample, labels, pred.root / "prior_submission.csv"),
         **_best_validation(run), "out": str(out), "seconds": time.perf_counter() - began,
     }
     (out / "demo.json").write_text(json.dumps(result, indent=1, default=str))
@@ -77,22 +76,23 @@ def _score(submission: Path, labels: Path) -> dict[str, Any]:
     return score_submission(submission, labels, series_lookup(submission, None))
 
 
-def _prior_score(run: Path, sample: Path, labels: Path, path: Path) -> float:
+def _prior_score(run: RunFolder, sample: Path, labels: Path, path: Path) -> float:
     """Test weighted log loss of the training prevalence used as every image's prediction."""
     from ich3d.checkpoint import load_checkpoint
     from ich3d.inference.submission import read_submission_ids, write_submission
+    from ich3d.metrics import prior_predictions
 
-    prior = np.asarray(load_checkpoint(run / MODEL_CHECKPOINT)["prevalence"])
+    prior = load_checkpoint(run.fold(0).model)["prevalence"]
     ids = read_submission_ids(sample)
-    write_submission(path, pd.DataFrame(np.tile(prior, (len(ids), 1)), index=ids), sample)
+    write_submission(path, pd.DataFrame(prior_predictions(prior, len(ids)), index=ids), sample)
     return _score(path, labels)["weighted_log_loss"]
 
 
-def _best_validation(run: Path) -> dict[str, float | None]:
+def _best_validation(run: RunFolder) -> dict[str, float | None]:
     """Validation weighted log loss of the prior and the best of the slice and sequence stages."""
-    prior = json.loads((run / "run.json").read_text())["prior_valid"]["weighted_log_loss"]
+    prior = json.loads(run.info.read_text())["prior_valid"]["weighted_log_loss"]
     best: dict[str, float] = {}
-    for line in (run / RUN_METRICS_FILE).read_text().splitlines():
+    for line in run.fold(0).metrics.read_text().splitlines():
         record = json.loads(line)
         loss = record["valid"]["weighted_log_loss"]
         best[record["stage"]] = min(loss, best.get(record["stage"], float("inf")))

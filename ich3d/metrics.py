@@ -176,24 +176,20 @@ def evaluate(
     return result
 
 
-def prior_predictions(y_train: np.ndarray, n: int) -> np.ndarray:
+def prior_predictions(prevalence: Sequence[float] | np.ndarray, n: int) -> np.ndarray:
     """The prevalence baseline: every row predicts the training label means.
 
     Args:
-        y_train: (M, 6) training labels in {0, 1}, NaN = unlabeled (ignored).
+        prevalence: (6,) per-label share of positive training slices, in ``LABELS`` order.
         n: number of rows to predict.
 
     Returns:
-        (n, 6) float64 probabilities, each row the per-label prevalence of ``y_train``.
+        (n, 6) float64 probabilities, each row ``prevalence``.
 
     Raises:
-        ValueError: wrong shape, or a label with no labeled row.
+        ValueError: not six values in [0, 1].
     """
-    y = np.asarray(y_train, dtype=np.float64)
-    if y.ndim != 2 or y.shape[1] != len(LABELS):
-        raise ValueError(f"expected y_train of shape (M, {len(LABELS)}), got {y.shape}")
-    labeled = (~np.isnan(y)).sum(axis=0)
-    if (labeled == 0).any():
-        raise ValueError("y_train has a label without any labeled row: cannot compute its prevalence")
-    prior = np.nansum(y, axis=0) / labeled
+    prior = np.asarray(prevalence, dtype=np.float64)
+    if prior.shape != (len(LABELS),) or not ((prior >= 0) & (prior <= 1)).all():
+        raise ValueError(f"expected {len(LABELS)} prevalences in [0, 1], got {prior.tolist()}")
     return np.tile(prior, (n, 1))

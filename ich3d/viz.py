@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ich3d.dataset.build import load_index
+from ich3d.dataset.index import load_index
 from ich3d.dataset.cache import load_series
 from ich3d.constants import LABEL_COLUMNS, LABELS, WINDOWS, Status
 from ich3d.dataset.dicom import read_header, read_pixels, to_hu

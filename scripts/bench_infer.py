@@ -35,7 +35,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ich3d.dataset.build import build_series, load_index, part_series
+from ich3d.dataset.build import build_series
+from ich3d.dataset.index import load_index, part_series
 from ich3d.config import load_config
 from ich3d.data.tables import build_table
 from ich3d.training.engine import load_model

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ich3d.dataset.build import build_series, load_index
+from ich3d.dataset.build import build_series
+from ich3d.dataset.index import load_index
 from ich3d.config import Config, load_config
 from ich3d.data.tables import SeriesTable, SliceDataset, batches, build_table, sample_slices
 from ich3d.training.engine import model_spec

@@ -20,8 +20,8 @@ def test_packaged_configs_load_and_round_trip(name: str, tmp_path: Path) -> None
 def test_overrides_are_typed_and_nested() -> None:
     config = load_config("cpu_small", ["stages.slice.epochs=7", "model.encoder.name=resnet18", "data.input=bsb25d",
                                        "stages.slice.lr=1e-4"])
-    assert config.stages["slice"].lr == 1e-4  # YAML 1.1 reads 1e-4 as a string
-    assert config.stages["slice"].epochs == 7
+    assert config.stages.slice.lr == 1e-4  # YAML 1.1 reads 1e-4 as a string
+    assert config.stages.slice.epochs == 7
     assert config.model.encoder.name == "resnet18"
     assert config.data.in_channels == 9
 
@@ -34,9 +34,10 @@ def test_overrides_are_typed_and_nested() -> None:
         ({"data": {"image_size": "big"}}, "'data.image_size': expected a number"),
         ({"data": {"image_size": 64.5}}, "expected an integer"),
         ({"data": {"input": "rgb"}}, "data.input"),
-        ({"stages": {"slice": {"lr": -1}}}, "stages.*.lr"),
-        ({"stages": {"warmup": {}}}, "unknown stage"),
-        ({"stages": {"sequence": {}}}, "'slice' stage"),
+        ({"stages": {"slice": {"lr": -1}}}, "'stages.slice.lr': must be > 0"),
+        ({"stages": {"sequence": {"drop_slices": 1.5}}}, "'stages.sequence.drop_slices'"),
+        ({"stages": {"warmup": {}}}, "unknown config key(s) stages.warmup"),
+        ({"stages": {"sequence": {}}}, "the slice stage trains the encoder"),
         ({"amp": "yes"}, "'amp': expected true/false"),
     ],
 )
@@ -56,4 +57,20 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
 
 
 def test_defaults_are_valid() -> None:
-    assert Config().stage_names() == ["slice"]
+    assert Config().stages.names() == ["slice"]
+    assert list(Config().to_dict()["stages"]) == ["slice"]  # absent stages are left out
+
+
+@pytest.mark.parametrize(("stage", "key"), [("finetune", "positive_fraction"), ("sequence", "samples_per_epoch"),
+                                            ("slice", "crop_len"), ("slice", "drop_slices")])
+def test_a_key_of_another_stage_is_an_error(stage: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config("rsna_256", [f"stages.{stage}.{key}=0.5"])
+    assert f"unknown config key(s) stages.{stage}.{key}" in str(info.value)
+    assert f"known keys under stages.{stage}:" in str(info.value)
+
+
+def test_stages_run_in_their_fixed_order() -> None:
+    config = load_config({"stages": {"finetune": {}, "slice": {}, "sequence": {"crop_len": 8}}})
+    assert config.stages.names() == ["slice", "sequence", "finetune"]
+    assert config.stages.sequence.crop_len == 8 and config.stages.finetune.drop_slices == 0

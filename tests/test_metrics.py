@@ -119,12 +119,14 @@ def test_evaluate_keys_and_json() -> None:
 
 
 def test_prior_predictions() -> None:
-    y_train = np.array([[1, 0, 0, 0, 0, 1], [0, 0, 1, 0, 0, 0], [np.nan] * 6, [1, 1, 0, 0, 0, 0]])
-    prior = prior_predictions(y_train, 4)
-    assert prior.shape == (4, 6)
-    np.testing.assert_allclose(prior[2], [2 / 3, 1 / 3, 1 / 3, 0, 0, 1 / 3])
-    with pytest.raises(ValueError):
-        prior_predictions(np.full((2, 6), np.nan), 3)
+    prevalence = np.array([2 / 3, 1 / 3, 1 / 3, 0, 0, 1 / 3], dtype=np.float32)
+    prior = prior_predictions(prevalence, 4)
+    assert prior.shape == (4, 6) and prior.dtype == np.float64
+    np.testing.assert_array_equal(prior[2], prevalence.astype(np.float64))
+    assert prior_predictions(prevalence, 0).shape == (0, 6)
+    for bad in ([0.5] * 5, [np.nan] * 6, [1.5] + [0.0] * 5):
+        with pytest.raises(ValueError, match="prevalences"):
+            prior_predictions(bad, 3)
 
 
 def test_metrics_module_imports_no_torch() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from ich3d.dataset.build import load_index
+from ich3d.dataset.index import load_index
 from ich3d.errors import InputError
 from ich3d.viz import show_image, show_series, show_series_of_image
 

@@ -1,22 +1,17 @@
-"""Torch datasets over the HU cache: single slices (slice stage) and whole series (sequence stages).
+"""Flat per-slice arrays of a set of series (labels, readability, identifiers), built from the index.
 
-Items are int16 Hounsfield units straight from the memory-mapped cache; windowing, resizing and
-augmentation happen on whole batches on the training device (:mod:`ich3d.data.transforms`), so loader
-workers only copy small integer arrays and the GPU never waits for float work on the CPU.
+A :class:`SeriesTable` is what every stage and the predictor index into: slices of series ``i`` are
+rows ``offsets[i]:offsets[i + 1]``. No torch here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
-import torch
-from torch.utils.data import Dataset
 
-from ich3d.dataset.cache import load_series
 from ich3d.constants import LABEL_COLUMNS, Status
 
 
@@ -59,6 +54,21 @@ class SeriesTable:
         """(n_slices,) bool: slices usable as training/validation targets."""
         return self.readable & ~np.isnan(self.labels).any(axis=1)
 
+    def rows_of(self, series_ids: np.ndarray) -> np.ndarray:
+        """(n,) int64 flat slice rows of the series at positions ``series_ids``, in that order."""
+        series_ids = np.asarray(series_ids, dtype=np.int64)
+        lengths = self.lengths[series_ids]
+        starts = np.repeat(self.offsets[series_ids] - np.cumsum(lengths) + lengths, lengths)
+        return starts + np.arange(int(lengths.sum()))
+
+    def subset(self, series_ids: np.ndarray) -> SeriesTable:
+        """The table of the series at positions ``series_ids`` (in that order)."""
+        series_ids = np.asarray(series_ids, dtype=np.int64)
+        rows = self.rows_of(series_ids)
+        offsets = np.concatenate([[0], np.cumsum(self.lengths[series_ids])]).astype(np.int64)
+        return SeriesTable(self.dataset, self.series_uids[series_ids], offsets, self.labels[rows],
+                           self.readable[rows], self.image_ids[rows], self.patient_ids[series_ids])
+
 
 def build_table(dataset: Path, slices: pd.DataFrame, series_uids: list[str]) -> SeriesTable:
     """Gathers the index rows of ``series_uids`` (in that order) into a :class:`SeriesTable`."""
@@ -77,128 +87,3 @@ def build_table(dataset: Path, slices: pd.DataFrame, series_uids: list[str]) -> 
         image_ids=rows["image_id"].to_numpy(object),
         patient_ids=patient,
     )
-
-
-class _CacheReader:
-    """Opens each series' cache file once per process (memory-mapped) and keeps it open."""
-
-    def __init__(self, dataset: Path) -> None:
-        self.dataset = dataset
-        self._open: dict[str, np.ndarray] = {}
-
-    def __call__(self, series_uid: str) -> np.ndarray:
-        array = self._open.get(series_uid)
-        if array is None:
-            array = self._open[series_uid] = load_series(self.dataset, series_uid, mmap=True)
-        return array
-
-
-class SliceDataset(Dataset):
-    """Single slices (with 2.5D neighbours) for the slice stage.
-
-    Item: ``(hu, target)`` with hu (K, S, S) int16 and target (6,) float32, K = 2 * context + 1.
-    """
-
-    def __init__(self, table: SeriesTable, slice_ids: np.ndarray, context: int) -> None:
-        self.table = table
-        self.slice_ids = np.asarray(slice_ids, dtype=np.int64)
-        self.context = context
-        self._series_of = table.series_of_slice()
-        self._reader = _CacheReader(table.dataset)
-
-    def __len__(self) -> int:
-        return len(self.slice_ids)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        flat = int(self.slice_ids[i])
-        s = int(self._series_of[flat])
-        start, stop = self.table.offsets[s], self.table.offsets[s + 1]
-        local = flat - start
-        readable = self.table.readable[start:stop]
-        window = np.clip(np.arange(local - self.context, local + self.context + 1), 0, stop - start - 1)
-        window = np.where(readable[window], window, local)
-        hu = self._reader(self.table.series_uids[s])[window]
-        return torch.from_numpy(np.array(hu)), torch.from_numpy(self.table.labels[flat])
-
-
-class SeriesDataset(Dataset):
-    """Whole series (or random crops of them) for the sequence/finetune stages and inference.
-
-    Item: dict with ``hu`` (N, S, S) int16, ``labels`` (N, 6) float32, ``readable`` (N,) bool,
-    ``index`` () int64 series position, ``start`` () int64 first slice of the crop.
-    """
-
-    def __init__(self, table: SeriesTable, series_ids: np.ndarray | None = None,
-                 crop_len: int = 0, crop_starts: np.ndarray | None = None) -> None:
-        self.table = table
-        self.series_ids = np.arange(len(table.series_uids)) if series_ids is None else np.asarray(series_ids)
-        self.crop_len = crop_len
-        self.crop_starts = crop_starts
-        self._reader = _CacheReader(table.dataset)
-
-    def __len__(self) -> int:
-        return len(self.series_ids)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        s = int(self.series_ids[i])
-        start, stop = int(self.table.offsets[s]), int(self.table.offsets[s + 1])
-        first = int(self.crop_starts[i]) if self.crop_starts is not None else 0
-        last = min(stop - start, first + self.crop_len) if self.crop_len else stop - start
-        hu = self._reader(self.table.series_uids[s])[first:last]
-        return {
-            "hu": torch.from_numpy(np.array(hu)),
-            "labels": torch.from_numpy(self.table.labels[start + first:start + last]),
-            "readable": torch.from_numpy(self.table.readable[start + first:start + last]),
-            "index": torch.tensor(s),
-            "start": torch.tensor(first),
-        }
-
-
-def pad_series(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Collates series of different lengths, padding at the end.
-
-    Returns:
-        ``hu`` (B, N, S, S) int16, ``labels`` (B, N, 6) float32 (NaN on padding), ``readable`` and
-        ``mask`` (B, N) bool (mask: real slice), ``index``, ``start`` (B,) int64.
-    """
-    n_max = max(len(item["hu"]) for item in items)
-    size = items[0]["hu"].shape[-1]
-    batch = len(items)
-    hu = torch.zeros((batch, n_max, size, size), dtype=torch.int16)
-    labels = torch.full((batch, n_max, items[0]["labels"].shape[-1]), float("nan"))
-    readable = torch.zeros((batch, n_max), dtype=torch.bool)
-    mask = torch.zeros((batch, n_max), dtype=torch.bool)
-    for b, item in enumerate(items):
-        n = len(item["hu"])
-        hu[b, :n], labels[b, :n], readable[b, :n], mask[b, :n] = item["hu"], item["labels"], item["readable"], True
-    index = torch.stack([item["index"] for item in items])
-    start = torch.stack([item["start"] for item in items])
-    return {"hu": hu, "labels": labels, "readable": readable, "mask": mask, "index": index, "start": start}
-
-
-def sample_slices(table: SeriesTable, count: int, positive_fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Draws an epoch of training slices, ``positive_fraction`` of them with ``any`` = 1.
-
-    Only readable, labeled slices are drawn. ``count`` = 0 means every such slice once, with the
-    positives oversampled to reach the fraction.
-
-    Returns:
-        (count,) int64 flat slice indices, shuffled.
-    """
-    usable = np.flatnonzero(table.labeled_readable())
-    positive = usable[table.labels[usable, 0] == 1]
-    negative = usable[table.labels[usable, 0] == 0]
-    count = count or len(usable)
-    n_pos = int(round(count * positive_fraction)) if len(positive) else 0
-    picks = [rng.choice(negative, count - n_pos, replace=count - n_pos > len(negative))]
-    if n_pos:
-        picks.append(rng.choice(positive, n_pos, replace=n_pos > len(positive)))
-    return rng.permutation(np.concatenate(picks))
-
-
-def batches(items: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1) -> Iterator[np.ndarray]:
-    """Splits an epoch's item list into this rank's batches (every rank gets the same count)."""
-    per_rank = len(items) // world_size
-    mine = items[rank * per_rank:(rank + 1) * per_rank] if world_size > 1 else items
-    for start in range(0, len(mine), batch_size):
-        yield mine[start:start + batch_size]

@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, wait
 from dataclasses import dataclass
@@ -27,9 +26,10 @@ import numpy as np
 import pandas as pd
 
 from ich3d.atomic import atomic_write
-from ich3d.constants import CACHE_DIR, HU_MAX, HU_MIN, MISSING_HU, PIXEL_FAILURES_DIR, Status
+from ich3d.constants import HU_MAX, HU_MIN, MISSING_HU, Status
 from ich3d.dataset.dicom import fix_rsna_12bit, read_pixels
 from ich3d.errors import InputError
+from ich3d.layout import DatasetFolder
 
 log = logging.getLogger(__name__)
 
@@ -145,17 +145,6 @@ def to_cache_dtype(hu: np.ndarray) -> np.ndarray:
     return np.rint(out, out=out).astype(np.int16)
 
 
-def cache_file_name(series_uid: str) -> str:
-    """File name of a series in ``cache/``: the UID with characters other than ``[A-Za-z0-9._~-]``
-    replaced by ``_``, plus ``.npy``."""
-    return re.sub(r"[^A-Za-z0-9._~-]", "_", series_uid) + ".npy"
-
-
-def cache_path(dataset: Path, series_uid: str) -> Path:
-    """Path of the cache file of ``series_uid`` in the dataset folder ``dataset``."""
-    return Path(dataset) / CACHE_DIR / cache_file_name(series_uid)
-
-
 def write_atomic(path: Path, array: np.ndarray) -> None:
     """Saves ``array`` as ``.npy`` through a temporary file in the same folder and ``os.replace``,
     so a reader (or a resumed build) never sees a half-written file."""
@@ -176,13 +165,37 @@ def load_series(dataset: Path, series_uid: str, mmap: bool = True) -> np.ndarray
         not be read hold ``MISSING_HU`` (their index status is not ok).
 
     Raises:
-        InputError: no cache file for this series.
+        InputError: no cache file for this series, or a damaged one.
     """
-    path = cache_path(dataset, series_uid)
+    path = DatasetFolder(Path(dataset)).cache_file(series_uid)
     if not path.is_file():
         raise InputError(f"{path}: no cache file for series {series_uid}; run `ich3d build-series` "
                          f"(with the same --num-parts/--part-id jobs) to complete the dataset")
-    return np.load(path, mmap_mode="r" if mmap else None)
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: damaged cache file ({exc}); rerun `ich3d build-series` with the same "
+                         f"arguments to rebuild it") from None
+
+
+def cache_file_ok(path: Path, n_slices: int, size: int) -> bool:
+    """True when ``path`` is a complete cache file of ``n_slices`` (S, S) int16 slices.
+
+    Reads the ``.npy`` header only (shape, dtype, data offset) and checks the file's length, so a
+    file cut short by a full disk or a crash outside ``os.replace`` is recognised.
+    """
+    try:
+        with open(path, "rb") as file:
+            version = np.lib.format.read_magic(file)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(file)
+            data_start = file.tell()
+        length = Path(path).stat().st_size
+    except (OSError, ValueError):
+        return False
+    expected = (n_slices, size, size)
+    return (shape == expected and dtype == np.dtype(np.int16) and not fortran
+            and length == data_start + int(np.prod(expected)) * 2)
 
 
 class CacheSlice(NamedTuple):
@@ -259,9 +272,9 @@ class CacheJournal:
     are read, so finished work survives a change of --num-parts.
     """
 
-    def __init__(self, dataset: Path, part_id: int, files_id: str, size: int) -> None:
-        self.folder = Path(dataset) / PIXEL_FAILURES_DIR
-        self.path = self.folder / f"part-{part_id}.jsonl"
+    def __init__(self, dataset: DatasetFolder, part_id: int, files_id: str, size: int) -> None:
+        self.folder = dataset.pixel_failures
+        self.path = dataset.journal(part_id)
         self.key = {"files_id": files_id, "size": size}
 
     def finished(self) -> dict[str, list]:
@@ -308,17 +321,17 @@ def _task_table(slices: pd.DataFrame) -> pd.DataFrame:
     return slices[list(CacheSlice._fields)].fillna(_TASK_FILL)
 
 
-def _run_series(pool: Executor | None, uids: Sequence[str], task: Callable[[str], list[CacheSlice]], out: Path,
+def _run_series(pool: Executor | None, uids: Sequence[str], task: Callable[[str], list[CacheSlice]], out: DatasetFolder,
                 size: int, limit: int) -> Iterator[tuple[str, list]]:
     """Yields (series_uid, failures) as series finish, with at most ``limit`` series in flight."""
     if pool is None:
         for uid in uids:
-            yield uid, write_series_cache(task(uid), cache_path(out, uid), size)
+            yield uid, write_series_cache(task(uid), out.cache_file(uid), size)
         return
     queue, pending = iter(uids), {}
     while True:
         for uid in queue:
-            pending[pool.submit(write_series_cache, task(uid), cache_path(out, uid), size)] = uid
+            pending[pool.submit(write_series_cache, task(uid), out.cache_file(uid), size)] = uid
             if len(pending) >= limit:
                 break
         if not pending:
@@ -328,7 +341,7 @@ def _run_series(pool: Executor | None, uids: Sequence[str], task: Callable[[str]
             yield pending.pop(future), future.result()
 
 
-def cache_series(dataset: Path, slices: pd.DataFrame, series_uids: Sequence[str], size: int, journal: CacheJournal,
+def cache_series(dataset: DatasetFolder, slices: pd.DataFrame, series_uids: Sequence[str], size: int, journal: CacheJournal,
                  pool: Executor | None = None, in_flight: int = 8,
                  advance: Callable[[int], None] = lambda n: None) -> dict[str, list]:
     """Builds the cache files of ``series_uids`` (in this order), journaling each finished series.
@@ -337,7 +350,7 @@ def cache_series(dataset: Path, slices: pd.DataFrame, series_uids: Sequence[str]
     :class:`CacheSlice` lists of at most ``in_flight`` series exist at a time, so memory stays flat.
 
     Args:
-        dataset: the dataset folder (files go to ``cache/``).
+        dataset: the dataset folder (files go to its ``cache/``).
         slices: the index, sorted by series then slice_index (as written by ``build_series``).
         series_uids: the series to build.
         size: output side S.

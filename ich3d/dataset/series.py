@@ -13,8 +13,8 @@ import logging
 import numpy as np
 import pandas as pd
 
-from ich3d.dataset.cache import cache_file_name
-from ich3d.constants import CACHE_DIR, Status
+from ich3d.constants import Status
+from ich3d.layout import DatasetFolder, cache_file_name
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def series_table(slices: pd.DataFrame) -> pd.DataFrame:
     for flag in ("has_duplicate_positions", "has_gaps"):
         table[flag] = table[flag].fillna(False).astype(bool)
     table = table.reset_index()
-    table["cache_file"] = CACHE_DIR + "/" + table["series_uid"].map(cache_file_name)
+    table["cache_file"] = DatasetFolder.CACHE + "/" + table["series_uid"].map(cache_file_name)
     columns = ["series_uid", "study_uid", "patient_id", "source", "n_slices", "n_ok", "rows", "cols",
                "slice_spacing", "has_duplicate_positions", "has_gaps", "mixed_orientation", "mixed_size",
                "gantry_tilt", "n_labeled", "n_any", "cache_file"]

@@ -15,10 +15,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ich3d.config import DataConfig
-from ich3d.data.tables import SeriesDataset, SeriesTable, pad_series
-from ich3d.runtime import Runtime, eval_mode
+from ich3d.config import DataConfig, InferConfig
+from ich3d.constants import LABELS
+from ich3d.data.datasets import SeriesDataset, pad_series
+from ich3d.data.tables import SeriesTable
 from ich3d.data.transforms import AugmentParams, series_neighbours, to_input
+from ich3d.models.model import IchModel
+from ich3d.runtime import Runtime, eval_mode
+
+_TORCH_DTYPES = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}
 
 
 def series_loader(table: SeriesTable, series_ids: np.ndarray, batch_size: int, num_workers: int,
@@ -60,33 +65,37 @@ def flat_positions(table: SeriesTable, batch: dict[str, torch.Tensor]) -> torch.
     return torch.where(batch["mask"], flat, torch.full_like(flat, -1))
 
 
-def encode_table(model: torch.nn.Module, table: SeriesTable, data: DataConfig, runtime: Runtime,
+def encode_table(model: IchModel, table: SeriesTable, data: DataConfig, runtime: Runtime,
                  series_ids: np.ndarray, flips: tuple[bool, ...] = (False,), batch_series: int = 4,
-                 num_workers: int = 0, advance: Callable[[int], None] | None = None) -> list[torch.Tensor]:
+                 num_workers: int = 0, advance: Callable[[int], None] | None = None,
+                 out: list[np.ndarray] | None = None) -> list[np.ndarray]:
     """Embeds the readable slices of ``series_ids``, once per view, in one pass over the data.
 
     Args:
         flips: one view per entry: the slices as they are (False) or flipped left-right (True).
         advance: called with the number of series done after each batch (progress bars).
+        out: one (n_slices, F) array per view to write into (any float dtype, e.g. an fp16 memory
+            map); None allocates float32 arrays.
 
     Returns:
-        One (n_slices, F) float32 CPU tensor per view, for the whole table; rows of other series and
-        of unreadable slices are zero.
+        One (n_slices, F) array per view, for the whole table; rows of other series and of unreadable
+        slices are left as they were (zero when allocated here).
     """
-    views: list[torch.Tensor] = []
+    views = out
     with eval_mode(model):
         for batch in series_loader(table, series_ids, batch_series, num_workers, runtime):
             x, keep = series_input(batch, data, runtime)
-            rows = flat_positions(table, batch)[keep.cpu()]
+            rows = flat_positions(table, batch)[keep.cpu()].numpy()
             for view, flip in enumerate(flips):
                 with runtime.autocast():
                     emb = model.encode(x.flip(-1) if flip else x).float().cpu()
-                if len(views) <= view:
-                    views.append(torch.zeros((table.n_slices, emb.shape[1])))
-                views[view][rows] = emb
+                if views is None:
+                    views = [np.zeros((table.n_slices, emb.shape[1]), dtype=np.float32) for _ in flips]
+                views[view][rows] = emb.to(_TORCH_DTYPES[views[view].dtype]).numpy()
             if advance is not None:
                 advance(len(batch["index"]))
-    assert views, "no series to encode"
+    if views is None:
+        raise ValueError("encode_table: no series to encode")
     return views
 
 
@@ -118,9 +127,13 @@ def sequence_index(table: SeriesTable, series_ids: np.ndarray, reverse: bool = F
     return torch.where(mask, index, torch.zeros_like(index)), mask
 
 
-def head_logits(model: torch.nn.Module, table: SeriesTable, embeddings: torch.Tensor, series_ids: np.ndarray,
-                runtime: Runtime, reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def head_logits(model: IchModel, table: SeriesTable, embeddings: np.ndarray, series_ids: np.ndarray,
+                runtime: Runtime, reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Runs the head over whole series of cached embeddings.
+
+    Args:
+        embeddings: (n_slices, F) float16 or float32 array (e.g. memory-mapped) of the table's slices;
+            only the batch's rows are read.
 
     Returns:
         logits: (B, N, 6) float32 on the CPU, in the order of ``index``.
@@ -128,31 +141,44 @@ def head_logits(model: torch.nn.Module, table: SeriesTable, embeddings: torch.Te
     """
     index, mask = sequence_index(table, series_ids, reverse)
     readable = torch.from_numpy(table.readable)[index] & mask
-    emb = embeddings[index].to(runtime.device)
+    emb = torch.from_numpy(np.asarray(embeddings[index.numpy()], dtype=np.float32)).to(runtime.device)
     with runtime.autocast():
-        logits = model.forward_embeddings(emb, mask.to(runtime.device), readable.to(runtime.device))
+        logits = model.head(emb, mask.to(runtime.device), readable.to(runtime.device))
     return logits.float().cpu(), index, mask
 
 
-def predict_table(model: torch.nn.Module, table: SeriesTable, data: DataConfig, runtime: Runtime,
-                  series_ids: np.ndarray, tta_flip: bool = False, tta_reverse: bool = False,
+def predict_table(model: IchModel, table: SeriesTable, data: DataConfig, runtime: Runtime,
+                  series_ids: np.ndarray, tta: InferConfig = InferConfig(tta_flip=False, tta_reverse=False),
                   batch_series: int = 4, num_workers: int = 0,
                   advance: Callable[[int], None] | None = None) -> np.ndarray:
     """Per-slice probabilities of ``series_ids``, averaged over the test-time augmentations.
 
+    Works through the series in chunks of ``64 * batch_series`` (a multiple of every batch size
+    used, so the batches and results are those of a single pass): only a chunk's embeddings are held.
+
     Returns:
         (n_slices, 6) float32 probabilities; NaN on rows of other series.
     """
-    flips = (False, True) if tta_flip else (False,)
-    views = encode_table(model, table, data, runtime, series_ids, flips, batch_series, num_workers, advance)
-    return predict_from_embeddings(model, table, views, runtime, series_ids, tta_reverse)
+    flips = (False, True) if tta.tta_flip else (False,)
+    probs = np.full((table.n_slices, len(LABELS)), np.nan, dtype=np.float32)
+    chunk = 64 * batch_series
+    for start in range(0, len(series_ids), chunk):
+        part = table.subset(series_ids[start:start + chunk])
+        everything = np.arange(len(part.series_uids))
+        views = encode_table(model, part, data, runtime, everything, flips, batch_series, num_workers, advance)
+        probs[table.rows_of(series_ids[start:start + chunk])] = predict_from_embeddings(
+            model, part, views, runtime, everything, tta.tta_reverse)
+    return probs
 
 
-def predict_from_embeddings(model: torch.nn.Module, table: SeriesTable, views: list[torch.Tensor],
-                            runtime: Runtime, series_ids: np.ndarray, tta_reverse: bool = False,
-                            batch_series: int = 64) -> np.ndarray:
-    """Head probabilities from cached embedding views (e.g. plain and flipped), averaged."""
-    total = torch.zeros((table.n_slices, 6))
+def predict_from_embeddings(model: IchModel, table: SeriesTable, views: list[np.ndarray], runtime: Runtime,
+                            series_ids: np.ndarray, tta_reverse: bool = False, batch_series: int = 64) -> np.ndarray:
+    """Head probabilities of ``series_ids`` from cached embedding views (e.g. plain and flipped), averaged.
+
+    Returns:
+        (n_slices, 6) float32 probabilities; NaN on rows of other series.
+    """
+    total = torch.zeros((table.n_slices, len(LABELS)))
     count = 0
     with eval_mode(model):
         for emb in views:
@@ -164,6 +190,6 @@ def predict_from_embeddings(model: torch.nn.Module, table: SeriesTable, views: l
                 count += 1
     probs = (total / count).numpy()
     covered = np.zeros(table.n_slices, dtype=bool)
-    covered[np.concatenate([np.arange(table.offsets[s], table.offsets[s + 1]) for s in series_ids])] = True
+    covered[table.rows_of(series_ids)] = True
     probs[~covered] = np.nan
     return probs

@@ -1,4 +1,4 @@
-"""`ich3d infer` and `ich3d merge`: per-image predictions and RSNA submissions for every requested image.
+"""``ich3d infer`` and ``ich3d merge``: per-image predictions and RSNA submissions for every requested image.
 
 Every image asked for gets six rows. Images are predicted
 
@@ -8,109 +8,181 @@ Every image asked for gets six rows. Images are predicted
 * ``prior``   — files whose header could not be read (no series), and, with ``--allow-missing``,
   requested images that were not found at all: the training prevalence, counted and reported.
 
-Large test sets shard by series (``--num-parts K --part-id I``); each part writes
-``OUT/parts/part-I-of-K.parquet`` and ``merge`` joins them into ``submission.csv``.
+``--run`` takes run folders (every ``fold_<K>/model.pt`` in it is an ensemble member), fold folders
+or checkpoint files; members' probabilities are averaged. Large test sets shard by series
+(``--num-parts K --part-id I``); each part writes ``OUT/parts/part-I-of-K.parquet`` and ``merge``
+joins them into ``submission.csv``. Inputs and the output folder are checked before any model pass,
+every result is written atomically, and the output folder is locked while a job writes it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ich3d.dataset.build import build_series, load_index, part_series
+from ich3d.atomic import atomic_write
 from ich3d.config import DataConfig, InferConfig
-from ich3d.constants import LABELS, MODEL_CHECKPOINT
-from ich3d.data.tables import build_table
+from ich3d.constants import LABELS
+from ich3d.data.tables import SeriesTable, build_table
+from ich3d.dataset.build import build_series
+from ich3d.dataset.index import load_index, part_series
 from ich3d.errors import InputError
+from ich3d.folders import FolderLock, prepare_output
 from ich3d.inference.submission import read_submission_ids, write_submission
+from ich3d.layout import InferFolder, RunFolder
+from ich3d.metrics import prior_predictions
 
 log = logging.getLogger(__name__)
 PROB_COLUMNS = [f"p_{name}" for name in LABELS]
-PARTS_DIR = "parts"
 
 
-def _part_file(out: Path, part_id: int, num_parts: int) -> Path:
-    return out / PARTS_DIR / f"part-{part_id}-of-{num_parts}.parquet"
+@dataclass(frozen=True)
+class InferOptions:
+    """Settings of the machine at inference (the model's own settings, e.g. TTA, come from its checkpoint).
+
+    Attributes:
+        device: "cpu", "cuda", "cuda:1"... or None for CUDA when available, else the CPU.
+        batch_series: series per encoder batch.
+        workers: processes reading DICOM (default: all cores) and data-loader workers (default 1).
+        amp: mixed precision on CUDA.
+    """
+
+    device: str | None = None
+    batch_series: int = 8
+    workers: int | None = None
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_series < 1 or (self.workers is not None and self.workers < 1):
+            raise InputError(f"--batch {self.batch_series} and --workers {self.workers} must be at least 1")
 
 
-def predict(runs: list[Path], out: Path, dataset: Path | None = None, dicom_dirs: list[Path] | None = None,
+def model_checkpoints(runs: Sequence[Path]) -> list[Path]:
+    """The model checkpoints of ``--run`` arguments: run folders (every fold's ``model.pt``), fold
+    folders (their ``model.pt``) or checkpoint files.
+
+    Raises:
+        InputError: an argument that holds no trained model.
+    """
+    found = []
+    for run in map(Path, runs):
+        if run.is_file():
+            found.append(run)
+            continue
+        folds = RunFolder(run).folds_present()
+        members = [RunFolder(run).fold(k).model for k in folds] if folds else [run / "model.pt"]
+        members = [path for path in members if path.is_file()]
+        if not members:
+            raise InputError(f"no trained model at {run}: train one with `ich3d train --out {run}` "
+                             f"(or point --run at a run folder, a fold folder or a model.pt)")
+        found += members
+    return found
+
+
+def predict(runs: Sequence[Path], out: Path, *, dataset: Path | None = None, dicom_dirs: Sequence[Path] = (),
             sample_submission: Path | None = None, allow_missing: bool = False, num_parts: int = 1,
-            part_id: int = 0, device: str | None = None, workers: int | None = None,
-            progress: bool = True) -> dict[str, Any]:
-    """Predicts every image of a dataset (or DICOM folders) with one or more trained runs.
+            part_id: int = 0, options: InferOptions = InferOptions(), progress: bool = True) -> dict[str, Any]:
+    """Predicts every image of a dataset (or DICOM folders) with one or more trained models.
 
     Args:
-        runs: run folders (each with ``model.pt``); their probabilities are averaged.
+        runs: run folders, fold folders or checkpoints (see :func:`model_checkpoints`); averaged.
         out: output folder (``submission.csv``, ``predictions.parquet``; ``dataset/`` when built here).
         dataset: a dataset folder from ``build-series``; or ``dicom_dirs`` to build one in ``out``.
         sample_submission: the rows (and their order) the submission must have.
         allow_missing: fill requested images that do not exist with the prior instead of failing.
         num_parts, part_id: this job's shard of the series.
+        options: device, batch size, workers, mixed precision.
 
     Returns:
         Summary counts (``model``, ``context``, ``prior``, ``missing``) and output paths.
-    """
-    from ich3d.training.engine import load_model
-    from ich3d.runtime import setup_runtime
 
+    Raises:
+        InputError: bad arguments or inputs, an output folder that cannot be written or is in use,
+            requested images without a file (unless ``allow_missing``), detected before the model pass.
+    """
     if (dataset is None) == (not dicom_dirs):
         raise InputError("give exactly one of --dataset DATASET or --dicom-dir DIR")
     if not 0 <= part_id < num_parts:
         raise InputError(f"--part-id {part_id} must be in 0..{num_parts - 1}")
-    out.mkdir(parents=True, exist_ok=True)
-    runtime = setup_runtime(device, amp=True)
-    models = [load_model(_checkpoint_of(run), runtime.device) for run in runs]
+    checkpoints = model_checkpoints(runs)
+    requested = read_submission_ids(sample_submission) if sample_submission else None
+    folder = InferFolder(prepare_output(Path(out), "--out"))
+    lock = folder.lock if num_parts == 1 else folder.part_lock(part_id, num_parts)
+    with FolderLock(lock, f"output folder {folder.root}" + (f" (part {part_id})" if num_parts > 1 else "")):
+        return _predict(checkpoints, folder, dataset, list(dicom_dirs), sample_submission, requested, allow_missing,
+                        (num_parts, part_id), options, progress)
+
+
+def _predict(checkpoints: list[Path], folder: InferFolder, dataset: Path | None, dicom_dirs: list[Path],
+             sample: Path | None, requested: np.ndarray | None, allow_missing: bool, parts: tuple[int, int],
+             options: InferOptions, progress: bool) -> dict[str, Any]:
+    from ich3d.models.io import load_model
+    from ich3d.runtime import setup_runtime
+
+    num_parts, part_id = parts
+    runtime = setup_runtime(options.device, options.amp)
+    models = [load_model(path, runtime.device) for path in checkpoints]
     if dicom_dirs:
-        dataset = out / "dataset"
+        dataset = folder.dataset
         size = max(checkpoint["image_size"] for _, checkpoint in models)
-        build_series(dicom_dirs, dataset, image_size=size, workers=workers, num_parts=num_parts,
-                     part_id=part_id, progress=progress)
+        build = dict(image_size=size, workers=options.workers, num_parts=num_parts, part_id=part_id, progress=progress)
+        build_series(dicom_dirs, dataset, index_only=True, **build)
+        _check_requested(load_index(dataset)[0], requested, allow_missing)
+        build_series(dicom_dirs, dataset, **build)
     slices, series = load_index(dataset)
-    mine = part_series(series, num_parts, part_id)
-    table = build_table(dataset, slices, list(mine))
-    probs = _ensemble(models, table, runtime, progress)
+    _check_requested(slices, requested, allow_missing)
+    table = build_table(dataset, slices, part_series(series, num_parts, part_id))
+    probs = _ensemble(models, table, runtime, options, progress)
     prior = np.mean([checkpoint["prevalence"] for _, checkpoint in models], axis=0)
     part = _part_frame(table, probs, slices, prior if part_id == 0 else None)
-    path = _part_file(out, part_id, num_parts)
-    path.parent.mkdir(exist_ok=True)
-    part.to_parquet(path, index=False)
-    (out / PARTS_DIR / "prior.json").write_text(json.dumps({"prior": prior.tolist(), "num_parts": num_parts}))
+    folder.parts.mkdir(exist_ok=True)
+    with atomic_write(folder.part(part_id, num_parts)) as file:
+        part.to_parquet(file, index=False)
+    with atomic_write(folder.parts_meta) as file:
+        file.write(json.dumps({"prior": prior.tolist(), "num_parts": num_parts}).encode())
     if num_parts == 1:
-        return merge(out, sample_submission, allow_missing)
-    return {"part": str(path), "images": len(part)}
+        return _merge(folder, sample, allow_missing)
+    return {"part": str(folder.part(part_id, num_parts)), "images": len(part)}
 
 
-def _checkpoint_of(run: Path) -> Path:
-    path = Path(run) / MODEL_CHECKPOINT if Path(run).is_dir() else Path(run)
-    if not path.is_file():
-        raise InputError(f"no trained model at {path}: train one with `ich3d train --out {run}` (or point --run at a run folder)")
-    return path
+def _check_requested(slices: pd.DataFrame, requested: np.ndarray | None, allow_missing: bool) -> None:
+    """Raises before the model pass when requested images have no file (unless allowed)."""
+    if requested is None or allow_missing:
+        return
+    missing = pd.Index(requested).difference(pd.Index(slices["image_id"]))
+    if len(missing):
+        raise InputError(f"{len(missing)} requested image(s) have no DICOM file in the input "
+                         f"(e.g. {', '.join(missing[:10])}): add the files, or pass --allow-missing to fill them "
+                         f"with the training prevalence")
 
 
-def _ensemble(models: list, table: Any, runtime: Any, progress: bool = False) -> np.ndarray:
-    """(n_slices, 6) probabilities averaged over the runs (each with its own TTA settings)."""
+def _ensemble(models: list, table: SeriesTable, runtime: Any, options: InferOptions, progress: bool) -> np.ndarray:
+    """(n_slices, 6) probabilities averaged over the members (each with its own TTA settings)."""
     from ich3d.inference.predictor import predict_table
     from ich3d.progress import progress_bar
 
     series_ids = np.arange(len(table.series_uids))
     if len(series_ids) == 0:
         return np.zeros((0, len(LABELS)), dtype=np.float32)
+    loader_workers = options.workers if options.workers is not None else 1
     total = np.zeros((table.n_slices, len(LABELS)))
     with progress_bar(progress, "predict", len(series_ids) * len(models)) as advance:
         for model, checkpoint in models:
             data = DataConfig(**checkpoint["config"]["data"])
             tta = InferConfig(**checkpoint["config"]["infer"])
-            total += predict_table(model, table, data, runtime, series_ids, tta.tta_flip, tta.tta_reverse,
-                                   tta.batch_series, checkpoint["config"]["num_workers"], advance)
+            total += predict_table(model, table, data, runtime, series_ids, tta, options.batch_series,
+                                   loader_workers, advance)
     return (total / len(models)).astype(np.float32)
 
 
-def _part_frame(table: Any, probs: np.ndarray, slices: pd.DataFrame, prior: np.ndarray | None) -> pd.DataFrame:
+def _part_frame(table: SeriesTable, probs: np.ndarray, slices: pd.DataFrame, prior: np.ndarray | None) -> pd.DataFrame:
     """One row per image of this part: identifiers, status, how it was predicted, six probabilities."""
     frame = pd.DataFrame(probs, columns=PROB_COLUMNS)
     frame.insert(0, "image_id", table.image_ids)
@@ -120,7 +192,7 @@ def _part_frame(table: Any, probs: np.ndarray, slices: pd.DataFrame, prior: np.n
     frame = frame.merge(slices[["image_id", "status", "error"]], on="image_id", how="left")
     if prior is not None:
         orphans = slices.loc[slices["series_uid"].isna(), ["image_id", "status", "error"]]
-        filled = pd.DataFrame(np.tile(prior, (len(orphans), 1)), columns=PROB_COLUMNS)
+        filled = pd.DataFrame(prior_predictions(prior, len(orphans)), columns=PROB_COLUMNS)
         filled = pd.concat([orphans.reset_index(drop=True), filled], axis=1)
         filled["predicted_by"] = "prior"
         frame = pd.concat([frame, filled], ignore_index=True)
@@ -133,25 +205,31 @@ def merge(out: Path, sample_submission: Path | None = None, allow_missing: bool 
     Raises:
         InputError: a part is missing, or a requested image has no prediction (without ``allow_missing``).
     """
-    prior_file = out / PARTS_DIR / "prior.json"
-    if not prior_file.is_file():
-        raise InputError(f"{out} holds no inference parts: run `ich3d infer --out {out}` first")
-    meta = json.loads(prior_file.read_text())
-    paths = [_part_file(out, i, meta["num_parts"]) for i in range(meta["num_parts"])]
+    folder = InferFolder(Path(out))
+    with FolderLock(folder.lock, f"output folder {folder.root}"):
+        return _merge(folder, sample_submission, allow_missing)
+
+
+def _merge(folder: InferFolder, sample: Path | None, allow_missing: bool) -> dict[str, Any]:
+    if not folder.parts_meta.is_file():
+        raise InputError(f"{folder.root} holds no inference parts: run `ich3d infer --out {folder.root}` first")
+    meta = json.loads(folder.parts_meta.read_text())
+    paths = [folder.part(i, meta["num_parts"]) for i in range(meta["num_parts"])]
     absent = [str(p) for p in paths if not p.is_file()]
     if absent:
         raise InputError(f"missing inference part(s): {', '.join(absent)}: run those --part-id jobs first")
     predictions = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
-    requested = read_submission_ids(sample_submission) if sample_submission else predictions["image_id"].to_numpy()
+    requested = read_submission_ids(sample) if sample else predictions["image_id"].to_numpy()
     predictions, n_missing = _fill_missing(predictions, requested, np.asarray(meta["prior"]), allow_missing)
-    predictions.to_parquet(out / "predictions.parquet", index=False)
-    write_submission(out / "submission.csv", predictions.set_index("image_id")[PROB_COLUMNS], sample_submission)
+    with atomic_write(folder.predictions) as file:
+        predictions.to_parquet(file, index=False)
+    write_submission(folder.submission, predictions.set_index("image_id")[PROB_COLUMNS], sample)
     counts = predictions["predicted_by"].value_counts().to_dict()
     summary = {"images": int(len(np.unique(requested))), "model": int(counts.get("model", 0)),
                "context": int(counts.get("context", 0)), "prior": int(counts.get("prior", 0)) - n_missing,
-               "missing": n_missing, "submission": str(out / "submission.csv"),
-               "predictions": str(out / "predictions.parquet")}
-    (out / "infer.json").write_text(json.dumps(summary, indent=1))
+               "missing": n_missing, "submission": str(folder.submission), "predictions": str(folder.predictions)}
+    with atomic_write(folder.summary) as file:
+        file.write(json.dumps(summary, indent=1).encode())
     return summary
 
 
@@ -163,7 +241,7 @@ def _fill_missing(predictions: pd.DataFrame, requested: np.ndarray, prior: np.nd
         examples = ", ".join(missing[:10])
         raise InputError(f"{len(missing)} requested image(s) have no DICOM file in the input (e.g. {examples}): "
                          "add the files, or pass --allow-missing to fill them with the training prevalence")
-    filled = pd.DataFrame(np.tile(prior, (len(missing), 1)), columns=PROB_COLUMNS)
+    filled = pd.DataFrame(prior_predictions(prior, len(missing)), columns=PROB_COLUMNS)
     filled.insert(0, "image_id", missing)
     filled["status"], filled["error"], filled["predicted_by"] = "missing", "no file", "prior"
     return pd.concat([predictions, filled], ignore_index=True), len(missing)

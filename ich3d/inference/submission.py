@@ -12,10 +12,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ich3d.atomic import atomic_write
 from ich3d.constants import LABELS
 from ich3d.errors import InputError
 from ich3d.dataset.labels import read_long
 from ich3d.metrics import evaluate
+
 
 def read_submission_ids(path: Path) -> np.ndarray:
     """The image IDs a sample submission asks for, in order of first appearance."""
@@ -37,9 +39,8 @@ def write_submission(path: Path, probs: pd.DataFrame, sample: Path | None = None
     else:
         ids = (probs.index.to_numpy(str)[:, None] + "_" + np.array(LABELS)[None, :]).ravel()
         labels = values.ravel()
-    tmp = Path(path).with_suffix(".tmp")
-    pd.DataFrame({"ID": ids, "Label": labels}).to_csv(tmp, index=False, float_format="%.6g")
-    tmp.replace(path)
+    with atomic_write(Path(path)) as file:
+        pd.DataFrame({"ID": ids, "Label": labels}).to_csv(file, index=False, float_format="%.6g")
 
 
 def _listing(ids: pd.Series | np.ndarray | pd.Index) -> str:
@@ -98,14 +99,15 @@ def score_submission(submission: Path, labels: Path, series_of: pd.Series | None
 
 
 def save_score(result: dict[str, Any], path: Path) -> None:
-    """Writes the score as JSON."""
-    path.write_text(json.dumps(result, indent=1))
+    """Writes the score as JSON (atomically)."""
+    with atomic_write(Path(path)) as file:
+        file.write(json.dumps(result, indent=1).encode())
 
 
 def series_lookup(submission: Path, dataset: Path | None) -> pd.Series | None:
     """image_id → series_uid from a dataset index, or from ``predictions.parquet`` beside the submission."""
     if dataset is not None:
-        from ich3d.dataset.build import load_index
+        from ich3d.dataset.index import load_index
 
         slices, _ = load_index(dataset)
     else:

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from ich3d.errors import ConfigError
-from ich3d.models.encoder import build_encoder
-from ich3d.models.heads import build_head
+from ich3d.models.encoder import ENCODERS, build_encoder
+from ich3d.models.heads import HEADS, build_head
 
 
 class IchModel(nn.Module):
@@ -33,34 +33,30 @@ class IchModel(nn.Module):
             return x.new_zeros((0, self.out_features))
         return self.encoder(x)
 
-    def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, readable: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Per-slice logits of padded series.
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, readable: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-slice logits of padded series, end to end.
 
-        Only real, readable slices go through the encoder (folded into one (M, C, S, S) batch, MONAI
-        MILModel style); the head gets zeros at padding and its missing embedding at unreadable slices.
+        The images come folded (MONAI MILModel style): only real, readable slices, one
+        (M, C, S, S) batch, so padding and unreadable slices cost no encoder work. The head gets zeros
+        at padding and its missing-slice embedding at unreadable slices. A batch of single slices is
+        the case N = 1.
 
         Args:
-            x: (B, N, C, S, S) float images; padding and unreadable slices may hold anything.
+            x: (M, C, S, S) float images in [0, 1] of the positions where ``mask & readable``, in
+                row-major (B, N) order.
             mask: (B, N) bool, True = real slice (padding is a suffix of each row).
-            readable: (B, N) bool, False = real slice whose pixels could not be read; None = all readable.
+            readable: (B, N) bool, False = real slice whose pixels could not be read (or are hidden
+                in training); None = all real slices readable.
 
         Returns:
             (B, N, 6) logits.
         """
-        if x.shape[:2] != mask.shape:
-            raise ValueError(f"x {tuple(x.shape)} and mask {tuple(mask.shape)} disagree on (B, N)")
         keep = mask if readable is None else mask & readable
-        features = self.encode(x[keep])
+        if x.shape[0] != int(keep.sum()):
+            raise ValueError(f"x holds {x.shape[0]} images, mask & readable select {int(keep.sum())}")
+        features = self.encode(x)
         embeddings = features.new_zeros((*mask.shape, self.out_features))
         embeddings[keep] = features
-        return self.head(embeddings, mask, readable)
-
-    def forward_embeddings(
-        self, embeddings: torch.Tensor, mask: torch.Tensor, readable: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Per-slice logits from cached embeddings (B, N, F); mask/readable as in :meth:`forward`."""
         return self.head(embeddings, mask, readable)
 
 
@@ -77,6 +73,19 @@ def build_model(model_cfg: Mapping[str, Any], in_channels: int, load_weights: bo
     Raises:
         ConfigError: missing sections, unknown encoder/head or settings, unusable weights file.
     """
+    check_model_config(model_cfg)
+    encoder_cfg = model_cfg["encoder"]
+    weights = encoder_cfg.get("weights") if load_weights else None
+    encoder = build_encoder(encoder_cfg["name"], in_channels, weights, **(encoder_cfg.get("kwargs") or {}))
+    return IchModel(encoder, build_head(model_cfg["head"], encoder.out_features))
+
+
+def check_model_config(model_cfg: Mapping[str, Any]) -> None:
+    """Checks the ``model`` section without building anything: both sections there, known names.
+
+    Raises:
+        ConfigError: a missing section, unknown keys, an unknown encoder or head name.
+    """
     for section in ("encoder", "head"):
         if not isinstance(model_cfg.get(section), Mapping):
             raise ConfigError(f"config key 'model.{section}' is missing or not a mapping")
@@ -86,6 +95,9 @@ def build_model(model_cfg: Mapping[str, Any], in_channels: int, load_weights: bo
         raise ConfigError(
             f"config key 'model.encoder' needs 'name' and allows 'weights', 'kwargs'; got {sorted(encoder_cfg)}"
         )
-    weights = encoder_cfg.get("weights") if load_weights else None
-    encoder = build_encoder(encoder_cfg["name"], in_channels, weights, **(encoder_cfg.get("kwargs") or {}))
-    return IchModel(encoder, build_head(model_cfg["head"], encoder.out_features))
+    if encoder_cfg["name"] not in ENCODERS:
+        raise ConfigError(f"unknown encoder {encoder_cfg['name']!r} (model.encoder.name); "
+                          f"known encoders: {', '.join(ENCODERS)}")
+    if model_cfg["head"].get("name") not in HEADS:
+        raise ConfigError(f"unknown head {model_cfg['head'].get('name')!r} (model.head.name); "
+                          f"known heads: {', '.join(HEADS)}")

@@ -1,4 +1,10 @@
-"""The training engine shared by all stages: run context, epoch loop, validation, checkpoints."""
+"""The engine that runs any training stage: optimiser, schedule, epochs, validation, best epoch, resume.
+
+A stage is an object with a small protocol (:class:`Stage`); the engine owns everything the stages
+share: AdamW with a warmup-cosine schedule, the per-epoch random streams derived from (seed, stage,
+epoch), the step (:func:`train_step`, which ``scripts/bench_train.py`` times), validation on every
+rank's share of the series, keeping the best epoch, and the resume state written after every epoch.
+"""
 
 from __future__ import annotations
 
@@ -6,58 +12,90 @@ import copy
 import json
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ich3d.checkpoint import load_checkpoint, save_checkpoint
+from ich3d.checkpoint import save_checkpoint
 from ich3d.config import Config, StageConfig
-from ich3d.constants import LABELS, LAST_CHECKPOINT, RUN_METRICS_FILE
 from ich3d.data.tables import SeriesTable
+from ich3d.layout import FoldFolder
 from ich3d.metrics import evaluate
-from ich3d.models.model import IchModel, build_model
+from ich3d.models.model import IchModel
 from ich3d.progress import progress_bar
 from ich3d.runtime import Runtime, barrier, derive_seed, gather_objects, seed_everything
 
 
-@dataclass
-class RunContext:
-    """What every stage needs: the config, the run folder, the device and the fold's tables."""
+@dataclass(frozen=True)
+class FoldData:
+    """The series of one fold: ``train`` and ``valid`` tables and the training prevalence (6,)."""
 
-    config: Config
-    out: Path
-    runtime: Runtime
     fold: int
     train: SeriesTable
     valid: SeriesTable
-    prevalence: np.ndarray  # (6,) training-slice label means
-    report: Callable[[dict[str, Any]], None]
-    progress: bool = False  # per-step progress bars (main process only)
-    completed: list[str] = field(default_factory=list)  # finished stages, in order
-
-    def step_bar(self, description: str, total: int) -> Any:
-        """A progress bar over an epoch's steps; yields ``advance(n)`` (no-op when disabled)."""
-        return progress_bar(self.progress and self.runtime.is_main, description, total)
+    prevalence: np.ndarray
 
 
-def model_spec(config: Config, head: str | None = None) -> dict[str, Any]:
-    """The plain-dict model description given to :func:`build_model` (and stored in checkpoints)."""
-    spec = config.to_dict()["model"]
-    if head is not None:
-        spec["head"]["name"] = head
-    return spec
+@dataclass
+class StageContext:
+    """What a stage is built from and the engine reports to.
+
+    Attributes:
+        config: the run's resolved config.
+        runtime: device and distribution of this process.
+        data: the fold's tables.
+        folder: the fold's folder (checkpoints, metrics, caches).
+        report: called on the main process with each epoch's record.
+        progress: per-step progress bars (main process only).
+        completed: stages finished so far, in order (stored in the resume state).
+    """
+
+    config: Config
+    runtime: Runtime
+    data: FoldData
+    folder: FoldFolder
+    report: Callable[[dict[str, Any]], None] = lambda record: None
+    progress: bool = False
+    completed: list[str] = field(default_factory=list)
 
 
-def save_last(ctx: RunContext, payload: dict[str, Any]) -> None:
-    """Writes the resume state ``last.pt`` (main process), with the finished stages and the config."""
-    if ctx.runtime.is_main:
-        save_checkpoint(ctx.out / LAST_CHECKPOINT, {**payload, "completed": list(ctx.completed),
-                                                     "config": ctx.config.to_dict()})
-    barrier(ctx.runtime)
+class Stage(Protocol):
+    """A training stage, as the engine runs it.
+
+    Attributes:
+        name: ``slice``, ``sequence`` or ``finetune``.
+        cfg: the stage's config section.
+        model: the full model whose weights are checkpointed.
+    """
+
+    name: str
+    cfg: StageConfig
+    model: IchModel
+
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps per epoch on this rank (for the schedule and progress)."""
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters the optimiser updates."""
+
+    def train_mode(self) -> None:
+        """Puts the model in training mode (frozen parts stay in eval mode)."""
+
+    def batches(self, epoch: int, rng: np.random.Generator, generator: torch.Generator) -> Iterable[Any]:
+        """This rank's batches of an epoch; ``rng`` draws the epoch's plan, ``generator`` augmentation."""
+
+    def loss(self, batch: Any, generator: torch.Generator) -> torch.Tensor:
+        """Forward pass and loss of one batch (a scalar, on the device)."""
+
+    def predict_valid(self, series_ids: np.ndarray) -> np.ndarray:
+        """(n_valid_slices, 6) probabilities of these validation series (NaN on other rows)."""
+
+    def save(self, record: dict[str, Any]) -> None:
+        """Writes the stage's checkpoints once it is done (main process), given the best record."""
 
 
 def warmup_cosine(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
@@ -81,90 +119,114 @@ def wrap_ddp(module: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
     return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
 
 
-def validate(ctx: RunContext, predict: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:
-    """Validation metrics of per-slice probabilities, each rank predicting a share of the series.
+@dataclass
+class Optimisation:
+    """AdamW, its learning-rate schedule and the gradient scaler of one stage."""
 
-    Args:
-        predict: maps (K,) series positions of ``ctx.valid`` to (n_slices, 6) probabilities (NaN elsewhere).
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+
+    @classmethod
+    def of(cls, stage: Stage, runtime: Runtime) -> Optimisation:
+        cfg = stage.cfg
+        optimizer = torch.optim.AdamW(stage.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        schedule = warmup_cosine(cfg.epochs * stage.steps_per_epoch(), cfg.warmup_fraction)
+        return cls(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), runtime.grad_scaler())
+
+
+def train_step(stage: Stage, batch: Any, generator: torch.Generator, optimisation: Optimisation) -> float:
+    """One optimiser step on one batch: the stage's loss, backward, AdamW, schedule. Returns the loss."""
+    optimizer, scaler = optimisation.optimizer, optimisation.scaler
+    loss = stage.loss(batch, generator)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    optimisation.scheduler.step()
+    return float(loss.detach())
+
+
+def validate(stage: Stage, valid: SeriesTable, runtime: Runtime) -> tuple[dict[str, Any], np.ndarray]:
+    """Validation metrics of the stage's per-slice probabilities, each rank predicting a share.
+
+    Returns:
+        (metrics of :func:`ich3d.metrics.evaluate`, (n_valid_slices, 6) probabilities).
     """
-    runtime = ctx.runtime
-    mine = np.arange(runtime.rank, len(ctx.valid.series_uids), runtime.world_size)
-    parts = gather_objects(predict(mine), runtime)
+    mine = np.arange(runtime.rank, len(valid.series_uids), runtime.world_size)
+    parts = gather_objects(stage.predict_valid(mine), runtime)
     probs = parts[0]
     for part in parts[1:]:
         probs = np.where(np.isnan(probs), part, probs)
-    usable = ctx.valid.labeled_readable()
-    series_ids = ctx.valid.series_uids[ctx.valid.series_of_slice()][usable]
-    return evaluate(ctx.valid.labels[usable], probs[usable], series_ids=series_ids)
+    usable = valid.labeled_readable()
+    series_ids = valid.series_uids[valid.series_of_slice()][usable]
+    return evaluate(valid.labels[usable], probs[usable], series_ids=series_ids), probs
 
 
-def run_epochs(ctx: RunContext, name: str, model: IchModel, cfg: StageConfig, steps_per_epoch: int,
-               train_epoch: Callable[..., float], predict: Callable[[np.ndarray], np.ndarray],
-               state: dict[str, Any] | None) -> dict[str, Any]:
-    """The epoch loop shared by all stages: optimise, validate, keep the best, checkpoint.
-
-    Args:
-        train_epoch: ``(epoch, rng, generator, optimizer, scheduler) -> mean training loss``.
-        predict: validation predictor (see :func:`validate`).
-        state: this stage's resume state from ``last.pt``, or None.
-
-    Returns:
-        The best epoch's record; ``model`` holds the best weights on return.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, cfg.warmup_fraction))
-    best: dict[str, Any] = {"loss": math.inf, "epoch": -1, "state": None, "record": None}
-    start = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        best, start = state["best"], state["epoch"] + 1
-    seed = ctx.config.seed
-    for epoch in range(start, cfg.epochs):
-        generator = seed_everything(derive_seed(seed, name, epoch, ctx.runtime.rank))
-        rng = np.random.default_rng(derive_seed(seed, name, epoch))
-        began = time.perf_counter()
-        train_loss = train_epoch(epoch, rng, generator, optimizer, scheduler)
-        metrics = validate(ctx, predict)
-        record = {"stage": name, "epoch": epoch, "train_loss": train_loss, "valid": metrics,
-                  "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - began, 2)}
-        if metrics["weighted_log_loss"] < best["loss"]:
-            best = {"loss": metrics["weighted_log_loss"], "epoch": epoch, "state": copy.deepcopy(model.state_dict()),
-                    "record": record}
-        save_last(ctx, {"stage": name, "epoch": epoch, "model": model.state_dict(), "best": best,
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
-        _log_epoch(ctx, record)
-    model.load_state_dict(best["state"])
-    return best["record"]
-
-
-def _log_epoch(ctx: RunContext, record: dict[str, Any]) -> None:
-    if not ctx.runtime.is_main:
-        return
-    with open(ctx.out / RUN_METRICS_FILE, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
-    ctx.report(record)
-
-
-def save_model(ctx: RunContext, path: Path, model: IchModel, spec: dict[str, Any], record: dict[str, Any]) -> None:
-    """Writes a self-contained checkpoint: weights, model spec, config, labels, prevalence, metrics."""
+def save_resume_state(ctx: StageContext, payload: dict[str, Any]) -> None:
+    """Writes ``last.pt`` (main process): ``payload`` plus the fold, the finished stages and the config."""
     if ctx.runtime.is_main:
-        save_checkpoint(path, {
-            "model": spec, "state_dict": model.state_dict(), "config": ctx.config.to_dict(),
-            "in_channels": ctx.config.data.in_channels, "image_size": ctx.config.data.image_size,
-            "labels": list(LABELS), "prevalence": ctx.prevalence.tolist(), "fold": ctx.fold,
-            "stage": record["stage"], "epoch": record["epoch"], "metrics": record["valid"],
-        })
+        save_checkpoint(ctx.folder.last, {**payload, "fold": ctx.data.fold, "completed": list(ctx.completed),
+                                          "config": ctx.config.to_dict()})
     barrier(ctx.runtime)
 
 
-def load_model(path: Path, device: torch.device) -> tuple[IchModel, dict[str, Any]]:
-    """Rebuilds the model of a checkpoint written by :func:`save_model` (weights_only loading)."""
-    checkpoint = load_checkpoint(path)
-    model = build_model(checkpoint["model"], checkpoint["in_channels"], load_weights=False)
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.to(device), checkpoint
+def run_stage(stage: Stage, ctx: StageContext, state: dict[str, Any] | None) -> dict[str, Any]:
+    """Trains ``stage`` for its epochs (from ``state`` when resuming), keeping the best validation epoch.
+
+    Args:
+        stage: the stage object.
+        ctx: the fold's context.
+        state: this stage's resume state from ``last.pt``, or None.
+
+    Returns:
+        The best epoch's record (``stage``, ``epoch``, ``train_loss``, ``valid`` metrics, ``lr``,
+        ``seconds``); the stage's model holds the best weights and its checkpoints are written.
+    """
+    optimisation = Optimisation.of(stage, ctx.runtime)
+    best: dict[str, Any] = {"loss": math.inf, "epoch": -1, "state": None, "record": None}
+    start = 0
+    if state is not None:
+        stage.model.load_state_dict(state["model"])
+        optimisation.optimizer.load_state_dict(state["optimizer"])
+        optimisation.scheduler.load_state_dict(state["scheduler"])
+        best, start = state["best"], state["epoch"] + 1
+    for epoch in range(start, stage.cfg.epochs):
+        record = _epoch(stage, ctx, epoch, optimisation)
+        if record["valid"]["weighted_log_loss"] < best["loss"]:
+            best = {"loss": record["valid"]["weighted_log_loss"], "epoch": epoch,
+                    "state": copy.deepcopy(stage.model.state_dict()), "record": record}
+        save_resume_state(ctx, {"stage": stage.name, "epoch": epoch, "model": stage.model.state_dict(), "best": best,
+                                "optimizer": optimisation.optimizer.state_dict(),
+                                "scheduler": optimisation.scheduler.state_dict()})
+        _log_epoch(ctx, record)
+    stage.model.load_state_dict(best["state"])
+    if ctx.runtime.is_main:
+        stage.save(best["record"])
+    barrier(ctx.runtime)
+    return best["record"]
 
 
+def _epoch(stage: Stage, ctx: StageContext, epoch: int, optimisation: Optimisation) -> dict[str, Any]:
+    """One epoch of training and its validation; randomness derived from (seed, stage, epoch)."""
+    seed, runtime = ctx.config.seed, ctx.runtime
+    generator = seed_everything(derive_seed(seed, stage.name, epoch, runtime.rank))
+    rng = np.random.default_rng(derive_seed(seed, stage.name, epoch))
+    began = time.perf_counter()
+    stage.train_mode()
+    losses = []
+    with progress_bar(ctx.progress and runtime.is_main, f"{stage.name} epoch {epoch}", stage.steps_per_epoch()) as advance:
+        for batch in stage.batches(epoch, rng, generator):
+            losses.append(train_step(stage, batch, generator, optimisation))
+            advance(1)
+    metrics, _ = validate(stage, ctx.data.valid, runtime)
+    return {"stage": stage.name, "epoch": epoch, "train_loss": float(np.mean(losses)), "valid": metrics,
+            "lr": optimisation.scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - began, 2)}
+
+
+def _log_epoch(ctx: StageContext, record: dict[str, Any]) -> None:
+    if not ctx.runtime.is_main:
+        return
+    with open(ctx.folder.metrics, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+    ctx.report(record)

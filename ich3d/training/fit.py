@@ -1,13 +1,17 @@
-"""`ich3d train`: staged training (slice → sequence → finetune), resumable, DDP-ready.
+"""``ich3d train``: staged training (slice → sequence → finetune) of one fold, resumable, DDP-ready.
 
-A run folder holds everything: ``config.yaml``, ``run.json``, ``splits.json``, ``metrics.jsonl``,
-``encoder.pt`` (after the slice stage), ``model.pt`` (the final model) and ``last.pt`` (resume
-state, written atomically after every epoch). Randomness is derived from (seed, stage, epoch), so a
-run resumed from ``last.pt`` continues exactly as an uninterrupted one would on the CPU.
+The run folder (docs/design.md §4) holds ``config.yaml`` (the resolved config), ``run.json`` (version,
+dataset path and index fingerprint, the fold, the prior), ``splits.json`` and one ``fold_<K>/`` folder
+per trained fold with ``metrics.jsonl``, ``encoder.pt`` (after the slice stage), ``model.pt`` (the
+final model) and ``last.pt`` (resume state, written atomically after every epoch). The fold is part
+of the run: it is stored, a resume continues it, and a resume with another ``--fold`` or another
+dataset is refused. Randomness is derived from (seed, stage, epoch), so a run resumed from
+``last.pt`` continues exactly as an uninterrupted one would on the CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -16,30 +20,27 @@ from typing import Any, Callable
 import numpy as np
 
 from ich3d import __version__
-from ich3d.training import stages
-from ich3d.dataset.build import load_index
+from ich3d.atomic import atomic_write
 from ich3d.checkpoint import load_checkpoint
 from ich3d.config import Config, load_config, save_config
-from ich3d.constants import LABELS, LAST_CHECKPOINT, MODEL_CHECKPOINT, RUN_CONFIG_FILE, RUN_SPLITS_FILE
+from ich3d.constants import LABELS
 from ich3d.data.tables import SeriesTable, build_table
-from ich3d.training.engine import RunContext, save_last
+from ich3d.dataset.index import index_fingerprint, load_index
 from ich3d.errors import ConfigError
-from ich3d.metrics import evaluate
+from ich3d.folders import FolderLock, prepare_output
+from ich3d.layout import RunFolder
+from ich3d.metrics import evaluate, prior_predictions
+from ich3d.models.model import check_model_config
 from ich3d.runtime import Runtime, barrier, setup_runtime, teardown_runtime
+from ich3d.training.engine import FoldData, StageContext, run_stage, save_resume_state
 from ich3d.training.splits import load_splits, make_folds, save_splits, split_series
+from ich3d.training.stages import STAGES
 
 log = logging.getLogger(__name__)
-RUN_INFO_FILE = "run.json"
-
-STAGES: dict[str, Callable[[RunContext, dict[str, Any] | None], dict[str, Any]]] = {
-    "slice": stages.slice_stage,
-    "sequence": stages.sequence_stage,
-    "finetune": stages.finetune_stage,
-}
 
 
 def fit(dataset: Path, out: Path, config: Config | str | Path | None = None, overrides: list[str] | None = None,
-        fold: int = 0, resume: bool = False, device: str | None = None,
+        fold: int | None = None, resume: bool = False, device: str | None = None,
         report: Callable[[dict[str, Any]], None] | None = None, progress: bool = False) -> dict[str, Any]:
     """Trains the configured stages on one fold of a built dataset.
 
@@ -48,89 +49,121 @@ def fit(dataset: Path, out: Path, config: Config | str | Path | None = None, ove
         out: the run folder (created; must not hold another run unless ``resume``).
         config: a :class:`Config`, a YAML path or packaged name; with ``resume`` None means the run's own.
         overrides: ``key=value`` strings applied on top of the config.
-        fold: the validation fold.
-        resume: continue the run in ``out`` from ``last.pt``.
+        fold: the validation fold (default 0); with ``resume``, None continues the run's fold and
+            another fold is an error.
+        resume: continue the run in ``out`` from its ``last.pt``.
         device: "cpu", "cuda", ... or None for automatic.
         report: called on the main process with each epoch's record (for progress tables).
-        progress: show per-step progress bars of the slice and finetune stages.
+        progress: show per-step progress bars.
 
     Returns:
-        The saved model's ``stage``, ``epoch`` and validation ``metrics``.
+        The saved model's ``fold``, ``stage``, ``epoch`` and validation ``metrics``.
+
+    Raises:
+        ConfigError: a bad config, a run folder that does not match the request.
+        InputError: an unusable dataset or output folder.
     """
-    config = _resolve_config(out, config, overrides, resume)
+    run = RunFolder(Path(out))
+    config = _resolve_config(run, config, overrides, resume)
+    dataset = Path(dataset)
+    fold = _check_run(run, dataset, fold, resume)
     runtime = setup_runtime(device, config.amp)
     try:
-        ctx = _prepare(Path(dataset), Path(out), config, fold, resume, runtime, report or (lambda record: None))
-        ctx.progress = progress
-        state = load_checkpoint(ctx.out / LAST_CHECKPOINT) if resume else None
-        ctx.completed.extend(state["completed"] if state else [])
-        for name in config.stage_names():
-            if name in ctx.completed:
-                continue
-            STAGES[name](ctx, state if state and state.get("stage") == name else None)
-            ctx.completed.append(name)
-            save_last(ctx, {"stage": None})
-            state = None
-        return _final_record(ctx)
+        if runtime.is_main:
+            prepare_output(run.root, "--out")
+        with FolderLock(run.lock, f"run folder {run.root}") if runtime.is_main else contextlib.nullcontext():
+            ctx = _prepare(dataset, run, config, fold, resume, runtime, report or (lambda record: None), progress)
+            state = load_checkpoint(ctx.folder.last) if resume else None
+            ctx.completed.extend(state["completed"] if state else [])
+            for name in config.stages.names():
+                if name in ctx.completed:
+                    continue
+                run_stage(STAGES[name](ctx), ctx, state if state and state.get("stage") == name else None)
+                ctx.completed.append(name)
+                save_resume_state(ctx, {"stage": None})
+                state = None
+            return _final_record(ctx)
     finally:
         teardown_runtime()
 
 
-def _resolve_config(out: Path, config: Config | str | Path | None, overrides: list[str] | None, resume: bool) -> Config:
-    saved = Path(out) / RUN_CONFIG_FILE
+def _resolve_config(run: RunFolder, config: Config | str | Path | None, overrides: list[str] | None,
+                    resume: bool) -> Config:
     if resume and config is None:
-        if not saved.is_file():
-            raise ConfigError(f"--resume: {out} holds no {RUN_CONFIG_FILE}: is it a run folder of `ich3d train`?")
-        config = saved
+        if not run.config.is_file():
+            raise ConfigError(f"--resume: {run.root} holds no {run.config.name}: is it a run folder of `ich3d train`?")
+        config = run.config
     resolved = config if isinstance(config, Config) else load_config(config, overrides)
-    if resume and saved.is_file() and load_config(saved).to_dict() != resolved.to_dict():
-        raise ConfigError(f"--resume: the config differs from the one saved in {saved}; resume without --config/--set")
+    check_model_config(resolved.to_dict()["model"])  # an unknown encoder fails now, not after files are written
+    if resume and run.config.is_file() and load_config(run.config).to_dict() != resolved.to_dict():
+        raise ConfigError(f"--resume: the config differs from the one saved in {run.config}; "
+                          f"resume without --config/--set")
     return resolved
 
 
-def _prepare(dataset: Path, out: Path, config: Config, fold: int, resume: bool, runtime: Runtime,
-             report: Callable) -> RunContext:
-    """Checks the run folder, writes config/splits, and builds the fold's tables."""
-    _check_run_folder(out, resume)
+def _check_run(run: RunFolder, dataset: Path, fold: int | None, resume: bool) -> int:
+    """The fold to train; checks the run folder against the request before anything is written.
+
+    Raises:
+        ConfigError: a new run into a folder holding one, or a resume that does not match the run
+            (version, fold, dataset).
+    """
+    fingerprint = index_fingerprint(dataset)  # also checks that the dataset is one
+    if not resume:
+        if run.info.exists() or run.folds_present():
+            raise ConfigError(f"{run.root} already holds a training run: pass --resume to continue it, "
+                              f"or choose a new --out")
+        return 0 if fold is None else fold
+    if not run.info.is_file():
+        raise ConfigError(f"--resume: {run.root} holds no {run.info.name}: nothing to resume (start without --resume)")
+    info = json.loads(run.info.read_text())
+    version = info.get("ich3d_version")
+    if version is None or version.split(".")[:2] != __version__.split(".")[:2]:
+        raise ConfigError(f"{run.root} was written by ich3d {version}, this is {__version__}: train into a new --out")
+    if fold is not None and fold != info["fold"]:
+        raise ConfigError(f"--resume: {run.root} trains fold {info['fold']}, not --fold {fold}; resume without "
+                          f"--fold, or train fold {fold} into a new --out")
+    if info.get("dataset_fingerprint") != fingerprint:
+        raise ConfigError(f"--resume: {run.root} was trained on {info.get('dataset')} (index {info.get('dataset_fingerprint')}), "
+                          f"--dataset {dataset} is another (index {fingerprint}); resume with the run's dataset")
+    if not run.fold(info["fold"]).last.is_file():
+        raise ConfigError(f"--resume: no {run.fold(info['fold']).last}: nothing to resume (start without --resume)")
+    return int(info["fold"])
+
+
+def _prepare(dataset: Path, run: RunFolder, config: Config, fold: int, resume: bool, runtime: Runtime,
+             report: Callable, progress: bool) -> StageContext:
+    """Writes config, splits and run.json (new runs) and builds the fold's tables."""
     slices, series = load_index(dataset)
-    splits_path = out / RUN_SPLITS_FILE
-    fold_of = load_splits(splits_path) if resume and splits_path.is_file() else make_folds(series, config.folds, config.seed)
+    fold_of = load_splits(run.splits) if resume else make_folds(series, config.folds, config.seed)
     train_uids, valid_uids = split_series(fold_of, fold)
     train, valid = build_table(dataset, slices, train_uids), build_table(dataset, slices, valid_uids)
     prevalence = train.labels[train.labeled_readable()].mean(axis=0)
-    if runtime.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(config, out / RUN_CONFIG_FILE)
-        save_splits(splits_path, fold_of, series, config.seed)
-        info = {"ich3d_version": __version__, "dataset": str(dataset.resolve()), "fold": fold,
+    folder = run.fold(fold)
+    if runtime.is_main and not resume:
+        prepare_output(folder.root, "--out")
+        save_config(config, run.config)
+        save_splits(run.splits, fold_of, series, config.seed)
+        info = {"ich3d_version": __version__, "dataset": str(dataset.resolve()),
+                "dataset_fingerprint": index_fingerprint(dataset), "fold": fold,
                 "train_series": len(train_uids), "valid_series": len(valid_uids),
                 "prevalence": dict(zip(LABELS, prevalence.tolist())), "prior_valid": _prior_metrics(valid, prevalence)}
-        (out / RUN_INFO_FILE).write_text(json.dumps(info, indent=1))
+        with atomic_write(run.info) as file:
+            file.write(json.dumps(info, indent=1).encode())
     barrier(runtime)
     log.info("fold %d: %d training series (%d slices), %d validation series", fold, len(train_uids),
              int(train.labeled_readable().sum()), len(valid_uids))
-    return RunContext(config, out, runtime, fold, train, valid, prevalence, report)
+    return StageContext(config, runtime, FoldData(fold, train, valid, prevalence), folder, report, progress)
 
 
 def _prior_metrics(valid: SeriesTable, prevalence: np.ndarray) -> dict[str, Any]:
     """Validation metrics of the prevalence prior: the baseline every model must beat."""
     usable = valid.labeled_readable()
     series_ids = valid.series_uids[valid.series_of_slice()][usable]
-    return evaluate(valid.labels[usable], np.tile(prevalence, (int(usable.sum()), 1)), series_ids=series_ids)
+    return evaluate(valid.labels[usable], prior_predictions(prevalence, int(usable.sum())), series_ids=series_ids)
 
 
-def _check_run_folder(out: Path, resume: bool) -> None:
-    info = out / RUN_INFO_FILE
-    if resume:
-        if not (out / LAST_CHECKPOINT).is_file():
-            raise ConfigError(f"--resume: no {LAST_CHECKPOINT} in {out}: nothing to resume (start without --resume)")
-        version = json.loads(info.read_text()).get("ich3d_version") if info.is_file() else None
-        if version is None or version.split(".")[:2] != __version__.split(".")[:2]:
-            raise ConfigError(f"{out} was written by ich3d {version}, this is {__version__}: train into a new --out")
-    elif (out / LAST_CHECKPOINT).exists():
-        raise ConfigError(f"{out} already holds a training run: pass --resume to continue it, or choose a new --out")
-
-
-def _final_record(ctx: RunContext) -> dict[str, Any]:
-    checkpoint = load_checkpoint(ctx.out / MODEL_CHECKPOINT)
-    return {"stage": checkpoint["stage"], "epoch": checkpoint["epoch"], "metrics": checkpoint["metrics"]}
+def _final_record(ctx: StageContext) -> dict[str, Any]:
+    checkpoint = load_checkpoint(ctx.folder.model)
+    return {"fold": checkpoint["fold"], "stage": checkpoint["stage"], "epoch": checkpoint["epoch"],
+            "metrics": checkpoint["metrics"]}

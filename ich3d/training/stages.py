@@ -1,256 +1,249 @@
-"""The three training stages: slice (encoder + slice head), sequence (GRU on cached embeddings),
-finetune (end to end over series crops). Each is a small function over the shared engine."""
+"""The three training stages as objects the engine runs (:class:`ich3d.training.engine.Stage`).
+
+slice: encoder + per-slice head on sampled single slices (positives oversampled);
+sequence: the sequence head on cached embeddings of whole series (or crops), the encoder frozen;
+finetune: encoder and head end to end over augmented series crops.
+Each builds its model and trainable module, plans an epoch's batches, computes one batch's loss and
+predicts validation series; the engine (:mod:`ich3d.training.engine`) does the rest.
+"""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
-from ich3d.checkpoint import load_checkpoint, save_checkpoint
-from ich3d.constants import ENCODER_CHECKPOINT, MODEL_CHECKPOINT
-from ich3d.data.tables import SeriesTable, SliceDataset, batches, sample_slices
-from ich3d.training.engine import RunContext, load_model, model_spec, run_epochs, save_model, wrap_ddp
-from ich3d.training.losses import WeightedBCELoss
-from ich3d.models.model import IchModel, build_model
-from ich3d.inference.predictor import (encode_table, predict_from_embeddings, predict_table, sequence_index, series_input,
-                           series_loader)
-from ich3d.runtime import barrier, derive_seed, seed_everything
+from ich3d.checkpoint import load_checkpoint
+from ich3d.config import SequenceStageConfig, SliceStageConfig, FinetuneStageConfig
+from ich3d.data.datasets import SliceDataset
+from ich3d.data.samplers import batches, sample_slices
+from ich3d.data.tables import SeriesTable
 from ich3d.data.transforms import sample_augment, to_input
-
-EMBEDDINGS_FILE = "embeddings.pt"
-
-
-class SliceForward(nn.Module):
-    """Encoder + head on single slices: (M, C, S, S) → (M, 1, 6) logits (the module DDP wraps)."""
-
-    def __init__(self, model: IchModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        emb = self.model.encode(x)[:, None]
-        mask = torch.ones(emb.shape[:2], dtype=torch.bool, device=emb.device)
-        return self.model.forward_embeddings(emb, mask, mask)
+from ich3d.inference.predictor import predict_from_embeddings, predict_table, sequence_index, series_input, series_loader
+from ich3d.models.io import load_model, model_spec, save_model
+from ich3d.models.model import IchModel, build_model
+from ich3d.runtime import derive_seed, seed_everything
+from ich3d.training.embeddings import cached_embeddings, fingerprint
+from ich3d.training.engine import StageContext, wrap_ddp
+from ich3d.training.losses import WeightedBCELoss
 
 
-class EmbeddingForward(nn.Module):
-    """The head alone on embedding sequences (B, N, F) → (B, N, 6) (the encoder is frozen)."""
+class _Stage:
+    """What the stages share: the context, the loss, device placement and checkpoint writing."""
 
-    def __init__(self, model: IchModel) -> None:
-        super().__init__()
-        self.model = model
+    name = ""
 
-    def forward(self, emb: torch.Tensor, mask: torch.Tensor, readable: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_embeddings(emb, mask, readable)
+    def __init__(self, ctx: StageContext) -> None:
+        self.ctx = ctx
+        self.runtime = ctx.runtime
+        self.criterion = WeightedBCELoss()
 
+    def _place(self, model: IchModel) -> IchModel:
+        """The model on the run's device, in channels_last memory format when configured."""
+        model = model.to(self.runtime.device)
+        return model.to(memory_format=torch.channels_last) if self.ctx.config.channels_last else model
 
-class SeriesForward(nn.Module):
-    """End to end on series: kept slices (M, C, S, S) placed by ``keep`` (B, N) → (B, N, 6)."""
+    def _channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.ctx.config.channels_last else x
 
-    def __init__(self, model: IchModel) -> None:
-        super().__init__()
-        self.model = model
+    def _steps(self, items: int) -> int:
+        return math.ceil(items // self.runtime.world_size / self.cfg.batch_size)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor, mask: torch.Tensor, readable: torch.Tensor) -> torch.Tensor:
-        emb = self.model.encode(x)
-        full = emb.new_zeros((*keep.shape, emb.shape[-1]))
-        full[keep] = emb
-        return self.model.forward_embeddings(full, mask, readable)
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
 
+    def train_mode(self) -> None:
+        self.model.train()
 
-def _step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler) -> float:
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    scheduler.step()
-    return float(loss.detach())
+    def _save(self, path: Any, record: dict[str, Any]) -> None:
+        save_model(path, self.model, self.spec, self.ctx.config, prevalence=self.ctx.data.prevalence.tolist(),
+                   fold=self.ctx.data.fold, stage=record["stage"], epoch=record["epoch"], metrics=record["valid"])
 
+    def _predict_table(self, series_ids: np.ndarray) -> np.ndarray:
+        return predict_table(self.model, self.ctx.data.valid, self.ctx.config.data, self.runtime, series_ids,
+                             num_workers=self.ctx.config.num_workers)
 
-def _channels_last(x: torch.Tensor, ctx: RunContext) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if ctx.config.channels_last else x
-
-
-def _to_device(model: IchModel, ctx: RunContext) -> IchModel:
-    """The model on the run's device, in channels_last memory format when configured."""
-    model = model.to(ctx.runtime.device)
-    return model.to(memory_format=torch.channels_last) if ctx.config.channels_last else model
-
-
-def slice_stage(ctx: RunContext, state: dict[str, Any] | None) -> dict[str, Any]:
-    """Stage 1: encoder + per-slice head on sampled single slices (positives oversampled)."""
-    cfg, data, runtime = ctx.config.stages["slice"], ctx.config.data, ctx.runtime
-    spec = model_spec(ctx.config, head="slice")
-    seed_everything(derive_seed(ctx.config.seed, "slice", "init"))
-    model = _to_device(build_model(spec, data.in_channels), ctx)
-    trainable = wrap_ddp(SliceForward(model), runtime)
-    criterion, scaler = WeightedBCELoss(), runtime.grad_scaler()
-    count = cfg.samples_per_epoch or int(ctx.train.labeled_readable().sum())
-    steps = math.ceil(count // runtime.world_size / cfg.batch_size)
-    context = data.context if data.input == "bsb25d" else 0
-
-    def train_epoch(epoch: int, rng: np.random.Generator, generator: torch.Generator, optimizer: Any, scheduler: Any) -> float:
-        ids = sample_slices(ctx.train, cfg.samples_per_epoch, cfg.positive_fraction, rng)
-        plan = list(batches(np.arange(len(ids)), cfg.batch_size, runtime.rank, runtime.world_size))
-        loader = DataLoader(SliceDataset(ctx.train, ids, context), batch_sampler=plan,
-                            num_workers=ctx.config.num_workers, pin_memory=runtime.device.type == "cuda")
-        model.train()
-        losses = []
-        with ctx.step_bar(f"slice epoch {epoch}", len(plan)) as advance:
-            for hu, target in loader:
-                params = sample_augment(len(hu), ctx.config.augment, generator)
-                x = _channels_last(to_input(hu.to(runtime.device, non_blocking=True), data.image_size, params, True), ctx)
-                with runtime.autocast():
-                    logits = trainable(x)[:, 0].float()
-                losses.append(_step(criterion(logits, target.to(runtime.device)), optimizer, scheduler, scaler))
-                advance(1)
-        return float(np.mean(losses))
-
-    record = run_epochs(ctx, "slice", model, cfg, steps, train_epoch, _table_predictor(ctx, model), state)
-    save_model(ctx, ctx.out / ENCODER_CHECKPOINT, model, spec, record)
-    if ctx.config.stage_names() == ["slice"]:
-        save_model(ctx, ctx.out / MODEL_CHECKPOINT, model, spec, record)
-    return record
+    def _model_from_encoder(self) -> IchModel:
+        """The configured series model, with the slice stage's encoder weights."""
+        seed_everything(derive_seed(self.ctx.config.seed, "sequence", "init"))
+        model = build_model(self.spec, self.ctx.config.data.in_channels, load_weights=False)
+        trained = load_checkpoint(self.ctx.folder.encoder)["state_dict"]
+        model.encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in trained.items()
+                                       if k.startswith("encoder.")})
+        return self._place(model)
 
 
-def _table_predictor(ctx: RunContext, model: IchModel) -> Any:
-    def predict(series_ids: np.ndarray) -> np.ndarray:
-        return predict_table(model, ctx.valid, ctx.config.data, ctx.runtime, series_ids,
-                             num_workers=ctx.config.num_workers)
-    return predict
+class SliceStage(_Stage):
+    """Stage 1: encoder + per-slice head on single slices, ``positive_fraction`` of them positive.
 
-
-def _model_from_encoder(ctx: RunContext) -> tuple[IchModel, dict[str, Any]]:
-    """The configured sequence model with the slice stage's encoder weights."""
-    spec = model_spec(ctx.config)
-    seed_everything(derive_seed(ctx.config.seed, "sequence", "init"))
-    model = build_model(spec, ctx.config.data.in_channels, load_weights=False)
-    trained = load_checkpoint(ctx.out / ENCODER_CHECKPOINT)["state_dict"]
-    model.encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in trained.items() if k.startswith("encoder.")})
-    return _to_device(model, ctx), spec
-
-
-def _embeddings(ctx: RunContext, model: IchModel) -> dict[str, list[torch.Tensor]]:
-    """Plain and flipped embeddings of every training and validation slice, cached in the run folder.
-
-    Each rank embeds a share of the series and writes it; the shares are then summed (rows of other
-    ranks' series are zero).
+    A batch is ``(hu, target)``: (M, K, S0, S0) int16 HU (K neighbours for 2.5D) and (M, 6) labels.
     """
-    path = ctx.out / EMBEDDINGS_FILE
-    if not path.is_file():
-        runtime = ctx.runtime
-        part = {}
-        for name, table in (("train", ctx.train), ("valid", ctx.valid)):
-            mine = np.arange(runtime.rank, len(table.series_uids), runtime.world_size)
-            views = encode_table(model, table, ctx.config.data, runtime, mine, (False, True),
-                                 num_workers=ctx.config.num_workers)
-            part[name] = [view.half() for view in views]
-        _merge_rank_parts(ctx, part, path)
-    cached = load_checkpoint(path)
-    return {name: [view.float() for view in cached[name]] for name in ("train", "valid")}
+
+    name = "slice"
+
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
+        self.cfg: SliceStageConfig = ctx.config.stages.slice
+        self.spec = model_spec(ctx.config, head="slice")
+        seed_everything(derive_seed(ctx.config.seed, "slice", "init"))
+        self.model = self._place(build_model(self.spec, ctx.config.data.in_channels))
+        self.trainable = wrap_ddp(self.model, self.runtime)
+        data = ctx.config.data
+        self.context = data.context if data.input == "bsb25d" else 0
+
+    def steps_per_epoch(self) -> int:
+        return self._steps(self.cfg.samples_per_epoch or int(self.ctx.data.train.labeled_readable().sum()))
+
+    def batches(self, epoch: int, rng: np.random.Generator, generator: torch.Generator) -> Iterator[Any]:
+        train = self.ctx.data.train
+        ids = sample_slices(train, self.cfg.samples_per_epoch, self.cfg.positive_fraction, rng)
+        plan = list(batches(np.arange(len(ids)), self.cfg.batch_size, self.runtime.rank, self.runtime.world_size))
+        yield from DataLoader(SliceDataset(train, ids, self.context), batch_sampler=plan,
+                              num_workers=self.ctx.config.num_workers, pin_memory=self.runtime.device.type == "cuda")
+
+    def loss(self, batch: Any, generator: torch.Generator) -> torch.Tensor:
+        hu, target = batch
+        device = self.runtime.device
+        params = sample_augment(len(hu), self.ctx.config.augment, generator)
+        x = self._channels_last(to_input(hu.to(device, non_blocking=True), self.ctx.config.data.image_size, params,
+                                         augment=True))
+        single = torch.ones((len(x), 1), dtype=torch.bool, device=device)
+        with self.runtime.autocast():
+            logits = self.trainable(x, single, single)[:, 0].float()
+        return self.criterion(logits, target.to(device))
+
+    def predict_valid(self, series_ids: np.ndarray) -> np.ndarray:
+        return self._predict_table(series_ids)
+
+    def save(self, record: dict[str, Any]) -> None:
+        self._save(self.ctx.folder.encoder, record)
+        if self.ctx.config.stages.names() == ["slice"]:
+            self._save(self.ctx.folder.model, record)
 
 
-def _merge_rank_parts(ctx: RunContext, part: dict[str, list[torch.Tensor]], path: Path) -> None:
-    runtime = ctx.runtime
-    rank_file = path.with_name(f"{path.stem}.rank{runtime.rank}.pt")
-    save_checkpoint(rank_file, part)
-    barrier(runtime)
-    if runtime.is_main:
-        parts = [load_checkpoint(path.with_name(f"{path.stem}.rank{r}.pt")) for r in range(runtime.world_size)]
-        merged = {name: [sum(p[name][v] for p in parts) for v in range(2)] for name in ("train", "valid")}
-        save_checkpoint(path, merged)
-        for r in range(runtime.world_size):
-            path.with_name(f"{path.stem}.rank{r}.pt").unlink()
-    barrier(runtime)
-
-
-def _crop_plan(table: SeriesTable, crop_len: int, rng: np.random.Generator) -> np.ndarray:
+def crop_starts(table: SeriesTable, crop_len: int, rng: np.random.Generator) -> np.ndarray:
     """(n_series,) random first slice of each series' training crop (0 when it fits)."""
     room = np.maximum(table.lengths - crop_len, 0) if crop_len else np.zeros(len(table.lengths), dtype=np.int64)
     return (rng.random(len(room)) * (room + 1)).astype(np.int64)
 
 
-def _hide_slices(readable: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
+def hide_slices(readable: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
     """Marks a random share ``rate`` of readable slices as unreadable (model input only)."""
     if rate == 0:
         return readable
     return readable & (torch.rand(readable.shape, generator=generator) >= rate)
 
 
-def sequence_stage(ctx: RunContext, state: dict[str, Any] | None) -> dict[str, Any]:
-    """Stage 2: the sequence head on cached per-slice embeddings of whole series (or crops)."""
-    cfg, runtime = ctx.config.stages["sequence"], ctx.runtime
-    model, spec = _model_from_encoder(ctx)
-    views = _embeddings(ctx, model)
-    model.encoder.requires_grad_(False)
-    trainable = wrap_ddp(EmbeddingForward(model), runtime)
-    criterion, scaler = WeightedBCELoss(), runtime.grad_scaler()
-    stacked = torch.stack(views["train"])  # (V, n_slices, F)
-    steps = math.ceil(len(ctx.train.series_uids) // runtime.world_size / cfg.batch_size)
+class SequenceStage(_Stage):
+    """Stage 2: the sequence head on cached embeddings of whole series (or crops); encoder frozen.
 
-    def train_epoch(epoch: int, rng: np.random.Generator, generator: torch.Generator, optimizer: Any, scheduler: Any) -> float:
-        order, starts = rng.permutation(len(ctx.train.series_uids)), _crop_plan(ctx.train, cfg.crop_len, rng)
-        view_of = torch.from_numpy(rng.integers(len(stacked), size=len(order)))
-        model.train()
-        model.encoder.eval()
-        losses = []
-        for chunk in batches(order, cfg.batch_size, runtime.rank, runtime.world_size):
-            index, mask = sequence_index(ctx.train, chunk, starts=starts[chunk], crop_len=cfg.crop_len)
-            emb = stacked[view_of[chunk][:, None], index]
-            readable = torch.from_numpy(ctx.train.readable)[index] & mask
-            labels = torch.from_numpy(ctx.train.labels)[index]
-            shown = _hide_slices(readable, cfg.drop_slices, generator)
-            with runtime.autocast():
-                logits = trainable(*(t.to(runtime.device) for t in (emb, mask, shown))).float()
-            loss = criterion(logits, labels.to(runtime.device), (readable & mask).to(runtime.device))
-            losses.append(_step(loss, optimizer, scheduler, scaler))
-        return float(np.mean(losses))
+    The embeddings (plain and flipped view of every training slice, plain view of every validation
+    slice) are computed once per fold into ``fold_<K>/embeddings/`` (:mod:`ich3d.training.embeddings`).
+    A batch is a dict of ``index``/``mask`` (B, N) and ``view`` (B,) (which view each series is
+    drawn from this epoch).
+    """
 
-    def predict(series_ids: np.ndarray) -> np.ndarray:
-        return predict_from_embeddings(model, ctx.valid, views["valid"][:1], runtime, series_ids)
+    name = "sequence"
 
-    record = run_epochs(ctx, "sequence", model, cfg, steps, train_epoch, predict, state)
-    save_model(ctx, ctx.out / MODEL_CHECKPOINT, model, spec, record)
-    return record
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
+        self.cfg: SequenceStageConfig = ctx.config.stages.sequence
+        self.spec = model_spec(ctx.config)
+        self.model = self._model_from_encoder()
+        self.model.encoder.requires_grad_(False)
+        key = {"fold": ctx.data.fold, "encoder": fingerprint(ctx.folder.encoder)}
+        config = ctx.config
+        self.train_embeddings = cached_embeddings(self.model, ctx.data.train, ctx.folder.embeddings / "train",
+                                                  key, config.data, self.runtime, (False, True), config.num_workers)
+        self.valid_embeddings = cached_embeddings(self.model, ctx.data.valid, ctx.folder.embeddings / "valid",
+                                                  key, config.data, self.runtime, (False,), config.num_workers)
+        self.trainable = wrap_ddp(self.model.head, self.runtime)
+
+    def steps_per_epoch(self) -> int:
+        return self._steps(len(self.ctx.data.train.series_uids))
+
+    def train_mode(self) -> None:
+        self.model.train()
+        self.model.encoder.eval()
+
+    def batches(self, epoch: int, rng: np.random.Generator, generator: torch.Generator) -> Iterator[Any]:
+        train = self.ctx.data.train
+        order, starts = rng.permutation(len(train.series_uids)), crop_starts(train, self.cfg.crop_len, rng)
+        view_of = rng.integers(len(self.train_embeddings.views), size=len(order))
+        for chunk in batches(order, self.cfg.batch_size, self.runtime.rank, self.runtime.world_size):
+            index, mask = sequence_index(train, chunk, starts=starts[chunk], crop_len=self.cfg.crop_len)
+            yield {"index": index, "mask": mask, "view": view_of[chunk]}
+
+    def loss(self, batch: Any, generator: torch.Generator) -> torch.Tensor:
+        train, device = self.ctx.data.train, self.runtime.device
+        index, mask = batch["index"], batch["mask"]
+        emb = self.train_embeddings.gather(batch["view"], index)
+        readable = torch.from_numpy(train.readable)[index] & mask
+        labels = torch.from_numpy(train.labels)[index]
+        shown = hide_slices(readable, self.cfg.drop_slices, generator)
+        with self.runtime.autocast():
+            logits = self.trainable(*(t.to(device) for t in (emb, mask, shown))).float()
+        return self.criterion(logits, labels.to(device), (readable & mask).to(device))
+
+    def predict_valid(self, series_ids: np.ndarray) -> np.ndarray:
+        return predict_from_embeddings(self.model, self.ctx.data.valid, list(self.valid_embeddings.views),
+                                       self.runtime, series_ids)
+
+    def save(self, record: dict[str, Any]) -> None:
+        self._save(self.ctx.folder.model, record)
 
 
-def finetune_stage(ctx: RunContext, state: dict[str, Any] | None) -> dict[str, Any]:
-    """Stage 3: encoder and head end to end over augmented series crops."""
-    cfg, data, runtime = ctx.config.stages["finetune"], ctx.config.data, ctx.runtime
-    if (ctx.out / MODEL_CHECKPOINT).is_file():
-        model, checkpoint = load_model(ctx.out / MODEL_CHECKPOINT, runtime.device)
-        model, spec = _to_device(model, ctx), checkpoint["model"]
-    else:
-        model, spec = _model_from_encoder(ctx)
-    trainable = wrap_ddp(SeriesForward(model), runtime)
-    criterion, scaler = WeightedBCELoss(), runtime.grad_scaler()
-    steps = math.ceil(len(ctx.train.series_uids) // runtime.world_size / cfg.batch_size)
+class FinetuneStage(_Stage):
+    """Stage 3: encoder and head end to end over augmented series crops.
 
-    def train_epoch(epoch: int, rng: np.random.Generator, generator: torch.Generator, optimizer: Any, scheduler: Any) -> float:
-        order, starts = rng.permutation(len(ctx.train.series_uids)), _crop_plan(ctx.train, cfg.crop_len, rng)
+    Starts from the fold's ``model.pt`` when the sequence stage wrote one, else from the encoder.
+    A batch is a padded series batch of :func:`ich3d.data.datasets.pad_series`.
+    """
+
+    name = "finetune"
+
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
+        self.cfg: FinetuneStageConfig = ctx.config.stages.finetune
+        if ctx.folder.model.is_file():
+            model, checkpoint = load_model(ctx.folder.model, self.runtime.device)
+            self.model, self.spec = self._place(model), checkpoint["model"]
+        else:
+            self.spec = model_spec(ctx.config)
+            self.model = self._model_from_encoder()
+        self.trainable = wrap_ddp(self.model, self.runtime)
+
+    def steps_per_epoch(self) -> int:
+        return self._steps(len(self.ctx.data.train.series_uids))
+
+    def batches(self, epoch: int, rng: np.random.Generator, generator: torch.Generator) -> Iterator[Any]:
+        train, runtime = self.ctx.data.train, self.runtime
+        order, starts = rng.permutation(len(train.series_uids)), crop_starts(train, self.cfg.crop_len, rng)
         mine = np.concatenate(list(batches(order, len(order), runtime.rank, runtime.world_size)))
-        loader = series_loader(ctx.train, mine, cfg.batch_size, ctx.config.num_workers, runtime,
-                               cfg.crop_len, starts[mine])
-        model.train()
-        losses = []
-        with ctx.step_bar(f"finetune epoch {epoch}", len(loader)) as advance:
-            for batch in loader:
-                params = sample_augment(len(batch["hu"]), ctx.config.augment, generator)
-                x, keep = series_input(batch, data, runtime, params)
-                mask, readable = batch["mask"].to(runtime.device), batch["readable"].to(runtime.device)
-                with runtime.autocast():
-                    logits = trainable(_channels_last(x, ctx), keep, mask, readable).float()
-                loss = criterion(logits, batch["labels"].to(runtime.device), readable & mask)
-                losses.append(_step(loss, optimizer, scheduler, scaler))
-                advance(1)
-        return float(np.mean(losses))
+        yield from series_loader(train, mine, self.cfg.batch_size, self.ctx.config.num_workers, runtime,
+                                 self.cfg.crop_len, starts[mine])
 
-    record = run_epochs(ctx, "finetune", model, cfg, steps, train_epoch, _table_predictor(ctx, model), state)
-    save_model(ctx, ctx.out / MODEL_CHECKPOINT, model, spec, record)
-    return record
+    def loss(self, batch: Any, generator: torch.Generator) -> torch.Tensor:
+        device = self.runtime.device
+        params = sample_augment(len(batch["hu"]), self.ctx.config.augment, generator)
+        x, keep = series_input(batch, self.ctx.config.data, self.runtime, params)
+        mask, readable = batch["mask"].to(device), batch["readable"].to(device)
+        shown = hide_slices(batch["readable"], self.cfg.drop_slices, generator).to(device)
+        x = x[shown[keep]] if self.cfg.drop_slices else x
+        with self.runtime.autocast():
+            logits = self.trainable(self._channels_last(x), mask, shown).float()
+        return self.criterion(logits, batch["labels"].to(device), readable & mask)
+
+    def predict_valid(self, series_ids: np.ndarray) -> np.ndarray:
+        return self._predict_table(series_ids)
+
+    def save(self, record: dict[str, Any]) -> None:
+        self._save(self.ctx.folder.model, record)
+
+
+#: The stages by name, in the order they run.
+STAGES: dict[str, type[_Stage]] = {"slice": SliceStage, "sequence": SequenceStage, "finetune": FinetuneStage}

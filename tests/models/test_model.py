@@ -1,4 +1,4 @@
-"""Tests of ich3d.models.model: folding slices into the encoder batch, embeddings path, build_model."""
+"""Tests of ich3d.models.model: folded slices into the encoder batch, the head path, build_model."""
 
 from __future__ import annotations
 
@@ -34,30 +34,40 @@ def _batch(in_channels: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
 
 @pytest.mark.parametrize("head", ["gru", "slice"])
-def test_forward_equals_encode_then_forward_embeddings(head: str) -> None:
+def test_forward_equals_encode_then_head(head: str) -> None:
     model = build_model(_cfg(head), in_channels=3).eval()
     x, mask, readable = _batch()
-    logits = model(x, mask, readable)
-    assert logits.shape == (2, 5, 6) and torch.isfinite(logits).all()
     keep = mask & readable
+    logits = model(x[keep], mask, readable)
+    assert logits.shape == (2, 5, 6) and torch.isfinite(logits).all()
     embeddings = torch.full((2, 5, model.out_features), float("nan"))
     embeddings[keep] = model.encode(x[keep])
-    torch.testing.assert_close(model.forward_embeddings(embeddings, mask, readable), logits)
+    torch.testing.assert_close(model.head(embeddings, mask, readable), logits)
+    with pytest.raises(ValueError, match="x holds 8 images, mask & readable select 7"):
+        model(x[mask], mask, readable)  # the unreadable slice must not be among the images
+
+
+def test_single_slices_are_series_of_one() -> None:
+    model = build_model(_cfg("slice"), in_channels=3).eval()
+    x = _batch()[0][1, :3]
+    single = torch.ones((3, 1), dtype=torch.bool)
+    torch.testing.assert_close(model(x, single)[:, 0], model.head(model.encode(x)[:, None], single)[:, 0])
 
 
 def test_training_step_with_unreadable_and_no_readable_slices() -> None:
     model = build_model(_cfg(), in_channels=9).train()
     x, mask, readable = _batch(in_channels=9)
-    model(x, mask, readable).sum().backward()
+    model(x[mask & readable], mask, readable).sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     nothing = torch.zeros_like(mask)
-    assert torch.isfinite(model(x, mask, nothing)).all()
+    assert torch.isfinite(model(x[nothing], mask, nothing)).all()
     assert model.encode(x[nothing]).shape == (0, model.out_features)
 
 
 def test_channels_last_and_autocast() -> None:
     model = build_model(_cfg(), in_channels=3).eval()
     x, mask, readable = _batch()
+    x = x[mask & readable]
     reference = model(x, mask, readable)
     model = model.to(memory_format=torch.channels_last)
     torch.testing.assert_close(model(x, mask, readable), reference, atol=1e-5, rtol=1e-4)
@@ -107,6 +117,7 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     restored = build_model(payload["model"], payload["in_channels"]).eval()
     restored.load_state_dict(payload["state_dict"])
     x, mask, readable = _batch()
+    x = x[mask & readable]
     assert torch.equal(restored(x, mask, readable), model(x, mask, readable))
 
 

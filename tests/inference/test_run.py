@@ -35,7 +35,7 @@ def test_raw_folder_equals_built_dataset_and_shards_merge(trained_run: Path, syn
     dataset = tmp_path / "dataset"
     from ich3d.checkpoint import load_checkpoint
 
-    build_series([test_dir], dataset, image_size=load_checkpoint(trained_run / "model.pt")["image_size"], progress=False)
+    build_series([test_dir], dataset, image_size=load_checkpoint(trained_run / "fold_0" / "model.pt")["image_size"], progress=False)
     built = tmp_path / "built"
     predict([trained_run], built, dataset=dataset, progress=False)
     sharded = tmp_path / "sharded"

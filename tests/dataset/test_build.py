@@ -12,10 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 
 import ich3d.dataset.build
+import ich3d.dataset.index
 import ich3d.dataset.cache
-from ich3d.dataset.build import build_series, load_index, part_series
+from ich3d.dataset.build import build_series
+from ich3d.dataset.index import load_index, part_series
 from ich3d.dataset.cache import load_series
-from ich3d.constants import BUILD_FILE, LABEL_COLUMNS, MISSING_HU, PIXEL_FAILURES_DIR, SLICES_FILE, Status
+from ich3d.constants import LABEL_COLUMNS, MISSING_HU, Status
+from ich3d.layout import DatasetFolder
 from ich3d.errors import InputError
 
 SIZE = 32
@@ -53,7 +56,7 @@ def test_index_schema_statuses_and_labels(built: tuple[Path, dict], synthetic_rs
     assert len(series) == summary["n_series"] == synth["series"]
     assert summary["n_labeled"] == synth["images"] and summary["labels"]["n_exact_duplicates"] > 0
     assert (slices[list(LABEL_COLUMNS)].dtypes == np.float32).all()
-    assert json.loads((out / BUILD_FILE).read_text())["counts"] == summary["counts"]
+    assert json.loads(DatasetFolder(out).build_summary().read_text())["counts"] == summary["counts"]
 
 
 def test_rows_sorted_by_series_then_slice_and_orphans_last(built: tuple[Path, dict]) -> None:
@@ -107,7 +110,7 @@ def test_resume_after_a_killed_pixel_pass(built: tuple[Path, dict], synthetic_rs
     out = tmp_path / "dataset"
     shutil.copytree(built[0], out)
     before = cache_bytes(out)
-    journal = out / PIXEL_FAILURES_DIR / "part-0.jsonl"
+    journal = DatasetFolder(out).journal(0)
     lines = journal.read_text().splitlines()
     journal.write_text("\n".join(lines[:2]) + "\n" + lines[2][:15])
     unjournaled = [json.loads(line)["series_uid"] + ".npy" for line in lines[2:]]
@@ -154,13 +157,13 @@ def test_pixel_failures_are_merged_into_the_index(synthetic_rsna: Path, tmp_path
     assert n_ok == (merged[merged["series_uid"] == victim["series_uid"]]["status"] == Status.OK).sum()
     assert row["status"] == Status.CORRUPT and "decoder exploded" in row["error"]
     assert (load_series(out, victim["series_uid"])[victim["slice_index"]] == MISSING_HU).all()
-    failures = pd.read_parquet(out / PIXEL_FAILURES_DIR / "part-0.parquet")
+    failures = pd.read_parquet(DatasetFolder(out).failures(0))
     assert failures[["image_id", "status"]].values.tolist() == [[victim["image_id"], "corrupt"]]
 
 
 def test_new_labels_rebuild_the_index_but_keep_headers_and_cache(
         built: tuple[Path, dict], synthetic_rsna: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ich3d.dataset.build, "_header_pass", lambda *args: pytest.fail("headers read again"))
+    monkeypatch.setattr(ich3d.dataset.index, "header_pass", lambda *args: pytest.fail("headers read again"))
     out = tmp_path / "dataset"
     shutil.copytree(built[0], out)
     labels = tmp_path / "labels.csv"
@@ -179,7 +182,7 @@ def test_input_errors(tmp_path: Path, synthetic_rsna: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.csv").write_text("a,b\n")
-    with pytest.raises(InputError, match="no DICOM files"):
+    with pytest.raises(InputError, match="no image files found"):
         build_series([empty], tmp_path / "out", progress=False)
     with pytest.raises(InputError, match="not a folder"):
         build_series([tmp_path / "nowhere"], tmp_path / "out", progress=False)
@@ -196,9 +199,9 @@ def test_load_index_errors(tmp_path: Path, built: tuple[Path, dict]) -> None:
         load_index(tmp_path)
     out = tmp_path / "dataset"
     shutil.copytree(built[0], out)
-    table = pq.read_table(out / SLICES_FILE)
+    table = pq.read_table(DatasetFolder(out).slices)
     meta = json.loads(table.schema.metadata[b"ich3d"]) | {"version": 0}
-    pq.write_table(table.replace_schema_metadata({b"ich3d": json.dumps(meta).encode()}), out / SLICES_FILE)
+    pq.write_table(table.replace_schema_metadata({b"ich3d": json.dumps(meta).encode()}), DatasetFolder(out).slices)
     with pytest.raises(InputError, match="version 0"):
         load_index(out)
 

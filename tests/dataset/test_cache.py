@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from conftest import ramp, write_slice
-from ich3d.dataset.cache import (CacheSlice, cache_path, load_series, pad_to_square, resize, resize_matrix, slice_to_cache,
+from ich3d.dataset.cache import (CacheSlice, cache_file_ok, load_series, pad_to_square, resize, resize_matrix, slice_to_cache,
                          to_cache_dtype, write_atomic, write_series_cache)
 from ich3d.constants import HU_MAX, HU_MIN, MISSING_HU, Status
 from ich3d.dataset.dicom import read_header, read_pixels, to_hu
 from ich3d.errors import InputError
+from ich3d.layout import DatasetFolder
 
 
 @pytest.mark.parametrize(("n_in", "n_out"),
@@ -59,7 +60,7 @@ def test_to_cache_dtype_rounds_and_clips() -> None:
 def test_write_atomic_and_load_series(tmp_path: Path) -> None:
     (tmp_path / "cache").mkdir()
     volume = np.arange(2 * 4 * 4, dtype=np.int16).reshape(2, 4, 4)
-    write_atomic(cache_path(tmp_path, "1.2.3"), volume)
+    write_atomic(DatasetFolder(tmp_path).cache_file("1.2.3"), volume)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["1.2.3.npy"]  # no temp file left
     mapped = load_series(tmp_path, "1.2.3")
     assert isinstance(mapped, np.memmap) and not mapped.flags.writeable
@@ -68,8 +69,21 @@ def test_write_atomic_and_load_series(tmp_path: Path) -> None:
         load_series(tmp_path, "9.9")
 
 
+def test_cache_file_ok_recognises_damaged_files(tmp_path: Path) -> None:
+    path = tmp_path / "s.npy"
+    write_atomic(path, np.zeros((3, 8, 8), dtype=np.int16))
+    assert cache_file_ok(path, 3, 8)
+    assert not cache_file_ok(path, 4, 8) and not cache_file_ok(path, 3, 16)  # another series' shape
+    path.write_bytes(path.read_bytes()[:-10])  # cut short
+    assert not cache_file_ok(path, 3, 8)
+    path.write_bytes(b"garbage")
+    assert not cache_file_ok(path, 3, 8) and not cache_file_ok(tmp_path / "absent.npy", 3, 8)
+    write_atomic(path, np.zeros((3, 8, 8), dtype=np.float32))
+    assert not cache_file_ok(path, 3, 8)
+
+
 def test_cache_file_names_are_safe(tmp_path: Path) -> None:
-    assert cache_path(tmp_path, "ID_0a/../x y").name == "ID_0a_.._x_y.npy"
+    assert DatasetFolder(tmp_path).cache_file("ID_0a/../x y").name == "ID_0a_.._x_y.npy"
 
 
 def _cache_slice(path: Path, status: str = "ok") -> CacheSlice:

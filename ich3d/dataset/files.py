@@ -1,0 +1,118 @@
+"""Which files a build reads: the recursive walk of the input folders, and the fingerprint of what it found.
+
+Every file is a candidate except hidden entries, ``DICOMDIR``, names with a suffix that is never an
+image (:data:`IGNORED_SUFFIXES`) and files found twice (a folder given twice, or inside another
+one). Extension-less files and ``.dcm`` files are tried, and anything unreadable is reported in the
+index rather than silently skipped. A folder or link that cannot be read is recorded, not fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ich3d.errors import InputError
+
+#: Suffixes that are never images (everything else is tried, and reported if unreadable).
+IGNORED_SUFFIXES = frozenset({".csv", ".json", ".jsonl", ".txt", ".md", ".parquet", ".npy", ".npz", ".xml",
+                              ".html", ".png", ".jpg", ".jpeg", ".gif", ".zip", ".tar", ".py", ".log", ".yaml",
+                              ".yml", ".pdf", ".tsv", ".tmp", ".pt", ".lock", ".nii", ".gz"})
+
+
+@dataclass(frozen=True)
+class InputFiles:
+    """Candidate files of a build.
+
+    Attributes:
+        paths: absolute paths, sorted per input folder.
+        sources: the input folder (as given) each path came from.
+        n_ignored: files skipped by name or found twice.
+        files_id: fingerprint of the paths, sizes and modification times.
+        unreadable: (path, error) of folders and links that could not be read (their files are missing
+            from ``paths``; the build reports them).
+    """
+
+    paths: list[str]
+    sources: list[str]
+    n_ignored: int
+    files_id: str
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+    def relative_paths(self) -> list[str]:
+        """Each path relative to its input folder (``/`` separators): stable across machines."""
+        return [os.path.relpath(path, Path(source).resolve()).replace(os.sep, "/")
+                for path, source in zip(self.paths, self.sources)]
+
+
+def _walk(folder: Path, exclude: Path, unreadable: list[tuple[str, str]]) -> Iterator[tuple[str, os.stat_result]]:
+    """(path, stat) of the files under ``folder``, recursively, following links once; hidden entries and
+    ``exclude`` skipped. Folders, files and links that cannot be read are appended to ``unreadable``."""
+    stack, seen = [folder], {exclude}
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            with os.scandir(current) as entries:
+                found = [entry for entry in entries if not entry.name.startswith(".")]
+        except OSError as exc:
+            unreadable.append((str(current), f"{type(exc).__name__}: {exc.strerror or exc}"))
+            continue
+        for entry in found:
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    stack.append(Path(entry.path).resolve())
+                elif entry.is_file(follow_symlinks=True):
+                    yield entry.path, entry.stat()
+                elif entry.is_symlink():
+                    unreadable.append((entry.path, "broken symbolic link"))
+            except OSError as exc:
+                unreadable.append((entry.path, f"{type(exc).__name__}: {exc.strerror or exc}"))
+
+
+def is_candidate(name: str) -> bool:
+    """True when a file of this name may be an image (see the module docstring)."""
+    lower = name.lower()
+    return name != "DICOMDIR" and os.path.splitext(lower)[1] not in IGNORED_SUFFIXES
+
+
+def collect_files(dicom_dirs: Sequence[Path], exclude: Path) -> InputFiles:
+    """Finds the candidate files under each folder.
+
+    Raises:
+        InputError: a folder that does not exist or holds no candidate file.
+    """
+    paths, sources, n_ignored, seen, unreadable = [], [], 0, set(), []
+    digest = hashlib.sha256()
+    for folder in dicom_dirs:
+        if not Path(folder).is_dir():
+            raise InputError(f"--dicom-dir {folder}: not a folder")
+        found = []
+        for path, stat in _walk(Path(folder).resolve(), Path(exclude).resolve(), unreadable):
+            if not is_candidate(os.path.basename(path)) or path in seen:
+                n_ignored += 1
+                continue
+            seen.add(path)
+            found.append((path, stat.st_size, stat.st_mtime_ns))
+        if not found:
+            problems = f"; unreadable: {unreadable[0][0]} ({unreadable[0][1]})" if unreadable else ""
+            raise InputError(f"--dicom-dir {folder}: no image files found (searched recursively; "
+                             f"{n_ignored} files ignored by their suffix or already found{problems})")
+        found.sort()
+        for path, size, mtime in found:
+            digest.update(f"{path}\0{size}\0{mtime}\n".encode())
+        paths += [path for path, _, _ in found]
+        sources += [str(folder)] * len(found)
+    return InputFiles(paths, sources, n_ignored, digest.hexdigest(), unreadable)
+
+
+def file_id(path: Path | None) -> str | None:
+    """A file's identity for reuse checks: resolved path, size and modification time (None for None)."""
+    if path is None:
+        return None
+    stat = Path(path).stat()
+    return f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"

@@ -1,0 +1,209 @@
+"""The dataset index: the header pass, series and labels joined into ``index/*.parquet``, and reading it back.
+
+The index (docs/design.md §2) is decided once, here: every later step reads series membership,
+order and labels from it and never re-parses a header or a label CSV. The parquet files carry
+ich3d metadata (layout version, fingerprints of the input files and the labels file) in their
+schema, so a build reuses an index that matches its inputs and a reader refuses another layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ich3d.atomic import atomic_write
+from ich3d.constants import LABEL_COLUMNS, Status
+from ich3d.dataset.dicom import HEADER_COLUMNS, read_header
+from ich3d.dataset.files import InputFiles, file_id
+from ich3d.dataset.labels import LabelTable, join_labels, read_labels
+from ich3d.dataset.series import order_slices, series_table
+from ich3d.errors import InputError
+from ich3d.layout import DatasetFolder
+from ich3d.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+#: Version of the index layout; load_index refuses other versions.
+INDEX_VERSION = 1
+_META_KEY = b"ich3d"
+_CHUNK_FILES = 256  # files per header-pass task
+#: Columns of index/pixel_failures/part-<I>.parquet.
+FAILURE_COLUMNS = ("image_id", "path", "status", "error")
+STR, INT = "str", "Int64"
+_HEADER_DTYPES = {name: "float64" for name in HEADER_COLUMNS} | {
+    name: STR for name in ("image_id", "path", "sop_uid", "patient_id", "study_uid", "series_uid",
+                           "transfer_syntax", "status", "error")} | {
+    name: INT for name in ("instance_number", "rows", "cols", "bits_allocated", "bits_stored",
+                           "pixel_representation", "pixel_offset", "pixel_length")}
+
+
+def read_header_chunk(paths: Sequence[str]) -> pd.DataFrame:
+    """Header rows of ``paths`` as a typed DataFrame (columns :data:`ich3d.dataset.dicom.HEADER_COLUMNS`)."""
+    rows = [tuple(read_header(path).values()) for path in paths]
+    return pd.DataFrame.from_records(rows, columns=list(HEADER_COLUMNS)).astype(_HEADER_DTYPES)
+
+
+def header_pass(files: InputFiles, pool: Executor | None, progress: bool) -> pd.DataFrame:
+    """Every candidate file's header row, read in chunks on ``pool`` (in this process when None)."""
+    chunks = [files.paths[i:i + _CHUNK_FILES] for i in range(0, len(files.paths), _CHUNK_FILES)]
+    results = pool.map(read_header_chunk, chunks) if pool else map(read_header_chunk, chunks)
+    frames = []
+    with progress_bar(progress, "headers", len(files.paths)) as advance:
+        for frame in results:
+            frames.append(frame)
+            advance(len(frame))
+    header = pd.concat(frames, ignore_index=True)
+    header.insert(header.columns.get_loc("path") + 1, "source", pd.Series(files.sources, dtype=STR))
+    return header
+
+
+def make_index(header: pd.DataFrame, labels: LabelTable | None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Labels joined, series ordered and flagged; rows outside any series get series_uid None.
+
+    Returns:
+        (slices, series, label report).
+    """
+    slices, label_report = join_labels(header, labels)
+    slices = order_slices(slices)
+    slices["series_uid"] = slices["series_uid"].where(slices["slice_index"].notna())
+    label_columns = list(LABEL_COLUMNS)
+    slices = slices[[c for c in slices.columns if c not in label_columns] + label_columns]
+    return slices, series_table(slices), label_report
+
+
+def write_parquet(frame: pd.DataFrame, path: Path, meta: dict) -> None:
+    """Atomic parquet write with ``meta`` (JSON) in the schema metadata."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), _META_KEY: json.dumps(meta).encode()})
+    with atomic_write(path) as file:
+        pq.write_table(table, file)
+
+
+def read_meta(path: Path) -> dict | None:
+    """The ich3d metadata of a parquet file; None when absent or unreadable."""
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(_META_KEY)
+        return json.loads(raw) if raw else None
+    except (OSError, pa.ArrowException, ValueError):
+        return None
+
+
+def index_for(folder: DatasetFolder, files: InputFiles, labels_csv: Path | None, pool: Executor | None,
+              progress: bool) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The index of ``files``: reused when it matches the inputs, else built and written.
+
+    Returns:
+        (slices, series, meta): meta holds the layout version, fingerprints, the label report,
+        ``header_s`` and ``reused``.
+    """
+    labels_id = file_id(labels_csv)
+    meta = read_meta(folder.slices) or {}
+    same_files = meta.get("version") == INDEX_VERSION and meta.get("files_id") == files.files_id
+    if same_files and meta.get("labels_id") == labels_id and folder.series.is_file():
+        log.info("%s: index matches the inputs, reused", folder.slices)
+        return pd.read_parquet(folder.slices), pd.read_parquet(folder.series), meta | {"reused": True}
+    labels = read_labels(Path(labels_csv)) if labels_csv is not None else None  # fail fast, before the long pass
+    began = time.perf_counter()
+    if same_files:  # only the labels changed: the headers already read are still right
+        log.info("%s: same files, new labels: headers reused", folder.slices)
+        header = pd.read_parquet(folder.slices).drop(columns=["position", "slice_index", *LABEL_COLUMNS])
+    else:
+        header = header_pass(files, pool, progress)
+    header_s = time.perf_counter() - began
+    log.info("headers: %d files in %.1f s (%.0f files/s)", len(header), header_s, len(header) / max(header_s, 1e-9))
+    slices, series, label_report = make_index(header, labels)
+    meta = {"version": INDEX_VERSION, "files_id": files.files_id, "labels_id": labels_id,
+            "labels": label_report, "header_s": round(header_s, 3)}
+    folder.series.parent.mkdir(parents=True, exist_ok=True)
+    write_parquet(series, folder.series, meta)
+    write_parquet(slices, folder.slices, meta)  # written last: its metadata marks a complete index
+    return slices, series, meta | {"reused": False}
+
+
+def part_series(series: pd.DataFrame, num_parts: int, part_id: int) -> list[str]:
+    """Series UIDs of part ``part_id`` of ``num_parts``: rows i of series.parquet with i % K == I, in order."""
+    if not 0 <= part_id < num_parts:
+        raise InputError(f"--part-id {part_id} must be in 0..{num_parts - 1} (--num-parts {num_parts})")
+    return series["series_uid"].iloc[part_id::num_parts].tolist()
+
+
+def _checked_meta(folder: DatasetFolder) -> dict:
+    """The metadata of a complete index of this layout version.
+
+    Raises:
+        InputError: not a dataset folder, or an index of another layout version.
+    """
+    if not folder.slices.is_file() or not folder.series.is_file():
+        raise InputError(f"{folder.root}: not a dataset folder (no {folder.slices.name} / {folder.series.name} in "
+                         f"{folder.slices.parent}); create one with `ich3d build-series --out {folder.root}`")
+    meta = read_meta(folder.slices)
+    if meta is None or meta.get("version") != INDEX_VERSION:
+        found = None if meta is None else meta.get("version")
+        raise InputError(f"{folder.slices}: index layout version {found}, this ich3d reads version {INDEX_VERSION}; "
+                         f"rerun `ich3d build-series` to rebuild the index")
+    return meta
+
+
+def index_fingerprint(dataset: Path) -> str:
+    """A short identity of a dataset's index (its input files and labels): what a run was trained on.
+
+    Raises:
+        InputError: not a dataset folder.
+    """
+    meta = _checked_meta(DatasetFolder(Path(dataset)))
+    return hashlib.sha256(f"{meta['files_id']}\0{meta.get('labels_id')}".encode()).hexdigest()[:16]
+
+
+def load_index(dataset: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The index of a dataset folder, with pixel-pass failures merged into ``status``/``error``.
+
+    Args:
+        dataset: a folder written by :func:`ich3d.dataset.build.build_series`.
+
+    Returns:
+        (slices, series): the tables of ``index/slices.parquet`` and ``index/series.parquet``
+        (schemas in docs/design.md §2).
+
+    Raises:
+        InputError: not a dataset folder, or an index of another layout version.
+    """
+    folder = DatasetFolder(Path(dataset))
+    meta = _checked_meta(folder)
+    try:
+        slices, series = pd.read_parquet(folder.slices), pd.read_parquet(folder.series)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{folder.root}: the index cannot be read ({exc}); rerun `ich3d build-series`") from None
+    missing = {"image_id", "path", "series_uid", "slice_index", "status", *LABEL_COLUMNS} - set(slices.columns)
+    if missing or "series_uid" not in series.columns:
+        raise InputError(f"{folder.root}: index without the columns {sorted(missing)}; rerun `ich3d build-series`")
+    merged = _merge_failures(folder, slices, meta["files_id"])
+    if merged is not slices:  # some pixels failed: n_ok counts them out
+        ok = merged.loc[merged["status"] == str(Status.OK), "series_uid"].value_counts()
+        series["n_ok"] = series["series_uid"].map(ok).fillna(0).astype(series["n_ok"].dtype)
+    return merged, series
+
+
+def _merge_failures(folder: DatasetFolder, slices: pd.DataFrame, files_id: str) -> pd.DataFrame:
+    """Sets status/error of slices that failed in the pixel pass (failure files of this index only);
+    ``slices`` itself when none did."""
+    parts = [pd.read_parquet(path) for path in sorted(folder.pixel_failures.glob("part-*.parquet"))
+             if (read_meta(path) or {}).get("files_id") == files_id]
+    failures = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    if failures.empty:
+        return slices
+    failures = failures.drop_duplicates("path", keep="last")
+    rows = pd.Index(slices["path"]).get_indexer(failures["path"])
+    failures = failures[rows >= 0]
+    rows = rows[rows >= 0]
+    status, error = slices["status"].to_numpy(object), slices["error"].to_numpy(object)
+    status[rows], error[rows] = failures["status"].to_numpy(object), failures["error"].to_numpy(object)
+    return slices.assign(status=pd.Series(status, dtype=STR), error=pd.Series(error, dtype=STR))

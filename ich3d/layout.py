@@ -1,0 +1,207 @@
+"""Every file name of the folders ich3d writes: dataset, run, inference output (docs/design.md §1).
+
+One place names them, so a reader (or a script) finds a file without reading the code that wrote
+it, and no module spells a path as a string literal. Each folder kind is a small frozen dataclass
+over its root; its properties are the paths. Nothing here touches the file system.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def cache_file_name(series_uid: str) -> str:
+    """File name of a series in ``cache/``: the UID with characters other than ``[A-Za-z0-9._~-]``
+    replaced by ``_``, plus ``.npy``."""
+    return re.sub(r"[^A-Za-z0-9._~-]", "_", series_uid) + ".npy"
+
+
+@dataclass(frozen=True)
+class DatasetFolder:
+    """The folder ``ich3d build-series`` writes (docs/design.md §1-2)."""
+
+    root: Path
+
+    INDEX = "index"
+    CACHE = "cache"
+
+    @property
+    def slices(self) -> Path:
+        """``index/slices.parquet``: one row per image."""
+        return self.root / self.INDEX / "slices.parquet"
+
+    @property
+    def series(self) -> Path:
+        """``index/series.parquet``: one row per series."""
+        return self.root / self.INDEX / "series.parquet"
+
+    @property
+    def pixel_failures(self) -> Path:
+        """``index/pixel_failures/``: the pixel pass's journals and failure tables, one per part."""
+        return self.root / self.INDEX / "pixel_failures"
+
+    def journal(self, part_id: int) -> Path:
+        return self.pixel_failures / f"part-{part_id}.jsonl"
+
+    def failures(self, part_id: int) -> Path:
+        return self.pixel_failures / f"part-{part_id}.parquet"
+
+    @property
+    def cache(self) -> Path:
+        """``cache/``: one ``<series>.npy`` per series, int16 HU, (N, S, S)."""
+        return self.root / self.CACHE
+
+    def cache_file(self, series_uid: str) -> Path:
+        return self.cache / cache_file_name(series_uid)
+
+    def cache_relative(self, series_uid: str) -> str:
+        """The cache file's path relative to the root, as ``series.parquet`` records it."""
+        return f"{self.CACHE}/{cache_file_name(series_uid)}"
+
+    def build_summary(self, num_parts: int = 1, part_id: int = 0) -> Path:
+        """``build.json`` (``build-part-<I>.json`` for a job of several parts)."""
+        return self.root / ("build.json" if num_parts == 1 else f"build-part-{part_id}.json")
+
+    @property
+    def lock(self) -> Path:
+        """Held while a job writes the index (jobs of a sharded build take turns)."""
+        return self.root / ".ich3d.lock"
+
+    def part_lock(self, part_id: int) -> Path:
+        """Held while a job builds part ``part_id`` of the cache."""
+        return self.root / f".ich3d-part-{part_id}.lock"
+
+
+@dataclass(frozen=True)
+class FoldFolder:
+    """``RUN/fold_<K>/``: what training one fold writes (nnU-Net's fold-in-the-path)."""
+
+    root: Path
+    fold: int
+
+    @property
+    def last(self) -> Path:
+        """``last.pt``: the resume state, written atomically after every epoch."""
+        return self.root / "last.pt"
+
+    @property
+    def metrics(self) -> Path:
+        """``metrics.jsonl``: one line per epoch of every stage."""
+        return self.root / "metrics.jsonl"
+
+    @property
+    def encoder(self) -> Path:
+        """``encoder.pt``: the slice stage's model (encoder + slice head: the slice-only baseline)."""
+        return self.root / "encoder.pt"
+
+    @property
+    def model(self) -> Path:
+        """``model.pt``: the fold's final model, enough for inference."""
+        return self.root / "model.pt"
+
+    @property
+    def embeddings(self) -> Path:
+        """``embeddings/``: the sequence stage's cached slice embeddings (fp16 ``.npy`` files)."""
+        return self.root / "embeddings"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The folder ``ich3d train`` writes (docs/design.md §4)."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        """``config.yaml``: the fully resolved config."""
+        return self.root / "config.yaml"
+
+    @property
+    def info(self) -> Path:
+        """``run.json``: version, dataset and its fingerprint, folds, prior, calibration report."""
+        return self.root / "run.json"
+
+    @property
+    def splits(self) -> Path:
+        """``splits.json``: the folds, grouped by PatientID."""
+        return self.root / "splits.json"
+
+    @property
+    def oof(self) -> Path:
+        """``oof/``: out-of-fold embeddings and predictions of a multi-fold run."""
+        return self.root / "oof"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".ich3d.lock"
+
+    def fold(self, fold: int) -> FoldFolder:
+        return FoldFolder(self.root / f"fold_{fold}", fold)
+
+    def folds_present(self) -> list[int]:
+        """Folds with a folder in the run, in order."""
+        found = (re.fullmatch(r"fold_(\d+)", p.name) for p in self.root.glob("fold_*") if p.is_dir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+
+@dataclass(frozen=True)
+class InferFolder:
+    """The folder ``ich3d infer`` writes (docs/design.md §6)."""
+
+    root: Path
+
+    PARTS = "parts"
+
+    @property
+    def submission(self) -> Path:
+        """``submission.csv``: RSNA format, six rows per image."""
+        return self.root / "submission.csv"
+
+    @property
+    def predictions(self) -> Path:
+        """``predictions.parquet``: one row per image with its identifiers and probabilities."""
+        return self.root / "predictions.parquet"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "infer.json"
+
+    @property
+    def exams_csv(self) -> Path:
+        return self.root / "exams.csv"
+
+    @property
+    def exams_json(self) -> Path:
+        return self.root / "exams.json"
+
+    @property
+    def dataset(self) -> Path:
+        """``dataset/``: the dataset built from ``--dicom-dir`` inputs."""
+        return self.root / "dataset"
+
+    @property
+    def parts(self) -> Path:
+        return self.root / self.PARTS
+
+    def part(self, part_id: int, num_parts: int) -> Path:
+        return self.parts / f"part-{part_id}-of-{num_parts}.parquet"
+
+    @property
+    def parts_meta(self) -> Path:
+        """``parts/meta.json``: the prior and the number of parts, for ``merge``."""
+        return self.parts / "meta.json"
+
+    @property
+    def score(self) -> Path:
+        return self.root / "score.json"
+
+    @property
+    def lock(self) -> Path:
+        """Held while a job writes the merged outputs."""
+        return self.root / ".ich3d.lock"
+
+    def part_lock(self, part_id: int, num_parts: int) -> Path:
+        """Held while a job predicts part ``part_id`` of ``num_parts`` (parts run side by side)."""
+        return self.root / f".ich3d-part-{part_id}-of-{num_parts}.lock"

@@ -1,0 +1,127 @@
+"""The sequence stage's slice embeddings: fp16 ``.npy`` files per view, memory-mapped, gathered per batch.
+
+Embedding every training slice once and training the head on the cached embeddings is what makes the
+sequence stage cheap; at RSNA scale (~600,000 slices, F = 2,048) one view is ~2.5 GB in fp16. The
+files are written in place (each rank fills its series' rows of a shared memory map) and read back
+memory-mapped, so no whole-table copy is ever made: a batch gathers its (B, N, F) rows and converts
+only those to float32. A ``meta.json`` written last marks a complete set and says what it was made
+from (fold, table, encoder checkpoint, input settings); a set that does not match is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ich3d.atomic import atomic_write
+from ich3d.config import DataConfig
+from ich3d.data.tables import SeriesTable
+from ich3d.inference.predictor import encode_table
+from ich3d.models.model import IchModel
+from ich3d.runtime import Runtime, barrier
+
+_META = "meta.json"
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Cached embeddings of a table's slices, one read-only memory map per view.
+
+    Attributes:
+        views: (n_slices, F) float16 arrays; view 0 is the plain image, view 1 (when present) its
+            left-right flip. Rows of unreadable slices are zero.
+    """
+
+    views: tuple[np.ndarray, ...]
+
+    def gather(self, view: np.ndarray, index: torch.Tensor) -> torch.Tensor:
+        """The embeddings of a batch of series.
+
+        Args:
+            view: (B,) int, the view each series is taken from.
+            index: (B, N) int64 flat slice rows (as :func:`ich3d.inference.predictor.sequence_index`).
+
+        Returns:
+            (B, N, F) float32 CPU tensor.
+        """
+        rows = index.numpy()
+        out = np.empty(rows.shape + (self.views[0].shape[1],), dtype=np.float32)
+        for v in np.unique(view):
+            chosen = view == v
+            out[chosen] = self.views[int(v)][rows[chosen]]
+        return torch.from_numpy(out)
+
+
+def fingerprint(path: Path) -> str:
+    """A cheap identity of a file (name, size, modification time): a checkpoint rewritten is another."""
+    stat = Path(path).stat()
+    return f"{Path(path).name}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _table_id(table: SeriesTable) -> str:
+    digest = hashlib.sha256()
+    digest.update("\0".join(map(str, table.series_uids)).encode())
+    digest.update(table.offsets.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cached_embeddings(model: IchModel, table: SeriesTable, folder: Path, key: dict[str, Any], data: DataConfig,
+                      runtime: Runtime, flips: tuple[bool, ...], num_workers: int = 0) -> Embeddings:
+    """The embeddings of every slice of ``table``, computed once into ``folder`` and memory-mapped.
+
+    Args:
+        model: the model whose encoder embeds (eval mode is set while embedding).
+        table: the series to embed.
+        folder: where the set lives (created); a set made from something else is replaced.
+        key: what the set depends on besides the table (fold, encoder fingerprint, ...), stored in
+            ``meta.json`` and compared on reuse.
+        data: input settings (window mode, size).
+        runtime: each rank embeds its share of the series into the shared files.
+        flips: the views (False: plain, True: flipped).
+
+    Returns:
+        The :class:`Embeddings`.
+    """
+    meta = {**key, "table": _table_id(table), "n_slices": table.n_slices, "features": model.out_features,
+            "flips": list(flips), "data": vars(data).copy(), "dtype": "float16"}
+    paths = [folder / f"view{v}.npy" for v in range(len(flips))]
+    if _read_meta(folder) != meta:
+        _write(model, table, folder, meta, paths, data, runtime, flips, num_workers)
+    return Embeddings(tuple(np.load(path, mmap_mode="r") for path in paths))
+
+
+def _read_meta(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / _META).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write(model: IchModel, table: SeriesTable, folder: Path, meta: dict[str, Any], paths: list[Path],
+           data: DataConfig, runtime: Runtime, flips: tuple[bool, ...], num_workers: int) -> None:
+    """Rank 0 creates zero-filled files; every rank fills its series' rows; rank 0 writes meta.json."""
+    if runtime.is_main:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for path in paths:
+            np.lib.format.open_memmap(path, mode="w+", dtype=np.float16,
+                                      shape=(table.n_slices, model.out_features)).flush()
+    barrier(runtime)
+    maps = [np.lib.format.open_memmap(path, mode="r+") for path in paths]
+    mine = np.arange(runtime.rank, len(table.series_uids), runtime.world_size)
+    encode_table(model, table, data, runtime, mine, flips, num_workers=num_workers, out=maps)
+    for array in maps:
+        array.flush()
+    del maps
+    barrier(runtime)
+    if runtime.is_main:
+        with atomic_write(folder / _META) as file:
+            file.write(json.dumps(meta, indent=1).encode())
+    barrier(runtime)
