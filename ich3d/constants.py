@@ -51,9 +51,7 @@ class Status(StrEnum):
     READ_ERROR = "read_error"  # I/O error (permissions, vanished file)
 
 
-# Exit codes of the CLI (click itself uses 2 for usage errors).
-EXIT_OK = 0
+# Exit codes of the CLI (0 success; click itself uses 2 for usage errors).
 EXIT_ERROR = 1
-EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it

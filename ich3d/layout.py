@@ -56,10 +56,6 @@ class DatasetFolder:
     def cache_file(self, series_uid: str) -> Path:
         return self.cache / cache_file_name(series_uid)
 
-    def cache_relative(self, series_uid: str) -> str:
-        """The cache file's path relative to the root, as ``series.parquet`` records it."""
-        return f"{self.CACHE}/{cache_file_name(series_uid)}"
-
     def build_summary(self, num_parts: int = 1, part_id: int = 0) -> Path:
         """``build.json`` (``build-part-<I>.json`` for a job of several parts)."""
         return self.root / ("build.json" if num_parts == 1 else f"build-part-{part_id}.json")

@@ -43,7 +43,7 @@ def weighted_log_loss(
     weights: Sequence[float] = LABEL_WEIGHTS,
     eps: float = LOG_LOSS_EPS,
 ) -> float:
-    """RSNA 2019 weighted multi-label log loss (ARCHITECTURE.md section 5).
+    """RSNA 2019 weighted multi-label log loss (docs/design.md §5).
 
     L = -1 / (N * sum(w)) * sum_i sum_j w_j [y_ij log p_ij + (1 - y_ij) log(1 - p_ij)], p clipped to
     [eps, 1 - eps]. Equal to ``sklearn.metrics.log_loss`` over the long ``ID_<img>_<label>`` rows with

@@ -41,15 +41,6 @@ from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path 
 
 SECTION = "## build-series"
 RSNA_FILES = 752_803
-NOTES = """Profile (cProfile and per-stage timers, one process, 2026-11-26) and what it changed:
-header scan 0.1-0.2 ms/file with the built-in scanner against 0.45-1 ms through pydicom (which still
-reads every file the scanner declines); pixel pass per 512² slice: read 0.06-0.2 ms (one readinto into
-a per-series buffer), resize 0.1-0.2 ms (strided taps, 10x the dense matmul), rescale + int16
-0.1 ms, write 0.07-0.15 ms (the series' file), 12-bit fix 0.05 ms on the slices that need it (a
-uint16 modulo; 0.5 ms in int32 before). Resizing before rescaling (the same up to float rounding: the
-weights sum to 1) made the float work 4x smaller; sending no
-array back to the parent, starting the longest series first and glibc's malloc thresholds in the
-workers (+8 %) did the rest. Per-stage figures swing 2x with the machine's load."""
 
 
 def dataset_files(data: Path, min_files: int) -> list[Path]:
@@ -203,7 +194,7 @@ def main() -> None:
     body = table(result)
     print(body)
     if args.write:
-        write_section(f"{SECTION}\n\n`python scripts/bench_build.py --data DIR --workers 2 --write`\n\n{body}\n\n{NOTES}\n")
+        write_section(f"{SECTION}\n\n`python scripts/bench_build.py --data DIR --workers 2 --write`\n\n{body}\n")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ linear head, backward, AdamW step) in the faster of the two formats. Each figure
 iteration, then steps until ``--seconds`` have passed (at least one), so slow networks get fewer; the figure is
 batch / median step time.
 
-Run (glibc tunables as in ARCHITECTURE.md section 7, they must be set before Python starts)::
+Run (glibc tunables as in docs/design.md §7, they must be set before Python starts)::
 
     MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456 MALLOC_TOP_PAD_=67108864 \\
         python scripts/bench_encoders.py --write BENCHMARKS.md

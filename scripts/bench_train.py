@@ -1,21 +1,22 @@
-"""Training throughput of a config: slice stage (slices/s), sequence stage (series/s), data-wait share.
+"""Training throughput of a config, measured on the real stages: slice (slices/s), sequence (series/s), data wait.
 
 Usage: python scripts/bench_train.py [--data /tmp/ich3d-bench-train] [--config cpu_small] [--device cpu]
        [--steps 20] [--write]
 
 A synthetic dataset (12 train series at 256 px) is generated once into --data and built into
-``--data/dataset`` at the config's image size; both are reused when present. The timing loops use
-the package's own pieces, as ``ich3d.training.stages`` does:
+``--data/dataset`` at the config's image size; both are reused when present. The timed loop is the
+engine's: the stage objects of ``ich3d.training.stages`` (built from a ``StageContext`` as ``fit``
+builds them), their ``batches()`` and ``ich3d.training.engine.train_step`` (the stage's loss,
+backward, AdamW and the schedule), so the figures measure the training code itself:
 
-* slice stage: ``SliceDataset`` through a ``DataLoader`` with the config's ``num_workers``, batches of
-  the stage's ``batch_size`` drawn by ``sample_slices``; per step ``sample_augment`` + ``to_input``
-  (prep), the encoder + slice head forward/backward under ``runtime.autocast()`` and an AdamW step.
-* sequence stage: the GRU head on embedding batches indexed by ``sequence_index`` (crops of
-  ``crop_len``), the embeddings made once by ``encode_table`` with the slice model (timed too).
+* slice stage: ``SliceStage`` (its DataLoader with the config's ``num_workers``, augmentation and
+  windowing on the device inside the step);
+* sequence stage: ``SequenceStage`` on the fp16 embeddings it computes at construction (timed too),
+  with the slice stage's (briefly trained) encoder.
 
-"data wait" is the time blocked in ``next(loader)`` (slice stage) or in building the embedding
-batch (sequence stage); the first --warmup steps (worker start-up, allocator warm-up) are left out.
---write appends (or replaces) the "## Training" section at the end of BENCHMARKS.md.
+"data wait" is the time blocked fetching the next batch from ``stage.batches()``; the first --warmup
+steps (worker start-up, allocator warm-up) are left out. --write replaces the "## Training" section
+of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -24,26 +25,24 @@ import argparse
 import datetime
 import logging
 import platform
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
+from ich3d.config import Config, load_config
+from ich3d.data.tables import build_table
 from ich3d.dataset.build import build_series
 from ich3d.dataset.index import load_index
-from ich3d.config import Config, load_config
-from ich3d.data.tables import SeriesTable, SliceDataset, batches, build_table, sample_slices
-from ich3d.training.engine import model_spec
-from ich3d.training.losses import WeightedBCELoss
-from ich3d.models.model import build_model
-from ich3d.inference.predictor import encode_table, sequence_index
-from ich3d.runtime import Runtime, seed_everything, setup_runtime
-from ich3d.training.stages import EmbeddingForward, SliceForward
+from ich3d.layout import RunFolder
+from ich3d.runtime import Runtime, derive_seed, seed_everything, setup_runtime
 from ich3d.synth.generate import SynthConfig, make_synthetic_dataset
-from ich3d.data.transforms import sample_augment, to_input
+from ich3d.training.engine import FoldData, Optimisation, Stage, StageContext, train_step
+from ich3d.training.stages import SequenceStage, SliceStage
 
 from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)
 
@@ -68,99 +67,47 @@ def sync(runtime: Runtime) -> None:
         torch.cuda.synchronize(runtime.device)
 
 
-def timed_steps(batches_in: Iterator[Any], step: Callable[[Any], None], runtime: Runtime, warmup: int) -> dict[str, float]:
-    """Runs ``step`` on each batch; sums the time blocked fetching a batch and the time computing it."""
+def timed_steps(stage: Stage, runtime: Runtime, steps: int, warmup: int, seed: int) -> dict[str, float]:
+    """Runs ``warmup + steps`` engine steps of ``stage``; sums the time blocked fetching a batch and the
+    time computing the step (epochs are drawn as the engine draws them, as many as needed)."""
+    optimisation = Optimisation.of(stage, runtime)
     wait = compute = 0.0
-    steps = 0
-    while True:
-        began = time.perf_counter()
-        batch = next(batches_in, None)
-        fetched = time.perf_counter()
-        if batch is None:
+    done = 0
+    stage.train_mode()
+    for epoch in range(10_000):
+        generator = seed_everything(derive_seed(seed, stage.name, epoch, runtime.rank))
+        batches: Iterator[Any] = iter(stage.batches(epoch, np.random.default_rng(derive_seed(seed, stage.name, epoch)),
+                                                    generator))
+        while done < steps + warmup:
+            began = time.perf_counter()
+            batch = next(batches, None)
+            fetched = time.perf_counter()
+            if batch is None:
+                break
+            train_step(stage, batch, generator, optimisation)
+            sync(runtime)
+            if done >= warmup:
+                wait += fetched - began
+                compute += time.perf_counter() - fetched
+            done += 1
+        if done >= steps + warmup:
             break
-        step(batch)
-        sync(runtime)
-        if steps >= warmup:
-            wait += fetched - began
-            compute += time.perf_counter() - fetched
-        steps += 1
-    return {"steps": steps - warmup, "wait_s": wait, "compute_s": compute}
+    return {"steps": steps, "wait_s": wait, "compute_s": compute}
 
 
-def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-
-
-def bench_slice(config: Config, table: SeriesTable, runtime: Runtime, steps: int, warmup: int) -> tuple[dict, Any]:
-    """Slice-stage steps through the real loader; returns the timings and the (trained a little) model."""
-    cfg, data = config.stages["slice"], config.data
-    generator = seed_everything(config.seed)
-    model = build_model(model_spec(config, head="slice"), data.in_channels).to(runtime.device)
-    forward, criterion, scaler = SliceForward(model), WeightedBCELoss(), runtime.grad_scaler()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ids = sample_slices(table, (steps + warmup) * cfg.batch_size, cfg.positive_fraction, np.random.default_rng(0))
-    plan = list(batches(np.arange(len(ids)), cfg.batch_size))
-    context = data.context if data.input == "bsb25d" else 0
-    loader = DataLoader(SliceDataset(table, ids, context), batch_sampler=plan, num_workers=config.num_workers,
-                        pin_memory=runtime.device.type == "cuda")
-    prep = [0.0]
-
-    def step(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
-        hu, target = batch
-        began = time.perf_counter()
-        params = sample_augment(len(hu), config.augment, generator)
-        x = to_input(hu.to(runtime.device, non_blocking=True), data.image_size, params, True)
-        sync(runtime)
-        prep[0] += time.perf_counter() - began
-        with runtime.autocast():
-            logits = forward(x)[:, 0].float()
-        optimizer_step(criterion(logits, target.to(runtime.device)), optimizer, scaler)
-
-    model.train()
-    result = timed_steps(iter(loader), step, runtime, warmup)
-    result["prep_s"] = prep[0] * result["steps"] / (result["steps"] + warmup)  # warm-up share removed (approx.)
-    result["items"] = result["steps"] * cfg.batch_size
-    return result, model
-
-
-def bench_sequence(config: Config, table: SeriesTable, model: Any, runtime: Runtime, steps: int, warmup: int) -> dict:
-    """Sequence-stage steps of the head on embedding crops (embeddings from ``encode_table``)."""
-    cfg = config.stages["sequence"]
+def bench(config: Config, ctx: StageContext, steps: int, warmup: int) -> tuple[dict, dict]:
+    """Timings of the slice stage, then of the sequence stage (its embedding pass timed apart)."""
+    slice_stage = SliceStage(ctx)
+    slice_r = timed_steps(slice_stage, ctx.runtime, steps, warmup, config.seed)
+    slice_r["items"] = steps * config.stages.slice.batch_size
+    slice_stage.save({"stage": "slice", "epoch": 0, "valid": {}})  # the encoder the sequence stage starts from
     began = time.perf_counter()
-    views = torch.stack(encode_table(model, table, config.data, runtime, np.arange(len(table.series_uids)),
-                                     (False, True), num_workers=config.num_workers))
+    sequence_stage = SequenceStage(ctx)
     encode_s = time.perf_counter() - began
-    seq = build_model(model_spec(config), config.data.in_channels, load_weights=False).to(runtime.device)
-    seq.encoder.load_state_dict(model.encoder.state_dict())
-    seq.encoder.requires_grad_(False)
-    forward, criterion, scaler = EmbeddingForward(seq), WeightedBCELoss(), runtime.grad_scaler()
-    optimizer = torch.optim.AdamW([p for p in seq.parameters() if p.requires_grad], lr=cfg.lr)
-    rng = np.random.default_rng(0)
-    readable_all, labels_all = torch.from_numpy(table.readable), torch.from_numpy(table.labels)
-
-    def make_batches() -> Iterator[tuple[torch.Tensor, ...]]:
-        for _ in range(steps + warmup):
-            chunk = rng.choice(len(table.series_uids), min(cfg.batch_size, len(table.series_uids)), replace=False)
-            starts = (rng.random(len(chunk)) * (np.maximum(table.lengths[chunk] - cfg.crop_len, 0) + 1)).astype(np.int64)
-            index, mask = sequence_index(table, chunk, starts=starts, crop_len=cfg.crop_len)
-            emb = views[torch.from_numpy(rng.integers(len(views), size=len(chunk)))[:, None], index]
-            yield emb, mask, readable_all[index] & mask, labels_all[index]
-
-    def step(batch: tuple[torch.Tensor, ...]) -> None:
-        emb, mask, readable, labels = (t.to(runtime.device) for t in batch)
-        with runtime.autocast():
-            logits = forward(emb, mask, readable).float()
-        optimizer_step(criterion(logits, labels, readable), optimizer, scaler)
-
-    seq.train()
-    seq.encoder.eval()
-    result = timed_steps(make_batches(), step, runtime, warmup)
-    result["items"] = result["steps"] * min(cfg.batch_size, len(table.series_uids))
-    result["encode_s"], result["encode_slices"] = encode_s, 2 * int(table.readable.sum())
-    return result
+    seq_r = timed_steps(sequence_stage, ctx.runtime, steps, warmup, config.seed)
+    seq_r["items"] = steps * min(config.stages.sequence.batch_size, len(ctx.data.train.series_uids))
+    seq_r["encode_s"], seq_r["encode_slices"] = encode_s, 2 * int(ctx.data.train.readable.sum())
+    return slice_r, seq_r
 
 
 def rows(slice_r: dict, seq_r: dict, config: Config) -> list[tuple[str, str, str, str, str]]:
@@ -168,15 +115,15 @@ def rows(slice_r: dict, seq_r: dict, config: Config) -> list[tuple[str, str, str
     out = []
     for name, r, unit in (("slice", slice_r, "slices/s"), ("sequence", seq_r, "series/s")):
         total = r["wait_s"] + r["compute_s"]
-        note = f"batch {config.stages[name].batch_size}, {r['steps']} timed steps"
-        if name == "slice":
-            note += f", prep (augment+window) {100 * r['prep_s'] / total:.0f} % of step"
-        else:
-            note += f", crop_len {config.stages[name].crop_len}"
+        cfg = getattr(config.stages, name)
+        note = f"batch {cfg.batch_size}, {r['steps']} timed steps"
+        if name == "sequence":
+            note += f", crop_len {cfg.crop_len}"
         out.append((name, f"{r['items'] / total:,.1f} {unit}", f"{1000 * total / r['steps']:.1f}",
                     f"{100 * r['wait_s'] / total:.1f} %", note))
     enc = seq_r["encode_slices"] / seq_r["encode_s"]
-    out.append(("embed (encode_table, x2 flip)", f"{enc:,.1f} slices/s", "-", "-", "inference-mode pass before the sequence stage"))
+    out.append(("embed (plain + flipped view, fp16 files)", f"{enc:,.1f} slices/s", "-", "-",
+                "once per fold, before the sequence stage (includes its validation embeddings)"))
     return out
 
 
@@ -214,8 +161,12 @@ def main() -> None:
     print(f"dataset ready in {time.perf_counter() - began:.1f} s: {dataset}")
     slices, series = load_index(dataset)
     table = build_table(dataset, slices, list(series["series_uid"]))
-    slice_r, model = bench_slice(config, table, runtime, args.steps, args.warmup)
-    seq_r = bench_sequence(config, table, model, runtime, args.steps, args.warmup)
+    prevalence = table.labels[table.labeled_readable()].mean(axis=0)
+    with tempfile.TemporaryDirectory() as run:
+        folder = RunFolder(Path(run)).fold(0)
+        folder.root.mkdir()
+        ctx = StageContext(config, runtime, FoldData(0, table, table.subset(np.arange(2)), prevalence), folder)
+        slice_r, seq_r = bench(config, ctx, args.steps, args.warmup)
     text = markdown(rows(slice_r, seq_r, config), args, config, runtime, table.n_slices, len(table.series_uids))
     print(text)
     if args.write:

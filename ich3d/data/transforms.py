@@ -56,12 +56,6 @@ def sample_augment(groups: int, cfg: AugmentConfig, generator: torch.Generator) 
     return AugmentParams(flip, theta.float(), _BSB[None] * jitter)
 
 
-def identity_params(groups: int) -> AugmentParams:
-    """No augmentation: no flip, identity affine, the standard BSB windows."""
-    theta = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).expand(groups, 2, 3)
-    return AugmentParams(torch.zeros(groups, dtype=torch.bool), theta, _BSB[None].expand(groups, 3, 2))
-
-
 def to_input(hu: torch.Tensor, size: int, params: AugmentParams | None = None, augment: bool = False) -> torch.Tensor:
     """Turns int16 HU slices into windowed, optionally augmented network input.
 

@@ -406,7 +406,7 @@ def fix_rsna_12bit(
     bits_stored: int | np.ndarray,
     pixel_representation: int | np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The RSNA 12-bit fix (ARCHITECTURE.md section 3), the only non-linear step before HU.
+    """The RSNA 12-bit fix (docs/design.md §3), the only non-linear step before HU.
 
     Where BitsStored == 12, PixelRepresentation == 0 and RescaleIntercept > -100 (images whose
     stored values wrapped around), the values are shifted by 1000 modulo 4096 and the intercept

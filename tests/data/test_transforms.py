@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ich3d.config import AugmentConfig
-from ich3d.data.transforms import identity_params, sample_augment, series_neighbours, to_input
+from ich3d.data.transforms import sample_augment, series_neighbours, to_input
 from ich3d.data.windowing import bsb
 
 
@@ -16,7 +16,9 @@ def test_plain_input_is_bsb_of_each_slice() -> None:
     assert x.shape == (4, 9, 16, 16)
     expected = bsb(hu.numpy().astype(np.float32)).reshape(4, 9, 16, 16)
     np.testing.assert_allclose(x.numpy(), expected, atol=1e-6)
-    torch.testing.assert_close(to_input(hu, 16, identity_params(4), augment=True), x, atol=1e-5, rtol=0)
+    none = AugmentConfig(flip=False, rotate_deg=0, scale=0, translate=0, window_jitter=0)
+    params = sample_augment(4, none, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(to_input(hu, 16, params, augment=True), x, atol=1e-5, rtol=0)
 
 
 def test_resize_and_augment_are_deterministic_per_seed() -> None:
