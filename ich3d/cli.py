@@ -121,7 +121,8 @@ def synth(ctx: click.Context, out: Path, n_series: int, n_test_series: int, imag
           workers: int) -> None:
     """Write a synthetic head-CT dataset in the RSNA 2019 layout."""
     from ich3d.progress import progress_bar
-    from ich3d.synth.generate import SynthConfig, count_files, make_synthetic_dataset
+    from ich3d.synth.generate import count_files, make_synthetic_dataset
+    from ich3d.synth.plan import SynthConfig
 
     config = SynthConfig(n_train_series=n_series, n_test_series=n_test_series, image_size=image_size, seed=seed)
     with progress_bar(not _quiet(ctx), "synth", count_files(config)) as advance:

@@ -59,7 +59,8 @@ def _synthesize(data: Path, n_series: int, n_test_series: int, image_size: int, 
     """Writes the synthetic data, or reuses what an earlier demo with the same settings wrote."""
     from ich3d.errors import InputError
     from ich3d.progress import progress_bar
-    from ich3d.synth.generate import SynthConfig, count_files, make_synthetic_dataset
+    from ich3d.synth.generate import count_files, make_synthetic_dataset
+    from ich3d.synth.plan import SynthConfig
 
     config = SynthConfig(n_train_series=n_series, n_test_series=n_test_series, image_size=image_size, seed=seed)
     if (data / "synth.json").is_file():

@@ -18,7 +18,8 @@ import pandas as pd
 from ich3d.dataset.index import load_index
 from ich3d.dataset.cache import load_series
 from ich3d.constants import LABEL_COLUMNS, LABELS, WINDOWS, Status
-from ich3d.dataset.dicom import read_header, read_pixels, to_hu
+from ich3d.dataset.dicom import read_header
+from ich3d.dataset.pixels import read_pixels, to_hu
 from ich3d.errors import InputError
 from ich3d.data.windowing import bsb, scaled_window
 

@@ -30,14 +30,14 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)
 from PIL import Image
 
-from ich3d.dataset.build import build_series
 from ich3d.constants import Status
+from ich3d.dataset.build import build_series
 from ich3d.dataset.dicom import read_header
-from ich3d.synth.generate import SynthConfig, make_synthetic_dataset
-
-from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)
+from ich3d.synth.generate import make_synthetic_dataset
+from ich3d.synth.plan import SynthConfig
 
 SECTION = "## build-series"
 RSNA_FILES = 752_803

@@ -25,14 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)
 from rich.console import Console
 from rich.table import Table
 
 from ich3d.constants import LABELS
-from ich3d.training.losses import WeightedBCELoss
 from ich3d.models.encoder import ENCODERS, build_encoder
-
-from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)
+from ich3d.training.losses import WeightedBCELoss
 
 MALLOC_TUNABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 SECTION = "## Encoders"

@@ -34,18 +34,25 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)
 
-from ich3d.dataset.build import build_series
-from ich3d.dataset.index import load_index, part_series
 from ich3d.config import load_config
 from ich3d.data.tables import build_table
-from ich3d.training.engine import load_model
-from ich3d.inference.run import PARTS_DIR, _checkpoint_of, _ensemble, _part_file, _part_frame, merge
+from ich3d.dataset.build import build_series
+from ich3d.dataset.index import load_index, part_series
+from ich3d.inference.run import (
+    PARTS_DIR,
+    _checkpoint_of,
+    _ensemble,
+    _part_file,
+    _part_frame,
+    merge,
+)
 from ich3d.runtime import setup_runtime
-from ich3d.synth.generate import SynthConfig, make_synthetic_dataset
+from ich3d.synth.generate import make_synthetic_dataset
+from ich3d.synth.plan import SynthConfig
+from ich3d.training.engine import load_model
 from ich3d.training.fit import fit
-
-from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)
 
 SECTION = "## Inference"
 RSNA_STAGE2_TEST_IMAGES = 121_232

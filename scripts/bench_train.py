@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)
 
 from ich3d.config import Config, load_config
 from ich3d.data.tables import build_table
@@ -40,11 +41,16 @@ from ich3d.dataset.build import build_series
 from ich3d.dataset.index import load_index
 from ich3d.layout import RunFolder
 from ich3d.runtime import Runtime, derive_seed, seed_everything, setup_runtime
-from ich3d.synth.generate import SynthConfig, make_synthetic_dataset
-from ich3d.training.engine import FoldData, Optimisation, Stage, StageContext, train_step
+from ich3d.synth.generate import make_synthetic_dataset
+from ich3d.synth.plan import SynthConfig
+from ich3d.training.engine import (
+    FoldData,
+    Optimisation,
+    Stage,
+    StageContext,
+    train_step,
+)
 from ich3d.training.stages import SequenceStage, SliceStage
-
-from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)
 
 SECTION = "## Training"
 

@@ -12,7 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 #: Overrides that make the cpu_small config train in seconds on 32-pixel slices.
 TINY_TRAINING = [
@@ -26,7 +31,8 @@ TINY_TRAINING = [
 @pytest.fixture(scope="session")
 def synthetic_rsna(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """RSNA layout, 6 training and 3 test series at 64 px (with the corrupt and junk files)."""
-    from ich3d.synth.generate import SynthConfig, make_synthetic_dataset
+    from ich3d.synth.generate import make_synthetic_dataset
+    from ich3d.synth.plan import SynthConfig
 
     out = tmp_path_factory.mktemp("rsna")
     make_synthetic_dataset(out, SynthConfig(n_train_series=6, n_test_series=3, image_size=64, seed=0))

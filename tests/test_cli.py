@@ -56,6 +56,16 @@ def test_strict_build_exits_3_on_skipped_inputs(synthetic_rsna: Path, tmp_path: 
     assert CliRunner().invoke(main, args + ["--strict"]).exit_code == 3
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_quiet_before_or_after_the_command(synthetic_rsna: Path, tmp_path: Path, where: str) -> None:
+    args = ["build-series", "--dicom-dir", str(synthetic_rsna / "stage_2_test"), "--out", str(tmp_path / "d"),
+            "--image-size", "32", "--workers", "1"]
+    loud = CliRunner().invoke(main, args)
+    assert loud.exit_code == 0 and "build-series" in loud.stdout
+    quiet = CliRunner().invoke(main, ["-q", *args] if where == "before" else [*args, "-q"])
+    assert quiet.exit_code == 0 and quiet.stdout == ""
+
+
 def test_train_infer_score_commands(tiny_dataset: Path, trained_run: Path, synthetic_rsna: Path, tmp_path: Path) -> None:
     out = tmp_path / "pred"
     result = CliRunner().invoke(main, ["-q", "infer", "--run", str(trained_run), "--dicom-dir",

@@ -27,7 +27,7 @@ import pandas as pd
 
 from ich3d.atomic import atomic_write
 from ich3d.constants import HU_MAX, HU_MIN, MISSING_HU, Status
-from ich3d.dataset.dicom import fix_rsna_12bit, read_pixels
+from ich3d.dataset.pixels import fix_rsna_12bit, read_pixels
 from ich3d.errors import InputError
 from ich3d.layout import DatasetFolder
 

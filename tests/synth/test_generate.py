@@ -15,11 +15,12 @@ import pytest
 from pydicom.config import disable_value_validation
 from pydicom.errors import InvalidDicomError
 
-from ich3d.synth import lesions, phantom
 from ich3d.constants import LABELS
-from ich3d.dataset.dicom import to_hu
+from ich3d.dataset.pixels import to_hu
 from ich3d.errors import ConfigError, InputError
-from ich3d.synth.generate import SynthConfig, count_files, make_synthetic_dataset
+from ich3d.synth import lesions, phantom
+from ich3d.synth.generate import count_files, make_synthetic_dataset
+from ich3d.synth.plan import SynthConfig
 
 ID9 = re.compile(r"^ID_[0-9a-f]{9}$")
 

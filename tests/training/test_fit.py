@@ -49,7 +49,7 @@ def test_tiny_run_learns_and_writes_the_run_folder(tiny_dataset: Path, tmp_path:
 def test_finetune_stage_with_2_5d_input(tiny_dataset: Path, tmp_path: Path) -> None:
     run = tmp_path / "ft"
     extra = ["data.input=bsb25d", "stages.finetune.epochs=1", "stages.finetune.batch_size=2",
-             "stages.finetune.crop_len=8", "stages.finetune.lr=1e-4"]
+             "stages.finetune.crop_len=8", "stages.finetune.lr=1e-4", "stages.finetune.drop_slices=0.2"]
     result = fit(tiny_dataset, run, "cpu_small", TINY + extra)
     assert [r["stage"] for r in _records(run)][-1] == "finetune"
     assert result["stage"] in {"finetune"}
