@@ -3,17 +3,17 @@
 Usage: python scripts/bench_infer.py [--data /tmp/ich3d-bench-infer] [--run RUN] [--device cpu] [--write]
 
 A synthetic set (--series test series of 512x512 files, plus a few training series) is generated once
-into --data. Without --run, a tiny cpu_small run is trained there first with ``ich3d.train.fit``
+into --data. Without --run, a tiny cpu_small run is trained there first with ``ich3d.fit``
 (1 slice epoch of 64 samples, 1 sequence epoch: the weights do not matter for speed, the
-architecture does). The phases are those of ``ich3d.infer.predict`` with ``--dicom-dir``, called
-one by one into a fresh OUT folder:
+architecture does). ``ich3d.predict`` with ``--dicom-dir`` then runs into a fresh OUT folder and its
+own phase timings (``timings`` of its summary, also in ``infer.json``) are reported:
 
-* read/decode: ``build_series`` of the test folder into ``OUT/dataset`` at the model's image size
-  (header pass, index, pixel pass with all cores);
-* model: index load, ``build_table`` and the ensemble (``predict_table`` with the run's TTA);
-* writing: the part frame, its parquet file and ``merge`` → ``predictions.parquet`` + ``submission.csv``.
+* read/decode (``read_s``): ``build_series`` of the test folder into ``OUT/dataset`` at the model's
+  image size (header pass, index, pixel pass with all cores);
+* model (``model_s``): index load, the table and the ensemble (``predict_table`` with the run's TTA);
+* writing (``write_s``): the part frame and ``merge`` → ``predictions.parquet`` + ``submission.csv``.
 
-Model loading is reported apart (paid once per job). The projection to the 121,232 images of the
+Model loading (``load_s``) is reported apart (paid once per job). The projection to the 121,232 images of the
 RSNA stage-2 test set scales the measured per-image time linearly.
 --write appends (or replaces) the "## Inference" section at the end of BENCHMARKS.md.
 """
@@ -21,38 +21,28 @@ RSNA stage-2 test set scales the measured per-image time linearly.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
-import json
 import logging
 import os
 import platform
 import shutil
 import time
 from pathlib import Path
-from typing import Iterator
 
-import numpy as np
 import torch
-from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)
 
+from ich3d.checkpoint import load_checkpoint
 from ich3d.config import load_config
-from ich3d.data.tables import build_table
 from ich3d.dataset.build import build_series
-from ich3d.dataset.index import load_index, part_series
-from ich3d.inference.run import (
-    PARTS_DIR,
-    _checkpoint_of,
-    _ensemble,
-    _part_file,
-    _part_frame,
-    merge,
-)
+from ich3d.dataset.index import load_index
+from ich3d.inference.run import InferOptions, model_checkpoints, predict
+from ich3d.layout import RunFolder
 from ich3d.runtime import setup_runtime
 from ich3d.synth.generate import make_synthetic_dataset
 from ich3d.synth.plan import SynthConfig
-from ich3d.training.engine import load_model
 from ich3d.training.fit import fit
+
+from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)
 
 SECTION = "## Inference"
 RSNA_STAGE2_TEST_IMAGES = 121_232
@@ -67,7 +57,7 @@ def prepare(data: Path, n_series: int, run: Path | None, device: str | None) -> 
     if run is not None:
         return run
     run = data / "run"
-    if not (run / "model.pt").is_file():
+    if not RunFolder(run).fold(0).model.is_file():
         shutil.rmtree(run, ignore_errors=True)
         began = time.perf_counter()
         build_series([data / "stage_2_train"], data / "train_dataset", labels_csv=data / "stage_2_train.csv",
@@ -77,41 +67,18 @@ def prepare(data: Path, n_series: int, run: Path | None, device: str | None) -> 
     return run
 
 
-@contextlib.contextmanager
-def timed(timings: dict[str, float], name: str) -> Iterator[None]:
-    """Adds the wall time of the block (CUDA work included) to ``timings[name]``."""
-    began = time.perf_counter()
-    yield
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - began
-
-
-def infer_phases(run: Path, test_dir: Path, sample: Path, out: Path, device: str | None, workers: int | None) -> tuple[dict, dict]:
-    """The steps of ``ich3d.infer.predict`` (one part) with each phase timed; returns timings, summary."""
+def infer_phases(run: Path, test_dir: Path, sample: Path, out: Path, device: str | None,
+                 workers: int | None) -> tuple[dict, dict]:
+    """``ich3d.predict`` into a fresh ``out``; returns its phase timings and its summary (plus input facts)."""
     shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    t: dict[str, float] = {}
-    with timed(t, "load model"):
-        runtime = setup_runtime(device, amp=True)
-        models = [load_model(_checkpoint_of(run), runtime.device)]
-    with timed(t, "read/decode"):
-        size = max(checkpoint["image_size"] for _, checkpoint in models)
-        build_series([test_dir], out / "dataset", image_size=size, workers=workers, progress=False)
-    with timed(t, "model"):
-        slices, series = load_index(out / "dataset")
-        table = build_table(out / "dataset", slices, list(part_series(series, 1, 0)))
-        probs = _ensemble(models, table, runtime)
-    with timed(t, "writing"):
-        prior = np.mean([checkpoint["prevalence"] for _, checkpoint in models], axis=0)
-        part = _part_frame(table, probs, slices, prior)
-        path = _part_file(out, 0, 1)
-        path.parent.mkdir(exist_ok=True)
-        part.to_parquet(path, index=False)
-        (out / PARTS_DIR / "prior.json").write_text(json.dumps({"prior": prior.tolist(), "num_parts": 1}))
-        summary = merge(out, sample)
-    summary.update(n_files=len(slices), image_size=size, n_model_slices=int(table.readable.sum()), config=models[0][1]["config"])
-    return t, summary
+    summary = predict([run], out, dicom_dirs=[test_dir], sample_submission=sample,
+                      options=InferOptions(device=device, workers=workers), progress=False)
+    names = {"load_s": "load model", "read_s": "read/decode", "model_s": "model", "write_s": "writing"}
+    timings = {names[k]: v for k, v in summary["timings"].items()}
+    checkpoint = load_checkpoint(model_checkpoints([run])[0])
+    slices, _ = load_index(out / "dataset")
+    summary.update(n_files=len(slices), image_size=checkpoint["image_size"], config=checkpoint["config"])
+    return timings, summary
 
 
 def markdown(t: dict[str, float], s: dict, args: argparse.Namespace, device: str) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,8 +128,10 @@ def _predict(checkpoints: list[Path], folder: InferFolder, dataset: Path | None,
     from ich3d.runtime import setup_runtime
 
     num_parts, part_id = parts
+    clock = _Clock()
     runtime = setup_runtime(options.device, options.amp)
     models = [load_model(path, runtime.device) for path in checkpoints]
+    clock.lap("load_s")
     if dicom_dirs:
         dataset = folder.dataset
         size = max(checkpoint["image_size"] for _, checkpoint in models)
@@ -136,10 +139,12 @@ def _predict(checkpoints: list[Path], folder: InferFolder, dataset: Path | None,
         build_series(dicom_dirs, dataset, index_only=True, **build)
         _check_requested(load_index(dataset)[0], requested, allow_missing)
         build_series(dicom_dirs, dataset, **build)
+    clock.lap("read_s")
     slices, series = load_index(dataset)
     _check_requested(slices, requested, allow_missing)
     table = build_table(dataset, slices, part_series(series, num_parts, part_id))
     probs = _ensemble(models, table, runtime, options, progress)
+    clock.lap("model_s")
     prior = np.mean([checkpoint["prevalence"] for _, checkpoint in models], axis=0)
     part = _part_frame(table, probs, slices, prior if part_id == 0 else None)
     folder.parts.mkdir(exist_ok=True)
@@ -147,9 +152,27 @@ def _predict(checkpoints: list[Path], folder: InferFolder, dataset: Path | None,
         part.to_parquet(file, index=False)
     with atomic_write(folder.parts_meta) as file:
         file.write(json.dumps({"prior": prior.tolist(), "num_parts": num_parts}).encode())
-    if num_parts == 1:
-        return _merge(folder, sample, allow_missing)
-    return {"part": str(folder.part(part_id, num_parts)), "images": len(part)}
+    summary = _merge(folder, sample, allow_missing) if num_parts == 1 else {
+        "part": str(folder.part(part_id, num_parts)), "images": len(part)}
+    clock.lap("write_s")
+    return summary | {"timings": clock.laps}
+
+
+class _Clock:
+    """Wall time of consecutive phases (CUDA work included), in seconds."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 4)
+        self._last = now
 
 
 def _check_requested(slices: pd.DataFrame, requested: np.ndarray | None, allow_missing: bool) -> None:
