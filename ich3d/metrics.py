@@ -142,6 +142,113 @@ def series_auc_any(
     return _auc(series_true, series_pred)
 
 
+def reliability(y_true: np.ndarray, y_prob: np.ndarray, bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reliability diagram of one label: equal-width probability bins.
+
+    Args:
+        y_true: (N,) labels in {0, 1}, NaN = unlabeled (left out).
+        y_prob: (N,) probabilities.
+        bins: number of equal-width bins over [0, 1].
+
+    Returns:
+        (mean predicted probability, observed positive rate, count) per bin, each (bins,); the first
+        two are NaN for empty bins.
+    """
+    true = np.asarray(y_true, dtype=np.float64).ravel()
+    prob = np.asarray(y_prob, dtype=np.float64).ravel()
+    labeled = ~np.isnan(true)
+    true, prob = true[labeled], np.clip(prob[labeled], 0.0, 1.0)
+    which = np.minimum((prob * bins).astype(np.int64), bins - 1)
+    count = np.bincount(which, minlength=bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_prob = np.bincount(which, prob, minlength=bins) / count
+        positive_rate = np.bincount(which, true, minlength=bins) / count
+    return mean_prob, positive_rate, count
+
+
+def expected_calibration_error(y_true: np.ndarray, y_prob: np.ndarray, bins: int = 10) -> float:
+    """ECE of one label: the count-weighted mean |observed rate - mean probability| over the bins of
+    :func:`reliability`; NaN when nothing is labeled."""
+    mean_prob, positive_rate, count = reliability(y_true, y_prob, bins)
+    if count.sum() == 0:
+        return math.nan
+    filled = count > 0
+    return float((np.abs(positive_rate[filled] - mean_prob[filled]) * count[filled]).sum() / count.sum())
+
+
+def per_label_ece(y_true: np.ndarray, y_pred: np.ndarray, bins: int = 10) -> dict[str, float]:
+    """:func:`expected_calibration_error` of each label, ``{label: ece}`` in ``LABELS`` order."""
+    true, pred = _as_label_arrays(y_true, y_pred)
+    return {name: expected_calibration_error(true[:, j], pred[:, j], bins) for j, name in enumerate(LABELS)}
+
+
+def _weighted_auc(true: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC-AUC of ``(B, N)`` sample weights over one labeled set (ties count half): (B,) values.
+
+    Scores are sorted once; each row of weights is one bootstrap resample (Mann-Whitney with weights).
+    """
+    order = np.argsort(score, kind="stable")
+    true, score, weights = true[order], score[order], weights[:, order]
+    starts = np.flatnonzero(np.r_[True, score[1:] != score[:-1]])  # groups of tied scores
+    negative, positive = weights * (true == 0), weights * (true == 1)
+    neg_group, pos_group = np.add.reduceat(negative, starts, axis=1), np.add.reduceat(positive, starts, axis=1)
+    below = np.cumsum(neg_group, axis=1) - neg_group  # negatives strictly below each tie group
+    pairs = (pos_group * (below + 0.5 * neg_group)).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return pairs / (positive.sum(axis=1) * negative.sum(axis=1))
+
+
+def bootstrap_auc(y_true: np.ndarray, y_score: np.ndarray, groups: np.ndarray | None = None, n_boot: int = 1000,
+                  level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """ROC-AUC with a percentile bootstrap confidence interval.
+
+    Args:
+        y_true: (N,) labels in {0, 1}, NaN = unlabeled (left out).
+        y_score: (N,) scores.
+        groups: (N,) cluster of each row (e.g. its series or study): clusters are resampled whole, as
+            slices of a series are not independent; None resamples rows.
+        n_boot: bootstrap resamples.
+        level: coverage of the interval.
+        seed: the resampling seed (the same seed gives the same interval).
+
+    Returns:
+        (AUC, lower, upper); NaN where only one class is present.
+    """
+    true = np.asarray(y_true, dtype=np.float64).ravel()
+    score = np.asarray(y_score, dtype=np.float64).ravel()
+    labeled = ~np.isnan(true)
+    true, score = true[labeled], score[labeled]
+    auc = _auc(true, score)
+    if math.isnan(auc):
+        return math.nan, math.nan, math.nan
+    cluster = (np.unique(np.asarray(groups)[labeled], return_inverse=True)[1] if groups is not None
+               else np.arange(len(true)))
+    n_clusters = int(cluster.max()) + 1
+    rng = np.random.default_rng(seed)
+    values = []
+    for start in range(0, n_boot, 64):  # (64, N) weights at a time keeps memory flat
+        counts = rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=min(64, n_boot - start))
+        values.append(_weighted_auc(true, score, counts[:, cluster].astype(np.float64)))
+    boot = np.concatenate(values)
+    boot = boot[np.isfinite(boot)]
+    tail = (1 - level) / 2 * 100
+    lower, upper = np.percentile(boot, [tail, 100 - tail]) if boot.size else (math.nan, math.nan)
+    return auc, float(lower), float(upper)
+
+
+def average_precision(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Average precision (area under the precision-recall curve, scikit-learn's step definition) over
+    the labeled rows; NaN without a positive."""
+    from sklearn.metrics import average_precision_score
+
+    true = np.asarray(y_true, dtype=np.float64).ravel()
+    score = np.asarray(y_score, dtype=np.float64).ravel()
+    labeled = ~np.isnan(true)
+    if not (true[labeled] == 1).any():
+        return math.nan
+    return float(average_precision_score(true[labeled], score[labeled]))
+
+
 def _json_float(value: float) -> float | None:
     """A float for JSON: None instead of NaN."""
     return None if math.isnan(value) else float(value)
@@ -161,12 +268,14 @@ def evaluate(
 
     Returns:
         ``{"weighted_log_loss": float, "log_loss": {label: float}, "auc": {label: float},
-        "series_auc_any": float (only with series_ids), "n_images": int}``.
+        "ece": {label: float} (expected calibration error, 10 bins), "series_auc_any": float (only with
+        series_ids), "n_images": int}``.
     """
     result: dict = {
         "weighted_log_loss": _json_float(weighted_log_loss(y_true, y_pred)),
         "log_loss": {k: _json_float(v) for k, v in per_label_log_loss(y_true, y_pred).items()},
         "auc": {k: _json_float(v) for k, v in per_label_auc(y_true, y_pred).items()},
+        "ece": {k: _json_float(v) for k, v in per_label_ece(y_true, y_pred).items()},
     }
     if series_ids is not None:
         any_col = LABELS.index("any")

@@ -9,14 +9,19 @@ import sys
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 from sklearn.metrics import log_loss
 
 from ich3d.constants import LABEL_WEIGHTS, LABELS, LOG_LOSS_EPS
 from ich3d.metrics import (
+    average_precision,
+    bootstrap_auc,
     evaluate,
+    expected_calibration_error,
     per_label_auc,
     per_label_log_loss,
     prior_predictions,
+    reliability,
     series_auc_any,
     weighted_log_loss,
 )
@@ -132,3 +137,42 @@ def test_prior_predictions() -> None:
 def test_metrics_module_imports_no_torch() -> None:
     code = "import sys, ich3d.metrics; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_ece_and_reliability() -> None:
+    rng = np.random.default_rng(0)
+    prob = rng.random(20000)
+    calibrated = (rng.random(20000) < prob).astype(float)
+    assert expected_calibration_error(calibrated, prob) < 0.02
+    overconfident = np.where(prob > 0.5, 0.99, 0.01)
+    assert expected_calibration_error(calibrated, overconfident) > 0.2
+    mean_prob, rate, count = reliability([0, 1, np.nan, 1], [0.05, 0.95, 0.5, 0.91], bins=10)
+    assert count.tolist() == [1, 0, 0, 0, 0, 0, 0, 0, 0, 2] and rate[9] == 1.0 and np.isnan(rate[1])
+    assert np.isnan(expected_calibration_error([np.nan], [0.3]))
+
+
+def test_bootstrap_auc_equals_sklearn_and_brackets_it() -> None:
+    rng = np.random.default_rng(1)
+    true = (rng.random(400) < 0.3).astype(float)
+    score = true * 0.5 + rng.random(400)
+    score[:50] = np.round(score[:50], 1)  # ties count half, as in scikit-learn
+    auc, lower, upper = bootstrap_auc(true, score, n_boot=300)
+    assert auc == pytest.approx(roc_auc_score(true, score))
+    assert lower < auc < upper and upper - lower < 0.2
+    weights = np.ones((1, 400))
+    from ich3d.metrics import _weighted_auc
+
+    assert _weighted_auc(true, score, weights)[0] == pytest.approx(roc_auc_score(true, score))
+    groups = np.repeat(np.arange(40), 10)  # clusters: a wider interval than rows
+    _, g_low, g_high = bootstrap_auc(true, score, groups=groups, n_boot=300)
+    assert g_high - g_low >= 0.8 * (upper - lower)
+    assert bootstrap_auc(true, score, n_boot=50, seed=3) == bootstrap_auc(true, score, n_boot=50, seed=3)
+    assert all(np.isnan(bootstrap_auc(np.zeros(5), np.arange(5))))
+
+
+def test_average_precision() -> None:
+    from sklearn.metrics import average_precision_score
+
+    true, score = np.array([0, 1, 1, 0, np.nan]), np.array([0.1, 0.9, 0.4, 0.5, 0.2])
+    assert average_precision(true, score) == pytest.approx(average_precision_score(true[:4], score[:4]))
+    assert np.isnan(average_precision(np.zeros(3), np.arange(3)))
