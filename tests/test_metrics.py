@@ -115,7 +115,7 @@ def test_evaluate_keys_and_json() -> None:
     y_true[:, 2] = 0.0
     series = np.repeat(np.arange(10), 5).astype(str)
     result = evaluate(y_true, y_pred, series_ids=series)
-    assert set(result) == {"weighted_log_loss", "log_loss", "auc", "series_auc_any", "n_images"}
+    assert set(result) == {"weighted_log_loss", "log_loss", "auc", "ece", "series_auc_any", "n_images"}
     assert result["n_images"] == 50
     assert result["auc"]["intraparenchymal"] is None
     assert result["weighted_log_loss"] == pytest.approx(weighted_log_loss(y_true, y_pred))
