@@ -20,7 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, Executor, wait
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -118,6 +118,32 @@ def pad_to_square(image: np.ndarray, fill: float) -> np.ndarray:
     top, left = (side - height) // 2, (side - width) // 2
     out[..., top:top + height, left:left + width] = image
     return out
+
+
+class CacheBox(NamedTuple):
+    """Where a cached (S, S) slice lies in its original pixel grid: the square of ``side`` pixels whose
+    top-left corner is at (``top``, ``left``) in original (row, column) coordinates. Parts of the
+    square outside the image (the padding of a non-square image, or of a crop near an edge) are air.
+    Figures and heatmaps map back to the original pixels with it (docs/design.md §3)."""
+
+    top: float
+    left: float
+    side: float
+
+
+#: Index columns recording a slice's :class:`CacheBox` when the cache was cropped to the head.
+CROP_COLUMNS = ("crop_top", "crop_left", "crop_side")
+
+
+def cache_box(row: Mapping[str, Any]) -> CacheBox:
+    """The :class:`CacheBox` of an index row: its crop columns when present and finite, else the
+    centred square padding of :func:`pad_to_square` (``rows`` x ``cols`` image)."""
+    crop = [row.get(name) for name in CROP_COLUMNS]
+    if all(value is not None and np.isfinite(value) for value in crop):
+        return CacheBox(*(float(value) for value in crop))
+    rows, cols = int(row["rows"]), int(row["cols"])
+    side = max(rows, cols)
+    return CacheBox(float(-((side - rows) // 2)), float(-((side - cols) // 2)), float(side))
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:
