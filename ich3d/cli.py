@@ -145,20 +145,22 @@ def synth(ctx: click.Context, out: Path, n_series: int, n_test_series: int, imag
               help="Split the pixel pass over this many jobs (they share one index).")
 @click.option("--part-id", default=0, show_default=True, help="This job's part (0-based).")
 @click.option("--index-only", is_flag=True, help="Stop after the header index.")
+@click.option("--assume-intercept", type=float,
+              help="RescaleIntercept of CT slices that lack it (e.g. -1024) [default: such slices are not used].")
 @click.option("--strict", is_flag=True, help=f"Exit with code {EXIT_PARTIAL} when any input was skipped.")
 @verbosity_options
 @click.pass_context
 @handle_errors
 def build_series_command(ctx: click.Context, dicom_dirs: tuple[Path, ...], labels: Path | None, out: Path,
                          image_size: int, workers: int | None, overwrite: bool, num_parts: int, part_id: int,
-                         index_only: bool, strict: bool) -> None:
+                         index_only: bool, assume_intercept: float | None, strict: bool) -> None:
     """Index DICOM files into series, join labels and cache Hounsfield units."""
     from ich3d.console import print_build_summary
     from ich3d.dataset.build import build_series
 
     summary = build_series(list(dicom_dirs), out, labels_csv=labels, image_size=image_size, workers=workers,
                            overwrite=overwrite, num_parts=num_parts, part_id=part_id, index_only=index_only,
-                           progress=not _quiet(ctx))
+                           assume_intercept=assume_intercept, progress=not _quiet(ctx))
     print_build_summary(summary, _console(ctx))
     usable = summary["n_files"] - summary["n_skipped"]
     if usable == 0:
@@ -299,6 +301,47 @@ def demo(ctx: click.Context, out: Path, n_series: int, n_test_series: int, confi
     result = run_demo(out, n_series, n_test_series, config_name, list(overrides), seed,
                       progress=not _quiet(ctx), report=EpochTable(console).add)
     print_demo(result, console)
+
+
+@main.command("report")
+@click.option("--predictions", required=True, type=ExistingDir, help="The --out folder of `ich3d infer`.")
+@click.option("--labels", type=ExistingFile, help="Ground truth, RSNA long format [default: the dataset's labels].")
+@click.option("--run", "runs", multiple=True, type=PathArg,
+              help="The run (training curves, config) and models for Grad-CAM in the gallery; repeatable.")
+@click.option("--dataset", type=ExistingDir, help="Dataset holding the images [default: PREDICTIONS/dataset].")
+@click.option("--out", type=PathArg, help="HTML file to write [default: PREDICTIONS/report.html].")
+@click.option("--max-series", default=24, show_default=True, help="Series strips (the most informative series).")
+@click.option("--gallery", default=4, show_default=True, help="False positives and false negatives shown, each.")
+@click.option("--device", help="Where Grad-CAM runs: cpu, cuda, cuda:1 ... [default: cuda if available]")
+@verbosity_options
+@click.pass_context
+@handle_errors
+def report_command(ctx: click.Context, predictions: Path, labels: Path | None, runs: tuple[Path, ...],
+                   dataset: Path | None, out: Path | None, max_series: int, gallery: int, device: str | None) -> None:
+    """Write one self-contained HTML page: scores, curves, series strips, error gallery, training, exams."""
+    from ich3d.report import ReportOptions, write_report
+
+    options = ReportOptions(max_series=max_series, gallery=gallery, device=device)
+    result = write_report(predictions, out, labels=labels, runs=list(runs), dataset=dataset, options=options)
+    _console(ctx).print(f"wrote {result['report']} ({', '.join(result['sections'])}) in {result['seconds']:.1f} s")
+
+
+@main.command()
+@click.argument("image")
+@click.option("--run", "runs", multiple=True, required=True, type=PathArg,
+              help="Run folder, fold folder or model checkpoint; repeat to average.")
+@click.option("--dataset", required=True, type=ExistingDir, help="Dataset folder holding the image.")
+@click.option("--out", required=True, type=PathArg, help="PNG file to write.")
+@click.option("--device", help="cpu, cuda, cuda:1 ... [default: cuda if available]")
+@verbosity_options
+@click.pass_context
+@handle_errors
+def explain(ctx: click.Context, image: str, runs: tuple[Path, ...], dataset: Path, out: Path,
+            device: str | None) -> None:
+    """Draw the Grad-CAM of every label of one image (ID or path) through the whole sequence model."""
+    from ich3d.explain import explain_image
+
+    _console(ctx).print(f"wrote {explain_image(list(runs), dataset, image, out, device)}")
 
 
 if __name__ == "__main__":  # `python -m ich3d.cli`, as torchrun launches it

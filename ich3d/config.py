@@ -325,15 +325,27 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped with ich3d (``cpu_small``, ``rsna_256``, ...)."""
+    return sorted(entry.name.removesuffix(".yaml") for entry in (resources.files("ich3d") / "configs").iterdir()
+                  if entry.name.endswith(".yaml"))
+
+
 def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A YAML path, or the name of a packaged config (``cpu_small`` → ``configs/cpu_small.yaml``)."""
+    """A YAML path, or the bare name of a packaged config (``cpu_small`` → ``configs/cpu_small.yaml``).
+
+    A path with a folder in it (``/elsewhere/cpu_small.yaml``) is only ever that file: a missing file
+    is an error, never silently replaced by the packaged config of the same name.
+    """
     path = Path(name_or_path)
     if path.is_file():
         return path
+    bare = path.parent == Path(".") and path.suffix in ("", ".yaml")
     packaged = resources.files("ich3d") / "configs" / f"{path.stem}.yaml"
-    if path.suffix in ("", ".yaml") and packaged.is_file():
+    if bare and packaged.is_file():
         return Path(str(packaged))
-    raise ConfigError(f"config file not found: {name_or_path} (give a YAML path or a packaged name such as cpu_small)")
+    raise ConfigError(f"config file not found: {name_or_path} (give a YAML path, or the name of a packaged config: "
+                      f"{', '.join(packaged_configs())})")
 
 
 def load_config(source: str | Path | dict[str, Any] | None = None, overrides: list[str] | None = None) -> Config:
@@ -353,9 +365,13 @@ def load_config(source: str | Path | dict[str, Any] | None = None, overrides: li
     else:
         path = resolve_config_path(source)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} is not a valid YAML text file: {' '.join(str(exc).split())}") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} holds a {type(data).__name__}, not a mapping of config keys")
     return _from_dict(Config, apply_overrides(data, overrides or []))
 
 

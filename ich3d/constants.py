@@ -48,6 +48,7 @@ class Status(StrEnum):
     UNSUPPORTED_SYNTAX = "unsupported_syntax"  # transfer syntax we cannot decode
     UNSUPPORTED_IMAGE = "unsupported_image"  # e.g. colour, multi-frame
     MISSING_GEOMETRY = "missing_geometry"  # no ImagePositionPatient / orientation
+    MISSING_RESCALE = "missing_rescale"  # CT slice without RescaleIntercept (HU unknown)
     READ_ERROR = "read_error"  # I/O error (permissions, vanished file)
 
 

@@ -11,6 +11,8 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
+from ich3d.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -50,11 +52,18 @@ class Runtime:
 def select_device(requested: str | None = None) -> torch.device:
     """``requested`` ("cpu", "cuda", "cuda:1", "mps") or the best available: CUDA, else CPU."""
     if requested and requested != "auto":
-        device = torch.device(requested)
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            raise ConfigError(f"--device {requested}: not a device name; use cpu, cuda, cuda:<index> or mps") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            from ich3d.errors import ConfigError
-
             raise ConfigError(f"--device {requested}: CUDA is not available on this machine (use --device cpu)")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError(f"--device {requested}: MPS is not available on this machine (use --device cpu)")
+        if device.type not in ("cpu", "cuda", "mps"):
+            raise ConfigError(f"--device {requested}: ich3d runs on cpu, cuda or mps")
         return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

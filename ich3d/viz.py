@@ -53,7 +53,12 @@ def show_image(dataset: Path, image: str, out: Path) -> Path:
     """
     slices, _ = load_index(dataset)
     row, labels = _find_image(slices, image, dataset)
-    raw = read_pixels(SimpleNamespace(**row))
+    try:
+        raw = read_pixels(SimpleNamespace(**row))
+    except OSError as exc:
+        raise InputError(f"{row['path']}: the image's DICOM file cannot be read any more ({exc.strerror or exc}; "
+                         f"moved since `ich3d build-series`?): the panel figure needs the stored values; rebuild the "
+                         f"dataset from the files' new place") from None
     hu = to_hu(raw, row["rescale_slope"], row["rescale_intercept"], row["bits_stored"], row["pixel_representation"])
     center, width, window_note = _header_window(row)
     fig = _figure(18.5, 5.2)

@@ -98,6 +98,7 @@ def build_series(
     num_parts: int = 1,
     part_id: int = 0,
     index_only: bool = False,
+    assume_intercept: float | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Indexes DICOM folders into series, joins labels and caches Hounsfield units.
@@ -111,6 +112,8 @@ def build_series(
         overwrite: rebuild this part's cache files even if they are finished.
         num_parts, part_id: this job's share of the pixel pass (the index is shared).
         index_only: stop after writing the index.
+        assume_intercept: the RescaleIntercept of slices that lack it (None: they are
+            ``missing_rescale`` and not used).
         progress: show rich progress bars.
 
     Returns:
@@ -134,7 +137,7 @@ def build_series(
             for path, error in files.unreadable:
                 log.warning("cannot read %s (%s): its files are left out", path, error)
             timings = {"collect_s": time.perf_counter() - began}
-            slices, series, meta = index_for(folder, files, labels_csv, pool, progress)
+            slices, series, meta = index_for(folder, files, labels_csv, pool, progress, assume_intercept)
             timings["index_s"] = time.perf_counter() - began - timings["collect_s"]  # header pass included
         with FolderLock(folder.part_lock(part_id), f"part {part_id} of dataset folder {folder.root}"):
             pixels = {} if index_only else _pixel_pass(folder, slices, series, image_size, (num_parts, part_id),
@@ -144,7 +147,8 @@ def build_series(
             timings["header_s"] = 0.0 if meta["reused"] else meta["header_s"]
             summary = _summary(dicom_dirs, labels_csv, files, slices, series, meta, pixels, timings)
             summary["settings"] = {"image_size": image_size, "workers": workers, "overwrite": overwrite,
-                                   "num_parts": num_parts, "part_id": part_id, "index_only": index_only}
+                                   "num_parts": num_parts, "part_id": part_id, "index_only": index_only,
+                                   "assume_intercept": assume_intercept}
             with atomic_write(folder.build_summary(num_parts, part_id)) as file:
                 file.write(json.dumps(summary, indent=1, default=str).encode())
     return summary

@@ -95,17 +95,20 @@ def _empty_row(path: str) -> dict[str, Any]:
     return row
 
 
-def read_header(path: str | Path) -> dict[str, Any]:
+def read_header(path: str | Path, assume_intercept: float | None = None) -> dict[str, Any]:
     """Reads the header of one file, never raising: problems become a ``status`` and an ``error``.
 
     Args:
         path: the file.
+        assume_intercept: the RescaleIntercept of a slice without one (its RescaleSlope, when absent
+            too, is then 1), noted in ``error``. None: such a slice is ``missing_rescale`` (the
+            intercept is mandatory for CT, and guessing it shifts every HU value).
 
     Returns:
         A dict with the keys :data:`HEADER_COLUMNS`: identifiers (str or None), ``ipp_*``/``iop_*``
         (float mm / direction cosines, NaN when absent), ``rows``/``cols``/bit depths (int or None),
-        rescale and window values (float; slope 1 and intercept 0 when absent, windows NaN when
-        absent, first value when multi-valued), ``pixel_offset``/``pixel_length`` (int bytes; -1 when
+        rescale and window values (float; the slope is 1 when absent, windows NaN when absent, first
+        value when multi-valued), ``pixel_offset``/``pixel_length`` (int bytes; -1 when
         the pixels must be decoded by pydicom), ``status`` (a :class:`Status` value) and ``error``
         ("" when ok).
     """
@@ -117,8 +120,12 @@ def read_header(path: str | Path) -> dict[str, Any]:
             parsed = _scan_native(fp.read(_SCAN_BYTES))
             if parsed is None:
                 fp.seek(0)
-                parsed = _read_with_pydicom(fp)
+                parsed = _read_with_pydicom(fp, file_size)
         _fill_row(row, *parsed, file_size)
+        _check_rescale(row, assume_intercept)
+    except PixelDataCutShort as exc:
+        _fill_row(row, exc.raw, exc.syntax, file_size)
+        _fail(row, Status.CORRUPT, str(exc))
     except InvalidDicomError as exc:
         _fail(row, Status.NOT_DICOM, exc)
     except OSError as exc:
@@ -194,24 +201,50 @@ def _scan_native(data: bytes) -> tuple[dict[int, _Element], str] | None:
     return None if found is None else (found[0], syntax)
 
 
-def _read_with_pydicom(fp: BinaryIO) -> tuple[Mapping[int, Any], str]:
+def _read_with_pydicom(fp: BinaryIO, file_size: int) -> tuple[Mapping[int, Any], str]:
     """pydicom's parse up to the end of the file, deferring long values; files without the 128-byte
     preamble and ``DICM`` prefix are accepted only when they start like a DICOM data set.
 
+    pydicom drops the whole data set when encapsulated Pixel Data ends before its delimiter (a
+    compressed file cut short); the header is then read again up to the Pixel Data, and the row
+    keeps its identifiers and says the pixels are cut short.
+
     Returns:
         (raw elements by tag, transfer syntax UID).
+
+    Raises:
+        PixelDataCutShort: the header was read, the Pixel Data that follows it is incomplete.
     """
+    dataset = _dcmread(fp, defer_size=_DEFER_BYTES)
+    if _PIXEL_DATA not in dataset._dict:
+        fp.seek(0)
+        header = _dcmread(fp, stop_before_pixels=True)
+        if header._dict and fp.tell() < file_size and _PIXEL_DATA not in header._dict:
+            raise PixelDataCutShort(header._dict, _transfer_syntax(header))
+    return dataset._dict, _transfer_syntax(dataset)  # raw elements: decoded by _decode, not by pydicom
+
+
+def _dcmread(fp: BinaryIO, **options: Any) -> pydicom.FileDataset:
+    """pydicom.dcmread without its warnings, accepting a bare data set that starts like one."""
+    start = fp.tell()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            dataset = pydicom.dcmread(fp, defer_size=_DEFER_BYTES)
+            return pydicom.dcmread(fp, **options)
         except InvalidDicomError:
-            fp.seek(0)
+            fp.seek(start)
             if not _looks_like_dataset(fp.read(16)):
                 raise InvalidDicomError("no DICM prefix and no DICOM data elements at the start") from None
-            fp.seek(0)
-            dataset = pydicom.dcmread(fp, defer_size=_DEFER_BYTES, force=True)
-    return dataset._dict, _transfer_syntax(dataset)  # raw elements: decoded by _decode, not by pydicom
+            fp.seek(start)
+            return pydicom.dcmread(fp, force=True, **options)
+
+
+class PixelDataCutShort(Exception):
+    """A readable header followed by Pixel Data that ends early (see :func:`_read_with_pydicom`)."""
+
+    def __init__(self, raw: Mapping[int, Any], syntax: str) -> None:
+        super().__init__("Pixel Data cut short: the file ends before its end (no sequence delimiter)")
+        self.raw, self.syntax = raw, syntax
 
 
 def _looks_like_dataset(head: bytes) -> bool:
@@ -281,8 +314,6 @@ def _fill_row(row: dict[str, Any], raw: Mapping[int, Any], syntax: str, file_siz
     if len(geometry) == len(_GEOMETRY):
         row.update(zip(_GEOMETRY, geometry))
     row["transfer_syntax"] = syntax
-    row["rescale_slope"] = 1.0 if row["rescale_slope"] is None else row["rescale_slope"]
-    row["rescale_intercept"] = 0.0 if row["rescale_intercept"] is None else row["rescale_intercept"]
     for name in ("pixel_spacing", "window_center", "window_width"):
         row[name] = math.nan if row[name] is None else row[name]
     if row["bits_stored"] is None:
@@ -291,7 +322,8 @@ def _fill_row(row: dict[str, Any], raw: Mapping[int, Any], syntax: str, file_siz
         row["pixel_representation"] = 0
     pixel = raw.get(_PIXEL_DATA)
     if pixel is None and _cut_short(raw, file_size):
-        problem: tuple[Status, str] | None = (Status.CORRUPT, f"file truncated inside the header ({file_size} bytes)")
+        problem: tuple[Status, str] | None = (Status.CORRUPT, f"an element's value runs past the end of the file ({file_size} "
+                                                         f"bytes): the file is truncated or a length is corrupt")
     else:
         problem = _image_problem(row, extra, pixel) or _pixel_problem(row, pixel, file_size)
     if problem is None and len(geometry) != len(_GEOMETRY):
@@ -300,6 +332,25 @@ def _fill_row(row: dict[str, Any], raw: Mapping[int, Any], syntax: str, file_siz
         row["status"] = str(Status.OK)
     else:
         _fail(row, *problem)
+
+
+def _check_rescale(row: dict[str, Any], assume_intercept: float | None) -> None:
+    """Absent rescale values of a usable slice: RescaleSlope 1 is assumed and noted; RescaleIntercept is
+    the assumed one (noted), or the slice is ``missing_rescale``."""
+    notes = []
+    if row["rescale_slope"] is None:
+        row["rescale_slope"] = 1.0
+        notes.append("RescaleSlope absent: 1 assumed")
+    if row["rescale_intercept"] is None and row["status"] == Status.OK:
+        if assume_intercept is None:
+            _fail(row, Status.MISSING_RESCALE, "RescaleIntercept (0028,1052) absent, so the HU are unknown; if you "
+                                               "know it, rebuild with --assume-intercept (e.g. -1024, or 0 for pixels "
+                                               "stored as HU)")
+            return
+        row["rescale_intercept"] = float(assume_intercept)
+        notes.append(f"RescaleIntercept absent: {assume_intercept:g} assumed (--assume-intercept)")
+    if row["status"] == Status.OK:
+        row["error"] = "; ".join(notes)
 
 
 def _cut_short(raw: Mapping[int, Any], file_size: int) -> bool:

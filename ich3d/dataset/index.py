@@ -8,6 +8,7 @@ schema, so a build reuses an index that matches its inputs and a reader refuses 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -46,16 +47,18 @@ _HEADER_DTYPES = {name: "float64" for name in HEADER_COLUMNS} | {
                            "pixel_representation", "pixel_offset", "pixel_length")}
 
 
-def read_header_chunk(paths: Sequence[str]) -> pd.DataFrame:
+def read_header_chunk(paths: Sequence[str], assume_intercept: float | None = None) -> pd.DataFrame:
     """Header rows of ``paths`` as a typed DataFrame (columns :data:`ich3d.dataset.dicom.HEADER_COLUMNS`)."""
-    rows = [tuple(read_header(path).values()) for path in paths]
+    rows = [tuple(read_header(path, assume_intercept).values()) for path in paths]
     return pd.DataFrame.from_records(rows, columns=list(HEADER_COLUMNS)).astype(_HEADER_DTYPES)
 
 
-def header_pass(files: InputFiles, pool: Executor | None, progress: bool) -> pd.DataFrame:
+def header_pass(files: InputFiles, pool: Executor | None, progress: bool,
+                assume_intercept: float | None = None) -> pd.DataFrame:
     """Every candidate file's header row, read in chunks on ``pool`` (in this process when None)."""
     chunks = [files.paths[i:i + _CHUNK_FILES] for i in range(0, len(files.paths), _CHUNK_FILES)]
-    results = pool.map(read_header_chunk, chunks) if pool else map(read_header_chunk, chunks)
+    read = functools.partial(read_header_chunk, assume_intercept=assume_intercept)
+    results = pool.map(read, chunks) if pool else map(read, chunks)
     frames = []
     with progress_bar(progress, "headers", len(files.paths)) as advance:
         for frame in results:
@@ -98,16 +101,18 @@ def read_meta(path: Path) -> dict | None:
 
 
 def index_for(folder: DatasetFolder, files: InputFiles, labels_csv: Path | None, pool: Executor | None,
-              progress: bool) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """The index of ``files``: reused when it matches the inputs, else built and written.
+              progress: bool, assume_intercept: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The index of ``files``: reused when it matches the inputs (and header options), else built and written.
 
     Returns:
         (slices, series, meta): meta holds the layout version, fingerprints, the label report,
         ``header_s`` and ``reused``.
     """
     labels_id = file_id(labels_csv)
+    options = {"assume_intercept": assume_intercept}
     meta = read_meta(folder.slices) or {}
-    same_files = meta.get("version") == INDEX_VERSION and meta.get("files_id") == files.files_id
+    same_files = (meta.get("version") == INDEX_VERSION and meta.get("files_id") == files.files_id
+                  and meta.get("header_options") == options)
     if same_files and meta.get("labels_id") == labels_id and folder.series.is_file():
         log.info("%s: index matches the inputs, reused", folder.slices)
         return pd.read_parquet(folder.slices), pd.read_parquet(folder.series), meta | {"reused": True}
@@ -117,12 +122,12 @@ def index_for(folder: DatasetFolder, files: InputFiles, labels_csv: Path | None,
         log.info("%s: same files, new labels: headers reused", folder.slices)
         header = pd.read_parquet(folder.slices).drop(columns=["position", "slice_index", *LABEL_COLUMNS])
     else:
-        header = header_pass(files, pool, progress)
+        header = header_pass(files, pool, progress, assume_intercept)
     header_s = time.perf_counter() - began
     log.info("headers: %d files in %.1f s (%.0f files/s)", len(header), header_s, len(header) / max(header_s, 1e-9))
     slices, series, label_report = make_index(header, labels)
     meta = {"version": INDEX_VERSION, "files_id": files.files_id, "labels_id": labels_id,
-            "labels": label_report, "header_s": round(header_s, 3)}
+            "header_options": options, "labels": label_report, "header_s": round(header_s, 3)}
     folder.series.parent.mkdir(parents=True, exist_ok=True)
     write_parquet(series, folder.series, meta)
     write_parquet(slices, folder.slices, meta)  # written last: its metadata marks a complete index

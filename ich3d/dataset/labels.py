@@ -111,9 +111,11 @@ def read_long(csv: Path, what: str = "labels file") -> pd.DataFrame:
         code in ``LABELS`` order).
 
     Raises:
-        InputError: missing file, wrong header, malformed IDs, unknown label names.
+        InputError: missing file, wrong header, no rows, malformed IDs, unknown label names.
     """
     frame = _read_csv(csv, what)
+    if frame.empty:
+        raise InputError(f"{csv}: the {what} has its header but no rows; expected six ID_<image>_<label> rows per image")
     images, label = _split_ids(csv, frame["ID"])
     return frame.assign(image_id=images.to_numpy(), label=label)
 

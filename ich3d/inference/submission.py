@@ -15,7 +15,7 @@ import pandas as pd
 from ich3d.atomic import atomic_write
 from ich3d.constants import LABELS
 from ich3d.errors import InputError
-from ich3d.dataset.labels import read_long
+from ich3d.dataset.labels import read_labels, read_long
 from ich3d.metrics import evaluate
 
 
@@ -80,22 +80,32 @@ def _wide(frame: pd.DataFrame, value: str) -> pd.DataFrame:
 def score_submission(submission: Path, labels: Path, series_of: pd.Series | None = None) -> dict[str, Any]:
     """Scores a submission against labels in the RSNA long format.
 
+    The labels are read as ``build-series`` reads them (:func:`ich3d.dataset.labels.read_labels`):
+    labels must be 0 or 1, exact duplicate rows are dropped, and rows that give an ID both 0 and 1
+    resolve to 1 (counted in the result's ``labels`` report).
+
     Args:
         series_of: image_id → series_uid, for the series-level AUC of ``any`` (optional).
 
     Returns:
-        :func:`ich3d.metrics.evaluate`'s dict (weighted log loss, per-label log loss and AUC, ...).
+        :func:`ich3d.metrics.evaluate`'s dict (weighted log loss, per-label log loss and AUC, ...) and
+        ``labels``, the label file's report.
+
+    Raises:
+        InputError: unreadable files, labels that are not 0/1 (e.g. a submission given as labels),
+            images lacking a label, submissions with duplicate, missing or unknown IDs or bad values.
     """
-    truth = read_long(labels, "labels CSV").drop_duplicates("ID")
+    table = read_labels(Path(labels))
+    if table.n_incomplete:
+        raise InputError(f"labels CSV {labels}: {table.n_incomplete} images lack one of the six labels")
+    y_true = table.labels
+    truth = pd.DataFrame({"ID": (y_true.index.to_numpy(str)[:, None] + "_" + np.array(LABELS)[None, :]).ravel()})
     sub = read_long(submission, "submission")
     validate_submission(sub, truth)
     sub = sub.assign(Label=pd.to_numeric(sub["Label"]))
-    y_true = _wide(truth, "Label")
     y_pred = _wide(sub, "Label").reindex(y_true.index)
-    if y_true.isna().any().any():
-        raise InputError(f"labels CSV {labels}: some images lack one of the six labels")
     series = series_of.reindex(y_true.index).fillna("unknown").to_numpy() if series_of is not None else None
-    return evaluate(y_true.to_numpy(), y_pred.to_numpy(), series_ids=series)
+    return evaluate(y_true.to_numpy(), y_pred.to_numpy(), series_ids=series) | {"labels": table.report()}
 
 
 def save_score(result: dict[str, Any], path: Path) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.encaps import encapsulate
-from pydicom.uid import ImplicitVRLittleEndian, JPEGLSLossless
+from pydicom.uid import ImplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
 from conftest import ramp, write_slice
 from ich3d.constants import Status
@@ -45,9 +45,24 @@ def test_multivalue_and_missing_window_tags(tmp_path: Path) -> None:
     assert absent["status"] == Status.OK
 
 
-def test_defaults_when_rescale_tags_are_absent(tmp_path: Path) -> None:
-    row = read_header(write_slice(tmp_path / "plain.dcm", RescaleSlope=None, RescaleIntercept=None, BitsStored=None))
-    assert (row["rescale_slope"], row["rescale_intercept"], row["bits_stored"]) == (1.0, 0.0, 16)
+def test_absent_rescale_tags_are_recorded_not_guessed(tmp_path: Path) -> None:
+    path = write_slice(tmp_path / "plain.dcm", RescaleSlope=None, RescaleIntercept=None, BitsStored=None)
+    row = read_header(path)
+    assert row["status"] == Status.MISSING_RESCALE and "--assume-intercept" in row["error"]
+    assumed = read_header(path, assume_intercept=-1024)
+    assert assumed["status"] == Status.OK and (assumed["rescale_slope"], assumed["rescale_intercept"]) == (1.0, -1024.0)
+    assert "RescaleIntercept absent: -1024 assumed" in assumed["error"] and assumed["bits_stored"] == 16
+    slope_only = read_header(write_slice(tmp_path / "slope.dcm", RescaleSlope=None))
+    assert slope_only["status"] == Status.OK and slope_only["rescale_slope"] == 1.0
+    assert slope_only["error"] == "RescaleSlope absent: 1 assumed"
+
+
+def test_compressed_file_cut_short_keeps_its_header(tmp_path: Path) -> None:
+    path = write_slice(tmp_path / "rle.dcm", syntax=RLELossless)
+    path.write_bytes(path.read_bytes()[:-100])
+    row = read_header(path)
+    assert row["status"] == Status.CORRUPT and "cut short" in row["error"]
+    assert row["series_uid"] == "1.2.3.1.1" and row["rows"] == 32
 
 
 @pytest.mark.parametrize(("name", "attributes", "status"), [
@@ -87,7 +102,7 @@ def test_file_cut_inside_the_header_is_corrupt(tmp_path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[:data.find(b"MONOCHROME2") + 4])
     row = read_header(path)
-    assert row["status"] == Status.CORRUPT and "inside the header" in row["error"]
+    assert row["status"] == Status.CORRUPT and "runs past the end of the file" in row["error"]
 
 
 @pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, "1.2.840.10008.1.2.1"])
