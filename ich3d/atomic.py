@@ -7,10 +7,11 @@ permissions (0666 minus the umask), not ``mkstemp``'s private 0600.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator
 
 
 def _default_mode() -> int:
@@ -39,3 +40,14 @@ def atomic_write(path: Path, fsync: bool = False) -> Iterator[BinaryIO]:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Writes ``text`` (UTF-8) to ``path`` through :func:`atomic_write`."""
+    with atomic_write(Path(path)) as file:
+        file.write(text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Writes ``data`` as indented JSON to ``path`` through :func:`atomic_write` (``str`` for other types)."""
+    write_text_atomic(path, json.dumps(data, indent=1, default=str) + "\n")

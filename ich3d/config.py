@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Union
 
 import yaml
 
+from ich3d.atomic import write_text_atomic
 from ich3d.errors import ConfigError
 
 INPUT_MODES = ("bsb", "bsb25d")
@@ -377,4 +378,4 @@ def load_config(source: str | Path | dict[str, Any] | None = None, overrides: li
 
 def save_config(config: Config, path: Path) -> None:
     """Writes the resolved config as YAML."""
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

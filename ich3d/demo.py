@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from ich3d.atomic import write_json_atomic
 from ich3d.layout import InferFolder, RunFolder
 
 
@@ -51,7 +52,7 @@ def run_demo(out: Path, n_series: int = 60, n_test_series: int = 16, config: str
         "prior_score": _prior_score(run, sample, labels, pred.root / "prior_submission.csv"),
         **_best_validation(run), "out": str(out), "seconds": time.perf_counter() - began,
     }
-    (out / "demo.json").write_text(json.dumps(result, indent=1, default=str))
+    write_json_atomic(out / "demo.json", result)
     return result
 
 

@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ich3d.dataset.index import load_index
-from ich3d.dataset.cache import load_series
+from ich3d.atomic import atomic_write
 from ich3d.constants import LABEL_COLUMNS, LABELS, WINDOWS, Status
+from ich3d.data.windowing import bsb, scaled_window
+from ich3d.dataset.cache import load_series
 from ich3d.dataset.dicom import read_header
+from ich3d.dataset.index import load_index
 from ich3d.dataset.pixels import read_pixels, to_hu
 from ich3d.errors import InputError
-from ich3d.data.windowing import bsb, scaled_window
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +224,7 @@ def _figure(width: float, height: float) -> Any:
 def _save(fig: Any, out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=_DPI, facecolor="white")
+    with atomic_write(out) as file:
+        fig.savefig(file, format="png", dpi=_DPI, facecolor="white")
     log.info("wrote %s", out)
     return out

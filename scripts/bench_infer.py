@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)
 
 from ich3d.checkpoint import load_checkpoint
 from ich3d.config import load_config
@@ -41,8 +42,6 @@ from ich3d.runtime import setup_runtime
 from ich3d.synth.generate import make_synthetic_dataset
 from ich3d.synth.plan import SynthConfig
 from ich3d.training.fit import fit
-
-from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)
 
 SECTION = "## Inference"
 RSNA_STAGE2_TEST_IMAGES = 121_232

@@ -7,10 +7,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from conftest import TINY_TRAINING
 
 import ich3d
-
-from conftest import TINY_TRAINING
 
 
 def test_import_is_cheap_and_lists_the_api() -> None:

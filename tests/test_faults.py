@@ -16,11 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner, Result
+from conftest import TINY_TRAINING
 
 from ich3d.cli import main
 from ich3d.layout import DatasetFolder, InferFolder, RunFolder
-
-from conftest import TINY_TRAINING
 
 IS_ROOT = os.geteuid() == 0
 #: Root ignores file permissions; without these capabilities it does not (setpriv drops them).

@@ -9,8 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
-from sklearn.metrics import log_loss
+from sklearn.metrics import log_loss, roc_auc_score
 
 from ich3d.constants import LABEL_WEIGHTS, LABELS, LOG_LOSS_EPS
 from ich3d.metrics import (

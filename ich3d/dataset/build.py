@@ -17,7 +17,6 @@ whose row i in series.parquet satisfies ``i % K == I``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -32,11 +31,17 @@ import numpy as np
 import pandas as pd
 
 from ich3d import __version__
-from ich3d.atomic import atomic_write
+from ich3d.atomic import write_json_atomic
 from ich3d.constants import LABEL_COLUMNS, Status
 from ich3d.dataset.cache import CacheJournal, cache_file_ok, cache_series
 from ich3d.dataset.files import InputFiles, collect_files
-from ich3d.dataset.index import FAILURE_COLUMNS, STR, index_for, part_series, write_parquet
+from ich3d.dataset.index import (
+    FAILURE_COLUMNS,
+    STR,
+    index_for,
+    part_series,
+    write_parquet,
+)
 from ich3d.errors import Ich3dError, InputError
 from ich3d.folders import FolderLock, prepare_output
 from ich3d.layout import DatasetFolder
@@ -149,8 +154,7 @@ def build_series(
             summary["settings"] = {"image_size": image_size, "workers": workers, "overwrite": overwrite,
                                    "num_parts": num_parts, "part_id": part_id, "index_only": index_only,
                                    "assume_intercept": assume_intercept}
-            with atomic_write(folder.build_summary(num_parts, part_id)) as file:
-                file.write(json.dumps(summary, indent=1, default=str).encode())
+            write_json_atomic(folder.build_summary(num_parts, part_id), summary)
     return summary
 
 

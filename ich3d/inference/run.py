@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ich3d.atomic import atomic_write
+from ich3d.atomic import atomic_write, write_json_atomic
 from ich3d.config import DataConfig, InferConfig
 from ich3d.constants import LABELS
 from ich3d.data.tables import SeriesTable, build_table
@@ -150,8 +150,7 @@ def _predict(checkpoints: list[Path], folder: InferFolder, dataset: Path | None,
     folder.parts.mkdir(exist_ok=True)
     with atomic_write(folder.part(part_id, num_parts)) as file:
         part.to_parquet(file, index=False)
-    with atomic_write(folder.parts_meta) as file:
-        file.write(json.dumps({"prior": prior.tolist(), "num_parts": num_parts}).encode())
+    write_json_atomic(folder.parts_meta, {"prior": prior.tolist(), "num_parts": num_parts})
     summary = _merge(folder, sample, allow_missing) if num_parts == 1 else {
         "part": str(folder.part(part_id, num_parts)), "images": len(part)}
     clock.lap("write_s")
@@ -251,8 +250,7 @@ def _merge(folder: InferFolder, sample: Path | None, allow_missing: bool) -> dic
     summary = {"images": int(len(np.unique(requested))), "model": int(counts.get("model", 0)),
                "context": int(counts.get("context", 0)), "prior": int(counts.get("prior", 0)) - n_missing,
                "missing": n_missing, "submission": str(folder.submission), "predictions": str(folder.predictions)}
-    with atomic_write(folder.summary) as file:
-        file.write(json.dumps(summary, indent=1).encode())
+    write_json_atomic(folder.summary, summary)
     return summary
 
 

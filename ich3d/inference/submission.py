@@ -5,17 +5,16 @@ Torch-free, so ``ich3d score`` starts fast.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ich3d.atomic import atomic_write
+from ich3d.atomic import atomic_write, write_json_atomic
 from ich3d.constants import LABELS
-from ich3d.errors import InputError
 from ich3d.dataset.labels import read_labels, read_long
+from ich3d.errors import InputError
 from ich3d.metrics import evaluate
 
 
@@ -110,8 +109,7 @@ def score_submission(submission: Path, labels: Path, series_of: pd.Series | None
 
 def save_score(result: dict[str, Any], path: Path) -> None:
     """Writes the score as JSON (atomically)."""
-    with atomic_write(Path(path)) as file:
-        file.write(json.dumps(result, indent=1).encode())
+    write_json_atomic(path, result)
 
 
 def series_lookup(submission: Path, dataset: Path | None) -> pd.Series | None:

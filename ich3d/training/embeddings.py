@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ich3d.atomic import atomic_write
+from ich3d.atomic import write_json_atomic
 from ich3d.config import DataConfig
 from ich3d.data.tables import SeriesTable
 from ich3d.inference.predictor import encode_table
@@ -122,6 +122,5 @@ def _write(model: IchModel, table: SeriesTable, folder: Path, meta: dict[str, An
     del maps
     barrier(runtime)
     if runtime.is_main:
-        with atomic_write(folder / _META) as file:
-            file.write(json.dumps(meta, indent=1).encode())
+        write_json_atomic(folder / _META, meta)
     barrier(runtime)

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ich3d import __version__
-from ich3d.atomic import atomic_write
+from ich3d.atomic import write_json_atomic
 from ich3d.checkpoint import load_checkpoint
 from ich3d.config import Config, load_config, save_config
 from ich3d.constants import LABELS
@@ -148,8 +148,7 @@ def _prepare(dataset: Path, run: RunFolder, config: Config, fold: int, resume: b
                 "dataset_fingerprint": index_fingerprint(dataset), "fold": fold,
                 "train_series": len(train_uids), "valid_series": len(valid_uids),
                 "prevalence": dict(zip(LABELS, prevalence.tolist())), "prior_valid": _prior_metrics(valid, prevalence)}
-        with atomic_write(run.info) as file:
-            file.write(json.dumps(info, indent=1).encode())
+        write_json_atomic(run.info, info)
     barrier(runtime)
     log.info("fold %d: %d training series (%d slices), %d validation series", fold, len(train_uids),
              int(train.labeled_readable().sum()), len(valid_uids))

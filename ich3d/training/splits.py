@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ich3d.atomic import write_json_atomic
 from ich3d.errors import ConfigError, InputError
 
 
@@ -64,7 +65,7 @@ def save_splits(path: Path, fold_of: dict[str, int], series: pd.DataFrame, seed:
     for k in range(n_folds):
         uids = sorted(uid for uid, f in fold_of.items() if f == k)
         folds.append({"fold": k, "patients": sorted({patient_of[u] for u in uids}), "series": uids})
-    path.write_text(json.dumps({"n_folds": n_folds, "seed": seed, "grouped_by": "patient_id", "folds": folds}, indent=1))
+    write_json_atomic(path, {"n_folds": n_folds, "seed": seed, "grouped_by": "patient_id", "folds": folds})
 
 
 def load_splits(path: Path) -> dict[str, int]:

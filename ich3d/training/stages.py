@@ -18,12 +18,18 @@ import torch
 from torch.utils.data import DataLoader
 
 from ich3d.checkpoint import load_checkpoint
-from ich3d.config import SequenceStageConfig, SliceStageConfig, FinetuneStageConfig
+from ich3d.config import FinetuneStageConfig, SequenceStageConfig, SliceStageConfig
 from ich3d.data.datasets import SliceDataset
 from ich3d.data.samplers import batches, sample_slices
 from ich3d.data.tables import SeriesTable
 from ich3d.data.transforms import sample_augment, to_input
-from ich3d.inference.predictor import predict_from_embeddings, predict_table, sequence_index, series_input, series_loader
+from ich3d.inference.predictor import (
+    predict_from_embeddings,
+    predict_table,
+    sequence_index,
+    series_input,
+    series_loader,
+)
 from ich3d.models.io import load_model, model_spec, save_model
 from ich3d.models.model import IchModel, build_model
 from ich3d.runtime import derive_seed, seed_everything

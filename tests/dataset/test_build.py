@@ -12,14 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 
 import ich3d.dataset.build
-import ich3d.dataset.index
 import ich3d.dataset.cache
-from ich3d.dataset.build import build_series
-from ich3d.dataset.index import load_index, part_series
-from ich3d.dataset.cache import load_series
+import ich3d.dataset.index
 from ich3d.constants import LABEL_COLUMNS, MISSING_HU, Status
-from ich3d.layout import DatasetFolder
+from ich3d.dataset.build import build_series
+from ich3d.dataset.cache import load_series
+from ich3d.dataset.index import load_index, part_series
 from ich3d.errors import InputError
+from ich3d.layout import DatasetFolder
 
 SIZE = 32
 CONTRACT_COLUMNS = ["image_id", "sop_uid", "path", "source", "patient_id", "study_uid", "series_uid",

@@ -7,11 +7,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ramp, write_slice
-from ich3d.dataset.cache import (CacheSlice, cache_file_ok, load_series, pad_to_square, resize, resize_matrix, slice_to_cache,
-                         to_cache_dtype, write_atomic, write_series_cache)
+
 from ich3d.constants import HU_MAX, HU_MIN, MISSING_HU, Status
+from ich3d.dataset.cache import (
+    CacheSlice,
+    cache_file_ok,
+    load_series,
+    pad_to_square,
+    resize,
+    resize_matrix,
+    slice_to_cache,
+    to_cache_dtype,
+    write_atomic,
+    write_series_cache,
+)
 from ich3d.dataset.dicom import read_header
 from ich3d.dataset.pixels import read_pixels, to_hu
 from ich3d.errors import InputError

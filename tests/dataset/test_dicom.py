@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from conftest import ramp, write_slice
 from pydicom.encaps import encapsulate
 from pydicom.uid import ImplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
-from conftest import ramp, write_slice
 from ich3d.constants import Status
 from ich3d.dataset import dicom
 from ich3d.dataset.dicom import HEADER_COLUMNS, image_id_of, read_header
 from ich3d.dataset.pixels import read_pixels
+
 
 def _pixels_of(row: dict) -> np.ndarray:
     return read_pixels(types.SimpleNamespace(**row))

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from ich3d.constants import LABEL_COLUMNS, LABELS
-from ich3d.errors import InputError
 from ich3d.dataset.labels import join_labels, read_labels
+from ich3d.errors import InputError
 
 
 def write_csv(path: Path, rows: list[tuple[str, object]], header: str = "ID,Label") -> Path:

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from conftest import ramp, write_slice
 from pydicom.uid import RLELossless
 
-from conftest import ramp, write_slice
 from ich3d.constants import Status
 from ich3d.dataset.dicom import read_header
 from ich3d.dataset.pixels import fix_rsna_12bit, read_pixels, to_hu
+
 
 def _pixels_of(row: dict) -> np.ndarray:
     return read_pixels(types.SimpleNamespace(**row))

@@ -11,7 +11,11 @@ from sklearn.metrics import log_loss
 
 from ich3d.constants import LABELS
 from ich3d.errors import InputError
-from ich3d.inference.submission import read_submission_ids, score_submission, write_submission
+from ich3d.inference.submission import (
+    read_submission_ids,
+    score_submission,
+    write_submission,
+)
 
 
 def _long(path: Path, images: list[str], values: np.ndarray) -> Path:

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TRAINING as TINY
 
 from ich3d.checkpoint import load_checkpoint
 from ich3d.errors import ConfigError, InputError
 from ich3d.layout import RunFolder
 from ich3d.training.fit import fit
-
-from conftest import TINY_TRAINING as TINY
 
 
 def _records(run: Path, fold: int = 0) -> list[dict]:

@@ -10,8 +10,8 @@ import torch
 from sklearn.metrics import log_loss
 
 from ich3d.constants import LABEL_WEIGHTS
-from ich3d.training.losses import WeightedBCELoss
 from ich3d.metrics import weighted_log_loss
+from ich3d.training.losses import WeightedBCELoss
 
 
 def _case(shape: tuple[int, ...] = (3, 7), seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
