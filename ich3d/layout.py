@@ -19,6 +19,29 @@ def cache_file_name(series_uid: str) -> str:
 
 
 @dataclass(frozen=True)
+class SynthFolder:
+    """The folder ``ich3d synth`` writes: the RSNA layout and the generator's own truth."""
+
+    root: Path
+
+    MASKS = "masks"
+
+    @property
+    def test_labels(self) -> Path:
+        """``stage_2_test_labels.csv``: the labels of every test file (RSNA long format)."""
+        return self.root / "stage_2_test_labels.csv"
+
+    @property
+    def masks(self) -> Path:
+        """``masks/``: one lesion-mask volume per series (both splits)."""
+        return self.root / self.MASKS
+
+    def mask_file(self, series_uid: str) -> Path:
+        """``masks/<series>.npz`` (the series UID made safe as in :func:`cache_file_name`)."""
+        return self.masks / (cache_file_name(series_uid).removesuffix(".npy") + ".npz")
+
+
+@dataclass(frozen=True)
 class DatasetFolder:
     """The folder ``ich3d build-series`` writes (docs/design.md §1-2)."""
 
@@ -192,6 +215,11 @@ class InferFolder:
     @property
     def score(self) -> Path:
         return self.root / "score.json"
+
+    @property
+    def report(self) -> Path:
+        """``report.html``: the default page of ``ich3d report``."""
+        return self.root / "report.html"
 
     @property
     def lock(self) -> Path:

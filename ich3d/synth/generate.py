@@ -4,9 +4,11 @@ instance numbers, transfer syntaxes, a corrupt and a non-DICOM file per split, d
 
 Layout under OUT: stage_2_train/ and stage_2_test/ (ID_<9 hex>.dcm), stage_2_train.csv,
 stage_2_sample_submission.csv (every test file, incl. the corrupt and the junk one), stage_2_test_labels.csv
-(ground truth of every test file: the corrupt image, and the junk file as all-negative) and
-synth.json (settings, counts, which series carry which quirk). Output is byte-identical for the same
-config; each series draws from its own generator seeded with (seed, split, series index).
+(ground truth of every test file: the corrupt image, and the junk file as all-negative),
+synth.json (settings, counts, which series carry which quirk) and masks/<series_uid>.npz (every series'
+lesion masks in its original pixel grid: ich3d.synth.series.write_mask, ich3d.layout.SynthFolder).
+Output is byte-identical for the same config; each series draws from its own generator seeded with
+(seed, split, series index); the masks draw no random numbers.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 from ich3d import __version__
 from ich3d.constants import LABELS
 from ich3d.errors import ConfigError, InputError
+from ich3d.layout import SynthFolder
 from ich3d.synth.dicom_writer import truncate_pixels
 from ich3d.synth.plan import SPLITS, SeriesPlan, SynthConfig, plan_dataset
 from ich3d.synth.series import write_series
@@ -58,6 +61,7 @@ def make_synthetic_dataset(out: Path, config: SynthConfig, progress: Callable[[i
         if out.is_file() or (folder.is_dir() and any(folder.iterdir())):
             raise InputError(f"{folder} already holds files: choose an empty --out folder or delete it first.")
         folder.mkdir(parents=True, exist_ok=True)
+    SynthFolder(out).masks.mkdir(exist_ok=True)
     start = time.perf_counter()
     plans, extras = plan_dataset(config)
     labels: dict[str, dict[str, tuple[int, ...]]] = {split: {} for split in SPLITS}
@@ -90,14 +94,16 @@ def _write_all_series(out: Path, plans: list[SeriesPlan], config: SynthConfig,
     """write_series for every plan, in `workers` processes; results in plan order."""
     report = progress or (lambda n: None)
     folders = [out / f"stage_2_{plan.split}" for plan in plans]
+    masks = [SynthFolder(out).mask_file(plan.series_uid) for plan in plans]
     if workers == 1:
         results = []
-        for folder, plan in zip(folders, plans):
-            results.append(write_series(folder, plan, config))
+        for folder, plan, mask in zip(folders, plans, masks):
+            results.append(write_series(folder, plan, config, mask))
             report(len(plan.sop_uids))
         return results
     with ProcessPoolExecutor(min(workers, len(plans))) as pool:
-        futures = [pool.submit(write_series, folder, plan, config) for folder, plan in zip(folders, plans)]
+        futures = [pool.submit(write_series, folder, plan, config, mask)
+                   for folder, plan, mask in zip(folders, plans, masks)]
         for future, plan in zip(futures, plans):
             future.result()
             report(len(plan.sop_uids))

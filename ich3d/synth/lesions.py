@@ -5,7 +5,8 @@ epidural: biconvex lens against the inner table, short; subdural: crescent along
 subarachnoid: blood in the sulci, fissures and cisterns of a region; intraparenchymal: lobulated clot
 with a hypodense edema rim; intraventricular: blood in the ventricles, layered (fluid level in the
 dependent horns) or a cast. A slice is positive for a subtype where its lesions take over at least
-MIN_LESION_AREA_MM2 of it; contrast falls towards a lesion's cranial and caudal ends.
+MIN_LESION_AREA_MM2 of it; contrast falls towards a lesion's cranial and caudal ends. The pixels a
+lesion takes over form the slice's lesion mask (one bit per subtype, :data:`MASK_BITS`).
 """
 
 from __future__ import annotations
@@ -15,13 +16,27 @@ from dataclasses import dataclass
 import numpy as np
 
 from ich3d.constants import LABELS
-from ich3d.synth.phantom import AIR_HU, Box, Ellipsoid, Head, SliceFields, SliceGrid, alpha, blend, render_anatomy, sub
+from ich3d.synth.phantom import (
+    AIR_HU,
+    Box,
+    Ellipsoid,
+    Head,
+    SliceFields,
+    SliceGrid,
+    alpha,
+    blend,
+    render_anatomy,
+    sub,
+)
 
 SUBTYPES: tuple[str, ...] = LABELS[1:]
 #: Cross-sections smaller than this (mm^2, and at least 3 pixels) do not make a slice positive.
 MIN_LESION_AREA_MM2 = 8.0
 #: Contrast of a lesion at its cranial and caudal ends relative to its centre (partial volume).
 END_CONTRAST = 0.35
+#: Bit of each subtype in a lesion mask (uint8, bits may combine where lesions overlap; 0 = no blood):
+#: epidural 1, intraparenchymal 2, intraventricular 4, subarachnoid 8, subdural 16.
+MASK_BITS: dict[str, int] = {name: 1 << k for k, name in enumerate(SUBTYPES)}
 
 
 @dataclass(frozen=True)
@@ -60,9 +75,10 @@ class _Cut:
         return sub(getattr(self.fields, name), self.box)
 
 
-def paint_lesion(img: np.ndarray, lesion: Lesion, grid: SliceGrid, fields: SliceFields) -> int:
-    """Paint `lesion` into `img` (HU, in place); return its pixels: those it takes over by more than half
-    (coverage times contrast, which falls towards the lesion's ends)."""
+def paint_lesion(img: np.ndarray, lesion: Lesion, grid: SliceGrid, fields: SliceFields, mask: np.ndarray) -> int:
+    """Paint `lesion` into `img` (HU, in place) and its subtype's bit into `mask` ((rows, cols) uint8, in
+    place) on its pixels: those it takes over by more than half (coverage times contrast, which falls
+    towards the lesion's ends). Returns how many pixels that is."""
     box = lesion.extent.box(grid, margin=lesion.size)
     if box is None:
         return 0
@@ -72,28 +88,36 @@ def paint_lesion(img: np.ndarray, lesion: Lesion, grid: SliceGrid, fields: Slice
     frac *= 1.0 - (1.0 - END_CONTRAST) * np.minimum(s[2] * s[2], 1.0)
     view = sub(img, box)
     view += frac * np.maximum(lesion.hu - view, 0.0)  # blood replaces tissue, never darkens bone
-    return int(np.count_nonzero(frac > 0.5))
+    taken = frac > 0.5
+    sub(mask, box)[taken] |= np.uint8(MASK_BITS[lesion.label])
+    return int(np.count_nonzero(taken))
 
 
-def render_slice(head: Head, lesions: list[Lesion], grid: SliceGrid) -> tuple[np.ndarray, tuple[int, ...]]:
-    """Noise-free HU of one slice, (S, S) float32, and its six labels (0/1, LABELS order).
+def render_slice(head: Head, lesions: list[Lesion],
+                 grid: SliceGrid) -> tuple[np.ndarray, tuple[int, ...], np.ndarray]:  # fmt: skip
+    """Noise-free HU of one slice, its six labels and its lesion mask.
 
     A subtype is positive when its lesions cover more than half of at least MIN_LESION_AREA_MM2 (and 3
-    pixels) of the slice; ``any`` is their OR.
+    pixels) of the slice; ``any`` is their OR. The mask holds every pixel a lesion takes over, also on
+    slices where that is too little to make them positive.
+
+    Returns:
+        HU (rows, cols) float32; labels (0/1, LABELS order); mask (rows, cols) uint8 of :data:`MASK_BITS`.
     """
     img = np.full((grid.rows, grid.cols), AIR_HU, dtype=np.float32)
+    mask = np.zeros((grid.rows, grid.cols), dtype=np.uint8)
     box = head.scalp.box(grid)
     if box is None:
-        return img, (0,) * len(LABELS)
+        return img, (0,) * len(LABELS), mask
     crop = grid.crop(box)  # everything happens inside the head
     head_img, fields = render_anatomy(head, crop)
     found = dict.fromkeys(SUBTYPES, 0)
     for lesion in lesions:
-        found[lesion.label] += paint_lesion(head_img, lesion, crop, fields)
+        found[lesion.label] += paint_lesion(head_img, lesion, crop, fields, sub(mask, box))
     sub(img, box)[...] = head_img
     least = max(3, int(np.ceil(MIN_LESION_AREA_MM2 / grid.spacing**2)))
     subtypes = tuple(int(found[name] >= least) for name in SUBTYPES)
-    return img, (int(any(subtypes)), *subtypes)
+    return img, (int(any(subtypes)), *subtypes), mask
 
 
 def _epidural(lesion: Lesion, cut: _Cut) -> np.ndarray:

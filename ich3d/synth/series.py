@@ -1,24 +1,33 @@
 """One synthetic series: a head placed on the table, its hemorrhages, the image planes, noise, the files.
 
 :func:`write_series` renders the phantom (:mod:`ich3d.synth.phantom`, :mod:`ich3d.synth.lesions`) on
-each image plane, adds CT-like noise and writes the slices through :mod:`ich3d.synth.dicom_writer`.
+each image plane, adds CT-like noise and writes the slices through :mod:`ich3d.synth.dicom_writer`, and
+the series' lesion masks with :func:`write_mask` (read them back with :func:`load_mask`).
 """
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
 from pydicom.config import disable_value_validation
 
+from ich3d.atomic import atomic_write
 from ich3d.constants import LABELS
+from ich3d.errors import InputError
 from ich3d.synth import lesions, phantom
 from ich3d.synth.dicom_writer import encoder, instance_numbers, template, write_slice
 from ich3d.synth.plan import SPLITS, SeriesPlan, SynthConfig
 
+#: Members of a mask file: the (N, rows, cols) uint8 volume, the (N,) image ID of each slice, the
+#: subtype of each bit (bit k = subtypes[k], see ich3d.synth.lesions.MASK_BITS).
+MASK_MEMBERS = ("mask", "image_ids", "subtypes")
 
-def write_series(folder: Path, plan: SeriesPlan, config: SynthConfig) -> tuple[dict[str, tuple[int, ...]], dict]:
-    """Render and write the DICOM files of one series.
+
+def write_series(folder: Path, plan: SeriesPlan, config: SynthConfig,
+                 mask_path: Path) -> tuple[dict[str, tuple[int, ...]], dict]:  # fmt: skip
+    """Render and write the DICOM files of one series, and its lesion masks to `mask_path`.
 
     Returns:
         {image id: its six labels (0/1) in LABELS order} and a description of the acquisition.
@@ -30,14 +39,50 @@ def write_series(folder: Path, plan: SeriesPlan, config: SynthConfig) -> tuple[d
     grids, info = _slice_grids(rng, head, plan, config)
     numbers = instance_numbers(rng, plan.quirks["instances"], len(grids))
     encode = encoder(rng, plan.quirks["pixels"], info["image_size"])
-    sigma, labels = rng.uniform(3.0, 6.0), {}
+    sigma, labels, masks = rng.uniform(3.0, 6.0), {}, []
     with disable_value_validation():
         elements, syntax = template(rng, plan, grids[0])
         for grid, sop, number in zip(grids, plan.sop_uids, numbers):
-            hu, labels[sop] = lesions.render_slice(head, hemorrhages, grid)
+            hu, labels[sop], mask = lesions.render_slice(head, hemorrhages, grid)
+            masks.append(mask)
             hu += _noise(rng, info["image_size"], sigma)
             write_slice(folder / f"{sop}.dcm", elements, syntax, sop, number, grid.origin, encode(hu))
+    write_mask(mask_path, np.stack(masks), plan.sop_uids)
     return labels, info
+
+
+def write_mask(path: Path, mask: np.ndarray, image_ids: tuple[str, ...] | list[str]) -> None:
+    """Writes a series' lesion masks as a compressed ``.npz`` whose bytes depend only on its content.
+
+    Args:
+        path: the file (its folder must exist); written atomically.
+        mask: (N, rows, cols) uint8 bits of ich3d.synth.lesions.MASK_BITS, in the original pixel grid
+            (row i, column j of the DICOM image), slices in position order along the slice normal
+            (the index's ``slice_index`` order).
+        image_ids: (N,) the image ID of each slice.
+    """
+    arrays = (mask, np.asarray(image_ids, dtype=str), np.asarray(lesions.SUBTYPES, dtype=str))
+    with atomic_write(path) as file, zipfile.ZipFile(file, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, array in zip(MASK_MEMBERS, arrays):
+            member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))  # no time stamp
+            member.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(member, "w") as stream:
+                np.lib.format.write_array(stream, array, allow_pickle=False)
+
+
+def load_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A mask file of :func:`write_mask`: ((N, rows, cols) uint8 mask bits, (N,) image IDs).
+
+    Raises:
+        InputError: no such file, or not a mask file.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if set(data.files) != set(MASK_MEMBERS) or tuple(data["subtypes"]) != lesions.SUBTYPES:
+                raise InputError(f"{path}: not a lesion-mask file of this ich3d version (members {data.files})")
+            return data["mask"], data["image_ids"]
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path}: cannot read the lesion masks ({exc}); regenerate them with `ich3d synth`") from None
 
 
 def _subtypes(rng: np.random.Generator, config: SynthConfig) -> list[str]:

@@ -86,7 +86,7 @@ def test_config_is_validated(change: dict, message: str) -> None:
 def test_layout_and_summary(synthetic_rsna: Path, summary: dict, headers: dict) -> None:
     names = {p.name for p in synthetic_rsna.iterdir()}
     assert names == {"stage_2_train", "stage_2_test", "stage_2_train.csv", "stage_2_sample_submission.csv",
-                     "stage_2_test_labels.csv", "synth.json"}  # fmt: skip
+                     "stage_2_test_labels.csv", "synth.json", "masks"}  # fmt: skip
     for split in ("train", "test"):
         files = sorted((synthetic_rsna / f"stage_2_{split}").iterdir())
         counts = summary["splits"][split]
@@ -245,14 +245,40 @@ def test_lesion_labels_follow_the_painted_pixels() -> None:
         positive, raised = [], []
         for z in np.arange(-70.0, 95.0, 5.0):
             grid = phantom.SliceGrid(np.array([-127.0, -127.0, z]), np.eye(3)[0], np.eye(3)[1], 2.0, 128, 128)
-            clean, none = lesions.render_slice(head, [], grid)
-            bloody, labels = lesions.render_slice(head, lesion, grid)
+            clean, none, no_mask = lesions.render_slice(head, [], grid)
+            bloody, labels, mask = lesions.render_slice(head, lesion, grid)
             assert none == (0,) * len(LABELS) and labels[0] == labels[LABELS.index(label)] == max(labels)
+            assert not no_mask.any() and set(np.unique(mask)) <= {0, lesions.MASK_BITS[label]}
+            assert labels[0] == (np.count_nonzero(mask) >= 3)  # 2 mm pixels: 3 pixels make a slice positive
             positive.append(labels[0])
             raised.append(np.count_nonzero(bloody - clean >= 7.0))
         runs = np.flatnonzero(positive)
         assert runs.size >= 1 and np.all(np.diff(runs) == 1), (label, positive)
         assert min(raised[i] for i in runs) >= 3 and max(raised) == max(raised[i] for i in runs), label
+
+
+def test_lesion_masks_match_the_labels_and_the_pixels(synthetic_rsna: Path, summary: dict, headers: dict) -> None:
+    """Each series' mask volume: one slice per file in position order, in the file's pixel grid; a slice's
+    subtype label is 1 exactly when its mask holds that subtype on at least MIN_LESION_AREA_MM2."""
+    from ich3d.layout import SynthFolder
+    from ich3d.synth.series import load_mask
+
+    labels = {**_labels(synthetic_rsna / "stage_2_train.csv"), **_labels(synthetic_rsna / "stage_2_test_labels.csv")}
+    positives = 0
+    for entry in summary["series"]:
+        mask, ids = load_mask(SynthFolder(synthetic_rsna).mask_file(entry["series_uid"]))
+        split = headers[entry["split"]]
+        slices = sorted((ds for ds in split.values() if ds.SeriesInstanceUID == entry["series_uid"]),
+                        key=lambda ds: float(ds.ImagePositionPatient[2]))  # the table moves along z
+        assert list(ids) == [ds.SOPInstanceUID for ds in slices]
+        assert mask.dtype == np.uint8 and mask.shape == (len(slices), slices[0].Rows, slices[0].Columns)
+        spacing = float(slices[0].PixelSpacing[0])
+        least = max(3, int(np.ceil(lesions.MIN_LESION_AREA_MM2 / spacing**2)))
+        for image, bits in zip(ids, mask):
+            for name, bit in lesions.MASK_BITS.items():
+                assert labels[image][name] == (np.count_nonzero(bits & bit) >= least), (image, name)
+            positives += labels[image]["any"]
+    assert positives > 0
 
 
 def test_deterministic_and_parallel_identical(tmp_path: Path) -> None:
