@@ -14,6 +14,7 @@ from ich3d.errors import InputError
 from ich3d.inference.submission import (
     read_submission_ids,
     score_submission,
+    validate_submission,
     write_submission,
 )
 
@@ -84,3 +85,15 @@ def test_wrong_columns_and_ids(tmp_path: Path, truth) -> None:
     (tmp_path / "ids.csv").write_text("ID,Label\nID_a_bleed,0.5\n")
     with pytest.raises(InputError, match="unknown label names.*bleed"):
         score_submission(tmp_path / "ids.csv", labels)
+
+
+def test_validate_lists_each_problem_once_duplicates_in_order_others_sorted() -> None:
+    truth = pd.DataFrame({"ID": ["ID_b_any", "ID_a_any", "ID_c_any", "ID_d_any"]})
+    sub = pd.DataFrame({"ID": ["ID_c_any", "ID_z_any", "ID_c_any", "ID_y_any", "ID_z_any", "ID_a_any", "ID_y_any"],
+                        "Label": [0.5, 0.5, 0.5, 2.0, 0.5, np.nan, 0.5]})
+    with pytest.raises(InputError) as info:
+        validate_submission(sub, truth)
+    assert str(info.value) == ("submission rejected: duplicate IDs: ID_c_any, ID_z_any, ID_y_any; "
+                               "missing IDs: ID_b_any, ID_d_any; unknown IDs (not in the labels): ID_y_any, ID_z_any; "
+                               "Label NaN or outside [0, 1]: ID_y_any, ID_a_any")
+    validate_submission(truth.assign(Label=0.5).iloc[::-1], truth)
