@@ -145,6 +145,13 @@ def synth(ctx: click.Context, out: Path, n_series: int, n_test_series: int, imag
               help="Split the pixel pass over this many jobs (they share one index).")
 @click.option("--part-id", default=0, show_default=True, help="This job's part (0-based).")
 @click.option("--index-only", is_flag=True, help="Stop after the header index.")
+@click.option("--series", "series_mode", type=click.Choice(["auto", "all"]), default="auto", show_default=True,
+              help="auto: per study the soft-kernel, non-contrast axial series nearest the target thickness; "
+                   "all: every axial CT series.")
+@click.option("--series-rules", type=ExistingFile, help="YAML/JSON rules overriding the choice (include, exclude, roles).")
+@click.option("--series-uid", "series_uids", multiple=True, help="Predict exactly these series (repeatable).")
+@click.option("--target-thickness", type=float, default=5.0, show_default=True,
+              help="Slice thickness (mm) --series auto prefers: the model's training thickness.")
 @click.option("--assume-intercept", type=float,
               help="RescaleIntercept of CT slices that lack it (e.g. -1024) [default: such slices are not used].")
 @click.option("--strict", is_flag=True, help=f"Exit with code {EXIT_PARTIAL} when any input was skipped.")
@@ -153,14 +160,17 @@ def synth(ctx: click.Context, out: Path, n_series: int, n_test_series: int, imag
 @handle_errors
 def build_series_command(ctx: click.Context, dicom_dirs: tuple[Path, ...], labels: Path | None, out: Path,
                          image_size: int, workers: int | None, overwrite: bool, num_parts: int, part_id: int,
-                         index_only: bool, assume_intercept: float | None, strict: bool) -> None:
-    """Index DICOM files into series, join labels and cache Hounsfield units."""
+                         index_only: bool, series_mode: str, series_rules: Path | None, series_uids: tuple[str, ...],
+                         target_thickness: float, assume_intercept: float | None, strict: bool) -> None:
+    """Index DICOM files into series, choose the series to read, join labels and cache Hounsfield units."""
     from ich3d.console import print_build_summary
     from ich3d.dataset.build import build_series
+    from ich3d.dataset.roles import load_rules
 
+    rules = load_rules(series_rules, series_mode, target_thickness, series_uids)
     summary = build_series(list(dicom_dirs), out, labels_csv=labels, image_size=image_size, workers=workers,
                            overwrite=overwrite, num_parts=num_parts, part_id=part_id, index_only=index_only,
-                           assume_intercept=assume_intercept, progress=not _quiet(ctx))
+                           assume_intercept=assume_intercept, series_rules=rules, progress=not _quiet(ctx))
     print_build_summary(summary, _console(ctx))
     usable = summary["n_files"] - summary["n_skipped"]
     if usable == 0:
@@ -231,17 +241,34 @@ def train(ctx: click.Context, dataset: Path, config_path: str | None, out: Path,
 @click.option("--batch", "batch_series", default=8, show_default=True, help="Series per encoder batch.")
 @click.option("--workers", type=int, help="Processes reading DICOM [default: all cores] and loader workers [default: 1].")
 @click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision on CUDA.")
+@click.option("--resample", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
+              help="auto: read series under half the training thickness as slabs of it.")
+@click.option("--series", "series_mode", type=click.Choice(["auto", "all"]), default="auto", show_default=True,
+              help="auto: per study the soft-kernel, non-contrast axial series nearest the target thickness; "
+                   "all: every axial CT series.")
+@click.option("--series-rules", type=ExistingFile, help="YAML/JSON rules overriding the choice (include, exclude, roles).")
+@click.option("--series-uid", "series_uids", multiple=True, help="Predict exactly these series (repeatable).")
+@click.option("--threshold", default=0.5, show_default=True, help="Probability for the exams' slice ranges.")
 @verbosity_options
 @click.pass_context
 @handle_errors
 def infer(ctx: click.Context, runs: tuple[Path, ...], dataset: Path | None, dicom_dirs: tuple[Path, ...],
           sample_submission: Path | None, out: Path, allow_missing: bool, num_parts: int, part_id: int,
-          device: str | None, batch_series: int, workers: int | None, amp: bool) -> None:
-    """Predict every image and write submission.csv and predictions.parquet."""
+          device: str | None, batch_series: int, workers: int | None, amp: bool, resample: str, series_mode: str,
+          series_rules: Path | None, series_uids: tuple[str, ...], threshold: float) -> None:
+    """Predict every image and every exam: submission.csv, predictions.parquet, exams.csv.
+
+    With --dicom-dir the series choice options apply to the dataset built in OUT/dataset (target
+    thickness: the models' training slice spacing); with --dataset, the dataset's own choice is used.
+    """
     from ich3d.console import print_infer_summary
+    from ich3d.dataset.roles import load_rules
     from ich3d.inference.run import InferOptions, predict
 
-    options = InferOptions(device=device, batch_series=batch_series, workers=workers, amp=amp)
+    custom = series_mode != "auto" or series_rules is not None or series_uids
+    rules = load_rules(series_rules, series_mode, series_uids=series_uids) if custom else None
+    options = InferOptions(device=device, batch_series=batch_series, workers=workers, amp=amp, resample=resample,
+                           series_rules=rules, exam_threshold=threshold)
     summary = predict(list(runs), out, dataset=dataset, dicom_dirs=list(dicom_dirs), sample_submission=sample_submission,
                       allow_missing=allow_missing, num_parts=num_parts, part_id=part_id, options=options,
                       progress=not _quiet(ctx))
@@ -264,21 +291,42 @@ def merge(ctx: click.Context, out: Path, sample_submission: Path | None, allow_m
 
 
 @main.command()
-@click.argument("submission", type=ExistingFile)
-@click.option("--labels", required=True, type=ExistingFile, help="Ground truth, RSNA long format.")
+@click.argument("predictions", type=click.Path(exists=True, path_type=Path))
+@click.option("--labels", type=ExistingFile, help="Image labels, RSNA long format: scores submission.csv.")
+@click.option("--exams", "exam_labels", type=ExistingFile,
+              help="Exam labels (CQ500 reads or study_uid + labels): scores exams.csv.")
+@click.option("--exam-map", type=ExistingFile, help="name,study_uid: joins CQ500 read names to studies.")
+@click.option("--threshold", default=0.5, show_default=True, help="Exam probability counted as positive.")
 @click.option("--dataset", type=ExistingDir, help="Dataset index for the series-level AUC.")
-@click.option("--out", type=PathArg, help="JSON file for the score [default: next to SUBMISSION].")
+@click.option("--out", type=PathArg, help="JSON file for the score [default: score.json next to the predictions].")
 @verbosity_options
 @click.pass_context
 @handle_errors
-def score(ctx: click.Context, submission: Path, labels: Path, dataset: Path | None, out: Path | None) -> None:
-    """Score a submission: weighted log loss, per-label log loss and AUC, series AUC."""
-    from ich3d.console import print_score
-    from ich3d.inference.submission import save_score, score_submission, series_lookup
+def score(ctx: click.Context, predictions: Path, labels: Path | None, exam_labels: Path | None,
+          exam_map: Path | None, threshold: float, dataset: Path | None, out: Path | None) -> None:
+    """Score predictions (a submission.csv, or the OUT folder of infer) per image and/or per exam.
 
-    result = score_submission(submission, labels, series_lookup(submission, dataset))
-    save_score(result, out or submission.with_name("score.json"))
-    print_score(result, _console(ctx))
+    Per image (--labels): weighted log loss, per-label log loss, AUC and ECE, series AUC. Per exam
+    (--exams): per-label AUC with bootstrap 95 % CIs, sensitivity, specificity, confusion counts.
+    """
+    from ich3d.console import print_exam_score, print_score
+    from ich3d.inference.submission import save_score, score_submission, series_lookup
+    from ich3d.layout import InferFolder
+
+    if labels is None and exam_labels is None:
+        raise click.UsageError("give --labels (image level), --exams (exam level) or both")
+    folder = InferFolder(predictions if predictions.is_dir() else predictions.parent)
+    submission = folder.submission if predictions.is_dir() else predictions
+    result: dict[str, Any] = {}
+    if labels is not None:
+        result = score_submission(submission, labels, series_lookup(submission, dataset))
+        print_score(result, _console(ctx))
+    if exam_labels is not None:
+        from ich3d.inference.exam_score import score_exams
+
+        result["exams"] = score_exams(folder.exams_csv, exam_labels, exam_map, threshold)
+        print_exam_score(result["exams"], _console(ctx))
+    save_score(result, out or folder.score)
 
 
 @main.command()

@@ -67,6 +67,20 @@ def print_score(metrics: dict[str, Any], console: Console) -> None:
     console.print(f"weighted log loss: {metrics['weighted_log_loss']:.5f}")
 
 
+def print_exam_score(result: dict[str, Any], console: Console) -> None:
+    """Per-label exam AUC (95 % CI), sensitivity and specificity at the threshold."""
+    table = Table(title=f"exams: {result['n_exams']} scored" + (f", {result['n_unscored']} without a usable series"
+                                                                 if result["n_unscored"] else ""))
+    for column in ("label", "AUC (95 % CI)", "sensitivity", "specificity", "TP / FP / TN / FN"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for name, s in result["labels"].items():
+        auc = "n/a" if s["auc"] is None else f"{s['auc']:.3f} ({s['auc_low']:.3f}-{s['auc_high']:.3f})"
+        table.add_row(name, auc, _fmt(s["sensitivity"]), _fmt(s["specificity"]),
+                      f"{s['tp']} / {s['fp']} / {s['tn']} / {s['fn']}")
+    table.caption = f"threshold {result['threshold']:g}"
+    console.print(table)
+
+
 def print_infer_summary(summary: dict[str, Any], console: Console) -> None:
     table = Table(title="infer", show_header=False)
     for key, value in summary.items():

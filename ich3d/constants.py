@@ -30,6 +30,9 @@ WINDOWS: dict[str, tuple[float, float]] = {
 #: The "BSB" three-channel image of the RSNA 2019 solutions.
 BSB_WINDOWS: tuple[str, ...] = ("brain", "subdural", "soft_tissue")
 
+#: Slice spacing (mm) of RSNA's series: the training thickness assumed where none is recorded.
+RSNA_SLICE_SPACING_MM: float = 5.0
+
 #: Value written into the HU cache for a slice whose pixels could not be read.
 #: Such slices are always flagged in the index and never used as if they were real.
 MISSING_HU: int = -1024
@@ -49,6 +52,7 @@ class Status(StrEnum):
     UNSUPPORTED_IMAGE = "unsupported_image"  # e.g. colour, multi-frame
     MISSING_GEOMETRY = "missing_geometry"  # no ImagePositionPatient / orientation
     MISSING_RESCALE = "missing_rescale"  # CT slice without RescaleIntercept (HU unknown)
+    DUPLICATE = "duplicate"  # the same image (SOPInstanceUID) as another file, which is used
     READ_ERROR = "read_error"  # I/O error (permissions, vanished file)
 
 

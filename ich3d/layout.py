@@ -61,6 +61,11 @@ class DatasetFolder:
         return self.root / self.INDEX / "series.parquet"
 
     @property
+    def headers(self) -> Path:
+        """``index/headers.parquet``: the header pass's rows as read (the index is derived from them)."""
+        return self.root / self.INDEX / "headers.parquet"
+
+    @property
     def pixel_failures(self) -> Path:
         """``index/pixel_failures/``: the pixel pass's journals and failure tables, one per part."""
         return self.root / self.INDEX / "pixel_failures"

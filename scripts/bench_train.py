@@ -171,7 +171,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as run:
         folder = RunFolder(Path(run)).fold(0)
         folder.root.mkdir()
-        ctx = StageContext(config, runtime, FoldData(0, table, table.subset(np.arange(2)), prevalence), folder)
+        ctx = StageContext(config, runtime, FoldData(0, table, table.subset(np.arange(2)), prevalence, 5.0), folder)
         slice_r, seq_r = bench(config, ctx, args.steps, args.warmup)
     text = markdown(rows(slice_r, seq_r, config), args, config, runtime, table.n_slices, len(table.series_uids))
     print(text)

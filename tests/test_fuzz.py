@@ -117,13 +117,16 @@ def test_mutated_files_never_crash_and_every_file_is_accounted_for(synthetic_rsn
     summary = predict([trained_run], mixed.root, dicom_dirs=[good, tmp_path / "fuzz"], progress=False)
 
     rows = pd.read_parquet(mixed.predictions)
-    assert len(rows) == len(good_files) + len(mutants) == summary["images"]
-    assert rows["path"].is_unique if "path" in rows else rows["image_id"].is_unique
-    assert set(rows["predicted_by"]) <= {"model", "context", "prior"}
+    assert len(rows) == len(good_files) + len(mutants)  # every file once
+    assert rows["image_id"].is_unique and rows["relative_path"].is_unique
+    assert set(rows["predicted_by"]) <= {"model", "context", "prior", "skipped"}
+    assert summary["images"] == (rows["predicted_by"] != "skipped").sum()
     broken = rows[rows["status"] != "ok"]
     assert len(broken) > N_MUTANTS // 4 and (broken["error"].str.len() > 0).all()
+    skipped = rows[rows["predicted_by"] == "skipped"]
+    assert (skipped["reason"].str.len() > 0).all()  # recorded with a reason
     probabilities = [c for c in rows if c.startswith("p_")]
-    assert np.isfinite(rows[probabilities].to_numpy()).all()
+    assert np.isfinite(rows.loc[rows["predicted_by"] != "skipped", probabilities].to_numpy()).all()
     reference = pd.read_parquet(alone.predictions).set_index("image_id")[probabilities]
     together = rows.set_index("image_id").loc[reference.index, probabilities]
     np.testing.assert_allclose(together.to_numpy(), reference.to_numpy(), atol=1e-6)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ich3d.data.resample import slab_means
 from ich3d.data.tables import SeriesTable
 from ich3d.dataset.cache import load_series
 
@@ -82,7 +83,7 @@ class SeriesDataset(Dataset):
         start, stop = int(self.table.offsets[s]), int(self.table.offsets[s + 1])
         first = int(self.crop_starts[i]) if self.crop_starts is not None else 0
         last = min(stop - start, first + self.crop_len) if self.crop_len else stop - start
-        hu = self._reader(self.table.series_uids[s])[first:last]
+        hu = self._series_hu(s)[first:last]
         return {
             "hu": torch.from_numpy(np.array(hu)),
             "labels": torch.from_numpy(self.table.labels[start + first:start + last]),
@@ -90,6 +91,17 @@ class SeriesDataset(Dataset):
             "index": torch.tensor(s),
             "start": torch.tensor(first),
         }
+
+
+    def _series_hu(self, s: int) -> np.ndarray:
+        """(N, S, S) int16 HU of series ``s``: its cache, or for a slab table the slab means of it."""
+        volume = self._reader(self.table.series_uids[s])
+        slabs = self.table.slabs
+        if slabs is None:
+            return volume
+        start, stop = self.table.offsets[s], self.table.offsets[s + 1]
+        readable = slabs.source_readable[slabs.source_offsets[s]:slabs.source_offsets[s + 1]]
+        return slab_means(np.asarray(volume), readable, slabs.first[start:stop])
 
 
 def pad_series(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -42,6 +42,7 @@ from ich3d.dataset.index import (
     part_series,
     write_parquet,
 )
+from ich3d.dataset.roles import SeriesRules, choice_table
 from ich3d.errors import Ich3dError, InputError
 from ich3d.folders import FolderLock, prepare_output
 from ich3d.layout import DatasetFolder
@@ -56,7 +57,7 @@ def _pixel_pass(folder: DatasetFolder, slices: pd.DataFrame, series: pd.DataFram
                 progress: bool) -> dict:
     """Builds this part's missing or damaged cache files; writes its failures parquet; returns counts."""
     num_parts, part_id = parts
-    mine = part_series(series, num_parts, part_id)
+    mine = part_series(series[series["build_cache"]], num_parts, part_id)
     journal = CacheJournal(folder, part_id, files_id, size)
     done = {} if overwrite else journal.finished()
     length = dict(zip(series["series_uid"], series["n_slices"].astype(int)))
@@ -104,6 +105,7 @@ def build_series(
     part_id: int = 0,
     index_only: bool = False,
     assume_intercept: float | None = None,
+    series_rules: SeriesRules = SeriesRules(),
     progress: bool = True,
 ) -> dict[str, Any]:
     """Indexes DICOM folders into series, joins labels and caches Hounsfield units.
@@ -119,6 +121,8 @@ def build_series(
         index_only: stop after writing the index.
         assume_intercept: the RescaleIntercept of slices that lack it (None: they are
             ``missing_rescale`` and not used).
+        series_rules: which series to predict (:mod:`ich3d.dataset.roles`); the cache holds those
+            and the labeled axial CT series.
         progress: show rich progress bars.
 
     Returns:
@@ -142,7 +146,8 @@ def build_series(
             for path, error in files.unreadable:
                 log.warning("cannot read %s (%s): its files are left out", path, error)
             timings = {"collect_s": time.perf_counter() - began}
-            slices, series, meta = index_for(folder, files, labels_csv, pool, progress, assume_intercept)
+            slices, series, meta = index_for(folder, files, labels_csv, pool, progress, assume_intercept,
+                                             series_rules)
             timings["index_s"] = time.perf_counter() - began - timings["collect_s"]  # header pass included
         with FolderLock(folder.part_lock(part_id), f"part {part_id} of dataset folder {folder.root}"):
             pixels = {} if index_only else _pixel_pass(folder, slices, series, image_size, (num_parts, part_id),
@@ -153,7 +158,7 @@ def build_series(
             summary = _summary(dicom_dirs, labels_csv, files, slices, series, meta, pixels, timings)
             summary["settings"] = {"image_size": image_size, "workers": workers, "overwrite": overwrite,
                                    "num_parts": num_parts, "part_id": part_id, "index_only": index_only,
-                                   "assume_intercept": assume_intercept}
+                                   "assume_intercept": assume_intercept, "series_rules": series_rules.to_dict()}
             write_json_atomic(folder.build_summary(num_parts, part_id), summary)
     return summary
 
@@ -172,6 +177,8 @@ def _summary(dicom_dirs: Sequence[Path], labels_csv: Path | None, files: InputFi
         "unreadable_paths": [{"path": path, "error": error} for path, error in files.unreadable],
         "n_skipped": n_files - counts.get(str(Status.OK), 0), "n_series": len(series),
         "series_flags": {flag: int(series[flag].sum()) for flag in flags},
+        "series_roles": series["role"].value_counts().to_dict(), "n_series_predicted": int(series["predict"].sum()),
+        "series_choice": choice_table(series),
         "n_labeled": int(slices[LABEL_COLUMNS[0]].notna().sum()), "labels": meta.get("labels"),
         "index_reused": meta["reused"], "pixel_pass": pixels,
         "timings": {k: round(v, 3) for k, v in timings.items()},

@@ -49,6 +49,16 @@ _FIELDS: tuple[tuple[str, int, str], ...] = (
     ("study_uid", 0x0020000D, "str"),
     ("series_uid", 0x0020000E, "str"),
     ("instance_number", 0x00200013, "is"),
+    # what decides a series' role (docs/design.md §11): kept as written, multi-values joined by "\"
+    ("sop_class_uid", 0x00080016, "str"),
+    ("modality", 0x00080060, "str"),
+    ("image_type", 0x00080008, "str"),
+    ("series_description", 0x0008103E, "str"),
+    ("series_number", 0x00200011, "is"),
+    ("convolution_kernel", 0x00181210, "str"),
+    ("slice_thickness", 0x00180050, "first"),
+    ("contrast_agent", 0x00180010, "str"),
+    ("body_part", 0x00180015, "str"),
     ("ipp", 0x00200032, "floats"),
     ("iop", 0x00200037, "floats"),
     ("samples_per_pixel", 0x00280002, "us"),
@@ -69,9 +79,14 @@ _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN
 _BINARY_VRS = frozenset({"US", "SS", "UL", "SL"})
 _GEOMETRY = ("ipp_x", "ipp_y", "ipp_z", "iop_rx", "iop_ry", "iop_rz", "iop_cx", "iop_cy", "iop_cz")
 
-#: Keys of the row returned by :func:`read_header`, in order.
+#: Columns of the series roles, as :func:`read_header` returns them.
+ROLE_COLUMNS: tuple[str, ...] = ("sop_class_uid", "modality", "image_type", "series_description", "series_number",
+                                 "convolution_kernel", "slice_thickness", "contrast_agent", "body_part")
+#: Keys of the row returned by :func:`read_header`, in order (``frame``: the frame of a multi-frame
+#: file, None for single-frame files).
 HEADER_COLUMNS: tuple[str, ...] = (
-    ("image_id", "path", "sop_uid", "patient_id", "study_uid", "series_uid", "instance_number")
+    ("path", "sop_uid", "frame", "patient_id", "study_uid", "series_uid", "instance_number")
+    + ROLE_COLUMNS
     + _GEOMETRY
     + ("rows", "cols", "pixel_spacing", "bits_allocated", "bits_stored", "pixel_representation")
     + ("rescale_intercept", "rescale_slope", "window_center", "window_width", "transfer_syntax")
@@ -79,18 +94,9 @@ HEADER_COLUMNS: tuple[str, ...] = (
 )
 
 
-def image_id_of(path: str | Path) -> str:
-    """The image ID of a file: its name without a ``.dcm`` suffix (``ID_0a1b2c3d4.dcm`` → ``ID_0a1b2c3d4``).
-
-    Other suffixes are kept, so a file named by its UID (``1.2.840.1234``) keeps its whole name.
-    """
-    name = os.path.basename(path)
-    return name[:-4] if name.lower().endswith(".dcm") else name
-
-
 def _empty_row(path: str) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(HEADER_COLUMNS)
-    row.update(image_id=image_id_of(path), path=path, pixel_offset=-1, pixel_length=-1, error="")
+    row.update(path=path, pixel_offset=-1, pixel_length=-1, error="")
     row.update({name: math.nan for name in _GEOMETRY})
     return row
 
@@ -314,7 +320,7 @@ def _fill_row(row: dict[str, Any], raw: Mapping[int, Any], syntax: str, file_siz
     if len(geometry) == len(_GEOMETRY):
         row.update(zip(_GEOMETRY, geometry))
     row["transfer_syntax"] = syntax
-    for name in ("pixel_spacing", "window_center", "window_width"):
+    for name in ("pixel_spacing", "window_center", "window_width", "slice_thickness"):
         row[name] = math.nan if row[name] is None else row[name]
     if row["bits_stored"] is None:
         row["bits_stored"] = row["bits_allocated"]

@@ -42,9 +42,11 @@ class InputFiles:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
 
     def relative_paths(self) -> list[str]:
-        """Each path relative to its input folder (``/`` separators): stable across machines."""
-        return [os.path.relpath(path, Path(source).resolve()).replace(os.sep, "/")
-                for path, source in zip(self.paths, self.sources)]
+        """Each path relative to the input folder (with several, to their common parent), with ``/``
+        separators: stable across machines, and unique."""
+        roots = sorted({str(Path(source).resolve()) for source in self.sources})
+        base = roots[0] if len(roots) == 1 else os.path.commonpath(roots)
+        return [os.path.relpath(path, base).replace(os.sep, "/") for path in self.paths]
 
 
 def _walk(folder: Path, exclude: Path, unreadable: list[tuple[str, str]]) -> Iterator[tuple[str, os.stat_result]]:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,7 +26,9 @@ from ich3d.atomic import atomic_write
 from ich3d.constants import LABEL_COLUMNS, Status
 from ich3d.dataset.dicom import HEADER_COLUMNS, read_header
 from ich3d.dataset.files import InputFiles, file_id
+from ich3d.dataset.identity import assign_image_ids
 from ich3d.dataset.labels import LabelTable, join_labels, read_labels
+from ich3d.dataset.roles import AXIAL_LIKE, SeriesRules, assign_roles, choose_series
 from ich3d.dataset.series import order_slices, series_table
 from ich3d.errors import InputError
 from ich3d.layout import DatasetFolder
@@ -34,17 +37,18 @@ from ich3d.progress import progress_bar
 log = logging.getLogger(__name__)
 
 #: Version of the index layout; load_index refuses other versions.
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 _META_KEY = b"ich3d"
 _CHUNK_FILES = 256  # files per header-pass task
 #: Columns of index/pixel_failures/part-<I>.parquet.
 FAILURE_COLUMNS = ("image_id", "path", "status", "error")
 STR, INT = "str", "Int64"
 _HEADER_DTYPES = {name: "float64" for name in HEADER_COLUMNS} | {
-    name: STR for name in ("image_id", "path", "sop_uid", "patient_id", "study_uid", "series_uid",
+    name: STR for name in ("path", "sop_uid", "patient_id", "study_uid", "series_uid", "sop_class_uid", "modality",
+                           "image_type", "series_description", "convolution_kernel", "contrast_agent", "body_part",
                            "transfer_syntax", "status", "error")} | {
-    name: INT for name in ("instance_number", "rows", "cols", "bits_allocated", "bits_stored",
-                           "pixel_representation", "pixel_offset", "pixel_length")}
+    name: INT for name in ("frame", "instance_number", "series_number", "rows", "cols", "bits_allocated",
+                           "bits_stored", "pixel_representation", "pixel_offset", "pixel_length")}
 
 
 def read_header_chunk(paths: Sequence[str], assume_intercept: float | None = None) -> pd.DataFrame:
@@ -65,22 +69,33 @@ def header_pass(files: InputFiles, pool: Executor | None, progress: bool,
             frames.append(frame)
             advance(len(frame))
     header = pd.concat(frames, ignore_index=True)
-    header.insert(header.columns.get_loc("path") + 1, "source", pd.Series(files.sources, dtype=STR))
+    position = pd.Index(files.paths).get_indexer(header["path"])  # a file may give several rows (frames)
+    header.insert(header.columns.get_loc("path") + 1, "relative_path",
+                  pd.Series(np.asarray(files.relative_paths(), dtype=object)[position], dtype=STR))
+    header.insert(header.columns.get_loc("path") + 2, "source",
+                  pd.Series(np.asarray(files.sources, dtype=object)[position], dtype=STR))
     return header
 
 
-def make_index(header: pd.DataFrame, labels: LabelTable | None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Labels joined, series ordered and flagged; rows outside any series get series_uid None.
+def make_index(header: pd.DataFrame, labels: LabelTable | None,
+               rules: SeriesRules = SeriesRules()) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The index from the header rows: unique image keys, labels joined, series ordered, flagged, given
+    their roles and chosen; rows outside any series get series_uid None.
 
     Returns:
         (slices, series, label report).
     """
-    slices, label_report = join_labels(header, labels)
+    slices, label_report = join_labels(assign_image_ids(header), labels)
     slices = order_slices(slices)
     slices["series_uid"] = slices["series_uid"].where(slices["slice_index"].notna())
     label_columns = list(LABEL_COLUMNS)
     slices = slices[[c for c in slices.columns if c not in label_columns] + label_columns]
-    return slices, series_table(slices), label_report
+    series = choose_series(assign_roles(series_table(slices)), rules)
+    axial_ct = series["role"].isin([str(role) for role in AXIAL_LIKE])
+    series["build_cache"] = series["predict"] | (axial_ct & (series["n_labeled"] > 0))
+    if len(slices) != len(header):
+        raise AssertionError(f"the index has {len(slices)} rows for {len(header)} header rows")
+    return slices, series, label_report
 
 
 def write_parquet(frame: pd.DataFrame, path: Path, meta: dict) -> None:
@@ -101,34 +116,36 @@ def read_meta(path: Path) -> dict | None:
 
 
 def index_for(folder: DatasetFolder, files: InputFiles, labels_csv: Path | None, pool: Executor | None,
-              progress: bool, assume_intercept: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """The index of ``files``: reused when it matches the inputs (and header options), else built and written.
+              progress: bool, assume_intercept: float | None = None,
+              rules: SeriesRules = SeriesRules()) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The index of ``files``: reused when it matches the inputs, labels and rules; rebuilt from the stored
+    header rows when only the labels or the series rules changed; else built from a header pass.
 
     Returns:
-        (slices, series, meta): meta holds the layout version, fingerprints, the label report,
-        ``header_s`` and ``reused``.
+        (slices, series, meta): meta holds the layout version, fingerprints, the label report, the
+        rules, ``header_s`` and ``reused``.
     """
-    labels_id = file_id(labels_csv)
-    options = {"assume_intercept": assume_intercept}
-    meta = read_meta(folder.slices) or {}
-    same_files = (meta.get("version") == INDEX_VERSION and meta.get("files_id") == files.files_id
-                  and meta.get("header_options") == options)
-    if same_files and meta.get("labels_id") == labels_id and folder.series.is_file():
+    files_meta = {"version": INDEX_VERSION, "files_id": files.files_id, "header_options":
+                  {"assume_intercept": assume_intercept}}
+    meta = files_meta | {"labels_id": file_id(labels_csv), "series_rules": rules.to_dict()}
+    stored = read_meta(folder.slices) or {}
+    if {key: stored.get(key) for key in meta} == meta and folder.series.is_file():
         log.info("%s: index matches the inputs, reused", folder.slices)
-        return pd.read_parquet(folder.slices), pd.read_parquet(folder.series), meta | {"reused": True}
+        return pd.read_parquet(folder.slices), pd.read_parquet(folder.series), stored | {"reused": True}
     labels = read_labels(Path(labels_csv)) if labels_csv is not None else None  # fail fast, before the long pass
     began = time.perf_counter()
-    if same_files:  # only the labels changed: the headers already read are still right
-        log.info("%s: same files, new labels: headers reused", folder.slices)
-        header = pd.read_parquet(folder.slices).drop(columns=["position", "slice_index", *LABEL_COLUMNS])
+    stored_headers = read_meta(folder.headers) or {}
+    if {key: stored_headers.get(key) for key in files_meta} == files_meta:
+        log.info("%s: same files, new labels or series rules: headers reused", folder.slices)
+        header = pd.read_parquet(folder.headers)
     else:
         header = header_pass(files, pool, progress, assume_intercept)
+        folder.headers.parent.mkdir(parents=True, exist_ok=True)
+        write_parquet(header, folder.headers, files_meta)
     header_s = time.perf_counter() - began
     log.info("headers: %d files in %.1f s (%.0f files/s)", len(header), header_s, len(header) / max(header_s, 1e-9))
-    slices, series, label_report = make_index(header, labels)
-    meta = {"version": INDEX_VERSION, "files_id": files.files_id, "labels_id": labels_id,
-            "header_options": options, "labels": label_report, "header_s": round(header_s, 3)}
-    folder.series.parent.mkdir(parents=True, exist_ok=True)
+    slices, series, label_report = make_index(header, labels, rules)
+    meta |= {"labels": label_report, "header_s": round(header_s, 3)}
     write_parquet(series, folder.series, meta)
     write_parquet(slices, folder.slices, meta)  # written last: its metadata marks a complete index
     return slices, series, meta | {"reused": False}

@@ -53,7 +53,7 @@ def _series_keys(slices: pd.DataFrame) -> pd.Series:
     series = slices["series_uid"]
     series_code, _ = pd.factorize(series)
     study_code, _ = pd.factorize(slices["study_uid"], sort=True)
-    known = series_code >= 0
+    known = (series_code >= 0) & (study_code >= 0)
     stride = study_code.max(initial=-1) + 2
     pairs = np.unique(series_code[known].astype(np.int64) * stride + study_code[known] + 1)
     pair_series = pairs // stride
@@ -150,8 +150,11 @@ def series_table(slices: pd.DataFrame) -> pd.DataFrame:
     Returns:
         Columns series_uid, study_uid, patient_id, source, n_slices, n_ok, rows, cols (most common),
         slice_spacing (median mm, NaN for one slice), has_duplicate_positions, has_gaps,
-        mixed_orientation, mixed_size, gantry_tilt (bool), n_labeled, n_any, cache_file; sorted by
-        series_uid.
+        mixed_orientation, mixed_size, gantry_tilt (bool), n_labeled, n_any, cache_file; then what
+        decides the series' role: the most common value of each of :data:`ROLE_COLUMNS` present in
+        ``slices`` (``slice_thickness``: the median), ``coverage_mm`` (extent along the normal, one
+        spacing included) and ``axial_cosine`` (|z| of the series normal: 1 for axial planes); sorted
+        by series_uid.
     """
     frame = slices[slices["slice_index"].notna()].copy()
     frame[["nx", "ny", "nz"]] = slice_normals(frame[list(IOP_COLUMNS)].to_numpy(np.float64))
@@ -171,9 +174,30 @@ def series_table(slices: pd.DataFrame) -> pd.DataFrame:
     table = table.join(_step_stats(frame["series_uid"].to_numpy(), frame["position"].to_numpy()))
     for flag in ("has_duplicate_positions", "has_gaps"):
         table[flag] = table[flag].fillna(False).astype(bool)
+    table = table.join(_role_facts(frame, grouped, table["slice_spacing"]))
     table = table.reset_index()
     table["cache_file"] = DatasetFolder.CACHE + "/" + table["series_uid"].map(cache_file_name)
     columns = ["series_uid", "study_uid", "patient_id", "source", "n_slices", "n_ok", "rows", "cols",
                "slice_spacing", "has_duplicate_positions", "has_gaps", "mixed_orientation", "mixed_size",
                "gantry_tilt", "n_labeled", "n_any", "cache_file"]
-    return table[columns]
+    return table[columns + [c for c in table.columns if c not in columns]]
+
+
+#: Per-slice header values that decide a series' role (ich3d.dataset.roles).
+ROLE_COLUMNS = ("modality", "sop_class_uid", "image_type", "series_description", "series_number",
+                "convolution_kernel", "slice_thickness", "contrast_agent", "body_part")
+
+
+def _role_facts(frame: pd.DataFrame, grouped: pd.core.groupby.DataFrameGroupBy, spacing: pd.Series) -> pd.DataFrame:
+    """Per series: the role columns' common values, coverage (mm) and how axial its planes are."""
+    facts = pd.DataFrame(index=grouped.size().index)
+    for column in ROLE_COLUMNS:
+        if column not in frame:
+            continue
+        facts[column] = grouped[column].median() if column == "slice_thickness" else _mode(frame, column)
+    extent = grouped["position"].max() - grouped["position"].min()
+    facts["coverage_mm"] = extent + spacing.reindex(facts.index).fillna(0.0)
+    normal = grouped[["nx", "ny", "nz"]].mean().to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        facts["axial_cosine"] = np.abs(normal[:, 2]) / np.linalg.norm(normal, axis=1)
+    return facts

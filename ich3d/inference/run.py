@@ -1,23 +1,20 @@
-"""``ich3d infer`` and ``ich3d merge``: per-image predictions and RSNA submissions for every requested image.
-
-Every image asked for gets six rows. Images are predicted
-
-* ``model``   — readable slices, by the encoder and the sequence head over their series;
-* ``context`` — slices whose pixels could not be read but whose header placed them in a series: the
-  head predicts them from their neighbours (missing-slice embedding);
-* ``prior``   — files whose header could not be read (no series), and, with ``--allow-missing``,
-  requested images that were not found at all: the training prevalence, counted and reported.
+"""``ich3d infer``: per-image predictions, exam results and RSNA submissions for a dataset or DICOM folders.
 
 ``--run`` takes run folders (every ``fold_<K>/model.pt`` in it is an ensemble member), fold folders
-or checkpoint files; members' probabilities are averaged. Large test sets shard by series
-(``--num-parts K --part-id I``); each part writes ``OUT/parts/part-I-of-K.parquet`` and ``merge``
-joins them into ``submission.csv``. Inputs and the output folder are checked before any model pass,
-every result is written atomically, and the output folder is locked while a job writes it.
+or checkpoint files; members' probabilities are averaged. From ``--dicom-dir`` a dataset is built in
+``OUT/dataset`` with the series choice of :mod:`ich3d.dataset.roles` (thickness target: the models'
+training slice spacing). The predicted series are read by each member, thin ones resampled into
+slabs of its training thickness (``--resample auto``); every file of the index gets a row
+(:mod:`ich3d.inference.outputs`), every study an exam row (:mod:`ich3d.inference.exams`).
+
+Large test sets shard by series (``--num-parts K --part-id I``); each part writes
+``OUT/parts/part-I-of-K.parquet`` and ``merge`` joins them. Inputs and the output folder are
+checked before any model pass, every result is written atomically, and the output folder is locked
+while a job writes it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -30,39 +27,53 @@ import pandas as pd
 
 from ich3d.atomic import atomic_write, write_json_atomic
 from ich3d.config import DataConfig, InferConfig
-from ich3d.constants import LABELS
+from ich3d.constants import LABELS, RSNA_SLICE_SPACING_MM
 from ich3d.data.tables import SeriesTable, build_table
 from ich3d.dataset.build import build_series
 from ich3d.dataset.index import load_index, part_series
+from ich3d.dataset.roles import SeriesRules
 from ich3d.errors import InputError
 from ich3d.folders import FolderLock, prepare_output
-from ich3d.inference.submission import read_submission_ids, write_submission
+from ich3d.inference.merge import merge_parts, requested_images
+from ich3d.inference.outputs import other_rows, predicted_rows
+from ich3d.inference.submission import read_submission_ids
 from ich3d.layout import InferFolder, RunFolder
-from ich3d.metrics import prior_predictions
 
 log = logging.getLogger(__name__)
-PROB_COLUMNS = [f"p_{name}" for name in LABELS]
+RESAMPLE_MODES = ("auto", "off")
 
 
 @dataclass(frozen=True)
 class InferOptions:
-    """Settings of the machine at inference (the model's own settings, e.g. TTA, come from its checkpoint).
+    """Settings of the job (the model's own settings, e.g. TTA, come from its checkpoint).
 
     Attributes:
         device: "cpu", "cuda", "cuda:1"... or None for CUDA when available, else the CPU.
         batch_series: series per encoder batch.
         workers: processes reading DICOM (default: all cores) and data-loader workers (default 1).
         amp: mixed precision on CUDA.
+        resample: ``auto`` reads series less than half as thick as a model's training slice spacing as slabs
+            of that thickness; ``off`` reads every series as it is.
+        series_rules: the series choice when building from DICOM folders (None: ``auto`` with the
+            models' training spacing as the target thickness).
+        exam_threshold: probability above which a slice counts in an exam's slice ranges.
     """
 
     device: str | None = None
     batch_series: int = 8
     workers: int | None = None
     amp: bool = True
+    resample: str = "auto"
+    series_rules: SeriesRules | None = None
+    exam_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         if self.batch_series < 1 or (self.workers is not None and self.workers < 1):
             raise InputError(f"--batch {self.batch_series} and --workers {self.workers} must be at least 1")
+        if self.resample not in RESAMPLE_MODES:
+            raise InputError(f"--resample {self.resample}: must be one of {', '.join(RESAMPLE_MODES)}")
+        if not 0 < self.exam_threshold < 1:
+            raise InputError(f"--threshold {self.exam_threshold}: must be between 0 and 1")
 
 
 def model_checkpoints(runs: Sequence[Path]) -> list[Path]:
@@ -94,19 +105,21 @@ def predict(runs: Sequence[Path], out: Path, *, dataset: Path | None = None, dic
 
     Args:
         runs: run folders, fold folders or checkpoints (see :func:`model_checkpoints`); averaged.
-        out: output folder (``submission.csv``, ``predictions.parquet``; ``dataset/`` when built here).
+        out: output folder (``submission.csv``, ``predictions.parquet``, ``exams.csv``; ``dataset/``
+            when built here).
         dataset: a dataset folder from ``build-series``; or ``dicom_dirs`` to build one in ``out``.
         sample_submission: the rows (and their order) the submission must have.
-        allow_missing: fill requested images that do not exist with the prior instead of failing.
+        allow_missing: fill requested images without a prediction with the prior instead of failing.
         num_parts, part_id: this job's shard of the series.
-        options: device, batch size, workers, mixed precision.
+        options: device, batch size, workers, mixed precision, resampling, series choice.
 
     Returns:
-        Summary counts (``model``, ``context``, ``prior``, ``missing``) and output paths.
+        Summary counts by ``predicted_by``, ``missing``, the number of exams, output paths, timings.
 
     Raises:
         InputError: bad arguments or inputs, an output folder that cannot be written or is in use,
-            requested images without a file (unless ``allow_missing``), detected before the model pass.
+            requested images without a prediction (unless ``allow_missing``), detected before the
+            model pass.
     """
     if (dataset is None) == (not dicom_dirs):
         raise InputError("give exactly one of --dataset DATASET or --dicom-dir DIR")
@@ -134,27 +147,84 @@ def _predict(checkpoints: list[Path], folder: InferFolder, dataset: Path | None,
     clock.lap("load_s")
     if dicom_dirs:
         dataset = folder.dataset
-        size = max(checkpoint["image_size"] for _, checkpoint in models)
-        build = dict(image_size=size, workers=options.workers, num_parts=num_parts, part_id=part_id, progress=progress)
-        build_series(dicom_dirs, dataset, index_only=True, **build)
-        _check_requested(load_index(dataset)[0], requested, allow_missing)
-        build_series(dicom_dirs, dataset, **build)
+        _build(dicom_dirs, dataset, models, options, parts, requested, allow_missing, progress)
     clock.lap("read_s")
     slices, series = load_index(dataset)
-    _check_requested(slices, requested, allow_missing)
-    table = build_table(dataset, slices, part_series(series, num_parts, part_id))
-    probs = _ensemble(models, table, runtime, options, progress)
+    requested_images(slices, series, requested, allow_missing)
+    table = build_table(dataset, slices, part_series(series[series["predict"]], num_parts, part_id))
+    probs, reasons = _ensemble(models, table, runtime, options, progress)
     clock.lap("model_s")
     prior = np.mean([checkpoint["prevalence"] for _, checkpoint in models], axis=0)
-    part = _part_frame(table, probs, slices, prior if part_id == 0 else None)
+    part = predicted_rows(table, probs, slices, reasons)
+    if part_id == 0:
+        part = pd.concat([part, other_rows(slices, series, prior)], ignore_index=True)
     folder.parts.mkdir(exist_ok=True)
     with atomic_write(folder.part(part_id, num_parts)) as file:
         part.to_parquet(file, index=False)
-    write_json_atomic(folder.parts_meta, {"prior": prior.tolist(), "num_parts": num_parts})
-    summary = _merge(folder, sample, allow_missing) if num_parts == 1 else {
+    write_json_atomic(folder.parts_meta, {"prior": prior.tolist(), "num_parts": num_parts, "n_index_rows": len(slices),
+                                          "dataset": str(Path(dataset).resolve()),
+                                          "exam_threshold": options.exam_threshold})
+    summary = merge_parts(folder, sample, allow_missing) if num_parts == 1 else {
         "part": str(folder.part(part_id, num_parts)), "images": len(part)}
     clock.lap("write_s")
     return summary | {"timings": clock.laps}
+
+
+def _build(dicom_dirs: list[Path], dataset: Path, models: list, options: InferOptions, parts: tuple[int, int],
+           requested: np.ndarray | None, allow_missing: bool, progress: bool) -> None:
+    """The dataset of ``dicom_dirs`` at the models' size, its requested images checked before the pixel pass."""
+    size = max(checkpoint["image_size"] for _, checkpoint in models)
+    rules = options.series_rules or SeriesRules(target_thickness=_training_spacing(models))
+    build = dict(image_size=size, workers=options.workers, num_parts=parts[0], part_id=parts[1], series_rules=rules,
+                 progress=progress)
+    build_series(dicom_dirs, dataset, index_only=True, **build)
+    requested_images(*load_index(dataset), requested, allow_missing)
+    build_series(dicom_dirs, dataset, **build)
+
+
+def _training_spacing(models: list) -> float:
+    """The members' median training slice spacing (mm)."""
+    return float(np.median([checkpoint.get("slice_spacing") or RSNA_SLICE_SPACING_MM for _, checkpoint in models]))
+
+
+def _ensemble(models: list, table: SeriesTable, runtime: Any, options: InferOptions,
+              progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(n_slices, 6) probabilities averaged over the members (each with its own TTA settings and, with
+    ``resample auto``, its own slab thickness), and (n_slices,) notes on how each slice was read."""
+    from ich3d.data.resample import resample_table
+    from ich3d.inference.predictor import predict_table
+    from ich3d.progress import progress_bar
+
+    reasons = np.full(table.n_slices, "", dtype=object)
+    if len(table.series_uids) == 0:
+        return np.zeros((0, len(LABELS)), dtype=np.float32), reasons
+    loader_workers = options.workers if options.workers is not None else 1
+    total = np.zeros((table.n_slices, len(LABELS)))
+    with progress_bar(progress, "predict", len(table.series_uids) * len(models)) as advance:
+        for model, checkpoint in models:
+            data = DataConfig(**checkpoint["config"]["data"])
+            tta = InferConfig(**{k: v for k, v in checkpoint["config"]["infer"].items() if k != "batch_series"})
+            read, slab_of = table, np.arange(table.n_slices)
+            if options.resample == "auto":
+                thickness = checkpoint.get("slice_spacing") or RSNA_SLICE_SPACING_MM
+                read, slab_of = resample_table(table, thickness)
+                reasons[read.slabs.count[slab_of] > 1] = f"thin series read as {thickness:g} mm slabs"
+            series_ids = np.arange(len(read.series_uids))
+            probs = predict_table(model, read, data, runtime, series_ids, tta, options.batch_series, loader_workers,
+                                  advance)
+            total += probs[slab_of]
+    return (total / len(models)).astype(np.float32), reasons
+
+
+def merge(out: Path, sample_submission: Path | None = None, allow_missing: bool = False) -> dict[str, Any]:
+    """Joins the parts in ``out/parts`` into ``predictions.parquet``, ``submission.csv`` and the exams.
+
+    Raises:
+        InputError: a part is missing, or a requested image has no prediction (without ``allow_missing``).
+    """
+    folder = InferFolder(Path(out))
+    with FolderLock(folder.lock, f"output folder {folder.root}"):
+        return merge_parts(folder, sample_submission, allow_missing)
 
 
 class _Clock:
@@ -172,97 +242,3 @@ class _Clock:
         now = time.perf_counter()
         self.laps[name] = round(now - self._last, 4)
         self._last = now
-
-
-def _check_requested(slices: pd.DataFrame, requested: np.ndarray | None, allow_missing: bool) -> None:
-    """Raises before the model pass when requested images have no file (unless allowed)."""
-    if requested is None or allow_missing:
-        return
-    missing = pd.Index(requested).difference(pd.Index(slices["image_id"]))
-    if len(missing):
-        raise InputError(f"{len(missing)} requested image(s) have no DICOM file in the input "
-                         f"(e.g. {', '.join(missing[:10])}): add the files, or pass --allow-missing to fill them "
-                         f"with the training prevalence")
-
-
-def _ensemble(models: list, table: SeriesTable, runtime: Any, options: InferOptions, progress: bool) -> np.ndarray:
-    """(n_slices, 6) probabilities averaged over the members (each with its own TTA settings)."""
-    from ich3d.inference.predictor import predict_table
-    from ich3d.progress import progress_bar
-
-    series_ids = np.arange(len(table.series_uids))
-    if len(series_ids) == 0:
-        return np.zeros((0, len(LABELS)), dtype=np.float32)
-    loader_workers = options.workers if options.workers is not None else 1
-    total = np.zeros((table.n_slices, len(LABELS)))
-    with progress_bar(progress, "predict", len(series_ids) * len(models)) as advance:
-        for model, checkpoint in models:
-            data = DataConfig(**checkpoint["config"]["data"])
-            tta = InferConfig(**checkpoint["config"]["infer"])
-            total += predict_table(model, table, data, runtime, series_ids, tta, options.batch_series,
-                                   loader_workers, advance)
-    return (total / len(models)).astype(np.float32)
-
-
-def _part_frame(table: SeriesTable, probs: np.ndarray, slices: pd.DataFrame, prior: np.ndarray | None) -> pd.DataFrame:
-    """One row per image of this part: identifiers, status, how it was predicted, six probabilities."""
-    frame = pd.DataFrame(probs, columns=PROB_COLUMNS)
-    frame.insert(0, "image_id", table.image_ids)
-    frame.insert(1, "series_uid", table.series_uids[table.series_of_slice()])
-    frame.insert(2, "slice_index", np.concatenate([np.arange(n) for n in table.lengths]) if len(probs) else [])
-    frame["predicted_by"] = np.where(table.readable, "model", "context")
-    frame = frame.merge(slices[["image_id", "status", "error"]], on="image_id", how="left")
-    if prior is not None:
-        orphans = slices.loc[slices["series_uid"].isna(), ["image_id", "status", "error"]]
-        filled = pd.DataFrame(prior_predictions(prior, len(orphans)), columns=PROB_COLUMNS)
-        filled = pd.concat([orphans.reset_index(drop=True), filled], axis=1)
-        filled["predicted_by"] = "prior"
-        frame = pd.concat([frame, filled], ignore_index=True)
-    return frame
-
-
-def merge(out: Path, sample_submission: Path | None = None, allow_missing: bool = False) -> dict[str, Any]:
-    """Joins the parts in ``out/parts`` into ``predictions.parquet`` and ``submission.csv``.
-
-    Raises:
-        InputError: a part is missing, or a requested image has no prediction (without ``allow_missing``).
-    """
-    folder = InferFolder(Path(out))
-    with FolderLock(folder.lock, f"output folder {folder.root}"):
-        return _merge(folder, sample_submission, allow_missing)
-
-
-def _merge(folder: InferFolder, sample: Path | None, allow_missing: bool) -> dict[str, Any]:
-    if not folder.parts_meta.is_file():
-        raise InputError(f"{folder.root} holds no inference parts: run `ich3d infer --out {folder.root}` first")
-    meta = json.loads(folder.parts_meta.read_text())
-    paths = [folder.part(i, meta["num_parts"]) for i in range(meta["num_parts"])]
-    absent = [str(p) for p in paths if not p.is_file()]
-    if absent:
-        raise InputError(f"missing inference part(s): {', '.join(absent)}: run those --part-id jobs first")
-    predictions = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
-    requested = read_submission_ids(sample) if sample else predictions["image_id"].to_numpy()
-    predictions, n_missing = _fill_missing(predictions, requested, np.asarray(meta["prior"]), allow_missing)
-    with atomic_write(folder.predictions) as file:
-        predictions.to_parquet(file, index=False)
-    write_submission(folder.submission, predictions.set_index("image_id")[PROB_COLUMNS], sample)
-    counts = predictions["predicted_by"].value_counts().to_dict()
-    summary = {"images": int(len(np.unique(requested))), "model": int(counts.get("model", 0)),
-               "context": int(counts.get("context", 0)), "prior": int(counts.get("prior", 0)) - n_missing,
-               "missing": n_missing, "submission": str(folder.submission), "predictions": str(folder.predictions)}
-    write_json_atomic(folder.summary, summary)
-    return summary
-
-
-def _fill_missing(predictions: pd.DataFrame, requested: np.ndarray, prior: np.ndarray,
-                  allow_missing: bool) -> tuple[pd.DataFrame, int]:
-    """Adds prior rows for requested images that were never found (only with ``allow_missing``)."""
-    missing = pd.Index(np.unique(requested)).difference(pd.Index(predictions["image_id"]))
-    if len(missing) and not allow_missing:
-        examples = ", ".join(missing[:10])
-        raise InputError(f"{len(missing)} requested image(s) have no DICOM file in the input (e.g. {examples}): "
-                         "add the files, or pass --allow-missing to fill them with the training prevalence")
-    filled = pd.DataFrame(prior_predictions(prior, len(missing)), columns=PROB_COLUMNS)
-    filled.insert(0, "image_id", missing)
-    filled["status"], filled["error"], filled["predicted_by"] = "missing", "no file", "prior"
-    return pd.concat([predictions, filled], ignore_index=True), len(missing)

@@ -32,12 +32,14 @@ from ich3d.runtime import Runtime, barrier, derive_seed, gather_objects, seed_ev
 
 @dataclass(frozen=True)
 class FoldData:
-    """The series of one fold: ``train`` and ``valid`` tables and the training prevalence (6,)."""
+    """The series of one fold: ``train`` and ``valid`` tables, the training prevalence (6,) and the
+    training series' median slice spacing (mm; inference resamples thinner series to it)."""
 
     fold: int
     train: SeriesTable
     valid: SeriesTable
     prevalence: np.ndarray
+    slice_spacing: float
 
 
 @dataclass

@@ -23,7 +23,7 @@ from ich3d import __version__
 from ich3d.atomic import write_json_atomic
 from ich3d.checkpoint import load_checkpoint
 from ich3d.config import Config, load_config, save_config
-from ich3d.constants import LABELS
+from ich3d.constants import LABELS, RSNA_SLICE_SPACING_MM
 from ich3d.data.tables import SeriesTable, build_table
 from ich3d.dataset.index import index_fingerprint, load_index
 from ich3d.errors import ConfigError
@@ -135,6 +135,7 @@ def _prepare(dataset: Path, run: RunFolder, config: Config, fold: int, resume: b
              report: Callable, progress: bool) -> StageContext:
     """Writes config, splits and run.json (new runs) and builds the fold's tables."""
     slices, series = load_index(dataset)
+    series = series[series["build_cache"]]  # the labeled series of a clinical export that have a cache
     fold_of = load_splits(run.splits) if resume else make_folds(series, config.folds, config.seed)
     train_uids, valid_uids = split_series(fold_of, fold)
     train, valid = build_table(dataset, slices, train_uids), build_table(dataset, slices, valid_uids)
@@ -152,7 +153,9 @@ def _prepare(dataset: Path, run: RunFolder, config: Config, fold: int, resume: b
     barrier(runtime)
     log.info("fold %d: %d training series (%d slices), %d validation series", fold, len(train_uids),
              int(train.labeled_readable().sum()), len(valid_uids))
-    return StageContext(config, runtime, FoldData(fold, train, valid, prevalence), folder, report, progress)
+    spacing = float(series.set_index("series_uid").loc[train_uids, "slice_spacing"].median())
+    data = FoldData(fold, train, valid, prevalence, spacing if np.isfinite(spacing) else RSNA_SLICE_SPACING_MM)
+    return StageContext(config, runtime, data, folder, report, progress)
 
 
 def _prior_metrics(valid: SeriesTable, prevalence: np.ndarray) -> dict[str, Any]:

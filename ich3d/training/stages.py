@@ -66,8 +66,10 @@ class _Stage:
         self.model.train()
 
     def _save(self, path: Any, record: dict[str, Any]) -> None:
-        save_model(path, self.model, self.spec, self.ctx.config, prevalence=self.ctx.data.prevalence.tolist(),
-                   fold=self.ctx.data.fold, stage=record["stage"], epoch=record["epoch"], metrics=record["valid"])
+        data = self.ctx.data
+        save_model(path, self.model, self.spec, self.ctx.config, prevalence=data.prevalence.tolist(), fold=data.fold,
+                   slice_spacing=data.slice_spacing, stage=record["stage"], epoch=record["epoch"],
+                   metrics=record["valid"])
 
     def _predict_table(self, series_ids: np.ndarray) -> np.ndarray:
         return predict_table(self.model, self.ctx.data.valid, self.ctx.config.data, self.runtime, series_ids,

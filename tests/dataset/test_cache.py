@@ -98,7 +98,7 @@ def test_cache_file_names_are_safe(tmp_path: Path) -> None:
 
 
 def _cache_slice(path: Path, status: str = "ok") -> CacheSlice:
-    row = read_header(path)
+    row = read_header(path) | {"image_id": path.stem}
     return CacheSlice(**{name: row[name] for name in CacheSlice._fields} | {"status": status})
 
 

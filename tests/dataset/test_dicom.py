@@ -15,7 +15,7 @@ from pydicom.uid import ImplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
 from ich3d.constants import Status
 from ich3d.dataset import dicom
-from ich3d.dataset.dicom import HEADER_COLUMNS, image_id_of, read_header
+from ich3d.dataset.dicom import HEADER_COLUMNS, read_header
 from ich3d.dataset.pixels import read_pixels
 
 
@@ -28,7 +28,7 @@ def test_read_header_of_a_good_slice(tmp_path: Path) -> None:
     row = read_header(path)
     assert list(row) == list(HEADER_COLUMNS)
     assert row["status"] == Status.OK and row["error"] == ""
-    assert row["image_id"] == row["sop_uid"] == "ID_0a1b2c3d4"
+    assert row["sop_uid"] == "ID_0a1b2c3d4" and row["frame"] is None
     assert (row["instance_number"], row["rows"], row["cols"]) == (7, 32, 32)
     assert (row["ipp_x"], row["ipp_y"], row["ipp_z"]) == (-1.5, 2.0, 33.25)
     assert (row["iop_rx"], row["iop_cy"], row["pixel_spacing"]) == (1.0, 1.0, 0.5)
@@ -36,6 +36,17 @@ def test_read_header_of_a_good_slice(tmp_path: Path) -> None:
     assert rescale == (1, -1024) and (row["window_center"], row["window_width"]) == (40, 80)
     assert row["pixel_length"] == 32 * 32 * 2
     np.testing.assert_array_equal(_pixels_of(row), ramp())
+
+
+def test_the_tags_that_decide_a_series_role_are_kept(tmp_path: Path) -> None:
+    row = read_header(write_slice(tmp_path / "bone.dcm", ImageType=["ORIGINAL", "PRIMARY", "AXIAL"],
+                                  ConvolutionKernel=["Br64", "3"], SliceThickness=1.25, SeriesNumber=4,
+                                  SeriesDescription="Kopf Knochen 1.25", ContrastBolusAgent="Iohexol",
+                                  BodyPartExamined="HEAD"))
+    assert (row["modality"], row["sop_class_uid"]) == ("CT", "1.2.840.10008.5.1.4.1.1.2")
+    assert row["image_type"] == "ORIGINAL\\PRIMARY\\AXIAL" and row["convolution_kernel"] == "Br64\\3"
+    assert (row["slice_thickness"], row["series_number"], row["contrast_agent"]) == (1.25, 4, "Iohexol")
+    assert (row["series_description"], row["body_part"]) == ("Kopf Knochen 1.25", "HEAD")
 
 
 def test_multivalue_and_missing_window_tags(tmp_path: Path) -> None:
@@ -125,12 +136,6 @@ def test_syntax_without_decoder_is_unsupported(tmp_path: Path) -> None:
         ds.save_as(path)
     row = read_header(path)
     assert row["status"] == Status.UNSUPPORTED_SYNTAX and JPEGLSLossless in row["error"]
-
-
-def test_image_id_strips_only_dcm() -> None:
-    assert image_id_of("/a/ID_0a1b2c3d4.dcm") == "ID_0a1b2c3d4"
-    assert image_id_of("/a/IM.DCM") == "IM"
-    assert image_id_of("/a/1.2.840.1234") == "1.2.840.1234"
 
 
 def _same(a: dict, b: dict) -> bool:

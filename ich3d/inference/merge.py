@@ -1,0 +1,108 @@
+"""Joining inference parts: ``predictions.parquet``, ``submission.csv``, ``exams.csv``/``exams.json``, ``infer.json``.
+
+Every file of the dataset's index is one row of ``predictions.parquet`` (asserted); the submission
+holds the rows with probabilities (the sample submission's rows and order when one is given); the
+exams come from the predictions and the dataset's series choice (:mod:`ich3d.inference.exams`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ich3d.atomic import atomic_write, write_json_atomic
+from ich3d.dataset.index import load_index
+from ich3d.errors import InputError
+from ich3d.inference.exams import exam_table
+from ich3d.inference.outputs import PROB_COLUMNS, check_rows
+from ich3d.inference.submission import read_submission_ids, write_submission
+from ich3d.layout import InferFolder
+from ich3d.metrics import prior_predictions
+
+_EXAMPLES = 10
+
+
+def requested_images(slices: pd.DataFrame, series: pd.DataFrame, requested: np.ndarray | None,
+                     allow_missing: bool) -> None:
+    """Checks, before any model pass, that every requested image will get a prediction.
+
+    Raises:
+        InputError: requested images without a file, or in series that are not predicted (unless
+            ``allow_missing``: they get the prior then).
+    """
+    if requested is None or allow_missing:
+        return
+    known = pd.Index(slices["image_id"])
+    missing = pd.Index(requested).difference(known)
+    if len(missing):
+        raise InputError(f"{len(missing)} requested image(s) have no DICOM file in the input "
+                         f"(e.g. {', '.join(missing[:_EXAMPLES])}): add the files, or pass --allow-missing to fill "
+                         f"them with the training prevalence")
+    predicted = set(series.loc[series["predict"], "series_uid"])
+    rows = slices.iloc[known.get_indexer(pd.Index(requested))]
+    skipped = rows[rows["series_uid"].notna() & ~rows["series_uid"].isin(predicted)]
+    if len(skipped):
+        raise InputError(f"{len(skipped)} requested image(s) are in series that are not predicted (e.g. "
+                         f"{', '.join(skipped['image_id'].head(_EXAMPLES))}): choose their series with --series all "
+                         f"or --series-uid, or pass --allow-missing")
+
+
+def merge_parts(folder: InferFolder, sample: Path | None, allow_missing: bool) -> dict[str, Any]:
+    """Joins the parts of ``folder`` and writes every output (see the module docstring)."""
+    if not folder.parts_meta.is_file():
+        raise InputError(f"{folder.root} holds no inference parts: run `ich3d infer --out {folder.root}` first")
+    meta = json.loads(folder.parts_meta.read_text())
+    paths = [folder.part(i, meta["num_parts"]) for i in range(meta["num_parts"])]
+    absent = [str(p) for p in paths if not p.is_file()]
+    if absent:
+        raise InputError(f"missing inference part(s): {', '.join(absent)}: run those --part-id jobs first")
+    predictions = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    check_rows(predictions, meta["n_index_rows"])
+    requested = read_submission_ids(sample) if sample else None
+    predictions, n_missing = _fill_requested(predictions, requested, np.asarray(meta["prior"]), allow_missing)
+    with atomic_write(folder.predictions) as file:
+        predictions.to_parquet(file, index=False)
+    scored = predictions[predictions[PROB_COLUMNS[0]].notna()]
+    write_submission(folder.submission, scored.set_index("image_id")[PROB_COLUMNS], sample)
+    exams = exam_table(predictions, load_index(Path(meta["dataset"]))[1], meta.get("exam_threshold", 0.5))
+    with atomic_write(folder.exams_csv) as file:
+        exams.to_csv(file, index=False)
+    write_json_atomic(folder.exams_json, json.loads(exams.to_json(orient="records")))
+    counts = predictions["predicted_by"].value_counts()
+    summary = {"images": int(len(requested) if requested is not None else len(scored)),
+               **{by: int(counts.get(by, 0)) for by in ("model", "context", "prior", "skipped")},
+               "missing": n_missing, "exams": len(exams), "exams_by_status": exams["status"].value_counts().to_dict(),
+               "submission": str(folder.submission), "predictions": str(folder.predictions),
+               "exams_csv": str(folder.exams_csv)}
+    summary["prior"] -= n_missing
+    write_json_atomic(folder.summary, summary)
+    return summary
+
+
+def _fill_requested(predictions: pd.DataFrame, requested: np.ndarray | None, prior: np.ndarray,
+                    allow_missing: bool) -> tuple[pd.DataFrame, int]:
+    """With ``allow_missing``, the prior for requested images without a prediction: new rows for
+    images without a file, prior probabilities for skipped ones. Returns the frame and that count."""
+    if requested is None:
+        return predictions, 0
+    keys = pd.Index(predictions["image_id"])
+    absent = pd.Index(pd.unique(requested)).difference(keys)
+    rows = keys.get_indexer(pd.Index(requested).intersection(keys))
+    unscored = rows[predictions[PROB_COLUMNS[0]].isna().to_numpy()[rows]]
+    if (len(absent) or len(unscored)) and not allow_missing:
+        examples = ", ".join([*absent[:_EXAMPLES], *predictions["image_id"].iloc[unscored[:_EXAMPLES]]])
+        raise InputError(f"{len(absent) + len(unscored)} requested image(s) have no prediction (e.g. {examples}): "
+                         "add the files or choose their series, or pass --allow-missing to fill them with the "
+                         "training prevalence")
+    predictions = predictions.copy()
+    predictions.loc[predictions.index[unscored], PROB_COLUMNS] = prior_predictions(prior, len(unscored))
+    predictions.loc[predictions.index[unscored], "predicted_by"] = "prior"
+    filled = pd.DataFrame(prior_predictions(prior, len(absent)), columns=PROB_COLUMNS)
+    filled.insert(0, "image_id", absent)
+    filled["status"], filled["error"], filled["predicted_by"] = "missing", "no file", "prior"
+    filled["reason"] = "requested, no file (--allow-missing)"
+    return pd.concat([predictions, filled], ignore_index=True), len(absent) + len(unscored)
