@@ -3,7 +3,7 @@
 A file's name is not an identity: PACS exports repeat ``CT000000.dcm`` in every series folder. The key
 of an image (``image_id``) is its SOPInstanceUID (with ``#<frame>`` for a frame of a multi-frame
 file); a file without one is keyed by its path relative to the input folder, without a ``.dcm``
-suffix. In the RSNA layout the file stem ``ID_<hex>`` is the SOPInstanceUID, so the submission IDs
+suffix (with ``#<slice>`` for a slice of a NIfTI volume). In the RSNA layout the file stem ``ID_<hex>`` is the SOPInstanceUID, so the submission IDs
 are those of Kaggle. Two files with the same key are one image stored twice: the first (a readable
 one, then in path order) is used, the others become ``duplicate`` rows keyed by their own path and
 naming the file they duplicate, with whether their content is identical (docs/design.md §11).
@@ -52,8 +52,8 @@ def assign_image_ids(header: pd.DataFrame) -> pd.DataFrame:
     out = header.copy()
     by_path = path_key(out["relative_path"])
     frame = out["frame"].astype("Int64")
-    sop_key = out["sop_uid"] + ("#" + frame.astype(str)).where(frame.notna(), "")
-    key = sop_key.where(out["sop_uid"].notna(), by_path)
+    suffix = ("#" + frame.astype(str)).where(frame.notna(), "")
+    key = out["sop_uid"].where(out["sop_uid"].notna(), by_path) + suffix
     order = pd.DataFrame({"key": key, "bad": out["status"] != str(Status.OK), "path": out["relative_path"]})
     order = order.sort_values(["key", "bad", "path"], kind="stable")
     repeated = order.duplicated("key", keep="first")
@@ -67,7 +67,7 @@ def assign_image_ids(header: pd.DataFrame) -> pd.DataFrame:
         notes = [_duplicate_note(out.at[i, "path"], kept[out.at[i, "image_id"]], path_of) for i in duplicates]
         out.loc[duplicates, "status"] = str(Status.DUPLICATE)
         out.loc[duplicates, "error"] = notes
-        out.loc[duplicates, "image_id"] = by_path[duplicates]
+        out.loc[duplicates, "image_id"] = (by_path + suffix)[duplicates]
         out.loc[duplicates, "series_uid"] = pd.NA
     return _unique(out)
 

@@ -34,10 +34,11 @@ def test_keys_are_sop_uids_with_frames_and_paths_without(tmp_path: Path) -> None
         {"relative_path": "s2/CT000000.dcm", "sop_uid": "1.2.3.2"},  # the same file name in another series
         {"relative_path": "s3/enhanced.dcm", "sop_uid": "1.2.3.3", "frame": 7},
         {"relative_path": "junk/CT000000.dcm", "sop_uid": None, "status": "not_dicom"},
+        {"relative_path": "ct_scans/049.nii", "sop_uid": None, "frame": 12},
     ])
     out = assign_image_ids(header)
     assert out.columns[0] == "image_id"
-    assert out["image_id"].tolist() == ["1.2.3.1", "1.2.3.2", "1.2.3.3#7", "junk/CT000000"]
+    assert out["image_id"].tolist() == ["1.2.3.1", "1.2.3.2", "1.2.3.3#7", "junk/CT000000", "ct_scans/049.nii#12"]
     assert (out["status"] != Status.DUPLICATE).all()
 
 
