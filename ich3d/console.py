@@ -17,16 +17,47 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+#: Summary keys printed as their own tables, not as rows of the build table.
+_OWN_TABLES = ("series_choice", "versions", "labels")
+#: Rows of the series-choice table printed at most (build.json and series.parquet hold them all).
+CHOICE_ROWS = 40
+
+
 def print_build_summary(summary: dict[str, Any], console: Console) -> None:
-    """Counts of files by status, series, labels and timings of a build."""
+    """Counts of files by status, series, roles, labels and timings of a build; then, for the studies
+    where a series had to be chosen, the table study / series / description / role / read / why."""
     table = Table(title="build-series", show_header=False)
     for key, value in summary.items():
+        if key in _OWN_TABLES:
+            continue
         if isinstance(value, dict):
             value = ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) or "-"
         elif isinstance(value, list):
             value = ", ".join(map(str, value[:5])) + (" ..." if len(value) > 5 else "") if value else "-"
         table.add_row(key, _fmt(value))
     console.print(table)
+    choice = summary.get("series_choice") or {}
+    if choice.get("rows"):
+        console.print(series_choice_table(choice))
+
+
+def series_choice_table(choice: dict[str, Any]) -> Table:
+    """The series choice of :func:`ich3d.dataset.roles.choice_table` as a rich table."""
+    rows = choice["rows"]
+    table = Table(title=f"series choice: {choice['n_studies']} studies with a choice to make")
+    for column in ("study", "series", "description", "role", "read", "why"):
+        table.add_column(column, overflow="fold")
+    for row in rows[:CHOICE_ROWS]:
+        table.add_row(_short(row["study_uid"]), _short(row["series_uid"]), str(row.get("series_description") or ""),
+                      row["role"], "yes" if row["predict"] else "no", row["choice"])
+    if len(rows) > CHOICE_ROWS or choice.get("truncated"):
+        table.caption = f"first {CHOICE_ROWS} series shown; all are in build.json and index/series.parquet"
+    return table
+
+
+def _short(uid: str, keep: int = 14) -> str:
+    """The end of a long UID, which is where UIDs differ."""
+    return uid if len(uid) <= keep else "…" + uid[-keep:]
 
 
 class EpochTable:
