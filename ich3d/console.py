@@ -132,3 +132,4 @@ def print_demo(result: dict[str, Any], console: Console) -> None:
     console.print(table)
     console.print(f"demo test weighted log loss: {result['score']['weighted_log_loss']:.4f} "
                   f"(prior {result['prior_score']:.4f}); outputs in {result['out']} ({result['seconds']:.0f} s)")
+    console.print(f"report: {result['report']}")

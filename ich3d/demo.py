@@ -27,11 +27,13 @@ def run_demo(out: Path, n_series: int = 60, n_test_series: int = 16, config: str
     Returns:
         ``score`` (test metrics of the final model), ``slice_score`` and ``prior_score`` (test weighted
         log loss of the slice-only model and of the training prevalence), ``prior_valid``,
-        ``slice_valid``, ``sequence_valid`` (best validation weighted log loss), ``seconds``, ``out``.
+        ``slice_valid``, ``sequence_valid`` (best validation weighted log loss), ``seconds``, ``out``,
+        ``report`` (the HTML page of the test predictions, ``OUT/report.html``).
     """
     from ich3d.config import load_config
     from ich3d.dataset.build import build_series
     from ich3d.inference.run import predict
+    from ich3d.report import write_report
     from ich3d.training.fit import fit
 
     began = time.perf_counter()
@@ -50,8 +52,10 @@ def run_demo(out: Path, n_series: int = 60, n_test_series: int = 16, config: str
         "score": _score(pred.submission, labels),
         "slice_score": _score(slice_only.submission, labels)["weighted_log_loss"],
         "prior_score": _prior_score(run, sample, labels, pred.root / "prior_submission.csv"),
-        **_best_validation(run), "out": str(out), "seconds": time.perf_counter() - began,
+        **_best_validation(run), "out": str(out),
     }
+    result["report"] = write_report(pred.root, out / "report.html", labels=labels, runs=[run.root])["report"]
+    result["seconds"] = time.perf_counter() - began
     write_json_atomic(out / "demo.json", result)
     return result
 

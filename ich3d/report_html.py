@@ -1,0 +1,81 @@
+"""The HTML of ``ich3d report``: the page template and escaped tables and images (no files, no torch).
+
+Plain ``string.Template`` and stdlib ``html.escape``: every value from the data is escaped, images are
+PNGs embedded as ``data:`` URIs, the page holds no script and loads nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import string
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+PAGE = string.Template("""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>ich3d report: $title</title>
+<style>
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1160px;margin:0 auto;padding:0 16px 48px;color:#222}
+header{border-bottom:1px solid #ddd;margin-bottom:8px}
+nav a{margin-right:14px}
+h2{margin-top:36px;border-bottom:1px solid #eee}
+table{border-collapse:collapse;font-size:13px;margin:6px 0 16px}
+th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
+th{background:#f3f3f3}
+img{max-width:100%;height:auto}
+pre{background:#f7f7f7;padding:8px;font-size:12px;overflow:auto;max-height:420px}
+.gallery{display:flex;flex-wrap:wrap;gap:14px}
+figure{margin:0;max-width:530px}
+figcaption{font-size:12px;color:#555}
+.note{color:#555;font-size:13px}
+</style></head>
+<body><header><h1>ich3d report</h1><p class="note">$meta</p><nav>$nav</nav></header>
+$sections
+</body></html>
+""")
+
+
+def page(title: str, meta: str, sections: Sequence[tuple[str, str, str]]) -> str:
+    """The whole page: a header with ``meta`` and links to the sections, then each (id, title, HTML body)."""
+    nav = "".join(f"<a href='#{key}'>{html.escape(heading)}</a>" for key, heading, _ in sections)
+    body = "\n".join(f"<section id='{key}'><h2>{html.escape(heading)}</h2>\n{content}</section>"
+                     for key, heading, content in sections)
+    return PAGE.substitute(title=html.escape(title), meta=html.escape(meta), nav=nav, sections=body)
+
+
+def img(png: bytes, alt: str, width: int | None = None) -> str:
+    """An ``<img>`` holding ``png`` as a base64 ``data:`` URI."""
+    size = f" width='{width}'" if width else ""
+    return f"<img alt='{html.escape(alt)}'{size} src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], escape: bool = True) -> str:
+    """An HTML table; cells are escaped unless ``escape`` is False (then they are HTML already)."""
+    cell = html.escape if escape else str
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def mapping_table(mapping: dict[str, Any]) -> str:
+    """Two columns: each key, and its value (nested mappings and lists written compactly)."""
+    return table(["key", "value"], [[key, text(value)] for key, value in mapping.items()])
+
+
+def text(value: Any) -> str:
+    """A value as table text: mappings and lists compactly (20 items at most), floats with 4 digits."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {text(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(text, value[:20])) + (f" ... ({len(value)})" if len(value) > 20 else "") if value else "-"
+    if isinstance(value, float):
+        return num(value)
+    return "n/a" if value is None or value is pd.NA else str(value)
+
+
+def num(value: float | None, digits: int = 4) -> str:
+    """A float with ``digits`` decimals; "n/a" for None, NaN and infinities."""
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
