@@ -234,3 +234,56 @@ class InferFolder:
     def part_lock(self, part_id: int, num_parts: int) -> Path:
         """Held while a job predicts part ``part_id`` of ``num_parts`` (parts run side by side)."""
         return self.root / f".ich3d-part-{part_id}-of-{num_parts}.lock"
+
+
+@dataclass(frozen=True)
+class ClinicalExportFolder:
+    """The folder ``ich3d synth --layout clinical`` writes: a PACS-style export and its truth.
+
+    ``export/<study>/<series>/CT000000.dcm ...``: one folder per study, one per series, file names
+    numbered from 0 in every series folder (``<Modality><6 digits>.dcm``: a dose report written as
+    OT is ``OT000000.dcm``), so names repeat across series while the UIDs do not.
+    """
+
+    root: Path
+
+    EXPORT = "export"
+
+    @property
+    def export(self) -> Path:
+        """``export/``: the DICOM files, ``<study folder>/<series folder>/<image file>``."""
+        return self.root / self.EXPORT
+
+    def series(self, study: str, series: str) -> Path:
+        """``export/<study>/<series>/``: the folder of one series."""
+        return self.export / study / series
+
+    @staticmethod
+    def image_name(modality: str, number: int) -> str:
+        """File name of the image ``number`` (0, 1, ...) of a series: ``CT000000.dcm``."""
+        return f"{modality}{number:06d}.dcm"
+
+    @property
+    def reads(self) -> Path:
+        """``reads.csv``: exam reads in the CQ500 format (``name,Category,R1:ICH,...,R3:SAH``)."""
+        return self.root / "reads.csv"
+
+    @property
+    def reads_map(self) -> Path:
+        """``reads_map.csv``: ``name,study_uid`` (the reads' names joined to StudyInstanceUIDs)."""
+        return self.root / "reads_map.csv"
+
+    @property
+    def exam_labels(self) -> Path:
+        """``exam_labels.csv``: ``study_uid`` and the six exam labels (0/1), the plain exam truth."""
+        return self.root / "exam_labels.csv"
+
+    @property
+    def image_labels(self) -> Path:
+        """``image_labels.csv``: RSNA long format (``<SOPInstanceUID>_<label>,0/1``) of every axial CT image."""
+        return self.root / "image_labels.csv"
+
+    @property
+    def summary(self) -> Path:
+        """``synth.json``: settings, every series with its expected role, every study with its chosen series."""
+        return self.root / "synth.json"
