@@ -11,7 +11,7 @@ lesion takes over form the slice's lesion mask (one bit per subtype, :data:`MASK
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -170,6 +170,20 @@ _FRACTIONS = {
 def sample_lesions(rng: np.random.Generator, head: Head, labels: list[str]) -> list[Lesion]:
     """One hemorrhage of each subtype in `labels`, placed in `head` with subtype-specific geometry."""
     return [_SAMPLERS[label](rng, head) for label in labels]
+
+
+#: Grey matter, the reference a lesion's contrast is measured against (HU).
+REFERENCE_HU = 40.0
+
+
+def restyle(lesion: Lesion, contrast: float = 1.0, size: float = 1.0) -> Lesion:
+    """The lesion with its HU difference from grey matter times `contrast` and its extent (half-axes
+    about its centre) and thickness times `size`; the lesion itself when both are 1 (bit-identical)."""
+    if contrast == 1.0 and size == 1.0:
+        return lesion
+    extent = replace(lesion.extent, axes=lesion.extent.axes * size)
+    return replace(lesion, extent=extent, hu=REFERENCE_HU + (lesion.hu - REFERENCE_HU) * contrast,
+                   size=lesion.size * size)
 
 
 def _surface(rng: np.random.Generator, head: Head, elevation: tuple[float, float],

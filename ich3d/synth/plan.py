@@ -13,7 +13,6 @@ import numpy as np
 from ich3d.constants import LABELS
 from ich3d.errors import ConfigError
 
-
 SPLITS = ("train", "test")
 #: Share of the series of a split given each quirk (at least one series each when quirks are on).
 QUIRK_SHARES: dict[str, dict[str, float]] = {
@@ -44,6 +43,15 @@ class SynthConfig:
         subtype_probability: chance of each subtype in a positive series, in LABELS[1:] order
             (epidural, intraparenchymal, intraventricular, subarachnoid, subdural).
         quirks: write the RSNA quirks (QUIRK_SHARES, corrupt and junk files, duplicate label rows).
+        noise_sd: range of the CT noise's standard deviation (HU) a series draws from.
+        lesion_contrast: blood's HU difference from grey matter (40 HU) is multiplied by this (1 = as drawn;
+            0.6 makes bleeds fainter, as in subacute or anaemic patients).
+        lesion_size: lesions' extents and thicknesses are scaled by this.
+        head_size: heads' axes are scaled by this (0.85: a smaller population).
+        slice_spacings: spacings (mm) a series draws from uniformly; empty: the RSNA-like mix
+            (mostly 5 mm, some 2.5-6 mm).
+        The appearance settings move the generator away from what a model was tuned on: evaluation
+        sets made with other settings test how well a recipe holds on data it was not tuned on.
     """
 
     n_train_series: int = 40
@@ -55,6 +63,11 @@ class SynthConfig:
     positive_fraction: float = 0.4
     subtype_probability: tuple[float, ...] = (0.04, 0.6, 0.45, 0.5, 0.38)
     quirks: bool = True
+    noise_sd: tuple[float, float] = (3.0, 6.0)
+    lesion_contrast: float = 1.0
+    lesion_size: float = 1.0
+    head_size: float = 1.0
+    slice_spacings: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         checks = [
@@ -66,6 +79,10 @@ class SynthConfig:
             (len(self.subtype_probability) == len(LABELS) - 1, f"subtype_probability needs {len(LABELS) - 1} values"),
             (all(0.0 <= p <= 1.0 for p in self.subtype_probability), "subtype_probability values must be in [0, 1]"),
             (sum(self.subtype_probability) > 0, "subtype_probability must not be all zero"),
+            (len(self.noise_sd) == 2 and 0 <= self.noise_sd[0] <= self.noise_sd[1], "noise_sd must be (low, high) >= 0"),
+            (0.1 <= self.lesion_contrast <= 3.0 and 0.3 <= self.lesion_size <= 3.0, "lesion settings out of range"),
+            (0.6 <= self.head_size <= 1.4, "head_size must be in [0.6, 1.4]"),
+            (all(0.5 <= s <= 10.0 for s in self.slice_spacings), "slice_spacings must be in [0.5, 10] mm"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:
@@ -108,7 +125,8 @@ def plan_dataset(config: SynthConfig) -> tuple[list[SeriesPlan], dict[str, tuple
         for i in range(n):
             if i == 0 or not follow_up[i] or follow_up[i - 1]:
                 patient, patient_id = patient + 1, _new_id(rng, used, 8)
-            spacing = float(rng.choice(list(_SPACINGS), p=list(_SPACINGS.values())))
+            spacing = (float(rng.choice(config.slice_spacings)) if config.slice_spacings
+                       else float(rng.choice(list(_SPACINGS), p=list(_SPACINGS.values()))))
             n_slices = int(np.clip(round(rng.uniform(140, 170) / spacing) + 1, config.min_slices, config.max_slices))
             sops = tuple(_new_id(rng, used, 9) for _ in range(n_slices))
             study, series = _new_id(rng, used, 10), _new_id(rng, used, 10)

@@ -8,6 +8,7 @@ the series' lesion masks with :func:`write_mask` (read them back with :func:`loa
 from __future__ import annotations
 
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +35,15 @@ def write_series(folder: Path, plan: SeriesPlan, config: SynthConfig,
     """
     rng = np.random.default_rng([config.seed, SPLITS.index(plan.split), plan.index])
     params = phantom.sample_head(np.random.default_rng([config.seed, 2000, plan.patient]))
+    if config.head_size != 1.0:
+        params = replace(params, axes=params.axes * config.head_size)
     head = phantom.place_head(params, _pose(rng))
-    hemorrhages = lesions.sample_lesions(rng, head, _subtypes(rng, config) if plan.positive else [])
+    hemorrhages = [lesions.restyle(lesion, config.lesion_contrast, config.lesion_size)
+                   for lesion in lesions.sample_lesions(rng, head, _subtypes(rng, config) if plan.positive else [])]
     grids, info = _slice_grids(rng, head, plan, config)
     numbers = instance_numbers(rng, plan.quirks["instances"], len(grids))
     encode = encoder(rng, plan.quirks["pixels"], info["image_size"])
-    sigma, labels, masks = rng.uniform(3.0, 6.0), {}, []
+    sigma, labels, masks = rng.uniform(*config.noise_sd), {}, []
     with disable_value_validation():
         elements, syntax = template(rng, plan, grids[0])
         for grid, sop, number in zip(grids, plan.sop_uids, numbers):
