@@ -108,19 +108,35 @@ def main(ctx: click.Context, quiet: bool, verbose: bool) -> None:
 
 
 @main.command()
-@click.option("--out", required=True, type=PathArg, help="Folder to write the RSNA-layout dataset into.")
-@click.option("--n-series", default=40, show_default=True, help="Training series.")
-@click.option("--n-test-series", default=10, show_default=True, help="Test series.")
+@click.option("--out", required=True, type=PathArg, help="Folder to write the dataset or export into.")
+@click.option("--layout", "layout_name", type=click.Choice(["rsna", "clinical"]), default="rsna", show_default=True,
+              help="rsna: the RSNA 2019 layout; clinical: a PACS-style export (study/series folders, "
+                   "CQ500-style exam reads).")
+@click.option("--n-series", default=40, show_default=True, help="Training series (rsna) or studies (clinical).")
+@click.option("--n-test-series", default=10, show_default=True, help="Test series (rsna; ignored by clinical).")
 @click.option("--image-size", default=512, show_default=True, help="Slice size in pixels.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--workers", default=1, show_default=True, help="Processes writing series in parallel.")
+@click.option("--workers", default=1, show_default=True, help="Processes writing series (studies) in parallel.")
 @verbosity_options
 @click.pass_context
 @handle_errors
-def synth(ctx: click.Context, out: Path, n_series: int, n_test_series: int, image_size: int, seed: int,
-          workers: int) -> None:
-    """Write a synthetic head-CT dataset in the RSNA 2019 layout."""
+def synth(ctx: click.Context, out: Path, layout_name: str, n_series: int, n_test_series: int, image_size: int,
+          seed: int, workers: int) -> None:
+    """Write a synthetic head-CT dataset in the RSNA 2019 layout, or a clinical PACS-style export."""
     from ich3d.progress import progress_bar
+
+    if layout_name == "clinical":
+        from ich3d.synth.clinical import count_files as count_clinical
+        from ich3d.synth.clinical import make_clinical_export
+        from ich3d.synth.clinical_plan import ClinicalConfig
+
+        clinical = ClinicalConfig(n_studies=n_series, image_size=image_size, seed=seed)
+        with progress_bar(not _quiet(ctx), "synth", count_clinical(clinical)) as advance:
+            counts = make_clinical_export(out, clinical, progress=advance, workers=workers)["counts"]
+        _console(ctx).print(f"clinical export in {out}: {counts['studies']} studies ({counts['patients']} patients, "
+                            f"{counts['positive_studies']} with hemorrhage), {counts['series']} series, "
+                            f"{counts['files']} files; exam truth in reads.csv", soft_wrap=True)
+        return
     from ich3d.synth.generate import count_files, make_synthetic_dataset
     from ich3d.synth.plan import SynthConfig
 
