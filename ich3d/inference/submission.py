@@ -6,12 +6,13 @@ Torch-free, so ``ich3d score`` starts fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from ich3d.atomic import atomic_write, write_json_atomic
 from ich3d.constants import LABELS
@@ -26,22 +27,107 @@ def read_submission_ids(path: Path) -> np.ndarray:
 
 
 def write_submission(path: Path, probs: pd.DataFrame, sample: Path | None = None) -> None:
-    """Writes six rows per image.
+    """Writes six rows per image, the probabilities as ``%.6g``.
 
     Args:
         probs: (n_images, 6) probabilities indexed by image_id, columns in ``LABELS`` order.
         sample: when given, exactly its rows in its order; otherwise every image in ``probs`` order.
+
+    Raises:
+        InputError: the sample asks for images that ``probs`` lacks.
     """
     values = probs.to_numpy(np.float64)
     if sample is not None:
         rows = read_long(sample, "sample submission")
         position = probs.index.get_indexer(rows["image_id"])
-        ids, labels = rows["ID"].to_numpy(), values[position, rows["label"].to_numpy()]
+        if (position < 0).any():
+            absent = pd.unique(rows["image_id"][position < 0])
+            raise InputError(f"{sample}: {len(absent)} image(s) of the sample submission have no prediction: "
+                             f"{_listing(absent)}")
+        ids, labels = pa.array(rows["ID"], type=pa.string()), values[position, rows["label"].to_numpy()]
     else:
-        ids = (probs.index.to_numpy(str)[:, None] + "_" + np.array(LABELS)[None, :]).ravel()
+        row = np.arange(len(probs) * len(LABELS))
+        images = pc.take(pa.array(probs.index, type=pa.string()), row // len(LABELS))
+        ids = pc.binary_join_element_wise(images, pc.take(pa.array(LABELS), row % len(LABELS)), "_")
         labels = values.ravel()
     with atomic_write(Path(path)) as file:
-        pd.DataFrame({"ID": ids, "Label": labels}).to_csv(file, index=False, float_format="%.6g")
+        _write_rows(file, ids, format_g6(labels))
+
+
+#: Characters that make the CSV writer quote a field.
+_NEEDS_QUOTES = '[,"\r\n]'
+
+
+def _write_rows(file: BinaryIO, ids: pa.Array, labels: np.ndarray) -> None:
+    """The ``ID,Label`` CSV of ``ids`` and formatted ``labels`` (bytes), as pandas' ``to_csv`` writes it.
+
+    pyarrow writes it unquoted in one pass; IDs that need quoting (a comma, a quote or a line break:
+    never in RSNA) go through pandas, which quotes just those fields.
+    """
+    text = pa.array(labels, type=pa.binary()).cast(pa.string())
+    if pc.any(pc.match_substring_regex(ids, _NEEDS_QUOTES)).as_py():
+        pd.DataFrame({"ID": ids.to_pandas(), "Label": text.to_pandas()}).to_csv(file, index=False)
+        return
+    file.write(b"ID,Label\n")  # pyarrow quotes a header even in quoting style "none"
+    pacsv.write_csv(pa.table({"ID": ids, "Label": text}), file,
+                    pacsv.WriteOptions(include_header=False, quoting_style="none"))
+
+
+#: 10**k for k = 0..22: exact doubles.
+_POW10 = np.array([float(10 ** k) for k in range(23)])
+#: A scaled value whose fraction is closer than this to 0.5 is rounded by Python's ``%`` instead.
+_TIE = 1e-7
+
+
+def format_g6(values: np.ndarray) -> np.ndarray:
+    """``"%.6g" % v`` of each value, vectorised; NaN gives ``""`` (pandas' empty cell).
+
+    |v| is scaled into [1e5, 1e6) by an exact power of ten: one float multiplication, off by less
+    than 1.2e-10, so rounding it to an integer gives the six digits exactly unless its fraction is
+    within ``_TIE`` of one half. Those rare values, zeros, infinities and magnitudes outside
+    [1e-17, 1e6) are formatted by Python's ``%`` (``np.char.mod``).
+
+    Args:
+        values: (n,) float.
+
+    Returns:
+        (n,) bytes (``S``) array.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    mag = np.abs(x)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        guess = 5 - np.floor(np.log10(mag))
+    scale = np.where(np.isfinite(guess), guess, -1).astype(np.int64)
+    scaled = mag * _POW10[np.clip(scale, 0, len(_POW10) - 1)]
+    scale += (scaled < 1e5).astype(np.int64) - (scaled >= 1e6)  # log10 can be one off near a power of ten
+    scaled = mag * _POW10[np.clip(scale, 0, len(_POW10) - 1)]
+    with np.errstate(invalid="ignore"):
+        fraction = scaled - np.floor(scaled)
+    exact = ((scale >= 0) & (scale < len(_POW10)) & (scaled >= 1e5) & (scaled < 1e6)
+             & (np.abs(fraction - 0.5) > _TIE))
+    out = np.empty(len(x), dtype="S16")
+    out[~exact] = np.char.mod("%.6g", x[~exact]).astype("S16")
+    out[np.isnan(x)] = b""
+    digits = np.rint(scaled[exact]).astype(np.int64)
+    carry = digits == 10 ** 6  # 999999.5 and up round to 1e6: one more in the exponent
+    digits = np.where(carry, 10 ** 5, digits).astype("S6")
+    exponent = 5 - scale[exact] + carry
+    kept = np.strings.rstrip(digits, b"0")  # the significant digits (the first is never 0)
+    text = np.empty(len(digits), dtype="S16")
+    point = (exponent >= 0) & (exponent < 6)  # d.ddd or ddd.dd
+    head = np.strings.slice(digits[point], 0, exponent[point] + 1)
+    tail = np.strings.slice(kept[point], exponent[point] + 1, 6)
+    text[point] = np.strings.add(head, np.where(tail == b"", b"", np.strings.add(b".", tail)))
+    small = (exponent < 0) & (exponent >= -4)  # 0.000ddd
+    text[small] = np.strings.add(np.strings.add(b"0.", np.strings.multiply(b"0", -exponent[small] - 1)), kept[small])
+    scientific = ~(point | small)  # d.ddde-05, d.ddde+06
+    first, rest = np.strings.slice(kept[scientific], 0, 1), np.strings.slice(kept[scientific], 1, 6)
+    mantissa = np.strings.add(first, np.where(rest == b"", b"", np.strings.add(b".", rest)))
+    size = np.abs(exponent[scientific])
+    power = np.strings.add(np.where(size < 10, b"0", b""), size.astype("S3"))  # two digits at least
+    text[scientific] = np.strings.add(mantissa, np.strings.add(np.where(exponent[scientific] < 0, b"e-", b"e+"), power))
+    out[exact] = np.strings.add(np.where(x[exact] < 0, b"-", b""), text)
+    return out
 
 
 def _listing(ids: pd.Series | np.ndarray | pd.Index) -> str:

@@ -12,6 +12,7 @@ from sklearn.metrics import log_loss
 from ich3d.constants import LABELS
 from ich3d.errors import InputError
 from ich3d.inference.submission import (
+    format_g6,
     read_submission_ids,
     score_submission,
     validate_submission,
@@ -97,3 +98,31 @@ def test_validate_lists_each_problem_once_duplicates_in_order_others_sorted() ->
                                "missing IDs: ID_b_any, ID_d_any; unknown IDs (not in the labels): ID_y_any, ID_z_any; "
                                "Label NaN or outside [0, 1]: ID_y_any, ID_a_any")
     validate_submission(truth.assign(Label=0.5).iloc[::-1], truth)
+
+
+def test_format_g6_equals_python_percent_format() -> None:
+    rng = np.random.default_rng(0)
+    edges = [0.0, -0.0, 1.0, 0.5, 1e-4, 1e-5, 9.999995e-5, 999999.5, 999999.4, 99999.95, 123456.5, 1e6, 1e5,
+             0.1234565, 0.1234575, np.inf, -np.inf, 1e-300, 5e-324, 1e300, 0.1, 1 - 1e-7, 1e-7, 0.125, 0.9999995]
+    values = np.concatenate([rng.random(20_000), 10 ** rng.uniform(-20, 9, 20_000) * rng.choice([-1, 1], 20_000),
+                             np.round(rng.random(20_000), 7), np.round(rng.random(20_000), 6) + 5e-7, edges, [np.nan]])
+    expected = ["%.6g" % v for v in values[:-1].tolist()] + [""]
+    assert format_g6(values).astype(str).tolist() == expected
+
+
+@pytest.mark.parametrize("images", [["ID_a", "ID_b", "ID_c"], ["ID_a,1", 'ID_"b"', "ID_c"]])
+def test_write_is_byte_identical_to_pandas_float_format(tmp_path: Path, images: list[str]) -> None:
+    values = np.array([[0.5, 1e-6, 0.0, 1.0, 0.123456789, np.nan], [1e-5, 2.5e-4, 0.9999995, 0.1, 0.2, 0.3],
+                       [0.75, 0.25, 0.125, 0.0625, 1e-300, 0.33333333]])
+    probs = pd.DataFrame(values, index=pd.Index(images, name="image_id"), columns=list(LABELS))
+    write_submission(tmp_path / "sub.csv", probs)
+    ids = [f"{image}_{label}" for image in images for label in LABELS]
+    pd.DataFrame({"ID": ids, "Label": values.ravel()}).to_csv(tmp_path / "pandas.csv", index=False, float_format="%.6g")
+    assert (tmp_path / "sub.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()
+
+
+def test_write_refuses_a_sample_image_without_prediction(tmp_path: Path) -> None:
+    sample = _long(tmp_path / "sample.csv", ["ID_a", "ID_b"], np.full((2, 6), 0.5))
+    probs = pd.DataFrame(np.full((1, 6), 0.1), index=["ID_a"])
+    with pytest.raises(InputError, match="1 image.*no prediction: ID_b"):
+        write_submission(tmp_path / "sub.csv", probs, sample)
