@@ -223,10 +223,10 @@ def localizers(exam: Exam, size: int) -> tuple[list[phantom.SliceGrid], np.ndarr
 
 
 def _projection(exam: Exam, grid: phantom.SliceGrid) -> np.ndarray:
-    """Line integrals of attenuation through the head along the normal of `grid` (planes 2 mm apart, at
-    most 128 x 128 pixels rendered: a topogram is blurry), as 12-bit values (rows, cols) float32."""
+    """Line integrals of attenuation through the head along the normal of `grid` (planes 2 mm or a pixel
+    apart, at most 128 x 128 pixels rendered: a topogram is blurry), as 12-bit values (rows, cols) float32."""
     reach = exam.head.scalp.extent(grid.normal)
-    steps = np.linspace(-reach, reach, int(2 * reach // _PROJECTION_STEP_MM) + 2)
+    steps = np.linspace(-reach, reach, int(2 * reach // max(_PROJECTION_STEP_MM, grid.spacing)) + 2)
     f = max(1, grid.rows // 128)  # pixels of `grid` per rendered pixel, along each axis
     coarse = replace(grid, origin=grid.origin + (f - 1) / 2 * grid.spacing * (grid.row_dir + grid.col_dir),
                      spacing=f * grid.spacing, rows=-(-grid.rows // f), cols=-(-grid.cols // f))  # fmt: skip

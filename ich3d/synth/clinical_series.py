@@ -119,6 +119,11 @@ def _elem(keyword: str, value: object, vr: str | None = None) -> DataElement:
     return DataElement(tag, vr or dictionary_VR(tag), value)
 
 
+def _orientation(grid: SliceGrid) -> DataElement:
+    """ImageOrientationPatient of `grid` (a localizer's second image lies in another plane than the template's)."""
+    return _elem("ImageOrientationPatient", [f"{x + 0.0:.6f}" for x in (*grid.row_dir, *grid.col_dir)])
+
+
 def _merge(*groups: list[DataElement]) -> list[DataElement]:
     """The elements of all groups; a later element replaces an earlier one with the same tag."""
     return list({elem.tag: elem for group in groups for elem in group}.values())
@@ -243,7 +248,8 @@ def _write_ct(folder: Path, rng: np.random.Generator, study: _Study, kind: str, 
     numbers = cast(list[int], instance_numbers(rng, "ordered", len(grids)))
     for grid, sop, number, image in zip(grids, sops, numbers, values):
         stored = encode(image + images.noise(rng, image.shape, scale * sigma, smooth))
-        write_slice(folder / ClinicalExportFolder.image_name("CT", number - 1), header, syntax, sop, number,
+        own = header if grid.normal @ grids[0].normal > 0.99 else _merge(header, [_orientation(grid)])
+        write_slice(folder / ClinicalExportFolder.image_name("CT", number - 1), own, syntax, sop, number,
                     grid.origin, stored)  # fmt: skip
     names = [name for key, value in setting.items() if (name := _QUIRK_NAMES.get((key, value)))]
     facts = {"pixels": pixels, "quirks": names + (["gantry_tilt"] if kind in AXIAL_KINDS and plan.tilted else []),
