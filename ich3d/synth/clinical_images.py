@@ -25,7 +25,7 @@ _PER_THICK = round(THICK_MM / THIN_MM)
 _MARGIN = _PER_THICK // 2
 REFORMAT_MM = 3.0
 #: Slices of a motion repeat: 15 mm of the posterior fossa, too little to read an exam from.
-REPEAT_SLICES = 4
+REPEAT_SLICES = 3
 LOCALIZER_FOV_MM = 280.0
 DOSE_REPORT_SIZE = 512
 _MU_WATER = 0.019  # linear attenuation of water at 120 kV, 1/mm

@@ -3,7 +3,7 @@ exam with vendor-typical headers (ich3d.synth.clinical writes the export and its
 
 A study holds a two-image topogram (lateral and AP localizer), the 5 mm soft-kernel axial series, often
 a 1.25 mm thin series of the same range, a bone-kernel copy of the 5 mm geometry, sometimes a coronal
-reformat, a contrast series and a four-slice motion repeat, and a dose report (an RGB secondary capture).
+reformat, a contrast series and a three-slice motion repeat, and a dose report (an RGB secondary capture).
 CT images go through ich3d.synth.dicom_writer (its template, its pixel encoders with the RSNA quirks,
 write_slice); :data:`VENDORS` adds what Siemens, GE and Philips scanners write. UIDs live under
 pydicom's root and are hashes of the export's settings and the image's place in it: deterministic, and
@@ -79,7 +79,8 @@ VENDORS: tuple[Vendor, ...] = (
             "bone": "Bone  5.0  H70h", "reformat": "Cor  3.0  H31s MPR", "contrast": "Head C+  5.0  H31s",
             "repeat": "Head  5.0  H31s", "dose": "Patient Protocol"},
            {"axial": ("ORIGINAL", "PRIMARY", "AXIAL", "CT_SOM5 SPI"),
-            "localizer": ("ORIGINAL", "PRIMARY", "LOCALIZER", "CT_SOM5 TOP"), "reformat": ("DERIVED", "SECONDARY", "MPR")},
+            "localizer": ("ORIGINAL", "PRIMARY", "LOCALIZER", "CT_SOM5 TOP"),
+            "reformat": ("DERIVED", "SECONDARY", "MPR")},
            ("Head^HeadSeq (Adult)", "Head^HeadSeq C+ (Adult)"), "APPLIED", None, "CT", 501),
     Vendor("GE MEDICAL SYSTEMS", "LightSpeed VCT", ("STANDARD", "BONE", "STANDARD"), "signed",
            {"localizer": "Scout", "thick": "5mm STND", "thin": "1.25mm STND", "bone": "5mm Bone",
@@ -138,6 +139,7 @@ class _Study:
     vendor: Vendor
     exam: images.Exam
     elements: list[DataElement]
+    date: str  # StudyDate, YYYYMMDD
     seconds: int  # study start, seconds after midnight
 
     def uid(self, *parts: object) -> str:
@@ -151,7 +153,8 @@ class _Study:
             "folder": str(PurePosixPath(ClinicalExportFolder.EXPORT, self.plan.folder, SERIES_FOLDERS[kind])),
             "series_number": v.dose_number if dose else SERIES_NUMBERS[kind], "description": v.descriptions[kind],
             "modality": v.dose_modality if dose else "CT", "manufacturer": v.manufacturer,
-            "image_type": list(("DERIVED", "SECONDARY", "OTHER") if dose else v.image_types["axial" if axial else kind]),
+            "image_type": ["DERIVED", "SECONDARY", "OTHER"] if dose else list(v.image_types[
+                "axial" if axial else kind]),
             "slice_thickness": None if dose else SLICE_THICKNESS[kind],
             "kernel": None if dose else v.kernels[1 if kind == "bone" else 2 if kind == "localizer" else 0],
             "contrast_agent": None if dose else v.agent if kind == "contrast" else v.plain_agent,
@@ -162,7 +165,7 @@ class _Study:
         """Series-level elements of `kind` (the pixel and geometry elements come from the template)."""
         facts = self.record(kind)
         started = min(self.seconds + 90 * self.plan.kinds.index(kind), 86399)
-        out = [_elem("ImageType", facts["image_type"]), _elem("SeriesDate", self.elements[1].value),
+        out = [_elem("ImageType", facts["image_type"]), _elem("SeriesDate", self.date),
                _elem("SeriesTime", _clock(started)), _elem("Modality", facts["modality"]),
                _elem("SeriesDescription", facts["description"]), _elem("SeriesInstanceUID", facts["series_uid"]),
                _elem("SeriesNumber", str(facts["series_number"]))]  # fmt: skip
@@ -197,7 +200,7 @@ def _study(rng: np.random.Generator, config: ClinicalConfig, plan: StudyPlan, ex
         _elem("StudyID", str(int(rng.integers(1000, 99999)))),
         _elem("FrameOfReferenceUID", export_uid(config, plan.index, "frame")),
     ]  # fmt: skip
-    return _Study(config, plan, vendor, exam, elements, seconds)
+    return _Study(config, plan, vendor, exam, elements, date, seconds)
 
 
 def n_images(kind: str, exam: images.Exam) -> int:
@@ -220,12 +223,13 @@ def _pixels(kind: str, exam: images.Exam, axial: images.AxialImages,
     if kind == "thin":
         return exam.thin, axial.thin, axial.thin_labels
     n = n_images(kind, exam)
-    hu = {"thick": axial.thick, "repeat": axial.thick[:n]}.get(kind)
     if kind == "bone":
         hu = images.bone_kernel(axial.thick)
     elif kind == "contrast":
         hu = images.enhance(axial.thick, exam, exam.thick)
-    return exam.thick[:n], cast(np.ndarray, hu), axial.thick_labels[:n]
+    else:  # thick, repeat
+        hu = axial.thick[:n]
+    return exam.thick[:n], hu, axial.thick_labels[:n]
 
 
 def _write_ct(folder: Path, rng: np.random.Generator, study: _Study, kind: str, grids: list[SliceGrid],
@@ -237,19 +241,21 @@ def _write_ct(folder: Path, rng: np.random.Generator, study: _Study, kind: str, 
     setting = {"pixels": pixels, "window": quirks.get("window", "single"), "syntax": quirks.get("syntax", "explicit")}
     sops = [study.uid("image", kind, k) for k in range(len(grids))]
     series = SeriesPlan("clinical", plan.index, plan.patient, plan.patient_id, study.uid("study"),
-                        study.uid("series", kind), tuple(sops), SLICE_THICKNESS[kind], plan.positive, setting)  # fmt: skip
+                        study.uid("series", kind), tuple(sops), SLICE_THICKNESS[kind], plan.positive,
+                        setting)  # fmt: skip
     base, syntax = template(rng, series, grids[0])
     center, width = _WINDOWS.get(kind, (None, None))
-    own = [_elem("WindowCenter", center), _elem("WindowWidth", width)] if center and setting["window"] == "single" else []
-    header = _merge(base, study.elements, study.series_elements(kind), own)
+    single = center is not None and setting["window"] == "single"
+    window = [_elem("WindowCenter", center), _elem("WindowWidth", width)] if single else []
+    header = _merge(base, study.elements, study.series_elements(kind), window)
     encode = encoder(rng, pixels, grids[0].rows)
     scale, smooth = _NOISE[kind]
     folder.mkdir(parents=True)
     numbers = cast(list[int], instance_numbers(rng, "ordered", len(grids)))
     for grid, sop, number, image in zip(grids, sops, numbers, values):
         stored = encode(image + images.noise(rng, image.shape, scale * sigma, smooth))
-        own = header if grid.normal @ grids[0].normal > 0.99 else _merge(header, [_orientation(grid)])
-        write_slice(folder / ClinicalExportFolder.image_name("CT", number - 1), own, syntax, sop, number,
+        elements = header if grid.normal @ grids[0].normal > 0.99 else _merge(header, [_orientation(grid)])
+        write_slice(folder / ClinicalExportFolder.image_name("CT", number - 1), elements, syntax, sop, number,
                     grid.origin, stored)  # fmt: skip
     names = [name for key, value in setting.items() if (name := _QUIRK_NAMES.get((key, value)))]
     facts = {"pixels": pixels, "quirks": names + (["gantry_tilt"] if kind in AXIAL_KINDS and plan.tilted else []),
@@ -274,8 +280,8 @@ def _dose_table(rng: np.random.Generator, study: _Study) -> tuple[list[tuple[str
     return rows, total
 
 
-def _write_dose_report(folder: Path, study: _Study, table: list[tuple[str, ...]]) -> str:
-    """Write the dose report: an RGB secondary capture of `table` (no patient geometry). Returns its UID."""
+def _write_dose_report(folder: Path, study: _Study, table: list[tuple[str, ...]]) -> None:
+    """Write the dose report: an RGB secondary capture of `table` (no patient geometry)."""
     sop, rgb = study.uid("image", "dose", 0), images.dose_report(table)
     ds = Dataset()
     for elem in _merge(study.elements, study.series_elements("dose"), [
@@ -292,7 +298,6 @@ def _write_dose_report(folder: Path, study: _Study, table: list[tuple[str, ...]]
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     folder.mkdir(parents=True)
     dcmwrite(folder / ClinicalExportFolder.image_name(study.vendor.dose_modality, 0), ds, enforce_file_format=True)
-    return sop
 
 
 def write_study(export: Path, config: ClinicalConfig, plan: StudyPlan) -> dict:
@@ -336,7 +341,7 @@ def write_study(export: Path, config: ClinicalConfig, plan: StudyPlan) -> dict:
         "name": plan.name, "study_uid": study.uid("study"), "patient_id": plan.patient_id,
         "folder": str(PurePosixPath(ClinicalExportFolder.EXPORT, plan.folder)),
         "manufacturer": study.vendor.manufacturer, "model": study.vendor.model, "category": plan.category,
-        "study_date": study.elements[1].value, "tilt_degrees": round(exam.tilt, 2),
+        "study_date": study.date, "tilt_degrees": round(exam.tilt, 2),
         "lesions": [lesion.label for lesion in exam.lesions], "labels": dict(zip(LABELS, axial.exam_labels.tolist())),
         "chosen_series_uid": study.uid("series", "thick"), "dlp_mgy_cm": round(dlp, 1),
     }  # fmt: skip

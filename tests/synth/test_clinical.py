@@ -134,7 +134,8 @@ def test_series_tags_by_kind(summary: dict, headers: dict) -> None:
         normal = np.abs(np.cross(iop[:3], iop[3:]))
         if kind == "localizer":
             assert "LOCALIZER" in ds.ImageType and len(files) == 2
-            normals = {int(np.argmax(np.abs(np.cross(*np.reshape(d.ImageOrientationPatient, (2, 3)))))) for _, d in files}
+            cosines = [np.reshape(np.array(d.ImageOrientationPatient, dtype=float), (2, 3)) for _, d in files]
+            normals = {int(np.argmax(np.abs(np.cross(*c)))) for c in cosines}
             assert normals == {0, 1}  # a lateral (sagittal plane) and an AP (coronal plane) image
             assert float(ds.PixelSpacing[0]) == pytest.approx(LOCALIZER_FOV_MM / ds.Rows)
             continue
