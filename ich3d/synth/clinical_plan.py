@@ -14,6 +14,7 @@ import numpy as np
 
 from ich3d.constants import LABELS
 from ich3d.errors import ConfigError
+from ich3d.synth.plan import SynthConfig
 
 #: Series kinds in SeriesNumber order and the role a reader should give each.
 ROLES: dict[str, str] = {
@@ -56,7 +57,8 @@ class ClinicalConfig:
             in at least one study when its share is above 0).
         positive_fraction: share of the studies with hemorrhage (exact, at least one when above 0).
         follow_up_fraction: share of the studies that are a patient's second study (at most 0.5).
-        subtype_probability: chance of each subtype in a positive study, LABELS[1:] order.
+        subtype_probability: chance of each subtype in a positive study, LABELS[1:] order (the RSNA
+            layout's mix by default).
         reader_disagreement: share of the exams where one of the three readers reads one subtype
             differently (the majority stays the truth).
         quirks: write the RSNA quirks (QUIRK_SHARES, TILT_SHARE).
@@ -71,7 +73,7 @@ class ClinicalConfig:
     repeat_fraction: float = 0.15
     positive_fraction: float = 0.5
     follow_up_fraction: float = 0.2
-    subtype_probability: tuple[float, ...] = (0.04, 0.6, 0.45, 0.5, 0.38)
+    subtype_probability: tuple[float, ...] = SynthConfig.subtype_probability
     reader_disagreement: float = 0.2
     quirks: bool = True
 
