@@ -215,39 +215,38 @@ def _logit_gradients(model: IchModel, context: torch.Tensor, embedding: torch.Te
     return logits[-1, 0].detach(), grads[:-1].mean(dim=0) if steps else grads[0]
 
 
-def _interpolation(n_out: int, n_in: int, start: float, side: float) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinear weights from ``n_in`` samples spread over [start, start + side) to pixels 0..n_out-1.
+def _taps(n_out: int, n_in: int, start: float, side: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear taps from ``n_in`` samples spread over [start, start + side) to pixels 0..n_out-1 (pixel
+    centres aligned, clamped at the ends).
 
     Returns:
-        (n_out, n_in) float32 weights (pixel centres aligned, clamped at the ends) and (n_out,) bool:
-        the pixels inside [start, start + side).
+        (n_out,) lower and upper sample indices, the upper's float32 weight, and the pixels inside
+        [start, start + side) (bool).
     """
     where = (np.arange(n_out) + 0.5 - start) / side
     source = np.clip(where * n_in - 0.5, 0, n_in - 1)
     lower = np.floor(source).astype(np.int64)
-    upper = np.minimum(lower + 1, n_in - 1)
-    weights = np.zeros((n_out, n_in), dtype=np.float32)
-    np.add.at(weights, (np.arange(n_out), lower), 1 - (source - lower))
-    np.add.at(weights, (np.arange(n_out), upper), source - lower)
-    return weights, (where >= 0) & (where < 1)
+    return lower, np.minimum(lower + 1, n_in - 1), (source - lower).astype(np.float32), (where >= 0) & (where < 1)
 
 
 def to_original(image: np.ndarray, box: CacheBox, rows: int, cols: int, fill: float = 0.0) -> np.ndarray:
     """Maps an image covering a cached slice onto the original pixel grid (bilinear).
 
     Args:
-        image: (h, w) float values over the cached (S, S) square (a heatmap, or the cached HU slice).
+        image: (..., h, w) float values over the cached (S, S) square (heatmaps, or the cached HU slice).
         box: where that square lies in the original grid (:func:`ich3d.dataset.cache.cache_box`).
         rows, cols: the original image's shape.
         fill: the value of original pixels outside the square.
 
     Returns:
-        (rows, cols) float32.
+        (..., rows, cols) float32.
     """
-    row_weights, row_inside = _interpolation(rows, image.shape[0], box.top, box.side)
-    col_weights, col_inside = _interpolation(cols, image.shape[1], box.left, box.side)
-    out = row_weights @ np.asarray(image, dtype=np.float32) @ col_weights.T
-    out[~(row_inside[:, None] & col_inside[None, :])] = fill
+    image = np.asarray(image, dtype=np.float32)
+    low, high, weight, row_inside = _taps(rows, image.shape[-2], box.top, box.side)
+    across = image[..., low, :] * (1 - weight)[:, None] + image[..., high, :] * weight[:, None]
+    low, high, weight, col_inside = _taps(cols, image.shape[-1], box.left, box.side)
+    out = across[..., low] * (1 - weight) + across[..., high] * weight  # elementwise: no BLAS threads
+    out[..., ~(row_inside[:, None] & col_inside[None, :])] = fill
     return out
 
 
@@ -299,7 +298,7 @@ class Explainer:
         out = {}
         for k, row in enumerate(wanted.to_dict("records")):
             box, shape = cache_box(row), (int(row["rows"]), int(row["cols"]))
-            heat = np.mean([[to_original(m[k, j], box, *shape) for j in range(len(LABELS))] for m in maps], axis=0)
+            heat = np.mean([to_original(m[k], box, *shape) for m in maps], axis=0)
             labels = np.array([row[f"label_{name}"] for name in LABELS], dtype=np.float64)
             out[row["image_id"]] = Explanation(row["image_id"], np.mean([p[k] for p in probs], axis=0),
                                                heat.astype(np.float32), _original_hu(row, hu[targets[k]]), labels)

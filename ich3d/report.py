@@ -42,11 +42,15 @@ from ich3d.metrics import (
     series_auc_any,
     weighted_log_loss,
 )
+from ich3d.viz import SHORT_NAMES
 
 log = logging.getLogger(__name__)
 PROBS = [f"p_{name}" for name in LABELS]
 #: A series or slice counts as called positive at this probability of ``any``.
 THRESHOLD = 0.5
+#: Columns of exams.csv shown in the exam table, when present (all of them when none is).
+EXAM_COLUMNS = ("patient_id", "study_uid", "status", "series_uid", "n_images", *PROBS, "key_slice_index",
+                "slices_any", "reason")
 
 
 @dataclass(frozen=True)
@@ -156,8 +160,10 @@ def _prior(folder: InferFolder, runs: list[Path]) -> np.ndarray | None:
         return np.asarray(json.loads(folder.parts_meta.read_text())["prior"], dtype=np.float64)
     for run in runs:
         if RunFolder(run).info.is_file():
-            prevalence = json.loads(RunFolder(run).info.read_text())["prevalence"]
-            return np.array([prevalence[name] for name in LABELS], dtype=np.float64)
+            info = json.loads(RunFolder(run).info.read_text())
+            prevalence = info.get("prevalence") or next(iter(info.get("per_fold", {}).values()), {}).get("prevalence")
+            if prevalence:
+                return np.array([prevalence[name] for name in LABELS], dtype=np.float64)
     return None
 
 
@@ -259,10 +265,17 @@ def _strips(inputs: _Inputs, options: ReportOptions) -> Section | None:
         rows = frame[frame["series_uid"] == uid].sort_values("slice_index")
         probs = rows[PROBS].to_numpy(np.float64)
         truth = inputs.truth[rows["_row"]] if inputs.truth is not None else None
-        thumbs = [(i, _cache_thumbnail(inputs.dataset, uid, i)) for i in _key_slices(probs, truth, rows)]
-        thumbs = [(i, image) for i, image in thumbs if image is not None]
-        title = f"{uid}: {len(rows)} slices; {reason}"
-        body.append(markup.img(figures.strip_png(probs, truth, thumbs, title), f"probabilities along series {uid}"))
+        keys = _key_slices(probs, truth, rows)
+        plot = figures.strip_png(probs, truth, keys, f"{uid}: {len(rows)} slices; {reason}")
+        tiles = []
+        for k in keys:
+            image = _cache_thumbnail(inputs.dataset, uid, int(rows["slice_index"].iloc[k]))
+            if image is not None:
+                caption = f"slice {k}: p(any) {probs[k, 0]:.2f}"
+                tiles.append(f"<figure>{markup.img(figures.image_png(figures.shrink(image, 128)), caption, 128)}"
+                             f"<figcaption>{caption}</figcaption></figure>")
+        chart = markup.img(plot, f"probabilities along series {uid}")
+        body.append(f"<div class='strip'>{chart}{''.join(tiles)}</div>")
     return "strips", "Series strips", "\n".join(body)
 
 
@@ -367,21 +380,23 @@ def _exams(inputs: _Inputs, options: ReportOptions) -> Section | None:
     keys = _key_images(exams, inputs.predictions)
     by_id = inputs.predictions.set_index("image_id")
     wanted = [k for k in keys if k is not None and by_id.loc[k, "predicted_by"] == "model"] if inputs.dataset else []
-    explained = dict(zip(wanted, inputs.explain(wanted, options) or []))
-    header = ["key slice", *exams.columns]
+    called = [k for k in wanted if by_id.loc[k, "p_any"] >= THRESHOLD]  # Grad-CAM explains the calls
+    explained = dict(zip(called, inputs.explain(called, options) or []))
+    shown = [c for c in EXAM_COLUMNS if c in exams] or list(exams.columns)
+    header = [f"p({SHORT_NAMES[c[2:]]})" if c in PROBS else c for c in shown]
     rows = []
-    for key, values in zip(keys, exams.itertuples(index=False)):
-        cell = ""
+    for key, values in zip(keys, exams[shown].itertuples(index=False)):
+        image = None
         if key in explained:
             image = explained[key].overlay("any")[figures.head_box(explained[key].hu)]
-            cell = markup.img(figures.image_png(figures.shrink(image, 160)), f"key slice {key}", 160)
         elif key in wanted:
-            row = by_id.loc[key]
-            cell = markup.img(figures.image_png(_cache_thumbnail(inputs.dataset, row["series_uid"],
-                                                           int(row["slice_index"]))), f"key slice {key}", 160)
+            image = _cache_thumbnail(inputs.dataset, by_id.loc[key, "series_uid"], int(by_id.loc[key, "slice_index"]))
+        cell = "" if image is None else markup.img(figures.image_png(figures.shrink(image, 160)), f"key {key}", 120)
         rows.append([cell, *(html.escape(markup.text(v)) for v in values)])
-    note = "Key slices with the Grad-CAM of p(any)." if explained else "Key slices in the brain window."
-    return "exams", "Exams", f"<p class='note'>{note}</p>" + markup.table(header, rows, escape=False)
+    note = (f"Key slices (highest p(any)) in the brain window, with the Grad-CAM of p(any) where it is at least "
+            f"{THRESHOLD}; every column is in {inputs.folder.exams_csv}.")
+    return "exams", "Exams", (f"<p class='note'>{html.escape(note)}</p><div class='wide'>"
+                              + markup.table(["key slice", *header], rows, escape=False) + "</div>")
 
 
 def _key_images(exams: pd.DataFrame, predictions: pd.DataFrame) -> list[str | None]:

@@ -157,45 +157,39 @@ def reliability_png(y_true: np.ndarray, y_pred: np.ndarray, bins: int = 10) -> b
     return figure_png(fig)
 
 
-def strip_png(probs: np.ndarray, truth: np.ndarray | None, thumbnails: Sequence[tuple[int, np.ndarray]],
-              title: str) -> bytes:
-    """One series along its slices: each label's probability, the ground truth shaded, key-slice thumbnails.
+def strip_png(probs: np.ndarray, truth: np.ndarray | None, marks: Sequence[int], title: str) -> bytes:
+    """One series along its slices: each label's probability, the ground truth shaded, key slices marked.
 
     Args:
         probs: (N, 6) probabilities in slice order.
-        truth: (N, 6) labels (NaN = unlabeled) or None; slices positive for ``any`` are shaded, and each
-            positive subtype is a bar in its colour under the curves.
-        thumbnails: (slice_index, (H, W) uint8 brain-window image) of the key slices, at most 3.
+        truth: (N, 6) labels (NaN = unlabeled) or None; runs of slices positive for ``any`` are shaded,
+            each positive subtype is a row of squares in its colour under the curves.
+        marks: positions of the key slices (dotted lines).
         title: the figure's title.
     """
     n = len(probs)
-    fig = figure(13.5, 3.1)
-    grid = fig.add_gridspec(1, 4, width_ratios=[3.6, 1, 1, 1], left=0.05, right=0.995, top=0.78,
-                            bottom=0.16, wspace=0.06)
-    ax = fig.add_subplot(grid[0, 0])
+    fig = figure(9.0, 2.8)
+    ax = fig.add_axes((0.075, 0.17, 0.915, 0.63))
     if truth is not None:
-        for i in np.flatnonzero(truth[:, 0] == 1):
-            ax.axvspan(i - 0.5, i + 0.5, color="#f4c7c3", lw=0)
+        positive = np.flatnonzero(truth[:, 0] == 1)
+        for run in np.split(positive, np.flatnonzero(np.diff(positive) > 1) + 1) if positive.size else []:
+            ax.axvspan(run[0] - 0.5, run[-1] + 0.5, color="#f4c7c3", lw=0)
         for j in range(1, len(LABELS)):
-            positive = np.flatnonzero(truth[:, j] == 1)
-            ax.scatter(positive, np.full(len(positive), -0.03 * j), marker="s", s=10, color=LABEL_COLORS[j])
+            rows = np.flatnonzero(truth[:, j] == 1)
+            ax.scatter(rows, np.full(len(rows), -0.03 * j), marker="s", s=8, color=LABEL_COLORS[j])
     for j, name in enumerate(LABELS):
         ax.plot(np.arange(n), probs[:, j], color=LABEL_COLORS[j], lw=2.2 if j == 0 else 1.2, label=name)
-    for index, _ in thumbnails:
+    for index in marks:
         ax.axvline(index, color="#555555", lw=0.8, ls=":")
     ax.set_xlim(-0.5, n - 0.5)
     ax.set_ylim(-0.18, 1.02)
-    ax.set_xlabel("slice index (shaded: labelled any; squares: labelled subtypes)", fontsize=9)
-    ax.set_ylabel("probability")
-    ax.legend(fontsize=8, ncol=len(LABELS), loc="lower left", bbox_to_anchor=(0, 1.0), frameon=False,
+    ax.set_xlabel("slice (shaded: labelled any; squares: labelled subtypes; dotted: key slices)", fontsize=8)
+    ax.set_ylabel("probability", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=7.5, ncol=len(LABELS), loc="lower left", bbox_to_anchor=(0, 1.0), frameon=False,
               handlelength=1.5, columnspacing=1.0)
     ax.grid(alpha=0.3)
-    for k, (index, image) in enumerate(thumbnails[:3]):
-        tile = fig.add_subplot(grid[0, 1 + k])
-        tile.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        tile.set_title(f"slice {index}: any {probs[index, 0]:.2f}", fontsize=9)
-        tile.set_axis_off()
-    fig.suptitle(title, fontsize=11, x=0.05, ha="left")
+    fig.suptitle(title, fontsize=10, x=0.075, ha="left")
     return figure_png(fig)
 
 

@@ -18,7 +18,8 @@ import pandas as pd
 PAGE = string.Template("""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>ich3d report: $title</title>
 <style>
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1160px;margin:0 auto;padding:0 16px 48px;color:#222}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#222;
+  max-width:1160px;margin:0 auto;padding:0 16px 48px}
 header{border-bottom:1px solid #ddd;margin-bottom:8px}
 nav a{margin-right:14px}
 h2{margin-top:36px;border-bottom:1px solid #eee}
@@ -28,6 +29,10 @@ th{background:#f3f3f3}
 img{max-width:100%;height:auto}
 pre{background:#f7f7f7;padding:8px;font-size:12px;overflow:auto;max-height:420px}
 .gallery{display:flex;flex-wrap:wrap;gap:14px}
+.strip{display:flex;align-items:flex-end;gap:8px;margin-bottom:10px}
+.strip figure{flex:none}
+.wide{overflow-x:auto}
+td img{max-width:none}
 figure{margin:0;max-width:530px}
 figcaption{font-size:12px;color:#555}
 .note{color:#555;font-size:13px}
