@@ -22,6 +22,7 @@ from ich3d.errors import ConfigError
 
 INPUT_MODES = ("bsb", "bsb25d")
 HEADS = ("gru", "slice")
+FEATURES = ("embedding", "logits")
 STAGE_ORDER = ("slice", "sequence", "finetune")
 
 
@@ -98,8 +99,20 @@ class HeadConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The series model.
+
+    Attributes:
+        features: what the sequence head reads per slice: ``embedding`` (the encoder's F features)
+            or ``logits`` (the slice stage's six label logits: a space every fold's encoder shares, so
+            out-of-fold features from several encoders can be stacked; docs/design.md §4).
+    """
+
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    features: str = "embedding"
+
+    def __post_init__(self) -> None:
+        _check(self.features in FEATURES, "model.features", f"must be one of {FEATURES}")
 
 
 @dataclass(frozen=True)
@@ -203,11 +216,11 @@ class StagesConfig:
 
 @dataclass(frozen=True)
 class InferConfig:
-    """Test-time augmentation and batching at inference."""
+    """Test-time augmentation at inference: a property of the model (its checkpoint carries it); the
+    machine's settings (batch size, workers, mixed precision) are options of ``ich3d infer``."""
 
     tta_flip: bool = True
     tta_reverse: bool = True
-    batch_series: int = 8  # series per encoder batch
 
 
 @dataclass(frozen=True)

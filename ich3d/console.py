@@ -70,14 +70,18 @@ class EpochTable:
         valid = record["valid"]
         auc = valid.get("auc", {}).get("any")
         self.console.print(
-            f"[bold]{record['stage']:>8}[/] epoch {record['epoch']:>3}  train loss {record['train_loss']:.4f}  "
+            f"fold {record['fold']} [bold]{record['stage']:>8}[/] epoch {record['epoch']:>3}  train loss {record['train_loss']:.4f}  "
             f"valid wlogloss {_fmt(valid['weighted_log_loss'])}  AUC(any) {_fmt(auc)}  "
             f"series AUC {_fmt(valid.get('series_auc_any'))}  ({record['seconds']:.0f} s)"
         )
 
     def final(self, result: dict[str, Any], out: Path) -> None:
-        self.console.print(score_table(result["metrics"], f"saved model: fold {result['fold']}, {result['stage']} "
-                                                          f"epoch {result['epoch']} in {out}"))
+        calibration = result["calibration"]
+        before, after = calibration["before"]["weighted_log_loss"], calibration["after"]["weighted_log_loss"]
+        self.console.print(score_table(result["metrics"], f"{out}: folds {result['folds']}, calibrated on "
+                                                          f"{calibration['fitted_on']}"))
+        self.console.print(f"calibration: weighted log loss {_fmt(before)} -> {_fmt(after)} "
+                           f"(in-sample on the data it was fitted on)")
 
 
 def score_table(metrics: dict[str, Any], title: str) -> Table:

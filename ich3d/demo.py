@@ -96,7 +96,7 @@ def _prior_score(run: RunFolder, sample: Path, labels: Path, path: Path) -> floa
 
 def _best_validation(run: RunFolder) -> dict[str, float | None]:
     """Validation weighted log loss of the prior and the best of the slice and sequence stages."""
-    prior = json.loads(run.info.read_text())["prior_valid"]["weighted_log_loss"]
+    prior = json.loads(run.info.read_text())["per_fold"]["0"]["prior_valid"]["weighted_log_loss"]
     best: dict[str, float] = {}
     for line in run.fold(0).metrics.read_text().splitlines():
         record = json.loads(line)

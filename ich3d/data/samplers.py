@@ -29,6 +29,25 @@ def sample_slices(table: SeriesTable, count: int, positive_fraction: float, rng:
     return rng.permutation(np.concatenate(picks))
 
 
+def sampling_logit_offset(table: SeriesTable, positive_fraction: float) -> np.ndarray:
+    """(6,) log-odds of each label in epochs of :func:`sample_slices` minus its natural log-odds.
+
+    A sampled epoch holds ``positive_fraction`` slices with ``any`` = 1, so label j appears at the
+    rate q_j = f · P(j | any) + (1 - f) · P(j | no any) instead of its prevalence p_j. A model trained
+    on such epochs predicts logit(q_j); subtracting logit(q_j) - logit(p_j) gives the natural odds.
+    Labels absent from the table (or always present) get 0.
+    """
+    labels = table.labels[table.labeled_readable()]
+    positive = labels[:, 0] == 1
+    if not positive.any() or positive.all():
+        return np.zeros(labels.shape[1], dtype=np.float32)
+    natural = labels.mean(axis=0)
+    sampled = positive_fraction * labels[positive].mean(axis=0) + (1 - positive_fraction) * labels[~positive].mean(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        offset = np.log(sampled / (1 - sampled)) - np.log(natural / (1 - natural))
+    return np.where(np.isfinite(offset), offset, 0.0).astype(np.float32)
+
+
 def batches(items: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1) -> Iterator[np.ndarray]:
     """Splits an epoch's item list into this rank's batches (every rank gets the same count)."""
     per_rank = len(items) // world_size

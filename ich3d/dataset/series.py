@@ -99,7 +99,7 @@ def order_slices(slices: pd.DataFrame) -> pd.DataFrame:
     in_series &= np.isfinite(position)
     out["position"] = np.where(in_series, position, np.nan)
     out["_outside"] = ~in_series
-    keys = ["_outside", "series_uid", "position", "instance_number", "sop_uid", "path"]
+    keys = ["_outside", "series_uid", "position", "instance_number", "sop_uid", "frame", "path"]
     out = out.sort_values([k for k in keys if k in out], kind="stable", na_position="last")
     index = out.groupby(out["series_uid"].where(~out["_outside"])).cumcount()
     out["slice_index"] = pd.array(index.where(~out["_outside"]), dtype="Int64")

@@ -38,6 +38,7 @@ from ich3d.inference.merge import merge_parts, requested_images
 from ich3d.inference.outputs import other_rows, predicted_rows
 from ich3d.inference.submission import read_submission_ids
 from ich3d.layout import InferFolder, RunFolder
+from ich3d.models.calibration import apply_calibration
 
 log = logging.getLogger(__name__)
 RESAMPLE_MODES = ("auto", "off")
@@ -56,6 +57,7 @@ class InferOptions:
             of that thickness; ``off`` reads every series as it is.
         series_rules: the series choice when building from DICOM folders (None: ``auto`` with the
             models' training spacing as the target thickness).
+        calibrate: apply each member's calibration (fitted on held-out predictions in training).
         exam_threshold: probability above which a slice counts in an exam's slice ranges.
     """
 
@@ -65,6 +67,7 @@ class InferOptions:
     amp: bool = True
     resample: str = "auto"
     series_rules: SeriesRules | None = None
+    calibrate: bool = True
     exam_threshold: float = 0.5
 
     def __post_init__(self) -> None:
@@ -203,7 +206,7 @@ def _ensemble(models: list, table: SeriesTable, runtime: Any, options: InferOpti
     with progress_bar(progress, "predict", len(table.series_uids) * len(models)) as advance:
         for model, checkpoint in models:
             data = DataConfig(**checkpoint["config"]["data"])
-            tta = InferConfig(**{k: v for k, v in checkpoint["config"]["infer"].items() if k != "batch_series"})
+            tta = InferConfig(**checkpoint["config"]["infer"])
             read, slab_of = table, np.arange(table.n_slices)
             if options.resample == "auto":
                 thickness = checkpoint.get("slice_spacing") or RSNA_SLICE_SPACING_MM
@@ -212,6 +215,8 @@ def _ensemble(models: list, table: SeriesTable, runtime: Any, options: InferOpti
             series_ids = np.arange(len(read.series_uids))
             probs = predict_table(model, read, data, runtime, series_ids, tta, options.batch_series, loader_workers,
                                   advance)
+            if options.calibrate:
+                probs = apply_calibration(probs, checkpoint.get("calibration"))
             total += probs[slab_of]
     return (total / len(models)).astype(np.float32), reasons
 

@@ -62,23 +62,32 @@ def sequence_lengths(mask: torch.Tensor) -> torch.Tensor:
 class SliceHead(nn.Module):
     """Per-slice linear classifier (the slice-only baseline: no context across slices).
 
+    The slice stage oversamples positive slices, so in training the head learns the odds of the
+    sampled epochs; ``logit_offset`` (6,), the log-odds of the sampled minus the natural label rates
+    (set by the stage, stored with the weights), is subtracted outside training, so its probabilities
+    are those of natural series (prior-shift correction).
+
     Args:
         in_features: F.
         dropout: dropout on the embeddings.
     """
+
+    logit_offset: torch.Tensor
 
     def __init__(self, in_features: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.missing_embedding = nn.Parameter(torch.zeros(in_features))
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(in_features, len(LABELS))
+        self.register_buffer("logit_offset", torch.zeros(len(LABELS)))
 
     def forward(
         self, embeddings: torch.Tensor, mask: torch.Tensor, readable: torch.Tensor | None = None
     ) -> torch.Tensor:
         """(B, N, F) embeddings, (B, N) bool mask and readable -> (B, N, 6) logits."""
         x = fill_embeddings(embeddings, mask, readable, self.missing_embedding)
-        return self.out(self.dropout(x))
+        logits = self.out(self.dropout(x))
+        return logits if self.training else logits - self.logit_offset.to(logits.dtype)
 
 
 class GRUHead(nn.Module):

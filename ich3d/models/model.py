@@ -8,30 +8,51 @@ from typing import Any
 import torch
 from torch import nn
 
+from ich3d.constants import LABELS
 from ich3d.errors import ConfigError
 from ich3d.models.encoder import ENCODERS, build_encoder
 from ich3d.models.heads import HEADS, build_head
 
 
+class LogitProjection(nn.Module):
+    """The slice stage's classifier as a feature map: (M, F) embeddings → (M, 6) label logits with the
+    sampling correction of :class:`ich3d.models.heads.SliceHead` (its ``out`` and ``logit_offset``)."""
+
+    logit_offset: torch.Tensor
+
+    def __init__(self, in_features: int, n_labels: int) -> None:
+        super().__init__()
+        self.out = nn.Linear(in_features, n_labels)
+        self.register_buffer("logit_offset", torch.zeros(n_labels))
+        self.out_features = n_labels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(x) - self.logit_offset.to(x.dtype)
+
+
 class IchModel(nn.Module):
-    """Encoder + head. Device-agnostic; works with ``channels_last`` and ``torch.autocast``.
+    """Encoder (+ projection) + head. Device-agnostic; works with ``channels_last`` and ``torch.autocast``.
 
     Args:
         encoder: maps (M, C, S, S) to (M, F); has ``out_features`` = F.
-        head: maps embeddings (B, N, F), mask (B, N), readable (B, N) to logits (B, N, 6).
+        head: maps features (B, N, F'), mask (B, N), readable (B, N) to logits (B, N, 6).
+        projection: optional map of the encoder's (M, F) to the head's (M, F') features
+            (:class:`LogitProjection` for ``model.features: logits``); None: F' = F.
     """
 
-    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+    def __init__(self, encoder: nn.Module, head: nn.Module, projection: nn.Module | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
-        self.out_features = int(encoder.out_features)
+        self.projection = projection
+        self.out_features = int(projection.out_features if projection is not None else encoder.out_features)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Embed slices: (M, C, S, S) float in [0, 1] -> (M, F); M may be 0."""
+        """Per-slice features: (M, C, S, S) float in [0, 1] -> (M, F'); M may be 0."""
         if x.shape[0] == 0:
             return x.new_zeros((0, self.out_features))
-        return self.encoder(x)
+        features = self.encoder(x)
+        return features if self.projection is None else self.projection(features)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, readable: torch.Tensor | None = None) -> torch.Tensor:
         """Per-slice logits of padded series, end to end.
@@ -77,7 +98,10 @@ def build_model(model_cfg: Mapping[str, Any], in_channels: int, load_weights: bo
     encoder_cfg = model_cfg["encoder"]
     weights = encoder_cfg.get("weights") if load_weights else None
     encoder = build_encoder(encoder_cfg["name"], in_channels, weights, **(encoder_cfg.get("kwargs") or {}))
-    return IchModel(encoder, build_head(model_cfg["head"], encoder.out_features))
+    logits = model_cfg.get("features", "embedding") == "logits" and model_cfg["head"]["name"] != "slice"
+    projection = LogitProjection(encoder.out_features, len(LABELS)) if logits else None
+    features = projection.out_features if projection is not None else encoder.out_features
+    return IchModel(encoder, build_head(model_cfg["head"], features), projection)
 
 
 def check_model_config(model_cfg: Mapping[str, Any]) -> None:

@@ -18,7 +18,6 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittle
 from ich3d.synth import phantom
 from ich3d.synth.plan import SeriesPlan
 
-
 _WINDOWS = ((40, 80), (35, 135), (40, 150), (30, 80), (36, 100))
 
 

@@ -23,6 +23,7 @@ import torch
 from ich3d.atomic import write_json_atomic
 from ich3d.config import DataConfig
 from ich3d.data.tables import SeriesTable
+from ich3d.errors import ConfigError
 from ich3d.inference.predictor import encode_table
 from ich3d.models.model import IchModel
 from ich3d.runtime import Runtime, barrier
@@ -57,6 +58,77 @@ class Embeddings:
             chosen = view == v
             out[chosen] = self.views[int(v)][rows[chosen]]
         return torch.from_numpy(out)
+
+
+@dataclass(frozen=True)
+class OutOfFold:
+    """The embeddings of a training table stacked from other folds' validation embeddings.
+
+    Every training series of fold k lies in the validation fold j of another fold, whose encoder did
+    not see it: its rows are read from that fold's embeddings (docs/design.md §4).
+
+    Attributes:
+        parts: the other folds' validation :class:`Embeddings`.
+        part_of: (n_slices,) int64, the part each row of the training table comes from.
+        row_in_part: (n_slices,) int64, its row there.
+    """
+
+    parts: tuple[Embeddings, ...]
+    part_of: np.ndarray
+    row_in_part: np.ndarray
+
+    @property
+    def views(self) -> tuple[int, ...]:
+        """The view numbers (every part has the same views)."""
+        return tuple(range(len(self.parts[0].views)))
+
+    def gather(self, view: np.ndarray, index: torch.Tensor) -> torch.Tensor:
+        """As :meth:`Embeddings.gather`: (B,) views and (B, N) rows → (B, N, F) float32."""
+        rows = index.numpy()
+        part, local = self.part_of[rows], self.row_in_part[rows]
+        views = np.broadcast_to(np.asarray(view)[:, None], rows.shape)
+        out = np.empty(rows.shape + (self.parts[0].views[0].shape[1],), dtype=np.float32)
+        for p, embeddings in enumerate(self.parts):
+            for v, array in enumerate(embeddings.views):
+                chosen = (part == p) & (views == v)
+                out[chosen] = array[local[chosen]]
+        return torch.from_numpy(out)
+
+
+def out_of_fold(train: SeriesTable, valid_tables: dict[int, SeriesTable], folders: dict[int, Path]) -> OutOfFold:
+    """The :class:`OutOfFold` embeddings of ``train`` from the validation embeddings in ``folders``.
+
+    Args:
+        train: a fold's training table.
+        valid_tables: fold → its validation table, for every other fold.
+        folders: fold → the folder of its validation embeddings (:func:`cached_embeddings`).
+
+    Raises:
+        ConfigError: a fold's embeddings are missing or were made from another table.
+    """
+    folds = sorted(valid_tables)
+    where = {uid: (i, s) for i, fold in enumerate(folds) for s, uid in enumerate(valid_tables[fold].series_uids)}
+    part = np.empty(train.n_slices, dtype=np.int64)
+    row = np.empty(train.n_slices, dtype=np.int64)
+    for s, uid in enumerate(train.series_uids):
+        i, position = where[uid]
+        source = valid_tables[folds[i]]
+        start, stop = train.offsets[s], train.offsets[s + 1]
+        part[start:stop] = i
+        row[start:stop] = source.offsets[position] + np.arange(stop - start)
+    return OutOfFold(tuple(open_embeddings(folders[f], valid_tables[f]) for f in folds), part, row)
+
+
+def open_embeddings(folder: Path, table: SeriesTable) -> Embeddings:
+    """A complete set of :func:`cached_embeddings` made for ``table``, memory-mapped.
+
+    Raises:
+        ConfigError: no complete set in ``folder``, or one made for another table.
+    """
+    meta = _read_meta(folder)
+    if meta is None or meta.get("table") != _table_id(table):
+        raise ConfigError(f"{folder}: no embeddings of this fold's series (rerun `ich3d train --resume`)")
+    return Embeddings(tuple(np.load(folder / f"view{v}.npy", mmap_mode="r") for v in range(len(meta["flips"]))))
 
 
 def fingerprint(path: Path) -> str:

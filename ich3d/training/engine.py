@@ -54,6 +54,9 @@ class StageContext:
         report: called on the main process with each epoch's record.
         progress: per-step progress bars (main process only).
         completed: stages finished so far, in order (stored in the resume state).
+        other_folds: with out-of-fold training, the other folds' validation tables and fold folders
+            (fold → (table, folder)): the sequence stage reads its training series' features from
+            them; None for a single fold.
     """
 
     config: Config
@@ -63,6 +66,7 @@ class StageContext:
     report: Callable[[dict[str, Any]], None] = lambda record: None
     progress: bool = False
     completed: list[str] = field(default_factory=list)
+    other_folds: dict[int, tuple[SeriesTable, FoldFolder]] | None = None
 
 
 class Stage(Protocol):
@@ -222,7 +226,8 @@ def _epoch(stage: Stage, ctx: StageContext, epoch: int, optimisation: Optimisati
             losses.append(train_step(stage, batch, generator, optimisation))
             advance(1)
     metrics, _ = validate(stage, ctx.data.valid, runtime)
-    return {"stage": stage.name, "epoch": epoch, "train_loss": float(np.mean(losses)), "valid": metrics,
+    return {"fold": ctx.data.fold, "stage": stage.name, "epoch": epoch, "train_loss": float(np.mean(losses)),
+            "valid": metrics,
             "lr": optimisation.scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - began, 2)}
 
 

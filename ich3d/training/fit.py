@@ -1,12 +1,15 @@
-"""``ich3d train``: staged training (slice → sequence → finetune) of one fold, resumable, DDP-ready.
+"""``ich3d train``: staged training (slice → sequence → finetune) of one fold or of every fold, resumable,
+DDP-ready, calibrated.
 
 The run folder (docs/design.md §4) holds ``config.yaml`` (the resolved config), ``run.json`` (version,
-dataset path and index fingerprint, the fold, the prior), ``splits.json`` and one ``fold_<K>/`` folder
-per trained fold with ``metrics.jsonl``, ``encoder.pt`` (after the slice stage), ``model.pt`` (the
-final model) and ``last.pt`` (resume state, written atomically after every epoch). The fold is part
-of the run: it is stored, a resume continues it, and a resume with another ``--fold`` or another
-dataset is refused. Randomness is derived from (seed, stage, epoch), so a run resumed from
-``last.pt`` continues exactly as an uninterrupted one would on the CPU.
+dataset path and index fingerprint, the folds, per fold its sizes, prevalence, training slice
+spacing and the prior's validation metrics), ``splits.json`` and one ``fold_<K>/`` folder per
+trained fold with ``metrics.jsonl``, ``encoder.pt`` (after the slice stage), ``model.pt`` (the final,
+calibrated model) and ``last.pt`` (resume state, written atomically after every epoch). The folds
+belong to the run: a resume continues them, and a resume with another ``--fold``/``--folds`` or
+another dataset is refused. Randomness is derived from (seed, stage, epoch), so a run resumed from
+``last.pt`` continues exactly as an uninterrupted one would on the CPU. How the folds are trained
+and calibrated is :mod:`ich3d.training.folds`.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
 
 from ich3d import __version__
 from ich3d.atomic import write_json_atomic
@@ -32,32 +37,36 @@ from ich3d.layout import RunFolder
 from ich3d.metrics import evaluate, prior_predictions
 from ich3d.models.model import check_model_config
 from ich3d.runtime import Runtime, barrier, setup_runtime, teardown_runtime
-from ich3d.training.engine import FoldData, StageContext, run_stage, save_resume_state
+from ich3d.training.engine import FoldData, StageContext
+from ich3d.training.folds import train_folds
 from ich3d.training.splits import load_splits, make_folds, save_splits, split_series
-from ich3d.training.stages import STAGES
 
 log = logging.getLogger(__name__)
 
 
 def fit(dataset: Path, out: Path, config: Config | str | Path | None = None, overrides: list[str] | None = None,
-        fold: int | None = None, resume: bool = False, device: str | None = None,
-        report: Callable[[dict[str, Any]], None] | None = None, progress: bool = False) -> dict[str, Any]:
-    """Trains the configured stages on one fold of a built dataset.
+        fold: int | None = None, folds: str | Sequence[int] | None = None, resume: bool = False,
+        device: str | None = None, report: Callable[[dict[str, Any]], None] | None = None,
+        progress: bool = False) -> dict[str, Any]:
+    """Trains the configured stages on one fold, or on every fold out of fold, of a built dataset.
 
     Args:
         dataset: a folder written by ``ich3d build-series`` (with labels).
         out: the run folder (created; must not hold another run unless ``resume``).
         config: a :class:`Config`, a YAML path or packaged name; with ``resume`` None means the run's own.
         overrides: ``key=value`` strings applied on top of the config.
-        fold: the validation fold (default 0); with ``resume``, None continues the run's fold and
-            another fold is an error.
-        resume: continue the run in ``out`` from its ``last.pt``.
+        fold: train this validation fold (default 0 when ``folds`` is not given either).
+        folds: ``"all"`` (or every fold number) trains every fold with an out-of-fold sequence
+            stage (:mod:`ich3d.training.folds`).
+        resume: continue the run in ``out`` from its folds' ``last.pt``; a ``fold``/``folds`` that is
+            not the run's is an error.
         device: "cpu", "cuda", ... or None for automatic.
         report: called on the main process with each epoch's record (for progress tables).
         progress: show per-step progress bars.
 
     Returns:
-        The saved model's ``fold``, ``stage``, ``epoch`` and validation ``metrics``.
+        ``folds`` (trained), ``mode`` (``single`` or ``out_of_fold``), ``calibration`` (its report)
+        and ``metrics``: the calibrated held-out metrics (the validation fold, or every fold out of fold).
 
     Raises:
         ConfigError: a bad config, a run folder that does not match the request.
@@ -66,25 +75,49 @@ def fit(dataset: Path, out: Path, config: Config | str | Path | None = None, ove
     run = RunFolder(Path(out))
     config = _resolve_config(run, config, overrides, resume)
     dataset = Path(dataset)
-    fold = _check_run(run, dataset, fold, resume)
+    wanted = _check_run(run, dataset, requested_folds(fold, folds, config.folds), resume)
     runtime = setup_runtime(device, config.amp)
     try:
         if runtime.is_main:
             prepare_output(run.root, "--out")
         with FolderLock(run.lock, f"run folder {run.root}") if runtime.is_main else contextlib.nullcontext():
-            ctx = _prepare(dataset, run, config, fold, resume, runtime, report or (lambda record: None), progress)
-            state = load_checkpoint(ctx.folder.last) if resume else None
-            ctx.completed.extend(state["completed"] if state else [])
-            for name in config.stages.names():
-                if name in ctx.completed:
-                    continue
-                run_stage(STAGES[name](ctx), ctx, state if state and state.get("stage") == name else None)
-                ctx.completed.append(name)
-                save_resume_state(ctx, {"stage": None})
-                state = None
-            return _final_record(ctx)
+            contexts = _prepare(dataset, run, config, wanted, resume, runtime, report or (lambda record: None),
+                                progress)
+            states = [load_checkpoint(ctx.folder.last) if resume and ctx.folder.last.is_file() else None
+                      for ctx in contexts]
+            for ctx, state in zip(contexts, states):
+                ctx.completed.extend(state["completed"] if state else [])
+            calibration = train_folds(contexts, states)
+            return {"folds": wanted, "mode": "single" if len(wanted) == 1 else "out_of_fold",
+                    "calibration": calibration, "metrics": calibration["after"]}
     finally:
         teardown_runtime()
+
+
+def requested_folds(fold: int | None, folds: str | Sequence[int] | None, n_folds: int) -> list[int] | None:
+    """The folds a request names: ``--fold K`` → [K], ``--folds all`` → every fold, ``--folds 0,1,2``;
+    None when neither is given (a new run trains fold 0, a resumed one its own folds).
+
+    Raises:
+        ConfigError: both given, unknown folds, or several folds that are not all of them (out-of-fold
+            features need every fold).
+    """
+    if fold is not None and folds is not None:
+        raise ConfigError("give --fold K (one fold) or --folds all (every fold), not both")
+    if folds is None:
+        return None if fold is None else [fold]
+    if isinstance(folds, str):
+        try:
+            folds = list(range(n_folds)) if folds == "all" else [int(part) for part in folds.split(",")]
+        except ValueError:
+            raise ConfigError(f"--folds {folds}: give 'all' or fold numbers such as 0,1,2") from None
+    chosen = sorted(set(folds))
+    if any(not 0 <= k < n_folds for k in chosen):
+        raise ConfigError(f"--folds {folds}: folds are 0..{n_folds - 1} (config key 'folds': {n_folds})")
+    if 1 < len(chosen) < n_folds:
+        raise ConfigError(f"--folds {folds}: out-of-fold training needs every fold (0..{n_folds - 1}); train one "
+                          f"fold with --fold, or set folds={len(chosen)} in the config")
+    return chosen
 
 
 def _resolve_config(run: RunFolder, config: Config | str | Path | None, overrides: list[str] | None,
@@ -101,61 +134,78 @@ def _resolve_config(run: RunFolder, config: Config | str | Path | None, override
     return resolved
 
 
-def _check_run(run: RunFolder, dataset: Path, fold: int | None, resume: bool) -> int:
-    """The fold to train; checks the run folder against the request before anything is written.
+def _check_run(run: RunFolder, dataset: Path, folds: list[int] | None, resume: bool) -> list[int]:
+    """The folds to train; checks the run folder against the request before anything is written.
 
     Raises:
         ConfigError: a new run into a folder holding one, or a resume that does not match the run
-            (version, fold, dataset).
+            (version, folds, dataset).
     """
     fingerprint = index_fingerprint(dataset)  # also checks that the dataset is one
     if not resume:
         if run.info.exists() or run.folds_present():
             raise ConfigError(f"{run.root} already holds a training run: pass --resume to continue it, "
                               f"or choose a new --out")
-        return 0 if fold is None else fold
+        return folds or [0]
     if not run.info.is_file():
         raise ConfigError(f"--resume: {run.root} holds no {run.info.name}: nothing to resume (start without --resume)")
     info = json.loads(run.info.read_text())
     version = info.get("ich3d_version")
     if version is None or version.split(".")[:2] != __version__.split(".")[:2]:
         raise ConfigError(f"{run.root} was written by ich3d {version}, this is {__version__}: train into a new --out")
-    if fold is not None and fold != info["fold"]:
-        raise ConfigError(f"--resume: {run.root} trains fold {info['fold']}, not --fold {fold}; resume without "
-                          f"--fold, or train fold {fold} into a new --out")
+    stored = list(info["folds"])
+    if folds is not None and folds != stored:
+        what = f"fold {stored[0]}" if len(stored) == 1 else f"folds {stored}"
+        asked = f"--fold {folds[0]}" if len(folds) == 1 else f"--folds {folds}"
+        raise ConfigError(f"--resume: {run.root} trains {what}, not {asked}; resume without --fold/--folds, or "
+                          f"train into a new --out")
     if info.get("dataset_fingerprint") != fingerprint:
         raise ConfigError(f"--resume: {run.root} was trained on {info.get('dataset')} (index {info.get('dataset_fingerprint')}), "
                           f"--dataset {dataset} is another (index {fingerprint}); resume with the run's dataset")
-    if not run.fold(info["fold"]).last.is_file():
-        raise ConfigError(f"--resume: no {run.fold(info['fold']).last}: nothing to resume (start without --resume)")
-    return int(info["fold"])
+    if not any(run.fold(k).last.is_file() for k in stored):
+        raise ConfigError(f"--resume: no {run.fold(stored[0]).last}: nothing to resume (start without --resume)")
+    return stored
 
 
-def _prepare(dataset: Path, run: RunFolder, config: Config, fold: int, resume: bool, runtime: Runtime,
-             report: Callable, progress: bool) -> StageContext:
-    """Writes config, splits and run.json (new runs) and builds the fold's tables."""
+def _prepare(dataset: Path, run: RunFolder, config: Config, folds: list[int], resume: bool, runtime: Runtime,
+             report: Callable, progress: bool) -> list[StageContext]:
+    """Writes config, splits and run.json (new runs) and builds every fold's tables and context."""
     slices, series = load_index(dataset)
     series = series[series["build_cache"]]  # the labeled series of a clinical export that have a cache
     fold_of = load_splits(run.splits) if resume else make_folds(series, config.folds, config.seed)
+    contexts = [_fold_context(dataset, slices, series, fold_of, run, config, k, runtime, report, progress)
+                for k in folds]
+    if runtime.is_main and not resume:
+        save_config(config, run.config)
+        save_splits(run.splits, fold_of, series, config.seed)
+        write_json_atomic(run.info, {
+            "ich3d_version": __version__, "dataset": str(dataset.resolve()),
+            "dataset_fingerprint": index_fingerprint(dataset), "folds": folds,
+            "mode": "single" if len(folds) == 1 else "out_of_fold",
+            "per_fold": {str(ctx.data.fold): _fold_info(ctx) for ctx in contexts}})
+    barrier(runtime)
+    return contexts
+
+
+def _fold_context(dataset: Path, slices: pd.DataFrame, series: pd.DataFrame, fold_of: dict[str, int], run: RunFolder,
+                  config: Config, fold: int, runtime: Runtime, report: Callable, progress: bool) -> StageContext:
     train_uids, valid_uids = split_series(fold_of, fold)
     train, valid = build_table(dataset, slices, train_uids), build_table(dataset, slices, valid_uids)
     prevalence = train.labels[train.labeled_readable()].mean(axis=0)
-    folder = run.fold(fold)
-    if runtime.is_main and not resume:
-        prepare_output(folder.root, "--out")
-        save_config(config, run.config)
-        save_splits(run.splits, fold_of, series, config.seed)
-        info = {"ich3d_version": __version__, "dataset": str(dataset.resolve()),
-                "dataset_fingerprint": index_fingerprint(dataset), "fold": fold,
-                "train_series": len(train_uids), "valid_series": len(valid_uids),
-                "prevalence": dict(zip(LABELS, prevalence.tolist())), "prior_valid": _prior_metrics(valid, prevalence)}
-        write_json_atomic(run.info, info)
-    barrier(runtime)
+    if runtime.is_main:
+        prepare_output(run.fold(fold).root, "--out")
     log.info("fold %d: %d training series (%d slices), %d validation series", fold, len(train_uids),
              int(train.labeled_readable().sum()), len(valid_uids))
     spacing = float(series.set_index("series_uid").loc[train_uids, "slice_spacing"].median())
     data = FoldData(fold, train, valid, prevalence, spacing if np.isfinite(spacing) else RSNA_SLICE_SPACING_MM)
-    return StageContext(config, runtime, data, folder, report, progress)
+    return StageContext(config, runtime, data, run.fold(fold), report, progress)
+
+
+def _fold_info(ctx: StageContext) -> dict[str, Any]:
+    data = ctx.data
+    return {"train_series": len(data.train.series_uids), "valid_series": len(data.valid.series_uids),
+            "prevalence": dict(zip(LABELS, data.prevalence.tolist())), "slice_spacing": data.slice_spacing,
+            "prior_valid": _prior_metrics(data.valid, data.prevalence)}
 
 
 def _prior_metrics(valid: SeriesTable, prevalence: np.ndarray) -> dict[str, Any]:
@@ -163,9 +213,3 @@ def _prior_metrics(valid: SeriesTable, prevalence: np.ndarray) -> dict[str, Any]
     usable = valid.labeled_readable()
     series_ids = valid.series_uids[valid.series_of_slice()][usable]
     return evaluate(valid.labels[usable], prior_predictions(prevalence, int(usable.sum())), series_ids=series_ids)
-
-
-def _final_record(ctx: StageContext) -> dict[str, Any]:
-    checkpoint = load_checkpoint(ctx.folder.model)
-    return {"fold": checkpoint["fold"], "stage": checkpoint["stage"], "epoch": checkpoint["epoch"],
-            "metrics": checkpoint["metrics"]}

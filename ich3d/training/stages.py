@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from ich3d.checkpoint import load_checkpoint
 from ich3d.config import FinetuneStageConfig, SequenceStageConfig, SliceStageConfig
 from ich3d.data.datasets import SliceDataset
-from ich3d.data.samplers import batches, sample_slices
+from ich3d.data.samplers import batches, sample_slices, sampling_logit_offset
 from ich3d.data.tables import SeriesTable
 from ich3d.data.transforms import sample_augment, to_input
 from ich3d.inference.predictor import (
@@ -33,7 +33,7 @@ from ich3d.inference.predictor import (
 from ich3d.models.io import load_model, model_spec, save_model
 from ich3d.models.model import IchModel, build_model
 from ich3d.runtime import derive_seed, seed_everything
-from ich3d.training.embeddings import cached_embeddings, fingerprint
+from ich3d.training.embeddings import Embeddings, OutOfFold, cached_embeddings, fingerprint, out_of_fold
 from ich3d.training.engine import StageContext, wrap_ddp
 from ich3d.training.losses import WeightedBCELoss
 
@@ -75,13 +75,17 @@ class _Stage:
         return predict_table(self.model, self.ctx.data.valid, self.ctx.config.data, self.runtime, series_ids,
                              num_workers=self.ctx.config.num_workers)
 
-    def _model_from_encoder(self) -> IchModel:
-        """The configured series model, with the slice stage's encoder weights."""
+    def model_from_encoder(self, spec: dict[str, Any]) -> IchModel:
+        """The series model of ``spec``, with the slice stage's encoder weights (and classifier, as the
+        projection of ``model.features: logits``)."""
         seed_everything(derive_seed(self.ctx.config.seed, "sequence", "init"))
-        model = build_model(self.spec, self.ctx.config.data.in_channels, load_weights=False)
+        model = build_model(spec, self.ctx.config.data.in_channels, load_weights=False)
         trained = load_checkpoint(self.ctx.folder.encoder)["state_dict"]
         model.encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in trained.items()
                                        if k.startswith("encoder.")})
+        if model.projection is not None:  # the slice head's classifier (and its sampling correction)
+            model.projection.load_state_dict({name: trained[f"head.{name}"] for name in
+                                              ("out.weight", "out.bias", "logit_offset")})
         return self._place(model)
 
 
@@ -98,7 +102,10 @@ class SliceStage(_Stage):
         self.cfg: SliceStageConfig = ctx.config.stages.slice
         self.spec = model_spec(ctx.config, head="slice")
         seed_everything(derive_seed(ctx.config.seed, "slice", "init"))
-        self.model = self._place(build_model(self.spec, ctx.config.data.in_channels))
+        model = build_model(self.spec, ctx.config.data.in_channels)
+        offset = sampling_logit_offset(ctx.data.train, self.cfg.positive_fraction)
+        model.head.logit_offset.copy_(torch.from_numpy(offset))
+        self.model = self._place(model)
         self.trainable = wrap_ddp(self.model, self.runtime)
         data = ctx.config.data
         self.context = data.context if data.input == "bsb25d" else 0
@@ -133,6 +140,22 @@ class SliceStage(_Stage):
             self._save(self.ctx.folder.model, record)
 
 
+def _embedding_key(ctx: StageContext) -> dict[str, Any]:
+    return {"fold": ctx.data.fold, "encoder": fingerprint(ctx.folder.encoder)}
+
+
+def embed_validation(ctx: StageContext, model: IchModel | None = None) -> Embeddings:
+    """The fold's validation embeddings (plain and flipped) by its own encoder, cached in the fold folder.
+
+    Out-of-fold training computes them for every fold before any sequence stage: they are also the
+    training features of the other folds' sequence heads.
+    """
+    if model is None:
+        model = _Stage(ctx).model_from_encoder(model_spec(ctx.config))
+    return cached_embeddings(model, ctx.data.valid, ctx.folder.embeddings / "valid", _embedding_key(ctx),
+                             ctx.config.data, ctx.runtime, (False, True), ctx.config.num_workers)
+
+
 def crop_starts(table: SeriesTable, crop_len: int, rng: np.random.Generator) -> np.ndarray:
     """(n_series,) random first slice of each series' training crop (0 when it fits)."""
     room = np.maximum(table.lengths - crop_len, 0) if crop_len else np.zeros(len(table.lengths), dtype=np.int64)
@@ -161,14 +184,19 @@ class SequenceStage(_Stage):
         super().__init__(ctx)
         self.cfg: SequenceStageConfig = ctx.config.stages.sequence
         self.spec = model_spec(ctx.config)
-        self.model = self._model_from_encoder()
+        self.model = self.model_from_encoder(self.spec)
         self.model.encoder.requires_grad_(False)
-        key = {"fold": ctx.data.fold, "encoder": fingerprint(ctx.folder.encoder)}
-        config = ctx.config
-        self.train_embeddings = cached_embeddings(self.model, ctx.data.train, ctx.folder.embeddings / "train",
-                                                  key, config.data, self.runtime, (False, True), config.num_workers)
-        self.valid_embeddings = cached_embeddings(self.model, ctx.data.valid, ctx.folder.embeddings / "valid",
-                                                  key, config.data, self.runtime, (False,), config.num_workers)
+        if self.model.projection is not None:
+            self.model.projection.requires_grad_(False)
+        self.valid_embeddings = embed_validation(ctx, self.model)
+        if ctx.other_folds is None:
+            self.train_embeddings: Embeddings | OutOfFold = cached_embeddings(
+                self.model, ctx.data.train, ctx.folder.embeddings / "train", _embedding_key(ctx), ctx.config.data,
+                self.runtime, (False, True), ctx.config.num_workers)
+        else:  # each training series embedded by the encoder of the fold that held it out
+            self.train_embeddings = out_of_fold(ctx.data.train, {j: table for j, (table, _) in ctx.other_folds.items()},
+                                                {j: folder.embeddings / "valid" for j, (_, folder) in
+                                                 ctx.other_folds.items()})
         self.trainable = wrap_ddp(self.model.head, self.runtime)
 
     def steps_per_epoch(self) -> int:
@@ -177,6 +205,8 @@ class SequenceStage(_Stage):
     def train_mode(self) -> None:
         self.model.train()
         self.model.encoder.eval()
+        if self.model.projection is not None:
+            self.model.projection.eval()
 
     def batches(self, epoch: int, rng: np.random.Generator, generator: torch.Generator) -> Iterator[Any]:
         train = self.ctx.data.train
@@ -222,7 +252,7 @@ class FinetuneStage(_Stage):
             self.model, self.spec = self._place(model), checkpoint["model"]
         else:
             self.spec = model_spec(ctx.config)
-            self.model = self._model_from_encoder()
+            self.model = self.model_from_encoder(self.spec)
         self.trainable = wrap_ddp(self.model, self.runtime)
 
     def steps_per_epoch(self) -> int:

@@ -30,12 +30,12 @@ def _model(run: Path, fold: int = 0) -> Path:
 def test_tiny_run_learns_and_writes_the_run_folder(tiny_dataset: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     result = fit(tiny_dataset, run, "cpu_small", TINY + ["stages.sequence.epochs=6"])
-    assert result["stage"] == "sequence" and result["metrics"]["weighted_log_loss"] > 0 and result["fold"] == 0
+    assert result["folds"] == [0] and result["mode"] == "single" and result["metrics"]["weighted_log_loss"] > 0
     folder = RunFolder(run)
     for path in (folder.config, folder.splits, folder.info, folder.fold(0).metrics, folder.fold(0).encoder,
                  folder.fold(0).model, folder.fold(0).last):
         assert path.is_file(), path
-    assert json.loads(folder.info.read_text())["fold"] == 0
+    assert json.loads(folder.info.read_text())["folds"] == [0]
     records = _records(run)
     assert [r["stage"] for r in records] == ["slice"] * 2 + ["sequence"] * 6
     sequence = [r["train_loss"] for r in records if r["stage"] == "sequence"]
@@ -43,6 +43,8 @@ def test_tiny_run_learns_and_writes_the_run_folder(tiny_dataset: Path, tmp_path:
     checkpoint = torch.load(_model(run), weights_only=True)
     assert checkpoint["model"]["head"]["name"] == "gru" and len(checkpoint["prevalence"]) == 6
     assert checkpoint["fold"] == 0 and torch.load(folder.fold(0).last, weights_only=True)["fold"] == 0
+    assert checkpoint["stage"] == "sequence" and checkpoint["calibration_report"]["fitted_on"] == "validation fold 0"
+    assert len(checkpoint["calibration"]["a"]) == 6
 
 
 def test_finetune_stage_with_2_5d_input(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -51,7 +53,7 @@ def test_finetune_stage_with_2_5d_input(tiny_dataset: Path, tmp_path: Path) -> N
              "stages.finetune.crop_len=8", "stages.finetune.lr=1e-4", "stages.finetune.drop_slices=0.2"]
     result = fit(tiny_dataset, run, "cpu_small", TINY + extra)
     assert [r["stage"] for r in _records(run)][-1] == "finetune"
-    assert result["stage"] in {"finetune"}
+    assert load_checkpoint(_model(run))["stage"] == "finetune"
     checkpoint = torch.load(_model(run), weights_only=True)
     assert checkpoint["in_channels"] == 9
 
@@ -103,7 +105,7 @@ def test_the_fold_belongs_to_the_run(tiny_dataset: Path, tmp_path: Path) -> None
     with pytest.raises(ConfigError, match="already holds a training run"):
         fit(tiny_dataset, run, "cpu_small", TINY, fold=0)
     result = fit(tiny_dataset, run, resume=True)  # no --fold: the stored one
-    assert result["fold"] == 1 and RunFolder(run).folds_present() == [1]
+    assert result["folds"] == [1] and RunFolder(run).folds_present() == [1]
     assert load_checkpoint(_model(run, 1))["fold"] == 1
     splits = json.loads(RunFolder(run).splits.read_text())["folds"][1]["series"]
     assert sorted(load_checkpoint(_model(run, 1))["metrics"]) and len(splits) > 0
@@ -142,3 +144,75 @@ def test_two_process_gloo_ddp(tiny_dataset: Path, tmp_path: Path) -> None:
     records = _records(run)
     assert [r["stage"] for r in records] == ["slice"] * 2 + ["sequence"] * 3  # rank 0 logs once per epoch
     assert torch.load(_model(run), weights_only=True)["stage"] == "sequence"
+
+
+OOF = TINY + ["model.features=logits"]
+
+
+def _kill_in_fold(fold: int, stage: str, epoch: int):
+    def report(record: dict) -> None:
+        if (record["fold"], record["stage"], record["epoch"]) == (fold, stage, epoch):
+            raise Killed
+
+    return report
+
+
+def test_out_of_fold_features_never_come_from_an_encoder_that_saw_the_series(tiny_dataset: Path,
+                                                                            tmp_path: Path) -> None:
+    from ich3d.data.tables import build_table
+    from ich3d.dataset.index import load_index
+    from ich3d.training.embeddings import fingerprint, out_of_fold
+    from ich3d.training.splits import load_splits, split_series
+
+    run = RunFolder(tmp_path / "oof")
+    result = fit(tiny_dataset, run.root, "cpu_small", OOF, folds="all")
+    assert result["mode"] == "out_of_fold" and result["folds"] == [0, 1, 2] and run.folds_present() == [0, 1, 2]
+    calibrations = [load_checkpoint(run.fold(k).model)["calibration"] for k in range(3)]
+    assert calibrations[0] == calibrations[1] == calibrations[2]
+    assert load_checkpoint(run.fold(0).model)["calibration_report"]["fitted_on"].startswith("out-of-fold")
+    fold_of = load_splits(run.splits)
+    slices, _ = load_index(tiny_dataset)
+    tables = {k: build_table(tiny_dataset, slices, split_series(fold_of, k)[1]) for k in range(3)}
+    for k in range(3):
+        train = build_table(tiny_dataset, slices, split_series(fold_of, k)[0])
+        others = [j for j in range(3) if j != k]
+        features = out_of_fold(train, {j: tables[j] for j in others},
+                               {j: run.fold(j).embeddings / "valid" for j in others})
+        for s, uid in enumerate(train.series_uids):
+            rows = slice(train.offsets[s], train.offsets[s + 1])
+            source = others[int(features.part_of[rows][0])]
+            assert (features.part_of[rows] == features.part_of[rows][0]).all()
+            assert source == fold_of[uid] != k  # held out by the fold that embedded it ...
+            assert uid not in split_series(fold_of, source)[0]  # ... whose encoder never trained on it
+        for j in others:
+            meta = json.loads((run.fold(j).embeddings / "valid" / "meta.json").read_text())
+            assert meta["fold"] == j and meta["encoder"] == fingerprint(run.fold(j).encoder)
+
+
+def test_a_killed_multi_fold_run_resumes_at_its_fold_and_epoch(tiny_dataset: Path, tmp_path: Path) -> None:
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    fit(tiny_dataset, full, "cpu_small", OOF, folds="all")
+    with pytest.raises(Killed):
+        fit(tiny_dataset, killed, "cpu_small", OOF, folds="all", report=_kill_in_fold(1, "sequence", 1))
+    assert _model(killed, 0).is_file() and not _model(killed, 1).exists()
+    with pytest.raises(ConfigError, match="trains folds \\[0, 1, 2\\], not --fold 1"):
+        fit(tiny_dataset, killed, fold=1, resume=True)
+    fit(tiny_dataset, killed, resume=True)
+    for k in range(3):
+        a, b = load_checkpoint(_model(full, k)), load_checkpoint(_model(killed, k))
+        assert all(torch.equal(a["state_dict"][name], b["state_dict"][name]) for name in a["state_dict"])
+        assert a["calibration"] == b["calibration"]
+        assert [r["valid"] for r in _records(full, k)] == [r["valid"] for r in _records(killed, k)]
+
+
+def test_fold_requests() -> None:
+    from ich3d.training.fit import requested_folds
+
+    assert requested_folds(None, "all", 3) == [0, 1, 2] and requested_folds(None, "2,0,1", 3) == [0, 1, 2]
+    assert requested_folds(2, None, 5) == [2] and requested_folds(None, None, 5) is None
+    with pytest.raises(ConfigError, match="needs every fold"):
+        requested_folds(None, "0,1", 5)
+    with pytest.raises(ConfigError, match="not both"):
+        requested_folds(0, "all", 5)
+    with pytest.raises(ConfigError, match="folds are 0..2"):
+        requested_folds(None, "0,1,7", 3)

@@ -1,0 +1,102 @@
+"""Per-label probability calibration (Platt scaling), fitted on held-out predictions and stored in the model.
+
+A model must not lose to the prior because it is overconfident. For each label, the held-out logit
+z = logit(p) is mapped to sigmoid(a · z + b): ``a`` < 1 softens an overconfident model (temperature
+1 / a), ``b`` moves its base rate to the one observed. The two numbers per label are fitted by
+Newton's method on the binary cross-entropy, with a small pull towards the identity (a = 1, b = 0)
+so a label with few positives stays nearly as it was; a label with fewer than :data:`MIN_CLASS`
+positives or negatives keeps the identity. With several folds the fit uses the out-of-fold
+predictions (every training series predicted by the fold model that did not see it); with one fold,
+the validation fold's (docs/design.md §4).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ich3d.constants import LABELS
+
+#: Fewest positives and negatives of a label for a fit; below, the identity is kept.
+MIN_CLASS = 5
+#: Weight of the pull towards the identity, per labeled slice.
+RIDGE = 1e-3
+_EPS = 1e-6
+
+
+def identity() -> dict[str, Any]:
+    """The calibration that changes nothing."""
+    return {"a": [1.0] * len(LABELS), "b": [0.0] * len(LABELS), "fitted": [False] * len(LABELS)}
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, _EPS, 1 - _EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def _objective(theta: np.ndarray, features: np.ndarray, y: np.ndarray) -> float:
+    """Mean BCE of sigmoid(features @ theta) against y, plus RIDGE ||theta - (1, 0)||²."""
+    score = features @ theta
+    bce = np.logaddexp(0.0, score) - y * score  # -[y log s + (1 - y) log(1 - s)], stable
+    return float(bce.mean() + RIDGE * np.sum((theta - [1.0, 0.0]) ** 2))
+
+
+def _fit_one(z: np.ndarray, y: np.ndarray, iterations: int = 50) -> tuple[float, float]:
+    """(a, b) minimising :func:`_objective`: Newton steps, halved until the objective decreases."""
+    theta = np.array([1.0, 0.0])
+    features = np.stack([z, np.ones_like(z)], axis=1)  # (N, 2)
+    value = _objective(theta, features, y)
+    for _ in range(iterations):
+        p = 1 / (1 + np.exp(-np.clip(features @ theta, -50, 50)))
+        gradient = features.T @ (p - y) / len(y) + 2 * RIDGE * (theta - [1.0, 0.0])
+        hessian = (features * (p * (1 - p))[:, None]).T @ features / len(y) + 2 * RIDGE * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        for _ in range(30):
+            candidate = theta - step
+            new = _objective(candidate, features, y)
+            if new <= value:
+                break
+            step = step / 2
+        else:
+            break
+        theta, converged, value = candidate, value - new < 1e-12, new
+        if converged:
+            break
+    return float(theta[0]), float(theta[1])
+
+
+def fit_calibration(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Per-label Platt scaling of held-out predictions.
+
+    Args:
+        probs: (N, 6) predicted probabilities of held-out slices.
+        labels: (N, 6) labels in {0, 1}, NaN = unlabeled (left out).
+
+    Returns:
+        ``{"a": [6 floats], "b": [6 floats], "fitted": [6 bools]}``: plain data for a checkpoint.
+    """
+    out = identity()
+    for j in range(len(LABELS)):
+        labeled = ~np.isnan(labels[:, j])
+        y, z = labels[labeled, j], _logit(probs[labeled, j])
+        if min((y == 1).sum(), (y == 0).sum()) < MIN_CLASS:
+            continue
+        out["a"][j], out["b"][j] = _fit_one(z, y)
+        out["fitted"][j] = True
+    return out
+
+
+def apply_calibration(probs: np.ndarray, calibration: dict[str, Any] | None) -> np.ndarray:
+    """Calibrated probabilities: sigmoid(a · logit(p) + b) per label; ``probs`` itself for None.
+
+    Args:
+        probs: (N, 6) probabilities (NaN rows stay NaN).
+    """
+    if calibration is None:
+        return probs
+    out = probs.copy()
+    for j, (a, b) in enumerate(zip(calibration["a"], calibration["b"])):
+        if (a, b) != (1.0, 0.0):  # the identity leaves a label bit-identical
+            out[:, j] = 1 / (1 + np.exp(-(_logit(probs[:, j]) * a + b)))
+    return out

@@ -1,0 +1,48 @@
+"""Calibration: Platt scaling per label fixes an overconfident predictor and leaves a calibrated one alone."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ich3d.metrics import expected_calibration_error, weighted_log_loss
+from ich3d.models.calibration import apply_calibration, fit_calibration, identity
+
+
+def _case(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from true probabilities (N, 6); the any column is their max."""
+    rng = np.random.default_rng(seed)
+    truth = rng.beta(0.5, 3.0, size=(n, 6))
+    labels = (rng.random((n, 6)) < truth).astype(float)
+    return truth, labels
+
+
+def _overconfident(p: np.ndarray, power: float = 4.0) -> np.ndarray:
+    logit = np.log(p) - np.log1p(-p)
+    return 1 / (1 + np.exp(-power * logit))
+
+
+def test_calibration_lowers_the_loss_of_an_overconfident_predictor() -> None:
+    truth, labels = _case()
+    confident = _overconfident(truth)
+    calibration = fit_calibration(confident, labels)
+    assert all(calibration["fitted"]) and all(a < 0.5 for a in calibration["a"])  # temperature about 4
+    test_truth, test_labels = _case(seed=1)
+    before = _overconfident(test_truth)
+    after = apply_calibration(before, calibration)
+    assert weighted_log_loss(test_labels, after) < 0.85 * weighted_log_loss(test_labels, before)
+    assert expected_calibration_error(test_labels[:, 0], after[:, 0]) < 0.5 * expected_calibration_error(
+        test_labels[:, 0], before[:, 0])
+
+
+def test_a_calibrated_predictor_stays_as_it_is_and_rare_labels_keep_the_identity() -> None:
+    truth, labels = _case()
+    calibration = fit_calibration(truth, labels)
+    np.testing.assert_allclose(calibration["a"], 1.0, atol=0.15)
+    np.testing.assert_allclose(calibration["b"], 0.0, atol=0.15)
+    labels[:, 1] = 0.0
+    labels[:3, 1] = 1.0  # three positives: too few to fit
+    rare = fit_calibration(truth, labels)
+    assert not rare["fitted"][1] and (rare["a"][1], rare["b"][1]) == (1.0, 0.0)
+    np.testing.assert_array_equal(apply_calibration(truth, identity()), truth.astype(truth.dtype))
+    labels[:100, 2] = np.nan  # unlabeled rows are left out
+    assert fit_calibration(truth, labels)["fitted"][2]
