@@ -81,27 +81,29 @@ class CamSettings:
 
 @dataclass(frozen=True)
 class Explanation:
-    """Grad-CAM of one slice for every label.
+    """Grad-CAM of one slice for some labels.
 
     Attributes:
         image_id: the slice.
-        probs: (6,) probabilities of the explained forward pass (no test-time augmentation), mean over
-            the ensemble's members.
-        heatmaps: (6, rows, cols) float32 >= 0 on the original pixel grid, LABELS order (mean over members).
+        probs: (6,) probabilities of the explained forward pass (no test-time augmentation, no
+            calibration), mean over the ensemble's members, LABELS order.
+        labels: the explained labels (names), in the order of ``heatmaps``.
+        heatmaps: (L, rows, cols) float32 >= 0 on the original pixel grid (mean over members).
         hu: (rows, cols) float32 Hounsfield units of the original slice.
-        labels: (6,) float labels of the index (NaN = unlabeled).
+        truth: (6,) float labels of the index (NaN = unlabeled), LABELS order.
     """
 
     image_id: str
     probs: np.ndarray
+    labels: tuple[str, ...]
     heatmaps: np.ndarray
     hu: np.ndarray
-    labels: np.ndarray
+    truth: np.ndarray
 
     def overlay(self, label: str = "any") -> np.ndarray:
         """(rows, cols, 3) uint8: the brain window with ``label``'s heatmap over it."""
         grey = scaled_window(self.hu, *WINDOWS["brain"])
-        return overlay(grey, self.heatmaps[LABELS.index(label)])
+        return overlay(grey, self.heatmaps[self.labels.index(label)])
 
 
 @contextlib.contextmanager
@@ -129,8 +131,8 @@ def last_feature_map(encoder: nn.Module, min_side: int = 1) -> Iterator[list[tor
 
 
 def series_gradcam(model: IchModel, hu: np.ndarray, readable: np.ndarray, data: DataConfig,
-                   targets: Sequence[int], device: torch.device,
-                   settings: CamSettings = CamSettings()) -> tuple[np.ndarray, np.ndarray]:
+                   targets: Sequence[int], device: torch.device, settings: CamSettings = CamSettings(),
+                   labels: Sequence[int] = tuple(range(len(LABELS)))) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM of slices of one series through the encoder and the sequence head.
 
     Args:
@@ -141,9 +143,10 @@ def series_gradcam(model: IchModel, hu: np.ndarray, readable: np.ndarray, data: 
         targets: slice indices to explain (readable ones).
         device: where to compute.
         settings: feature map, gradient path and weighting.
+        labels: the labels to explain (positions in LABELS); each costs one more series copy per path point.
 
     Returns:
-        probs (T, 6) float32 and maps (T, 6, h, w) float32 >= 0 on the feature grid, which covers the
+        probs (T, 6) float32 and maps (T, L, h, w) float32 >= 0 on the feature grid, which covers the
         (S0, S0) cached slice.
 
     Raises:
@@ -166,10 +169,10 @@ def series_gradcam(model: IchModel, hu: np.ndarray, readable: np.ndarray, data: 
             with last_feature_map(model.encoder, settings.min_side) as found:
                 embedding = model.encode(x[row_of[t]][None])
             activation = found[0]
-            logits, grads = _logit_gradients(model, context, embedding, t, keep, settings.steps)
+            logits, grads = _logit_gradients(model, context, embedding, t, keep, settings.steps, labels)
             cams = []
-            for j in range(len(LABELS)):  # chain rule from the embedding's gradient down to the feature map
-                (grad,) = torch.autograd.grad(embedding, activation, grads[j:j + 1], retain_graph=j < len(LABELS) - 1)
+            for k in range(len(labels)):  # chain rule from the embedding's gradient down to the feature map
+                (grad,) = torch.autograd.grad(embedding, activation, grads[k:k + 1], retain_graph=k < len(labels) - 1)
                 cams.append(_weigh(grad, activation, settings.weighting)[0])
             probs.append(torch.sigmoid(logits).float().cpu().numpy())
             maps.append(torch.stack(cams).detach().float().cpu().numpy())
@@ -183,14 +186,14 @@ def _weigh(grad: torch.Tensor, activation: torch.Tensor, weighting: str) -> torc
     return torch.relu((grad.mean(dim=(2, 3), keepdim=True) * activation).sum(dim=1))
 
 
-def _logit_gradients(model: IchModel, context: torch.Tensor, embedding: torch.Tensor, t: int,
-                     keep: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _logit_gradients(model: IchModel, context: torch.Tensor, embedding: torch.Tensor, t: int, keep: torch.Tensor,
+                     steps: int, labels: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The head's logits at slice ``t`` and their gradients with respect to its embedding.
 
     The gradients are averaged over ``steps`` midpoints of the straight path from the head's
     missing-slice embedding to ``embedding`` (0 steps: the gradient at ``embedding``). One backward
-    pass gives them all: the series is one batch row per (path point, label), row (p, j)
-    backpropagating logit ``j`` into its own copy of the slice's embedding.
+    pass gives them all: the series is one batch row per (path point, label), row (p, k)
+    backpropagating logit ``labels[k]`` into its own copy of the slice's embedding.
 
     Args:
         context: (1, N, F) embeddings of the series (constants).
@@ -198,9 +201,9 @@ def _logit_gradients(model: IchModel, context: torch.Tensor, embedding: torch.Te
         keep: (1, N) bool, real readable slices.
 
     Returns:
-        logits (6,) at ``embedding``, detached, and (6, F) gradients: row j for logit j.
+        logits (6,) at ``embedding``, detached, and (L, F) gradients: row k for logit ``labels[k]``.
     """
-    n, point = len(LABELS), embedding.detach()
+    n, point = len(labels), embedding.detach()
     if steps:
         start = model.head.missing_embedding.detach().to(point.dtype)[None]
         alphas = (torch.arange(steps, device=point.device, dtype=point.dtype) + 0.5) / steps
@@ -209,8 +212,9 @@ def _logit_gradients(model: IchModel, context: torch.Tensor, embedding: torch.Te
     copies = context.expand(len(leaf), -1, -1)
     emb = torch.cat([copies[:, :t], leaf[:, None], copies[:, t + 1:]], dim=1)
     mask = torch.ones_like(keep).expand(len(leaf), -1)
-    logits = model.head(emb, mask, keep.expand(len(leaf), -1))[:, t].reshape(len(point), n, n)
-    (grads,) = torch.autograd.grad(torch.diagonal(logits, dim1=1, dim2=2).sum(), leaf)
+    logits = model.head(emb, mask, keep.expand(len(leaf), -1))[:, t].reshape(len(point), n, len(LABELS))
+    chosen = logits[:, torch.arange(n, device=leaf.device), torch.as_tensor(labels, device=leaf.device)]
+    (grads,) = torch.autograd.grad(chosen.sum(), leaf)
     grads = grads.reshape(len(point), n, -1)
     return logits[-1, 0].detach(), grads[:-1].mean(dim=0) if steps else grads[0]
 
@@ -268,8 +272,8 @@ class Explainer:
         self.dataset = Path(dataset)
         self.slices, _ = load_index(self.dataset)
 
-    def explain(self, image_ids: Sequence[str]) -> list[Explanation]:
-        """Explanations of ``image_ids`` (in that order); each series is loaded once.
+    def explain(self, image_ids: Sequence[str], labels: Sequence[str] = LABELS) -> list[Explanation]:
+        """Explanations of ``image_ids`` (in that order) for ``labels``; each series is loaded once.
 
         Raises:
             InputError: an image the index does not know, outside a series, or with unreadable pixels.
@@ -281,10 +285,10 @@ class Explainer:
         found: dict[str, Explanation] = {}
         with _one_cpu_thread(self.device):
             for series_uid, group in pd.DataFrame(rows).groupby("series_uid", sort=False):
-                found |= self._explain_series(series_uid, group)
+                found |= self._explain_series(series_uid, group, tuple(labels))
         return [found[row["image_id"]] for row in rows]
 
-    def _explain_series(self, series_uid: str, wanted: pd.DataFrame) -> dict[str, Explanation]:
+    def _explain_series(self, series_uid: str, wanted: pd.DataFrame, labels: tuple[str, ...]) -> dict[str, Explanation]:
         members = self.slices[self.slices["series_uid"] == series_uid].sort_values("slice_index")
         hu = load_series(self.dataset, series_uid)
         readable = (members["status"] == Status.OK).to_numpy()
@@ -292,16 +296,17 @@ class Explainer:
         probs, maps = [], []
         for model, checkpoint in self.models:
             data = DataConfig(**checkpoint["config"]["data"])
-            p, m = series_gradcam(model, hu, readable, data, targets, self.device, self.settings)
+            p, m = series_gradcam(model, hu, readable, data, targets, self.device, self.settings,
+                                  [LABELS.index(name) for name in labels])
             probs.append(p)
             maps.append(m)
         out = {}
         for k, row in enumerate(wanted.to_dict("records")):
             box, shape = cache_box(row), (int(row["rows"]), int(row["cols"]))
             heat = np.mean([to_original(m[k], box, *shape) for m in maps], axis=0)
-            labels = np.array([row[f"label_{name}"] for name in LABELS], dtype=np.float64)
-            out[row["image_id"]] = Explanation(row["image_id"], np.mean([p[k] for p in probs], axis=0),
-                                               heat.astype(np.float32), _original_hu(row, hu[targets[k]]), labels)
+            truth = np.array([row[f"label_{name}"] for name in LABELS], dtype=np.float64)
+            out[row["image_id"]] = Explanation(row["image_id"], np.mean([p[k] for p in probs], axis=0), labels,
+                                               heat.astype(np.float32), _original_hu(row, hu[targets[k]]), truth)
         return out
 
 
@@ -342,7 +347,7 @@ def explanation_png(explanation: Explanation) -> bytes:
     axes[0].set_title("BSB (brain / subdural / soft tissue)", fontsize=10)
     for j, (ax, name) in enumerate(zip(axes[1:], LABELS)):
         ax.imshow(explanation.overlay(name), interpolation="nearest")
-        truth = explanation.labels[j]
+        truth = explanation.truth[j]
         known = "" if np.isnan(truth) else f" (label {int(truth)})"
         ax.set_title(f"{name}: p = {explanation.probs[j]:.3f}{known}", fontsize=10,
                      color="#d62728" if truth == 1 else "#2b2b2b")

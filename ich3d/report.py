@@ -93,7 +93,7 @@ class _Inputs:
             from ich3d.explain import Explainer
 
             self.explainer = Explainer(self.runs, self.dataset, options.device)
-        return self.explainer.explain(image_ids)
+        return self.explainer.explain(image_ids, labels=("any",))  # the page shows p(any)
 
 
 def write_report(predictions: Path, out: Path | None = None, *, labels: Path | None = None,
@@ -260,13 +260,13 @@ def _strips(inputs: _Inputs, options: ReportOptions) -> Section | None:
     body = [(f"<p class='note'>{len(chosen)} of {n_series} series: series-level false negatives first, then false "
              f"positives (called at p(any) &ge; {THRESHOLD}), then by weighted log loss. Thumbnails (brain window): "
              "the peak of p(any), the labelled-positive slice with the lowest p(any), the labelled-negative slice "
-             "with the highest.</p>")]
+             "with the highest (dotted lines).</p>"), _legend()]
     for uid, reason in chosen:
         rows = frame[frame["series_uid"] == uid].sort_values("slice_index")
         probs = rows[PROBS].to_numpy(np.float64)
         truth = inputs.truth[rows["_row"]] if inputs.truth is not None else None
         keys = _key_slices(probs, truth, rows)
-        plot = figures.strip_png(probs, truth, keys, f"{uid}: {len(rows)} slices; {reason}")
+        plot = figures.strip_png(probs, truth, keys)
         tiles = []
         for k in keys:
             image = _cache_thumbnail(inputs.dataset, uid, int(rows["slice_index"].iloc[k]))
@@ -275,8 +275,17 @@ def _strips(inputs: _Inputs, options: ReportOptions) -> Section | None:
                 tiles.append(f"<figure>{markup.img(figures.image_png(figures.shrink(image, 128)), caption, 128)}"
                              f"<figcaption>{caption}</figcaption></figure>")
         chart = markup.img(plot, f"probabilities along series {uid}")
-        body.append(f"<div class='strip'>{chart}{''.join(tiles)}</div>")
+        title = html.escape(f"{uid}: {len(rows)} slices; {reason}")
+        body.append(f"<div class='strip'><div><p class='title'>{title}</p>{chart}</div>{''.join(tiles)}</div>")
     return "strips", "Series strips", "\n".join(body)
+
+
+def _legend() -> str:
+    """The strips' colours, once for all: a line per label, the shading and squares of the labels."""
+    lines = "".join(f"<span style='color:{colour}'>&#9644; {name}</span> "
+                    for name, colour in zip(LABELS, figures.LABEL_COLORS))
+    return (f"<p class='note'>{lines}&nbsp; <span style='background:#f4c7c3'>&nbsp;shaded&nbsp;</span>: labelled "
+            "any; squares under the curves: labelled subtypes, in their colours.</p>")
 
 
 def _key_slices(probs: np.ndarray, truth: np.ndarray | None, rows: pd.DataFrame) -> list[int]:

@@ -157,7 +157,7 @@ def reliability_png(y_true: np.ndarray, y_pred: np.ndarray, bins: int = 10) -> b
     return figure_png(fig)
 
 
-def strip_png(probs: np.ndarray, truth: np.ndarray | None, marks: Sequence[int], title: str) -> bytes:
+def strip_png(probs: np.ndarray, truth: np.ndarray | None, marks: Sequence[int]) -> bytes:
     """One series along its slices: each label's probability, the ground truth shaded, key slices marked.
 
     Args:
@@ -165,11 +165,12 @@ def strip_png(probs: np.ndarray, truth: np.ndarray | None, marks: Sequence[int],
         truth: (N, 6) labels (NaN = unlabeled) or None; runs of slices positive for ``any`` are shaded,
             each positive subtype is a row of squares in its colour under the curves.
         marks: positions of the key slices (dotted lines).
-        title: the figure's title.
+
+    The colours are LABEL_COLORS; the title and legend are the page's (text costs most of the drawing).
     """
     n = len(probs)
-    fig = figure(9.0, 2.8)
-    ax = fig.add_axes((0.075, 0.17, 0.915, 0.63))
+    fig = figure(9.0, 2.2)
+    ax = fig.add_axes((0.065, 0.2, 0.925, 0.76))
     if truth is not None:
         positive = np.flatnonzero(truth[:, 0] == 1)
         for run in np.split(positive, np.flatnonzero(np.diff(positive) > 1) + 1) if positive.size else []:
@@ -183,13 +184,10 @@ def strip_png(probs: np.ndarray, truth: np.ndarray | None, marks: Sequence[int],
         ax.axvline(index, color="#555555", lw=0.8, ls=":")
     ax.set_xlim(-0.5, n - 0.5)
     ax.set_ylim(-0.18, 1.02)
-    ax.set_xlabel("slice (shaded: labelled any; squares: labelled subtypes; dotted: key slices)", fontsize=8)
-    ax.set_ylabel("probability", fontsize=9)
+    ax.set_xlabel("slice", fontsize=8, labelpad=1)
+    ax.set_ylabel("probability", fontsize=8)
     ax.tick_params(labelsize=8)
-    ax.legend(fontsize=7.5, ncol=len(LABELS), loc="lower left", bbox_to_anchor=(0, 1.0), frameon=False,
-              handlelength=1.5, columnspacing=1.0)
     ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=10, x=0.075, ha="left")
     return figure_png(fig)
 
 

@@ -31,6 +31,7 @@ pre{background:#f7f7f7;padding:8px;font-size:12px;overflow:auto;max-height:420px
 .gallery{display:flex;flex-wrap:wrap;gap:14px}
 .strip{display:flex;align-items:flex-end;gap:8px;margin-bottom:10px}
 .strip figure{flex:none}
+.strip .title{font-size:13px;margin:0 0 2px 0}
 .wide{overflow-x:auto}
 td img{max-width:none}
 figure{margin:0;max-width:530px}

@@ -121,7 +121,7 @@ def main() -> None:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     text = (f"{SECTION}\n\n`python scripts/bench_explain.py --demo DIR --tolerance {' '.join(tol)} --write` after "
             f"`ich3d demo --out DIR` — machine: {platform.machine()}, {os.cpu_count()} cores, "
-            f"{torch.get_num_threads()} torch threads, CPU, torch {torch.__version__}, date {datetime.date.today()}, "
+            f"CPU (one torch thread while explaining), torch {torch.__version__}, date {datetime.date.today()}, "
             f"load average at the end {load}. The demo's model (cpu_small: `small` encoder at 128 px, GRU head) on "
             f"its {len(slices)} readable test slices labelled positive (256 px synthetic DICOM, about 0.9 mm "
             "pixels), against the generator's lesion masks (`rsna/masks/`). Hit: the heatmap's maximum lies within "
