@@ -24,6 +24,7 @@ log = logging.getLogger("ich3d")
 PathArg = click.Path(path_type=Path)
 ExistingDir = click.Path(exists=True, file_okay=False, path_type=Path)
 ExistingFile = click.Path(exists=True, dir_okay=False, path_type=Path)
+ExistingPath = click.Path(exists=True, path_type=Path)
 
 
 def _os_error_message(exc: OSError) -> str:
@@ -149,9 +150,14 @@ def synth(ctx: click.Context, out: Path, layout_name: str, n_series: int, n_test
 
 
 @main.command("build-series")
-@click.option("--dicom-dir", "dicom_dirs", multiple=True, required=True, type=ExistingDir,
-              help="Folder of DICOM files (searched recursively); repeat for several.")
-@click.option("--labels", type=ExistingFile, help="Labels CSV in the RSNA long format (ID,Label).")
+@click.option("--dicom-dir", "dicom_dirs", multiple=True, type=ExistingDir,
+              help="Folder of DICOM files and NIfTI volumes (searched recursively); repeat for several.")
+@click.option("--nifti", "nifti", multiple=True, type=ExistingPath,
+              help="NIfTI volume (.nii, .nii.gz) or folder of them: one series each; repeatable.")
+@click.option("--labels", type=ExistingFile, help="Labels CSV (see --labels-format).")
+@click.option("--labels-format", type=click.Choice(["rsna", "ct-ich"]), default="rsna", show_default=True,
+              help="rsna: long format ID,Label; ct-ich: PhysioNet CT-ICH hemorrhage_diagnosis_raw_ct.csv "
+                   "(PatientNumber = NIfTI file stem, SliceNumber).")
 @click.option("--out", required=True, type=PathArg, help="Dataset folder to write.")
 @click.option("--image-size", default=256, show_default=True, help="Side of the cached HU slices.")
 @click.option("--workers", type=int, help="Worker processes [default: all cores].")
@@ -174,19 +180,24 @@ def synth(ctx: click.Context, out: Path, layout_name: str, n_series: int, n_test
 @verbosity_options
 @click.pass_context
 @handle_errors
-def build_series_command(ctx: click.Context, dicom_dirs: tuple[Path, ...], labels: Path | None, out: Path,
-                         image_size: int, workers: int | None, overwrite: bool, num_parts: int, part_id: int,
-                         index_only: bool, series_mode: str, series_rules: Path | None, series_uids: tuple[str, ...],
-                         target_thickness: float, assume_intercept: float | None, strict: bool) -> None:
-    """Index DICOM files into series, choose the series to read, join labels and cache Hounsfield units."""
+def build_series_command(ctx: click.Context, dicom_dirs: tuple[Path, ...], nifti: tuple[Path, ...],
+                         labels: Path | None, labels_format: str, out: Path, image_size: int, workers: int | None,
+                         overwrite: bool, num_parts: int, part_id: int, index_only: bool, series_mode: str,
+                         series_rules: Path | None, series_uids: tuple[str, ...], target_thickness: float,
+                         assume_intercept: float | None, strict: bool) -> None:
+    """Index DICOM files and NIfTI volumes into series, choose the series to read, join labels and cache HU."""
     from ich3d.console import print_build_summary
     from ich3d.dataset.build import build_series
     from ich3d.dataset.roles import load_rules
 
+    if not dicom_dirs and not nifti:
+        raise click.UsageError("give --dicom-dir, --nifti or both")
+    dicom_dirs += nifti
     rules = load_rules(series_rules, series_mode, target_thickness, series_uids)
     summary = build_series(list(dicom_dirs), out, labels_csv=labels, image_size=image_size, workers=workers,
                            overwrite=overwrite, num_parts=num_parts, part_id=part_id, index_only=index_only,
-                           assume_intercept=assume_intercept, series_rules=rules, progress=not _quiet(ctx))
+                           assume_intercept=assume_intercept, series_rules=rules, progress=not _quiet(ctx),
+                           labels_format=labels_format)
     print_build_summary(summary, _console(ctx))
     usable = summary["n_files"] - summary["n_skipped"]
     if usable == 0:
@@ -248,6 +259,8 @@ def train(ctx: click.Context, dataset: Path, config_path: str | None, out: Path,
               help="Run folder (all its folds), fold folder or model checkpoint; repeat to average.")
 @click.option("--dataset", type=ExistingDir, help="Dataset folder from build-series.")
 @click.option("--dicom-dir", "dicom_dirs", multiple=True, type=ExistingDir, help="Or DICOM folder(s) to read.")
+@click.option("--nifti", "nifti", multiple=True, type=ExistingPath,
+              help="Or NIfTI volume(s) (.nii, .nii.gz) or folders of them to read; repeatable.")
 @click.option("--sample-submission", type=ExistingFile, help="Rows and order the submission must have.")
 @click.option("--out", required=True, type=PathArg)
 @click.option("--allow-missing", is_flag=True, help="Fill requested images without a file with the prior.")
@@ -269,7 +282,8 @@ def train(ctx: click.Context, dataset: Path, config_path: str | None, out: Path,
 @click.pass_context
 @handle_errors
 def infer(ctx: click.Context, runs: tuple[Path, ...], dataset: Path | None, dicom_dirs: tuple[Path, ...],
-          sample_submission: Path | None, out: Path, allow_missing: bool, num_parts: int, part_id: int,
+          nifti: tuple[Path, ...], sample_submission: Path | None, out: Path, allow_missing: bool, num_parts: int,
+          part_id: int,
           device: str | None, batch_series: int, workers: int | None, amp: bool, resample: str, series_mode: str,
           series_rules: Path | None, series_uids: tuple[str, ...], threshold: float) -> None:
     """Predict every image and every exam: submission.csv, predictions.parquet, exams.csv.
@@ -285,7 +299,8 @@ def infer(ctx: click.Context, runs: tuple[Path, ...], dataset: Path | None, dico
     rules = load_rules(series_rules, series_mode, series_uids=series_uids) if custom else None
     options = InferOptions(device=device, batch_series=batch_series, workers=workers, amp=amp, resample=resample,
                            series_rules=rules, exam_threshold=threshold)
-    summary = predict(list(runs), out, dataset=dataset, dicom_dirs=list(dicom_dirs), sample_submission=sample_submission,
+    summary = predict(list(runs), out, dataset=dataset, dicom_dirs=[*dicom_dirs, *nifti],
+                      sample_submission=sample_submission,
                       allow_missing=allow_missing, num_parts=num_parts, part_id=part_id, options=options,
                       progress=not _quiet(ctx))
     print_infer_summary(summary, _console(ctx))

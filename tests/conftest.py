@@ -125,3 +125,13 @@ def write_slice(path: Path, pixels: np.ndarray | None = None, syntax: str = Expl
             ds.file_meta.TransferSyntaxUID = syntax
         ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def clean_series(dataset: Path) -> dict[str, list[Path]]:
+    """The series of a built dataset whose every slice is readable: series UID → its files in slice order."""
+    from ich3d.dataset.index import load_index
+
+    slices, series = load_index(dataset)
+    clean = series.loc[series["n_ok"] == series["n_slices"], "series_uid"]
+    rows = slices[slices["series_uid"].isin(clean)].sort_values(["series_uid", "slice_index"])
+    return {uid: [Path(p) for p in group["path"]] for uid, group in rows.groupby("series_uid", sort=True)}

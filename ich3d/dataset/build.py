@@ -1,4 +1,4 @@
-"""``ich3d build-series``: DICOM folders (+ labels) → dataset folder (index, HU cache, build.json).
+"""``ich3d build-series``: DICOM folders, NIfTI volumes (+ labels) → dataset folder (index, HU cache, build.json).
 
 Two passes over a process pool. The header pass reads every file's header (never its pixels) in
 chunks and returns small typed DataFrames; series are then grouped, sorted and flagged for the whole
@@ -42,6 +42,7 @@ from ich3d.dataset.index import (
     part_series,
     write_parquet,
 )
+from ich3d.dataset.nifti import NIFTI_SYNTAX
 from ich3d.dataset.roles import SeriesRules, choice_table
 from ich3d.errors import Ich3dError, InputError
 from ich3d.folders import FolderLock, prepare_output
@@ -107,13 +108,15 @@ def build_series(
     assume_intercept: float | None = None,
     series_rules: SeriesRules = SeriesRules(),
     progress: bool = True,
+    labels_format: str = "rsna",
 ) -> dict[str, Any]:
-    """Indexes DICOM folders into series, joins labels and caches Hounsfield units.
+    """Indexes DICOM folders (and NIfTI volumes) into series, joins labels and caches Hounsfield units.
 
     Args:
-        dicom_dirs: folders searched recursively (see :func:`ich3d.dataset.files.collect_files`).
+        dicom_dirs: folders searched recursively, or NIfTI files (see
+            :func:`ich3d.dataset.files.collect_files`).
         out: the dataset folder (created).
-        labels_csv: RSNA long-format labels (``ID,Label``), or None.
+        labels_csv: labels in ``labels_format``, or None.
         image_size: side S of the cached slices (pixels).
         workers: processes (default: all cores); 1 runs in this process.
         overwrite: rebuild this part's cache files even if they are finished.
@@ -124,6 +127,8 @@ def build_series(
         series_rules: which series to predict (:mod:`ich3d.dataset.roles`); the cache holds those
             and the labeled axial CT series.
         progress: show rich progress bars.
+        labels_format: ``rsna`` (long ``ID,Label``) or ``ct-ich`` (PhysioNet CT-ICH per-slice CSV,
+            joined to NIfTI slices by file stem and slice number).
 
     Returns:
         The summary written to ``build.json`` (``build-part-<I>.json`` when num_parts > 1): counts by
@@ -147,7 +152,7 @@ def build_series(
                 log.warning("cannot read %s (%s): its files are left out", path, error)
             timings = {"collect_s": time.perf_counter() - began}
             slices, series, meta = index_for(folder, files, labels_csv, pool, progress, assume_intercept,
-                                             series_rules)
+                                             series_rules, labels_format)
             timings["index_s"] = time.perf_counter() - began - timings["collect_s"]  # header pass included
         with FolderLock(folder.part_lock(part_id), f"part {part_id} of dataset folder {folder.root}"):
             pixels = {} if index_only else _pixel_pass(folder, slices, series, image_size, (num_parts, part_id),
@@ -158,7 +163,8 @@ def build_series(
             summary = _summary(dicom_dirs, labels_csv, files, slices, series, meta, pixels, timings)
             summary["settings"] = {"image_size": image_size, "workers": workers, "overwrite": overwrite,
                                    "num_parts": num_parts, "part_id": part_id, "index_only": index_only,
-                                   "assume_intercept": assume_intercept, "series_rules": series_rules.to_dict()}
+                                   "assume_intercept": assume_intercept, "series_rules": series_rules.to_dict(),
+                                   "labels_format": labels_format}
             write_json_atomic(folder.build_summary(num_parts, part_id), summary)
     return summary
 
@@ -170,10 +176,14 @@ def _summary(dicom_dirs: Sequence[Path], labels_csv: Path | None, files: InputFi
         counts[status] = counts.get(status, 0) + n
         counts[str(Status.OK)] -= n
     flags = ["has_duplicate_positions", "has_gaps", "mixed_orientation", "mixed_size", "gantry_tilt"]
-    n_files = len(slices)
+    n_files = len(slices)  # images: a multi-frame file or a NIfTI volume holds several
+    nifti = slices[(slices["transfer_syntax"] == NIFTI_SYNTAX) & (slices["error"] != "")]
     return {
         "inputs": [str(d) for d in dicom_dirs], "labels_csv": str(labels_csv) if labels_csv else None,
-        "n_files": n_files, "n_ignored_files": files.n_ignored, "counts": dict(sorted(counts.items())),
+        "n_files": n_files, "n_input_files": len(files.paths), "n_ignored_files": files.n_ignored,
+        "counts": dict(sorted(counts.items())),
+        "transfer_syntaxes": slices["transfer_syntax"].fillna("none").value_counts().to_dict(),
+        "nifti_notes": nifti.drop_duplicates("path")[["path", "error"]].to_dict("records"),
         "unreadable_paths": [{"path": path, "error": error} for path, error in files.unreadable],
         "n_skipped": n_files - counts.get(str(Status.OK), 0), "n_series": len(series),
         "series_flags": {flag: int(series[flag].sum()) for flag in flags},

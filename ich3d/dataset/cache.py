@@ -229,6 +229,7 @@ class CacheSlice(NamedTuple):
 
     image_id: str
     path: str
+    frame: int  # 1-based frame of a multi-frame file or slice of a NIfTI volume; 0 for a single-frame file
     status: str
     pixel_offset: int
     rows: int
@@ -284,7 +285,8 @@ def write_series_cache(slices: Sequence[CacheSlice], path: Path, size: int) -> l
             volume[i] = slice_to_cache(slice_, size, scratch)
         except Exception as exc:  # noqa: BLE001 - a broken slice must not stop its series
             status = Status.READ_ERROR if isinstance(exc, OSError) else Status.CORRUPT
-            failures.append((slice_.image_id, slice_.path, str(status), f"{type(exc).__name__}: {exc}"[:300]))
+            message = " ".join(f"{type(exc).__name__}: {exc}".split())  # a decoder's lines on one line
+            failures.append((slice_.image_id, slice_.path, str(status), message[:300]))
     write_atomic(path, volume)
     return failures
 
@@ -339,7 +341,7 @@ def _series_blocks(slices: pd.DataFrame) -> dict[str, tuple[int, int]]:
 
 
 _TASK_FILL = {name: -1 for name in ("pixel_offset", "rows", "cols", "bits_allocated", "bits_stored",
-                                    "pixel_representation")} | {"transfer_syntax": "", "status": ""}
+                                    "pixel_representation")} | {"frame": 0, "transfer_syntax": "", "status": ""}
 
 
 def _task_table(slices: pd.DataFrame) -> pd.DataFrame:

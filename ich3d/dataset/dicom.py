@@ -25,10 +25,9 @@ from typing import Any, BinaryIO, NamedTuple
 
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels.decoders.base import get_decoder
-from pydicom.uid import UID
 
 from ich3d.constants import Status
+from ich3d.dataset.codecs import decoder_problem
 
 #: Transfer syntaxes whose Pixel Data is stored raw at a fixed file offset, and their byte order.
 NATIVE_SYNTAXES: dict[str, str] = {
@@ -94,7 +93,8 @@ HEADER_COLUMNS: tuple[str, ...] = (
 )
 
 
-def _empty_row(path: str) -> dict[str, Any]:
+def empty_row(path: str) -> dict[str, Any]:
+    """A row of :data:`HEADER_COLUMNS` with nothing read yet (no status)."""
     row: dict[str, Any] = dict.fromkeys(HEADER_COLUMNS)
     row.update(path=path, pixel_offset=-1, pixel_length=-1, error="")
     row.update({name: math.nan for name in _GEOMETRY})
@@ -102,7 +102,10 @@ def _empty_row(path: str) -> dict[str, Any]:
 
 
 def read_header(path: str | Path, assume_intercept: float | None = None) -> dict[str, Any]:
-    """Reads the header of one file, never raising: problems become a ``status`` and an ``error``.
+    """Reads the header of one single-frame file, never raising: problems become a ``status`` and an ``error``.
+
+    A multi-frame file gives one ``unsupported_image`` row here; :func:`ich3d.dataset.rows.read_rows`
+    splits it into its frames (docs/design.md §12).
 
     Args:
         path: the file.
@@ -118,8 +121,24 @@ def read_header(path: str | Path, assume_intercept: float | None = None) -> dict
         the pixels must be decoded by pydicom), ``status`` (a :class:`Status` value) and ``error``
         ("" when ok).
     """
+    row, frames = read_file_row(path)
+    if frames is not None and frames > 1 and row["status"] == Status.OK:
+        _fail(row, Status.UNSUPPORTED_IMAGE, f"multi-frame image: {frames} frames (read_rows splits it)")
+    check_row(row, assume_intercept)
+    return row
+
+
+def read_file_row(path: str | Path) -> tuple[dict[str, Any], int | None]:
+    """The header row of a whole file, before the geometry and rescale checks (:func:`check_row`).
+
+    For a multi-frame file of a native syntax, ``pixel_offset``/``pixel_length`` locate frame 1 and
+    the Pixel Data was checked to hold every frame.
+
+    Returns:
+        (row with the keys :data:`HEADER_COLUMNS`, NumberOfFrames or None when absent).
+    """
     path = str(path)
-    row = _empty_row(path)
+    row, frames = empty_row(path), None
     try:
         with open(path, "rb") as fp:
             file_size = os.fstat(fp.fileno()).st_size
@@ -127,8 +146,7 @@ def read_header(path: str | Path, assume_intercept: float | None = None) -> dict
             if parsed is None:
                 fp.seek(0)
                 parsed = _read_with_pydicom(fp, file_size)
-        _fill_row(row, *parsed, file_size)
-        _check_rescale(row, assume_intercept)
+        frames = _fill_row(row, *parsed, file_size)
     except PixelDataCutShort as exc:
         _fill_row(row, exc.raw, exc.syntax, file_size)
         _fail(row, Status.CORRUPT, str(exc))
@@ -138,7 +156,15 @@ def read_header(path: str | Path, assume_intercept: float | None = None) -> dict
         _fail(row, Status.READ_ERROR, exc)
     except Exception as exc:  # noqa: BLE001 - any parser failure on a broken file is "corrupt"
         _fail(row, Status.CORRUPT, exc)
-    return row
+    return row, frames
+
+
+def check_row(row: dict[str, Any], assume_intercept: float | None) -> None:
+    """The checks that need the final geometry and rescale values (for a frame: those of its
+    functional groups): missing position or orientation, then the rescale (:func:`_check_rescale`)."""
+    if row["status"] == Status.OK and any(math.isnan(row[name]) for name in _GEOMETRY):
+        _fail(row, Status.MISSING_GEOMETRY, "ImagePositionPatient or ImageOrientationPatient absent or malformed")
+    _check_rescale(row, assume_intercept)
 
 
 def _fail(row: dict[str, Any], status: Status, exc: BaseException | str) -> None:
@@ -311,8 +337,9 @@ def _transfer_syntax(dataset: pydicom.FileDataset) -> str:
     return "1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2"
 
 
-def _fill_row(row: dict[str, Any], raw: Mapping[int, Any], syntax: str, file_size: int) -> None:
-    """Copies the kept values into ``row`` and sets its status (ok unless a check fails)."""
+def _fill_row(row: dict[str, Any], raw: Mapping[int, Any], syntax: str, file_size: int) -> int | None:
+    """Copies the kept values into ``row`` and sets its status (ok unless a check fails); returns
+    NumberOfFrames (None when absent)."""
     values = _values(raw)
     geometry = (values.pop("ipp") or ()) + (values.pop("iop") or ())
     extra = {key: values.pop(key) for key in ("samples_per_pixel", "photometric", "number_of_frames")}
@@ -331,13 +358,13 @@ def _fill_row(row: dict[str, Any], raw: Mapping[int, Any], syntax: str, file_siz
         problem: tuple[Status, str] | None = (Status.CORRUPT, f"an element's value runs past the end of the file ({file_size} "
                                                          f"bytes): the file is truncated or a length is corrupt")
     else:
-        problem = _image_problem(row, extra, pixel) or _pixel_problem(row, pixel, file_size)
-    if problem is None and len(geometry) != len(_GEOMETRY):
-        problem = (Status.MISSING_GEOMETRY, "ImagePositionPatient or ImageOrientationPatient absent or malformed")
+        problem = _image_problem(row, extra, pixel) or _pixel_problem(row, pixel, file_size,
+                                                                      max(extra["number_of_frames"] or 1, 1))
     if problem is None:
         row["status"] = str(Status.OK)
     else:
         _fail(row, *problem)
+    return extra["number_of_frames"]
 
 
 def _check_rescale(row: dict[str, Any], assume_intercept: float | None) -> None:
@@ -367,7 +394,7 @@ def _cut_short(raw: Mapping[int, Any], file_size: int) -> bool:
 
 
 def _image_problem(row: dict[str, Any], extra: dict[str, Any], pixel: Any) -> tuple[Status, str] | None:
-    """Missing pixels, or an image this pipeline does not handle (colour, multi-frame, odd depths)."""
+    """Missing pixels, or an image this pipeline does not handle (colour, odd depths)."""
     if pixel is None:
         return Status.NO_PIXELS, "no Pixel Data (7FE0,0010)"
     if not row["rows"] or not row["cols"] or row["bits_allocated"] not in (8, 16, 32):
@@ -377,26 +404,22 @@ def _image_problem(row: dict[str, Any], extra: dict[str, Any], pixel: Any) -> tu
     photometric = extra["photometric"] or "MONOCHROME2"
     if (extra["samples_per_pixel"] or 1) != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         return Status.UNSUPPORTED_IMAGE, f"colour image: {photometric}, {extra['samples_per_pixel']} samples"
-    if (extra["number_of_frames"] or 1) > 1:
-        return Status.UNSUPPORTED_IMAGE, f"multi-frame image: {extra['number_of_frames']} frames"
     return None
 
 
-def _pixel_problem(row: dict[str, Any], pixel: Any, file_size: int) -> tuple[Status, str] | None:
-    """Checks that the pixels can be decoded, and records their offset for uncompressed syntaxes."""
+def _pixel_problem(row: dict[str, Any], pixel: Any, file_size: int, frames: int) -> tuple[Status, str] | None:
+    """Checks that the pixels of every frame can be decoded, and records where frame 1 lies for
+    uncompressed syntaxes (frame k follows at ``(k - 1) * pixel_length``)."""
     syntax = row["transfer_syntax"]
     if syntax not in NATIVE_SYNTAXES:
-        try:
-            available = get_decoder(UID(syntax)).is_available
-        except NotImplementedError:
-            available = False
-        if not available:
-            return Status.UNSUPPORTED_SYNTAX, f"no decoder installed for transfer syntax {syntax}"
-        return None  # deflated or compressed: pydicom decodes in the pixel pass
+        problem = decoder_problem(syntax, row["bits_stored"])
+        return None if problem is None else (Status.UNSUPPORTED_SYNTAX, problem)  # else decoded in the pixel pass
     expected = row["rows"] * row["cols"] * row["bits_allocated"] // 8
-    if pixel.length not in (expected, expected + 1):  # + 1: a value of odd length is padded to even
-        return Status.CORRUPT, f"Pixel Data has {pixel.length} bytes, Rows x Columns x BitsAllocated / 8 = {expected}"
-    if pixel.value_tell + expected > file_size:
-        return Status.CORRUPT, f"file truncated: {file_size} bytes, pixels end at {pixel.value_tell + expected}"
+    total = expected * frames
+    if pixel.length not in (total, total + 1):  # + 1: a value of odd length is padded to even
+        what = "Rows x Columns x BitsAllocated / 8" + (f" x {frames} frames" if frames > 1 else "")
+        return Status.CORRUPT, f"Pixel Data has {pixel.length} bytes, {what} = {total}"
+    if pixel.value_tell + total > file_size:
+        return Status.CORRUPT, f"file truncated: {file_size} bytes, pixels end at {pixel.value_tell + total}"
     row["pixel_offset"], row["pixel_length"] = pixel.value_tell, expected
     return None

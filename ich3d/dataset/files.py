@@ -1,9 +1,11 @@
 """Which files a build reads: the recursive walk of the input folders, and the fingerprint of what it found.
 
 Every file is a candidate except hidden entries, ``DICOMDIR``, names with a suffix that is never an
-image (:data:`IGNORED_SUFFIXES`) and files found twice (a folder given twice, or inside another
-one). Extension-less files and ``.dcm`` files are tried, and anything unreadable is reported in the
-index rather than silently skipped. A folder or link that cannot be read is recorded, not fatal.
+image (:data:`IGNORED_SUFFIXES`; ``.nii`` and ``.nii.gz`` are NIfTI volumes, other ``.gz`` files are
+ignored) and files found twice (a folder given twice, or inside another one). Extension-less files
+and ``.dcm`` files are tried, and anything unreadable is reported in the index rather than silently
+skipped. An input is a folder, or a NIfTI file (``--nifti``). A folder or link that cannot be read
+is recorded, not fatal.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ich3d.dataset.nifti import is_nifti
 from ich3d.errors import InputError
 
 #: Suffixes that are never images (everything else is tried, and reported if unreadable).
 IGNORED_SUFFIXES = frozenset({".csv", ".json", ".jsonl", ".txt", ".md", ".parquet", ".npy", ".npz", ".xml",
                               ".html", ".png", ".jpg", ".jpeg", ".gif", ".zip", ".tar", ".py", ".log", ".yaml",
-                              ".yml", ".pdf", ".tsv", ".tmp", ".pt", ".lock", ".nii", ".gz"})
+                              ".yml", ".pdf", ".tsv", ".tmp", ".pt", ".lock", ".gz"})
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,7 @@ class InputFiles:
 
     Attributes:
         paths: absolute paths, sorted per input folder.
-        sources: the input folder (as given) each path came from.
+        sources: the input (a folder, or a NIfTI file; as given) each path came from.
         n_ignored: files skipped by name or found twice.
         files_id: fingerprint of the paths, sizes and modification times.
         unreadable: (path, error) of folders and links that could not be read (their files are missing
@@ -42,9 +45,10 @@ class InputFiles:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
 
     def relative_paths(self) -> list[str]:
-        """Each path relative to the input folder (with several, to their common parent), with ``/``
-        separators: stable across machines, and unique."""
-        roots = sorted({str(Path(source).resolve()) for source in self.sources})
+        """Each path relative to the input folder (a file input: its folder; with several, to their
+        common parent), with ``/`` separators: stable across machines, and unique."""
+        inputs = {Path(source).resolve() for source in self.sources}
+        roots = sorted({str(root.parent if root.is_file() else root) for root in inputs})
         base = roots[0] if len(roots) == 1 else os.path.commonpath(roots)
         return [os.path.relpath(path, base).replace(os.sep, "/") for path in self.paths]
 
@@ -79,22 +83,31 @@ def _walk(folder: Path, exclude: Path, unreadable: list[tuple[str, str]]) -> Ite
 def is_candidate(name: str) -> bool:
     """True when a file of this name may be an image (see the module docstring)."""
     lower = name.lower()
-    return name != "DICOMDIR" and os.path.splitext(lower)[1] not in IGNORED_SUFFIXES
+    return name != "DICOMDIR" and (os.path.splitext(lower)[1] not in IGNORED_SUFFIXES or is_nifti(lower))
+
+
+def _input_files(source: Path, exclude: Path,
+                 unreadable: list[tuple[str, str]]) -> Iterator[tuple[str, os.stat_result]]:
+    """(path, stat) of the files of one input: a folder's walk, or a NIfTI file itself."""
+    if source.is_file() and is_nifti(source.name):
+        yield str(source.resolve()), source.stat()
+    elif source.is_dir():
+        yield from _walk(source.resolve(), exclude, unreadable)
+    else:
+        raise InputError(f"--dicom-dir {source}: not a folder (nor a NIfTI file, .nii or .nii.gz)")
 
 
 def collect_files(dicom_dirs: Sequence[Path], exclude: Path) -> InputFiles:
-    """Finds the candidate files under each folder.
+    """Finds the candidate files under each folder (a NIfTI file given as an input is its own candidate).
 
     Raises:
-        InputError: a folder that does not exist or holds no candidate file.
+        InputError: an input that is neither a folder nor a NIfTI file, or a folder without candidate files.
     """
     paths, sources, n_ignored, seen, unreadable = [], [], 0, set(), []
     digest = hashlib.sha256()
     for folder in dicom_dirs:
-        if not Path(folder).is_dir():
-            raise InputError(f"--dicom-dir {folder}: not a folder")
         found = []
-        for path, stat in _walk(Path(folder).resolve(), Path(exclude).resolve(), unreadable):
+        for path, stat in _input_files(Path(folder), Path(exclude).resolve(), unreadable):
             if not is_candidate(os.path.basename(path)) or path in seen:
                 n_ignored += 1
                 continue

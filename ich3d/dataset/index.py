@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import logging
+import operator
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -24,11 +25,13 @@ import pyarrow.parquet as pq
 
 from ich3d.atomic import atomic_write
 from ich3d.constants import LABEL_COLUMNS, Status
-from ich3d.dataset.dicom import HEADER_COLUMNS, read_header
+from ich3d.dataset.dicom import HEADER_COLUMNS
 from ich3d.dataset.files import InputFiles, file_id
 from ich3d.dataset.identity import assign_image_ids
-from ich3d.dataset.labels import LabelTable, join_labels, read_labels
+from ich3d.dataset.labels import LabelTable, join_labels, read_label_file
+from ich3d.dataset.nifti import relative_ids
 from ich3d.dataset.roles import AXIAL_LIKE, SeriesRules, assign_roles, choose_series
+from ich3d.dataset.rows import read_rows
 from ich3d.dataset.series import order_slices, series_table
 from ich3d.errors import InputError
 from ich3d.layout import DatasetFolder
@@ -51,9 +54,13 @@ _HEADER_DTYPES = {name: "float64" for name in HEADER_COLUMNS} | {
                            "bits_stored", "pixel_representation", "pixel_offset", "pixel_length")}
 
 
+_ROW_VALUES = operator.itemgetter(*HEADER_COLUMNS)
+
+
 def read_header_chunk(paths: Sequence[str], assume_intercept: float | None = None) -> pd.DataFrame:
-    """Header rows of ``paths`` as a typed DataFrame (columns :data:`ich3d.dataset.dicom.HEADER_COLUMNS`)."""
-    rows = [tuple(read_header(path, assume_intercept).values()) for path in paths]
+    """Header rows of ``paths`` as a typed DataFrame (columns :data:`ich3d.dataset.dicom.HEADER_COLUMNS`):
+    one row per image, so a multi-frame file or a NIfTI volume gives several (:func:`read_rows`)."""
+    rows = [_ROW_VALUES(row) for path in paths for row in read_rows(path, assume_intercept)]
     return pd.DataFrame.from_records(rows, columns=list(HEADER_COLUMNS)).astype(_HEADER_DTYPES)
 
 
@@ -74,6 +81,7 @@ def header_pass(files: InputFiles, pool: Executor | None, progress: bool,
                   pd.Series(np.asarray(files.relative_paths(), dtype=object)[position], dtype=STR))
     header.insert(header.columns.get_loc("path") + 2, "source",
                   pd.Series(np.asarray(files.sources, dtype=object)[position], dtype=STR))
+    relative_ids(header)
     return header
 
 
@@ -116,8 +124,8 @@ def read_meta(path: Path) -> dict | None:
 
 
 def index_for(folder: DatasetFolder, files: InputFiles, labels_csv: Path | None, pool: Executor | None,
-              progress: bool, assume_intercept: float | None = None,
-              rules: SeriesRules = SeriesRules()) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+              progress: bool, assume_intercept: float | None = None, rules: SeriesRules = SeriesRules(),
+              labels_format: str = "rsna") -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """The index of ``files``: reused when it matches the inputs, labels and rules; rebuilt from the stored
     header rows when only the labels or the series rules changed; else built from a header pass.
 
@@ -127,12 +135,13 @@ def index_for(folder: DatasetFolder, files: InputFiles, labels_csv: Path | None,
     """
     files_meta = {"version": INDEX_VERSION, "files_id": files.files_id, "header_options":
                   {"assume_intercept": assume_intercept}}
-    meta = files_meta | {"labels_id": file_id(labels_csv), "series_rules": rules.to_dict()}
+    meta = files_meta | {"labels_id": file_id(labels_csv), "labels_format": labels_format,
+                         "series_rules": rules.to_dict()}
     stored = read_meta(folder.slices) or {}
     if {key: stored.get(key) for key in meta} == meta and folder.series.is_file():
         log.info("%s: index matches the inputs, reused", folder.slices)
         return pd.read_parquet(folder.slices), pd.read_parquet(folder.series), stored | {"reused": True}
-    labels = read_labels(Path(labels_csv)) if labels_csv is not None else None  # fail fast, before the long pass
+    labels = read_label_file(Path(labels_csv), labels_format) if labels_csv is not None else None  # fail fast
     began = time.perf_counter()
     stored_headers = read_meta(folder.headers) or {}
     if {key: stored_headers.get(key) for key in files_meta} == files_meta:
@@ -222,8 +231,8 @@ def _merge_failures(folder: DatasetFolder, slices: pd.DataFrame, files_id: str) 
     failures = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     if failures.empty:
         return slices
-    failures = failures.drop_duplicates("path", keep="last")
-    rows = pd.Index(slices["path"]).get_indexer(failures["path"])
+    failures = failures.drop_duplicates("image_id", keep="last")  # a file may hold several images (frames)
+    rows = pd.Index(slices["image_id"]).get_indexer(failures["image_id"])
     failures = failures[rows >= 0]
     rows = rows[rows >= 0]
     status, error = slices["status"].to_numpy(object), slices["error"].to_numpy(object)

@@ -1,4 +1,7 @@
-"""RSNA label CSVs (long ``ID,Label`` format, ID = ``ID_<hex>_<label>``): validation, wide table, join.
+"""Label CSVs: validation, wide table, join. RSNA (long ``ID,Label`` format, ID = ``ID_<hex>_<label>``),
+joined by image key; PhysioNet CT-ICH (``hemorrhage_diagnosis_raw_ct.csv``: one row per
+``PatientNumber, SliceNumber`` with 0/1 subtype columns and ``No_Hemorrhage``), joined by the NIfTI
+file stem (``049.nii`` is patient 49) and slice number (docs/design.md §12).
 
 Exact duplicate rows (the RSNA stage 2 CSV has some) are dropped and counted. Rows that give the same
 ID different labels are conflicts: they are listed in the report and resolved by taking the maximum,
@@ -24,6 +27,11 @@ log = logging.getLogger(__name__)
 
 EXPECTED_HEADER = ("ID", "Label")
 _EXAMPLES = 5
+LABEL_FORMATS = ("rsna", "ct-ich")
+#: CT-ICH columns of the six labels (``any`` is ``not No_Hemorrhage``), in LABELS order after ``any``.
+CT_ICH_KEYS = ("PatientNumber", "SliceNumber")
+CT_ICH_SUBTYPES = ("Epidural", "Intraparenchymal", "Intraventricular", "Subarachnoid", "Subdural")
+CT_ICH_NONE = "No_Hemorrhage"
 
 
 @dataclass
@@ -37,6 +45,8 @@ class LabelTable:
         n_exact_duplicates: rows dropped as exact copies of an earlier row.
         conflicts: ``ID_<hex>_<label>`` IDs given both 0 and 1 (resolved to 1).
         n_incomplete: images with fewer than six labels.
+        key: what ``labels`` is indexed by: ``image_id`` (RSNA), or ``patient_slice``
+            (``<PatientNumber>#<SliceNumber>``, CT-ICH: see :func:`patient_slice_keys`).
     """
 
     labels: pd.DataFrame
@@ -44,6 +54,7 @@ class LabelTable:
     n_exact_duplicates: int
     conflicts: list[str] = field(default_factory=list)
     n_incomplete: int = 0
+    key: str = "image_id"
 
     def report(self) -> dict:
         """JSON-ready summary (counts plus a few example IDs)."""
@@ -156,12 +167,81 @@ def read_labels(csv: Path) -> LabelTable:
                       n_incomplete=int(np.isnan(wide).any(axis=1).sum()))
 
 
+def read_label_file(csv: Path, labels_format: str = "rsna") -> LabelTable:
+    """The labels of ``csv`` in ``labels_format`` (:data:`LABEL_FORMATS`).
+
+    Raises:
+        InputError: an unknown format, or a CSV that is not valid in it.
+    """
+    if labels_format == "rsna":
+        return read_labels(csv)
+    if labels_format == "ct-ich":
+        return read_ct_ich_labels(csv)
+    raise InputError(f"--labels-format {labels_format}: expected one of {', '.join(LABEL_FORMATS)}")
+
+
+def read_ct_ich_labels(csv: Path) -> LabelTable:
+    """Reads PhysioNet CT-ICH per-slice labels (``hemorrhage_diagnosis_raw_ct.csv``).
+
+    ``any`` = 1 - ``No_Hemorrhage``, the subtypes from their columns (other columns, such as
+    ``Fracture_Yes_No``, are ignored); exact duplicate rows are dropped and conflicting ones resolved
+    by the maximum, as for RSNA.
+
+    Returns:
+        A :class:`LabelTable` keyed ``patient_slice``: ``<PatientNumber>#<SliceNumber>`` (integers).
+
+    Raises:
+        InputError: missing file or columns, values other than 0/1, non-integer patient or slice numbers.
+    """
+    try:
+        frame = pd.read_csv(csv)
+    except FileNotFoundError:
+        raise InputError(f"{csv}: labels file not found") from None
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputError(f"{csv}: not a readable CSV ({exc})") from None
+    needed = [*CT_ICH_KEYS, *CT_ICH_SUBTYPES, CT_ICH_NONE]
+    missing = [column for column in needed if column not in frame.columns]
+    if missing or frame.empty:
+        raise InputError(f"{csv}: CT-ICH labels need the columns {', '.join(needed)} and rows; missing {missing}")
+    values = frame[needed].apply(pd.to_numeric, errors="coerce")
+    keys, flags = values[list(CT_ICH_KEYS)], values[[*CT_ICH_SUBTYPES, CT_ICH_NONE]]
+    bad = ~(keys.notna() & (keys == keys.round())).all(axis=1) | ~flags.isin([0, 1]).all(axis=1)
+    if bad.any():
+        lines = (np.flatnonzero(bad)[:_EXAMPLES] + 2).tolist()
+        raise InputError(f"{csv}: PatientNumber and SliceNumber must be integers and the label columns 0 or 1 "
+                         f"(lines {lines})")
+    wide = pd.DataFrame({LABEL_COLUMNS[0]: 1 - flags[CT_ICH_NONE]}
+                        | {column: flags[name] for column, name in zip(LABEL_COLUMNS[1:], CT_ICH_SUBTYPES)})
+    keys = keys.astype(np.int64).astype(str)
+    wide.index = pd.Index(keys[CT_ICH_KEYS[0]] + "#" + keys[CT_ICH_KEYS[1]], name="image_id")
+    exact = wide.reset_index().duplicated().to_numpy()
+    wide = wide[~exact]
+    conflicts = sorted(set(wide.index[wide.index.duplicated()]))
+    if conflicts:
+        log.warning("%s: %d slices have conflicting labels (resolved to 1), e.g. %s", csv, len(conflicts),
+                    conflicts[:3])
+    labels = wide.groupby(level=0, sort=True).max().astype(np.float32)
+    return LabelTable(labels, n_rows=len(frame), n_exact_duplicates=int(exact.sum()), conflicts=conflicts,
+                      key="patient_slice")
+
+
+def patient_slice_keys(slices: pd.DataFrame) -> pd.Series:
+    """``<patient number>#<frame>`` of each row (NA without a frame): the CT-ICH label key of a NIfTI
+    slice, its patient the file stem read as an integer where it is one (``049`` → ``49``)."""
+    patient = slices["patient_id"].astype("string")
+    number = patient.where(~patient.str.fullmatch(r"\d+").fillna(False), patient.str.lstrip("0").replace("", "0"))
+    frame = slices["frame"].astype("Int64")
+    return (number + "#" + frame.astype("string")).where(frame.notna())
+
+
 def join_labels(slices: pd.DataFrame, table: LabelTable | None) -> tuple[pd.DataFrame, dict]:
-    """Adds ``LABEL_COLUMNS`` (float32, NaN = unlabeled) to the index by ``image_id``.
+    """Adds ``LABEL_COLUMNS`` (float32, NaN = unlabeled) to the index by ``image_id`` (or by
+    :func:`patient_slice_keys` for CT-ICH labels).
 
     Args:
-        slices: the index, with an ``image_id`` column.
-        table: labels from :func:`read_labels`, or None (every slice unlabeled).
+        slices: the index, with an ``image_id`` column (and ``patient_id``, ``frame`` for a
+            ``patient_slice`` table).
+        table: labels from :func:`read_label_file`, or None (every slice unlabeled).
 
     Returns:
         (slices with label columns, report): the report adds to :meth:`LabelTable.report` the
@@ -172,7 +252,8 @@ def join_labels(slices: pd.DataFrame, table: LabelTable | None) -> tuple[pd.Data
         for column in LABEL_COLUMNS:
             out[column] = np.float32(np.nan)
         return out, {"labels_csv": None}
-    position = table.labels.index.get_indexer(out["image_id"])
+    keys = out["image_id"] if table.key == "image_id" else patient_slice_keys(out)
+    position = table.labels.index.get_indexer(keys.fillna(""))
     values = table.labels.to_numpy()
     found = position >= 0
     for j, column in enumerate(LABEL_COLUMNS):

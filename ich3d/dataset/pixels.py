@@ -2,17 +2,24 @@
 
 :func:`read_pixels` gives the stored values of one slice as pydicom's ``pixel_array`` would; for
 uncompressed files it reads the bytes the header pass located with one ``readinto`` into a reusable
-buffer. :func:`to_hu` applies the RSNA 12-bit fix and the linear rescale, to one slice or a stack.
+buffer; compressed data are decoded one frame at a time by the plugin :mod:`ich3d.dataset.codecs`
+chooses; a NIfTI slice comes from its volume, read once per process (docs/design.md §12).
+:func:`to_hu` applies the RSNA 12-bit fix and the linear rescale, to one slice or a stack.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.pixels import pixel_array
 
+from ich3d.dataset import nifti
+from ich3d.dataset.codecs import plugin_for
 from ich3d.dataset.dicom import NATIVE_SYNTAXES
 
 
@@ -26,9 +33,10 @@ def read_pixels(slice_: Any, scratch: bytearray | None = None) -> np.ndarray:
     """Stored pixel values of one slice, as pydicom's ``pixel_array`` would give them.
 
     Args:
-        slice_: an index row (any object with the attributes ``path``, ``pixel_offset``, ``rows``,
-            ``cols``, ``bits_allocated``, ``bits_stored``, ``pixel_representation``,
-            ``transfer_syntax``).
+        slice_: an index row (any object with the attributes ``path``, ``frame`` (1-based frame of a
+            multi-frame file or slice of a NIfTI volume; None or 0 for a single-frame file),
+            ``pixel_offset``, ``rows``, ``cols``, ``bits_allocated``, ``bits_stored``,
+            ``pixel_representation``, ``transfer_syntax``).
         scratch: optional reusable buffer for uncompressed data (grown as needed). The result is then
             a view into it, valid until the next call with the same buffer; reusing one buffer per
             series spares a fresh allocation, and its page faults, per slice.
@@ -37,12 +45,10 @@ def read_pixels(slice_: Any, scratch: bytearray | None = None) -> np.ndarray:
         (rows, cols) integer array in native byte order; unused high bits corrected as pydicom 3 does.
 
     Raises:
-        OSError, ValueError or a pydicom error when the file cannot be read or decoded.
+        OSError, ValueError or a decoder's error when the file cannot be read or decoded.
     """
     if slice_.pixel_offset < 0:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pixels = pydicom.dcmread(slice_.path).pixel_array
+        pixels = _decode(slice_.path, slice_.transfer_syntax, _frame_number(getattr(slice_, "frame", None)))
         if pixels.shape != (slice_.rows, slice_.cols):
             raise ValueError(f"decoded pixels have shape {pixels.shape}, header says {(slice_.rows, slice_.cols)}")
         return pixels
@@ -63,6 +69,37 @@ def read_pixels(slice_: Any, scratch: bytearray | None = None) -> np.ndarray:
     if 0 < shift < slice_.bits_allocated:
         pixels = (pixels << shift) >> shift
     return pixels
+
+
+def _frame_number(value: Any) -> int:
+    """A row's ``frame`` as an int; 0 when absent (None, NA, NaN: a single-frame file)."""
+    try:
+        return int(value) if value is not None else 0
+    except (TypeError, ValueError):
+        return 0
+
+
+def _decode(path: str, syntax: str, frame: int) -> np.ndarray:
+    """Frame ``frame`` (1-based; 0: the only one) of a NIfTI volume or of compressed (or deflated) DICOM.
+
+    A multi-frame file's data set is kept for the next frame (:func:`_multiframe`), so a series
+    stored as one file is parsed once per worker, not once per frame.
+    """
+    if syntax == nifti.NIFTI_SYNTAX:
+        return nifti.read_slice(path, frame)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if frame == 0:
+            return pixel_array(path, decoding_plugin=plugin_for(syntax))
+        stat = os.stat(path)
+        return pixel_array(_multiframe(path, stat.st_mtime_ns, stat.st_size), index=frame - 1,
+                           decoding_plugin=plugin_for(syntax))
+
+
+@lru_cache(maxsize=1)
+def _multiframe(path: str, mtime_ns: int, size: int) -> pydicom.Dataset:
+    """The data set of the multi-frame file read last in this process (a changed file is a new entry)."""
+    return pydicom.dcmread(path)
 
 
 def _per_slice(value: float | np.ndarray) -> np.ndarray:
