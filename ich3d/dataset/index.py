@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 #: Version of the index layout; load_index refuses other versions.
 INDEX_VERSION = 2
+#: Version of the header rows: stored headers of another version are read again (3: a row per frame of a
+#: multi-frame file and per slice of a NIfTI volume, docs/design.md §12).
+HEADER_VERSION = 3
 _META_KEY = b"ich3d"
 _CHUNK_FILES = 256  # files per header-pass task
 #: Columns of index/pixel_failures/part-<I>.parquet.
@@ -134,7 +137,7 @@ def index_for(folder: DatasetFolder, files: InputFiles, labels_csv: Path | None,
         rules, ``header_s`` and ``reused``.
     """
     files_meta = {"version": INDEX_VERSION, "files_id": files.files_id, "header_options":
-                  {"assume_intercept": assume_intercept}}
+                  {"assume_intercept": assume_intercept, "header_version": HEADER_VERSION}}
     meta = files_meta | {"labels_id": file_id(labels_csv), "labels_format": labels_format,
                          "series_rules": rules.to_dict()}
     stored = read_meta(folder.slices) or {}
