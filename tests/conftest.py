@@ -127,6 +127,17 @@ def write_slice(path: Path, pixels: np.ndarray | None = None, syntax: str = Expl
     return path
 
 
+@pytest.fixture(scope="session")
+def clinical_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PACS-style export of 4 studies at 64 px (topogram, 5 mm, 1.25 mm, bone, contrast, dose report...)."""
+    from ich3d.synth.clinical import make_clinical_export
+    from ich3d.synth.clinical_plan import ClinicalConfig
+
+    out = tmp_path_factory.mktemp("clinical")
+    make_clinical_export(out, ClinicalConfig(n_studies=4, image_size=64, seed=0), workers=2)
+    return out
+
+
 def clean_series(dataset: Path) -> dict[str, list[Path]]:
     """The series of a built dataset whose every slice is readable: series UID → its files in slice order."""
     from ich3d.dataset.index import load_index

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +206,8 @@ def _ensemble(models: list, table: SeriesTable, runtime: Any, options: InferOpti
     with progress_bar(progress, "predict", len(table.series_uids) * len(models)) as advance:
         for model, checkpoint in models:
             data = DataConfig(**checkpoint["config"]["data"])
-            tta = InferConfig(**checkpoint["config"]["infer"])
+            known = {f.name for f in fields(InferConfig)}  # a checkpoint of 0.1 also stored its batch size
+            tta = InferConfig(**{k: v for k, v in checkpoint["config"]["infer"].items() if k in known})
             read, slab_of = table, np.arange(table.n_slices)
             if options.resample == "auto":
                 thickness = checkpoint.get("slice_spacing") or RSNA_SLICE_SPACING_MM
