@@ -12,6 +12,12 @@ All three pipelines run in the same process run on the same files, after every f
 * raw floor: ``pydicom.dcmread(path).pixel_array`` per file, one process.
 * build: ``build_series`` with --workers processes into a fresh folder (header pass, index, pixel
   pass, cache files written), wall time of the whole call.
+* compressed: ``build_series`` on --compressed-files of those files stored as JPEG 2000 lossless
+  (written once into DATA/j2k by ich3d.synth.formats) against the same files uncompressed, and one
+  process's decode rate (``read_pixels``) of each, in the same run (docs/design.md §12).
+* selection: in every build, the series selection and identity steps that ``make_index`` runs
+  (``assign_image_ids``, ``assign_roles``, ``choose_series``) timed again on that build's header
+  table, as a share of the whole build (docs/design.md §11).
 
 --write replaces the "build-series" section of BENCHMARKS.md with the table.
 """
@@ -27,15 +33,25 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pydicom
 from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)
 from PIL import Image
+from pydicom.uid import JPEG2000Lossless
 
 from ich3d.constants import Status
 from ich3d.dataset.build import build_series
 from ich3d.dataset.dicom import read_header
+from ich3d.dataset.identity import assign_image_ids
+from ich3d.dataset.labels import join_labels
+from ich3d.dataset.pixels import read_pixels
+from ich3d.dataset.roles import SeriesRules, assign_roles, choose_series
+from ich3d.dataset.series import order_slices, series_table
+from ich3d.layout import DatasetFolder
+from ich3d.synth.formats import write_compressed
 from ich3d.synth.generate import make_synthetic_dataset
 from ich3d.synth.plan import SynthConfig
 
@@ -112,17 +128,61 @@ def time_per_file(fn, files: list[Path], size: int | None) -> tuple[float, float
 
 
 def time_build(folder: Path, size: int, workers: int) -> tuple[tuple[float, float], dict]:
+    """(files per wall and CPU second, the build's summary with ``selection_s`` added: the selection and
+    identity steps of ``make_index`` timed again on this build's header table)."""
     with tempfile.TemporaryDirectory(dir=folder.parent) as temp:
         start = _clock()
         summary = build_series([folder], Path(temp) / "dataset", image_size=size, workers=workers, progress=False)
-        return _rates(summary["n_files"], start), summary
+        rates = _rates(summary["n_files"], start)
+        summary["selection_s"] = selection_seconds(pd.read_parquet(DatasetFolder(Path(temp) / "dataset").headers))
+        return rates, summary
 
 
-def run(data: Path, size: int, workers: int, repeats: int, min_files: int) -> dict:
+def selection_seconds(header: pd.DataFrame) -> float:
+    """Seconds of the steps ``make_index`` adds for identity and series selection (image keys with the
+    duplicate check, roles, the per-study choice), on ``header``; the steps between them (labels,
+    ordering, series table) are run untimed, as make_index runs them."""
+    began = time.perf_counter()
+    slices = assign_image_ids(header)
+    spent = time.perf_counter() - began
+    slices = order_slices(join_labels(slices, None)[0])
+    table = series_table(slices)
+    began = time.perf_counter()
+    choose_series(assign_roles(table), SeriesRules())
+    return spent + time.perf_counter() - began
+
+
+def compressed_files(files: list[Path], data: Path, n: int) -> tuple[Path, Path]:
+    """Folders holding the first ``n`` files uncompressed and as JPEG 2000 lossless (written once)."""
+    plain, j2k = data / "plain", data / "j2k"
+    if not j2k.is_dir() or len(list(j2k.iterdir())) != n:
+        for folder in (plain, j2k):
+            if folder.is_dir():
+                for path in folder.iterdir():
+                    path.unlink()
+        plain.mkdir(exist_ok=True)
+        for path in files[:n]:
+            (plain / path.name).write_bytes(path.read_bytes())
+        write_compressed(sorted(plain.iterdir()), j2k, JPEG2000Lossless)
+    return plain, j2k
+
+
+def time_decode(folder: Path) -> tuple[float, float]:
+    """One process's ``read_pixels`` rate over the files of ``folder`` (headers read before the clock)."""
+    rows = [SimpleNamespace(**read_header(path)) for path in sorted(folder.iterdir())]
+    start = _clock()
+    for row in rows:
+        read_pixels(row)
+    return _rates(len(rows), start)
+
+
+def run(data: Path, size: int, workers: int, repeats: int, min_files: int, n_compressed: int) -> dict:
     files = dataset_files(data, min_files)
-    for path in files:  # warm the page cache
+    plain, j2k = compressed_files(files, data, n_compressed)
+    for path in [*files, *j2k.iterdir()]:  # warm the page cache
         path.read_bytes()
-    rates: dict[str, list[tuple[float, float]]] = {"seed": [], "seed_no_resize": [], "raw": [], "build": []}
+    names = ("seed", "seed_no_resize", "raw", "build", "build_plain", "build_j2k", "decode_plain", "decode_j2k")
+    rates: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     phases: list[dict] = []
     loads = [os.getloadavg()[0]]
     for _ in range(repeats):
@@ -131,13 +191,18 @@ def run(data: Path, size: int, workers: int, repeats: int, min_files: int) -> di
         rates["raw"].append(time_per_file(raw_read, files, size))
         rate, summary = time_build(files[0].parent, size, workers)
         rates["build"].append(rate)
-        phases.append(summary["timings"])
+        phases.append(summary["timings"] | {"selection_s": summary["selection_s"]})
+        for name, folder in (("plain", plain), ("j2k", j2k)):
+            rates[f"build_{name}"].append(time_build(folder, size, workers)[0])
+            rates[f"decode_{name}"].append(time_decode(folder))
         loads.append(os.getloadavg()[0])
     wall = {name: statistics.median(r[0] for r in values) for name, values in rates.items()}
     cpu = {name: statistics.median(r[1] for r in values) for name, values in rates.items()}
     timing = {key: statistics.median(p[key] for p in phases) for key in phases[0]}
+    shares = [p["selection_s"] / p["total_s"] for p in phases]
     return {"files": len(files), "size": size, "workers": workers, "repeats": repeats, "wall": wall, "cpu": cpu,
-            "runs": rates, "timings": timing, "load": (min(loads), max(loads))}
+            "runs": rates, "timings": timing, "load": (min(loads), max(loads)),
+            "n_compressed": len(list(j2k.iterdir())), "selection_share": (statistics.median(shares), max(shares))}
 
 
 def table(result: dict) -> str:
@@ -162,9 +227,16 @@ def table(result: dict) -> str:
         lines.append(f"| {label} | {processes} | {w[key]:.0f} | {c[key]:.0f} | {speedup[0]} | {speedup[1]} |")
     seed, bound, floor = w["build"] / w["seed"], w["build"] / w["seed_no_resize"], w["build"] / w["raw"]
     minutes = RSNA_FILES / c["build"] / 60  # CPU-minutes
+    share, worst = result["selection_share"]
     lines += [
         "",
         "build phases (s, median): " + ", ".join(f"{k} {v:.2f}" for k, v in result["timings"].items()),
+        "",
+        f"Series selection and identity checks (`assign_image_ids`, `assign_roles`, `choose_series`, timed again "
+        f"on each build's header table): {100 * share:.1f} % of the whole build (median; worst run "
+        f"{100 * worst:.1f} %); target < 5 %: {_met(worst < 0.05)}.",
+        "",
+        *compressed_table(result),
         "",
         f"Targets (wall): build >= 5x seed: {_met(seed >= 5)} ({seed:.1f}x; {bound:.1f}x against the seed without "
         f"its resize); build >= 0.5x raw floor: {_met(floor >= 0.5)} ({floor:.2f}x).",
@@ -175,6 +247,22 @@ def table(result: dict) -> str:
         f"if the workers scale linearly (the ~0.2 s fixed cost per build is included here, so this is pessimistic).",
     ]
     return "\n".join(lines)
+
+
+def compressed_table(result: dict) -> list[str]:
+    """The rows of the compressed-input comparison (same files, same run)."""
+    w, c, n = result["wall"], result["cpu"], result["n_compressed"]
+    rows = [(f"`build_series`, {n} files uncompressed", result["workers"], "build_plain"),
+            (f"`build_series`, the same {n} files as JPEG 2000 lossless", result["workers"], "build_j2k"),
+            ("`read_pixels` per file, uncompressed (one `readinto`)", 1, "decode_plain"),
+            ("`read_pixels` per file, JPEG 2000 lossless (pylibjpeg-openjpeg)", 1, "decode_j2k")]
+    lines = ["Compressed input (512x512 int16, JPEG 2000 lossless written by `ich3d.synth.formats.write_compressed`), "
+             "same run:", "", "| input | processes | files/s (wall) | files per CPU-s |", "|---|---|---|---|"]
+    lines += [f"| {label} | {processes} | {w[key]:.0f} | {c[key]:.0f} |" for label, processes, key in rows]
+    lines += ["", f"JPEG 2000 decoding costs {c['decode_plain'] / c['decode_j2k']:.0f}x the CPU of an uncompressed "
+                  f"read per file; the build on J2K input runs at {w['build_j2k'] / w['build_plain']:.2f}x the "
+                  f"uncompressed rate (wall). The decode happens in the pixel pass's workers."]
+    return lines
 
 
 def _met(ok: bool) -> str:
@@ -188,9 +276,10 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--min-files", type=int, default=1000)
+    parser.add_argument("--compressed-files", type=int, default=100, help="Files compared as JPEG 2000.")
     parser.add_argument("--write", action="store_true", help="Write the table into BENCHMARKS.md.")
     args = parser.parse_args()
-    result = run(args.data, args.image_size, args.workers, args.repeats, args.min_files)
+    result = run(args.data, args.image_size, args.workers, args.repeats, args.min_files, args.compressed_files)
     body = table(result)
     print(body)
     if args.write:
