@@ -232,14 +232,15 @@ def show(ctx: click.Context, image: str, dataset: Path, out: Path, series_montag
 @click.option("--dataset", required=True, type=ExistingDir, help="Dataset folder from build-series.")
 @click.option("--config", "config_path", help="YAML config or packaged name (cpu_small, rsna_256).")
 @click.option("--out", required=True, type=PathArg, help="Run folder.")
-@click.option("--fold", type=int, help="Validation fold [default: 0; with --resume: the run's fold].")
+@click.option("--fold", type=int, help="Train this validation fold [default: 0; with --resume: the run's folds].")
+@click.option("--folds", help="all: train every fold, the sequence head on out-of-fold features, one ensemble.")
 @click.option("--set", "overrides", multiple=True, help="Override a config value: key.sub=value (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--device", help="cpu, cuda, cuda:1 ... [default: cuda if available]")
 @verbosity_options
 @click.pass_context
 @handle_errors
-def train(ctx: click.Context, dataset: Path, config_path: str | None, out: Path, fold: int | None,
+def train(ctx: click.Context, dataset: Path, config_path: str | None, out: Path, fold: int | None, folds: str | None,
           overrides: tuple[str, ...], resume: bool, device: str | None) -> None:
     """Train the CNN encoder and GRU head in stages (launch with torchrun for several GPUs)."""
     from ich3d.console import EpochTable
@@ -248,8 +249,8 @@ def train(ctx: click.Context, dataset: Path, config_path: str | None, out: Path,
     if config_path is None and not resume:
         raise click.UsageError("--config is required (unless --resume)")
     table = EpochTable(_console(ctx))
-    result = fit(dataset, out, config_path, list(overrides), fold=fold, resume=resume, device=device, report=table.add,
-                 progress=not _quiet(ctx))
+    result = fit(dataset, out, config_path, list(overrides), fold=fold, folds=folds, resume=resume, device=device,
+                 report=table.add, progress=not _quiet(ctx))
     if os.environ.get("RANK", "0") == "0":  # torchrun: only rank 0 reports
         table.final(result, out)
 
@@ -278,6 +279,8 @@ def train(ctx: click.Context, dataset: Path, config_path: str | None, out: Path,
 @click.option("--series-rules", type=ExistingFile, help="YAML/JSON rules overriding the choice (include, exclude, roles).")
 @click.option("--series-uid", "series_uids", multiple=True, help="Predict exactly these series (repeatable).")
 @click.option("--threshold", default=0.5, show_default=True, help="Probability for the exams' slice ranges.")
+@click.option("--calibration/--no-calibration", default=True, show_default=True,
+              help="Apply the models' calibration (fitted on held-out predictions).")
 @verbosity_options
 @click.pass_context
 @handle_errors
@@ -285,7 +288,7 @@ def infer(ctx: click.Context, runs: tuple[Path, ...], dataset: Path | None, dico
           nifti: tuple[Path, ...], sample_submission: Path | None, out: Path, allow_missing: bool, num_parts: int,
           part_id: int,
           device: str | None, batch_series: int, workers: int | None, amp: bool, resample: str, series_mode: str,
-          series_rules: Path | None, series_uids: tuple[str, ...], threshold: float) -> None:
+          series_rules: Path | None, series_uids: tuple[str, ...], threshold: float, calibration: bool) -> None:
     """Predict every image and every exam: submission.csv, predictions.parquet, exams.csv.
 
     With --dicom-dir the series choice options apply to the dataset built in OUT/dataset (target
@@ -298,11 +301,10 @@ def infer(ctx: click.Context, runs: tuple[Path, ...], dataset: Path | None, dico
     custom = series_mode != "auto" or series_rules is not None or series_uids
     rules = load_rules(series_rules, series_mode, series_uids=series_uids) if custom else None
     options = InferOptions(device=device, batch_series=batch_series, workers=workers, amp=amp, resample=resample,
-                           series_rules=rules, exam_threshold=threshold)
+                           series_rules=rules, calibrate=calibration, exam_threshold=threshold)
     summary = predict(list(runs), out, dataset=dataset, dicom_dirs=[*dicom_dirs, *nifti],
-                      sample_submission=sample_submission,
-                      allow_missing=allow_missing, num_parts=num_parts, part_id=part_id, options=options,
-                      progress=not _quiet(ctx))
+                      sample_submission=sample_submission, allow_missing=allow_missing, num_parts=num_parts,
+                      part_id=part_id, options=options, progress=not _quiet(ctx))
     print_infer_summary(summary, _console(ctx))
 
 
