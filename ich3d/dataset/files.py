@@ -94,7 +94,8 @@ def _input_files(source: Path, exclude: Path,
     elif source.is_dir():
         yield from _walk(source.resolve(), exclude, unreadable)
     else:
-        raise InputError(f"--dicom-dir {source}: not a folder (nor a NIfTI file, .nii or .nii.gz)")
+        raise InputError(f"{source}: not a folder nor a NIfTI volume (.nii, .nii.gz); give a --dicom-dir folder "
+                         f"or a --nifti volume")
 
 
 def collect_files(dicom_dirs: Sequence[Path], exclude: Path) -> InputFiles:
