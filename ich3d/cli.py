@@ -167,6 +167,8 @@ def synth(ctx: click.Context, out: Path, layout_name: str, n_series: int, n_test
               help="Split the pixel pass over this many jobs (they share one index).")
 @click.option("--part-id", default=0, show_default=True, help="This job's part (0-based).")
 @click.option("--index-only", is_flag=True, help="Stop after the header index.")
+@click.option("--crop", type=click.Choice(["head", "none"]), default="head", show_default=True,
+              help="head: cache each series cropped to a square around the head; none: the whole image.")
 @click.option("--series", "series_mode", type=click.Choice(["auto", "all"]), default="auto", show_default=True,
               help="auto: per study the soft-kernel, non-contrast axial series nearest the target thickness; "
                    "all: every axial CT series.")
@@ -182,7 +184,7 @@ def synth(ctx: click.Context, out: Path, layout_name: str, n_series: int, n_test
 @handle_errors
 def build_series_command(ctx: click.Context, dicom_dirs: tuple[Path, ...], nifti: tuple[Path, ...],
                          labels: Path | None, labels_format: str, out: Path, image_size: int, workers: int | None,
-                         overwrite: bool, num_parts: int, part_id: int, index_only: bool, series_mode: str,
+                         overwrite: bool, num_parts: int, part_id: int, index_only: bool, crop: str, series_mode: str,
                          series_rules: Path | None, series_uids: tuple[str, ...], target_thickness: float,
                          assume_intercept: float | None, strict: bool) -> None:
     """Index DICOM files and NIfTI volumes into series, choose the series to read, join labels and cache HU."""
@@ -196,7 +198,7 @@ def build_series_command(ctx: click.Context, dicom_dirs: tuple[Path, ...], nifti
     rules = load_rules(series_rules, series_mode, target_thickness, series_uids)
     summary = build_series(list(dicom_dirs), out, labels_csv=labels, image_size=image_size, workers=workers,
                            overwrite=overwrite, num_parts=num_parts, part_id=part_id, index_only=index_only,
-                           assume_intercept=assume_intercept, series_rules=rules, progress=not _quiet(ctx),
+                           crop=crop, assume_intercept=assume_intercept, series_rules=rules, progress=not _quiet(ctx),
                            labels_format=labels_format)
     print_build_summary(summary, _console(ctx))
     usable = summary["n_files"] - summary["n_skipped"]

@@ -36,16 +36,21 @@ class DataConfig:
         input: ``bsb`` (brain/subdural/soft-tissue windows, 3 channels) or ``bsb25d`` (BSB of the
             slice and ``context`` neighbours on each side, 3 * (2 * context + 1) channels).
         context: neighbours on each side for ``bsb25d``.
+        crop: the ``build-series --crop`` of the cache the model reads: ``head`` (each series cropped
+            to a square around the head before resizing) or ``none`` (the whole image); training
+            checks that the dataset's is the same, inference builds with it.
     """
 
     image_size: int = 128
     input: str = "bsb"
     context: int = 1
+    crop: str = "head"
 
     def __post_init__(self) -> None:
         _check(self.image_size >= 16, "data.image_size", "must be >= 16")
         _check(self.input in INPUT_MODES, "data.input", f"must be one of {INPUT_MODES}")
         _check(self.context >= 1, "data.context", "must be >= 1")
+        _check(self.crop in ("head", "none"), "data.crop", "must be head or none")
 
     @property
     def slices_per_sample(self) -> int:

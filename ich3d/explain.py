@@ -43,7 +43,8 @@ from torch import nn
 from ich3d.config import DataConfig
 from ich3d.constants import LABELS, WINDOWS, Status
 from ich3d.data.windowing import bsb, scaled_window
-from ich3d.dataset.cache import CacheBox, cache_box, load_series
+from ich3d.dataset.cache import load_series
+from ich3d.dataset.crop import CacheBox, cache_box
 from ich3d.dataset.index import load_index
 from ich3d.dataset.pixels import read_pixels, to_hu
 from ich3d.errors import InputError
@@ -238,7 +239,7 @@ def to_original(image: np.ndarray, box: CacheBox, rows: int, cols: int, fill: fl
 
     Args:
         image: (..., h, w) float values over the cached (S, S) square (heatmaps, or the cached HU slice).
-        box: where that square lies in the original grid (:func:`ich3d.dataset.cache.cache_box`).
+        box: where that square lies in the original grid (:func:`ich3d.dataset.crop.cache_box`).
         rows, cols: the original image's shape.
         fill: the value of original pixels outside the square.
 

@@ -77,6 +77,14 @@ class DatasetFolder:
         return self.pixel_failures / f"part-{part_id}.parquet"
 
     @property
+    def crops(self) -> Path:
+        """``index/crops/``: the square each series of a part was cropped to (one parquet per part)."""
+        return self.root / self.INDEX / "crops"
+
+    def crop_file(self, part_id: int) -> Path:
+        return self.crops / f"part-{part_id}.parquet"
+
+    @property
     def cache(self) -> Path:
         """``cache/``: one ``<series>.npy`` per series, int16 HU, (N, S, S)."""
         return self.root / self.CACHE

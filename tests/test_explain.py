@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from ich3d.cli import main
 from ich3d.config import DataConfig
 from ich3d.constants import LABELS
-from ich3d.dataset.cache import CacheBox, cache_box, pad_to_square, resize
+from ich3d.dataset.cache import resize
+from ich3d.dataset.crop import CacheBox, cache_box, crop_square, padding_box
 from ich3d.dataset.index import load_index
 from ich3d.errors import InputError
 from ich3d.explain import (
@@ -76,7 +77,7 @@ def test_batched_gradients_equal_one_backward_per_label(steps: int, labels: tupl
 def test_to_original_undoes_the_cache_resize_and_padding() -> None:
     rows, cols = np.mgrid[:48, :64]
     original = (rows * 2.0 + cols).astype(np.float32)  # smooth, so resampling keeps it
-    cached = resize(pad_to_square(original, -1024.0), 32)
+    cached = resize(crop_square(original, padding_box(48, 64), -1024.0), 32)
     box = cache_box({"rows": 48, "cols": 64})
     assert box == CacheBox(-8.0, 0.0, 64.0)
     back = to_original(cached, box, 48, 64, fill=np.nan)

@@ -33,7 +33,9 @@ import pandas as pd
 from ich3d import __version__
 from ich3d.atomic import write_json_atomic
 from ich3d.constants import LABEL_COLUMNS, Status
-from ich3d.dataset.cache import CacheJournal, cache_file_ok, cache_series
+from ich3d.dataset.cache import cache_file_ok
+from ich3d.dataset.crop import CROP_COLUMNS, CROP_MODES
+from ich3d.dataset.pixel_pass import CacheJournal, cache_series
 from ich3d.dataset.files import InputFiles, collect_files
 from ich3d.dataset.index import (
     FAILURE_COLUMNS,
@@ -53,13 +55,13 @@ from ich3d.workers import process_pool
 log = logging.getLogger(__name__)
 
 
-def _pixel_pass(folder: DatasetFolder, slices: pd.DataFrame, series: pd.DataFrame, size: int,
+def _pixel_pass(folder: DatasetFolder, slices: pd.DataFrame, series: pd.DataFrame, size: int, crop: str,
                 parts: tuple[int, int], overwrite: bool, files_id: str, pool: Executor | None, workers: int,
                 progress: bool) -> dict:
-    """Builds this part's missing or damaged cache files; writes its failures parquet; returns counts."""
+    """Builds this part's missing or damaged cache files; writes its failures and crops parquets; returns counts."""
     num_parts, part_id = parts
     mine = part_series(series[series["build_cache"]], num_parts, part_id)
-    journal = CacheJournal(folder, part_id, files_id, size)
+    journal = CacheJournal(folder, part_id, files_id, size, crop)
     done = {} if overwrite else journal.finished()
     length = dict(zip(series["series_uid"], series["n_slices"].astype(int)))
     damaged = [uid for uid in mine if uid in done and folder.cache_file(uid).exists()
@@ -78,15 +80,22 @@ def _pixel_pass(folder: DatasetFolder, slices: pd.DataFrame, series: pd.DataFram
     except OSError as exc:
         raise Ich3dError(f"{folder.cache}: writing the cache failed ({exc}); fix it and rerun the same command "
                          f"to resume") from exc
-    records = [tuple(f) for uid in mine for f in done.get(uid, [])]
+    records = [tuple(f) for uid in mine for f in done[uid].failures]
     failures = pd.DataFrame(records, columns=list(FAILURE_COLUMNS), dtype=STR)
-    write_parquet(failures, folder.failures(part_id), {"files_id": files_id, "size": size})
-    return {"series_in_part": len(mine), "series_built": len(todo), "series_already_done": len(mine) - len(todo),
+    meta = {"files_id": files_id, "size": size, "crop": crop}
+    write_parquet(failures, folder.failures(part_id), meta)
+    boxes = [(uid, *done[uid].box) for uid in mine if done[uid].box is not None]
+    folder.crops.mkdir(parents=True, exist_ok=True)
+    write_parquet(pd.DataFrame(boxes, columns=["series_uid", *CROP_COLUMNS]).astype({"series_uid": STR}),
+                  folder.crop_file(part_id), meta)
+    return {"crop": crop, "series_cropped": len(boxes),"series_in_part": len(mine), "series_built": len(todo), "series_already_done": len(mine) - len(todo),
             "damaged_cache_files_rebuilt": len(damaged), "slices_built": sum(length[u] for u in todo),
             "pixel_failures": failures["status"].value_counts().to_dict()}
 
 
-def _check_arguments(image_size: int, workers: int, num_parts: int, part_id: int) -> None:
+def _check_arguments(image_size: int, workers: int, num_parts: int, part_id: int, crop: str) -> None:
+    if crop not in CROP_MODES:
+        raise InputError(f"--crop {crop}: must be one of {', '.join(CROP_MODES)}")
     if image_size < 1:
         raise InputError(f"--image-size {image_size}: must be a positive number of pixels")
     if workers < 1:
@@ -105,6 +114,7 @@ def build_series(
     num_parts: int = 1,
     part_id: int = 0,
     index_only: bool = False,
+    crop: str = "head",
     assume_intercept: float | None = None,
     series_rules: SeriesRules = SeriesRules(),
     progress: bool = True,
@@ -122,6 +132,8 @@ def build_series(
         overwrite: rebuild this part's cache files even if they are finished.
         num_parts, part_id: this job's share of the pixel pass (the index is shared).
         index_only: stop after writing the index.
+        crop: ``head`` crops each series to a square around the head before resizing
+            (:mod:`ich3d.dataset.crop`); ``none`` resizes the whole (padded) image.
         assume_intercept: the RescaleIntercept of slices that lack it (None: they are
             ``missing_rescale`` and not used).
         series_rules: which series to predict (:mod:`ich3d.dataset.roles`); the cache holds those
@@ -141,7 +153,7 @@ def build_series(
     """
     began = time.perf_counter()
     workers = workers or os.cpu_count() or 1
-    _check_arguments(image_size, workers, num_parts, part_id)
+    _check_arguments(image_size, workers, num_parts, part_id, crop)
     folder = DatasetFolder(prepare_output(Path(out), "--out"))
     with process_pool(workers) as pool:
         with FolderLock(folder.lock, f"dataset folder {folder.root}", wait=True):
@@ -155,14 +167,14 @@ def build_series(
                                              series_rules, labels_format)
             timings["index_s"] = time.perf_counter() - began - timings["collect_s"]  # header pass included
         with FolderLock(folder.part_lock(part_id), f"part {part_id} of dataset folder {folder.root}"):
-            pixels = {} if index_only else _pixel_pass(folder, slices, series, image_size, (num_parts, part_id),
+            pixels = {} if index_only else _pixel_pass(folder, slices, series, image_size, crop, (num_parts, part_id),
                                                        overwrite, files.files_id, pool, workers, progress)
             timings["total_s"] = time.perf_counter() - began
             timings["pixel_s"] = timings["total_s"] - timings["index_s"] - timings["collect_s"]
             timings["header_s"] = 0.0 if meta["reused"] else meta["header_s"]
             summary = _summary(dicom_dirs, labels_csv, files, slices, series, meta, pixels, timings)
             summary["settings"] = {"image_size": image_size, "workers": workers, "overwrite": overwrite,
-                                   "num_parts": num_parts, "part_id": part_id, "index_only": index_only,
+                                   "num_parts": num_parts, "part_id": part_id, "index_only": index_only, "crop": crop,
                                    "assume_intercept": assume_intercept, "series_rules": series_rules.to_dict(),
                                    "labels_format": labels_format}
             write_json_atomic(folder.build_summary(num_parts, part_id), summary)

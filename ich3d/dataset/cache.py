@@ -11,22 +11,18 @@ padded to a square around their centre with air (``HU_MIN``), so anatomy keeps i
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, wait
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
-import pandas as pd
 
 from ich3d.atomic import atomic_write
 from ich3d.constants import HU_MAX, HU_MIN, MISSING_HU, Status
+from ich3d.dataset.crop import CacheBox, crop_square, head_box, head_mask, padding_box
 from ich3d.dataset.pixels import fix_rsna_12bit, read_pixels
 from ich3d.errors import InputError
 from ich3d.layout import DatasetFolder
@@ -107,50 +103,12 @@ def _resample(x: np.ndarray, taps: _Taps, axis: int) -> np.ndarray:
     return out
 
 
-def pad_to_square(image: np.ndarray, fill: float) -> np.ndarray:
-    """(..., H, W) → (..., L, L), L = max(H, W), centred (an odd extra pixel goes last), new pixels set
-    to ``fill``; square input is returned unchanged."""
-    height, width = image.shape[-2:]
-    if height == width:
-        return image
-    side = max(height, width)
-    out = np.full(image.shape[:-2] + (side, side), fill, dtype=image.dtype)
-    top, left = (side - height) // 2, (side - width) // 2
-    out[..., top:top + height, left:left + width] = image
-    return out
-
-
-class CacheBox(NamedTuple):
-    """Where a cached (S, S) slice lies in its original pixel grid: the square of ``side`` pixels whose
-    top-left corner is at (``top``, ``left``) in original (row, column) coordinates. Parts of the
-    square outside the image (the padding of a non-square image, or of a crop near an edge) are air.
-    Figures and heatmaps map back to the original pixels with it (docs/design.md §3)."""
-
-    top: float
-    left: float
-    side: float
-
-
-#: Index columns recording a slice's :class:`CacheBox` when the cache was cropped to the head.
-CROP_COLUMNS = ("crop_top", "crop_left", "crop_side")
-
-
-def cache_box(row: Mapping[str, Any]) -> CacheBox:
-    """The :class:`CacheBox` of an index row: its crop columns when present and finite, else the
-    centred square padding of :func:`pad_to_square` (``rows`` x ``cols`` image)."""
-    crop = [row.get(name) for name in CROP_COLUMNS]
-    if all(value is not None and np.isfinite(value) for value in crop):
-        return CacheBox(*(float(value) for value in crop))
-    rows, cols = int(row["rows"]), int(row["cols"])
-    side = max(rows, cols)
-    return CacheBox(float(-((side - rows) // 2)), float(-((side - cols) // 2)), float(side))
-
-
 def resize(image: np.ndarray, size: int) -> np.ndarray:
     """Resizes square images with :func:`resize_matrix` weights, rows then columns.
 
     Args:
-        image: (..., H, H) integer or float array (pad non-square images with :func:`pad_to_square`).
+        image: (..., H, H) integer or float array (make non-square images square with
+            :func:`ich3d.dataset.crop.crop_square`).
         size: output side S.
 
     Returns:
@@ -242,164 +200,94 @@ class CacheSlice(NamedTuple):
     rescale_intercept: float
 
 
-def slice_to_cache(slice_: CacheSlice, size: int, scratch: bytearray | None = None) -> np.ndarray:
-    """Reads one slice and returns it as (S, S) int16 HU (``scratch``: see :func:`read_pixels`).
-
-    The rescale is linear and every row of the resize weights sums to 1, so the slice is resized
-    first, on its stored integers, and rescaled at the small size: 4x fewer float operations at
-    256² than converting the 512² slice first (same values up to float rounding). Only the RSNA
-    12-bit fix, which is not linear, runs before the resize.
-    """
+def read_stored(slice_: CacheSlice, scratch: bytearray | None = None) -> tuple[np.ndarray, float]:
+    """The slice's stored values after the RSNA 12-bit fix, and its intercept (``scratch``: see
+    :func:`read_pixels`; the values are a view into it)."""
     pixels, intercept = fix_rsna_12bit(read_pixels(slice_, scratch), slice_.rescale_intercept, slice_.bits_stored,
                                        slice_.pixel_representation)
-    slope = np.float32(slice_.rescale_slope)
-    if pixels.shape[0] != pixels.shape[1]:
-        fill = (HU_MIN - intercept.item()) / slice_.rescale_slope if slice_.rescale_slope else 0.0
-        pixels = pad_to_square(pixels.astype(np.float32), fill)
+    return pixels, float(intercept.item())
+
+
+def stored_to_cache(pixels: np.ndarray, slope: float, intercept: float, size: int,
+                    box: CacheBox | None = None) -> np.ndarray:
+    """Stored values (H, W) → (S, S) int16 HU of the square ``box`` (None: the padded image).
+
+    The rescale is linear and every row of the resize weights sums to 1, so the square is resized
+    first, on its stored integers, and rescaled at the small size: 4x fewer float operations at
+    256² than converting the 512² slice first (same values up to float rounding). Only the RSNA
+    12-bit fix, which is not linear, runs before (:func:`read_stored`).
+    """
+    box = box or padding_box(*pixels.shape)
+    if box != padding_box(*pixels.shape) or pixels.shape[0] != pixels.shape[1]:
+        fill = (HU_MIN - intercept) / slope if slope else 0.0
+        pixels = crop_square(pixels.astype(np.float32), box, fill)
     small = resize(pixels, size)
     if slope != 1:
-        small *= slope
-    small += intercept.astype(np.float32)
+        small *= np.float32(slope)
+    small += np.float32(intercept)
     return to_cache_dtype(small)
 
 
-def write_series_cache(slices: Sequence[CacheSlice], path: Path, size: int) -> list[tuple[str, str, str, str]]:
+def slice_to_cache(slice_: CacheSlice, size: int, scratch: bytearray | None = None,
+                   box: CacheBox | None = None) -> np.ndarray:
+    """Reads one slice and returns it as (S, S) int16 HU of ``box`` (None: the padded image)."""
+    pixels, intercept = read_stored(slice_, scratch)
+    return stored_to_cache(pixels, slice_.rescale_slope, intercept, size, box)
+
+
+class SeriesCache(NamedTuple):
+    """What building a series' cache file reports: its slices' failures and the square it shows.
+
+    Attributes:
+        failures: (image_id, path, status, error) of each slice that failed.
+        box: the :class:`CacheBox` the series was cropped to (as a list), None when padded.
+    """
+
+    failures: list[tuple[str, str, str, str]]
+    box: list[float] | None
+
+
+def _failure(slice_: CacheSlice, exc: Exception) -> tuple[str, str, str, str]:
+    status = Status.READ_ERROR if isinstance(exc, OSError) else Status.CORRUPT
+    message = " ".join(f"{type(exc).__name__}: {exc}".split())  # a decoder's lines on one line
+    return slice_.image_id, slice_.path, str(status), message[:300]
+
+
+def write_series_cache(slices: Sequence[CacheSlice], path: Path, size: int, crop: str = "none") -> SeriesCache:
     """Builds and atomically writes the cache file of one series; never raises on a bad slice.
 
-    Slices whose header status is not ok, and slices that fail now, hold ``MISSING_HU``.
+    Slices whose header status is not ok, and slices that fail now, hold ``MISSING_HU``. With
+    ``crop="head"`` every slice shows the series' square around the head (:mod:`ich3d.dataset.crop`):
+    the readable slices are read first (the square needs all of them), then cropped and resized.
 
     Args:
         slices: the series' slices in slice_index order.
         path: the cache file to write.
         size: output side S.
-
-    Returns:
-        (image_id, path, status, error) of each slice that failed in this pass.
+        crop: ``head`` or ``none`` (the padded image).
     """
     volume = np.full((len(slices), size, size), MISSING_HU, dtype=np.int16)
     failures, scratch = [], bytearray()
-    for i, slice_ in enumerate(slices):
-        if slice_.status != Status.OK:
-            continue
-        try:
-            volume[i] = slice_to_cache(slice_, size, scratch)
-        except Exception as exc:  # noqa: BLE001 - a broken slice must not stop its series
-            status = Status.READ_ERROR if isinstance(exc, OSError) else Status.CORRUPT
-            message = " ".join(f"{type(exc).__name__}: {exc}".split())  # a decoder's lines on one line
-            failures.append((slice_.image_id, slice_.path, str(status), message[:300]))
+    readable = [i for i, slice_ in enumerate(slices) if slice_.status == Status.OK]
+    same_size = len({(slices[i].rows, slices[i].cols) for i in readable}) == 1
+    if crop == "head" and same_size:
+        stored: dict[int, tuple[np.ndarray, float]] = {}
+        for i in readable:
+            try:
+                pixels, intercept = read_stored(slices[i], scratch)
+                stored[i] = (pixels.copy(), intercept)
+            except Exception as exc:  # noqa: BLE001 - a broken slice must not stop its series
+                failures.append(_failure(slices[i], exc))
+        masks = [head_mask(pixels, slices[i].rescale_slope, intercept) for i, (pixels, intercept) in stored.items()]
+        box = head_box(masks, slices[readable[0]].rows, slices[readable[0]].cols) if stored else None
+        for i, (pixels, intercept) in stored.items():
+            volume[i] = stored_to_cache(pixels, slices[i].rescale_slope, intercept, size, box)
+    else:
+        box = None
+        for i in readable:
+            try:
+                volume[i] = slice_to_cache(slices[i], size, scratch)
+            except Exception as exc:  # noqa: BLE001 - a broken slice must not stop its series
+                failures.append(_failure(slices[i], exc))
     write_atomic(path, volume)
-    return failures
-
-
-class CacheJournal:
-    """Finished series of the pixel pass, with their failures: ``index/pixel_failures/part-<I>.jsonl``.
-
-    One JSON line per series, appended (and flushed) after its cache file was written atomically,
-    so after a kill every journaled series has a complete file and its failure records. An entry
-    counts only for the same input files (``files_id``) and image size. The journals of all parts
-    are read, so finished work survives a change of --num-parts.
-    """
-
-    def __init__(self, dataset: DatasetFolder, part_id: int, files_id: str, size: int) -> None:
-        self.folder = dataset.pixel_failures
-        self.path = dataset.journal(part_id)
-        self.key = {"files_id": files_id, "size": size}
-
-    def finished(self) -> dict[str, list]:
-        """series_uid → its failure records [image_id, path, status, error] (the latest entry wins)."""
-        done: dict[str, list] = {}
-        for path in sorted(self.folder.glob("part-*.jsonl")):
-            for line in path.read_text().splitlines():
-                with contextlib.suppress(ValueError, KeyError):  # a line cut by a kill
-                    entry = json.loads(line)
-                    if {k: entry.get(k) for k in self.key} == self.key:
-                        done[entry["series_uid"]] = entry["failures"]
-        return done
-
-    @contextlib.contextmanager
-    def writer(self) -> Iterator[Callable[[str, list], None]]:
-        """Yields ``append(series_uid, failures)``."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a+b") as file:
-            if file.tell() and (file.seek(-1, os.SEEK_END), file.read(1))[1] != b"\n":
-                file.write(b"\n")  # end a line cut by a kill, so the next entry starts clean
-
-            def append(series_uid: str, failures: list) -> None:
-                entry = self.key | {"series_uid": series_uid, "failures": [list(f) for f in failures]}
-                file.write(json.dumps(entry).encode() + b"\n")
-                file.flush()
-
-            yield append
-
-
-def _series_blocks(slices: pd.DataFrame) -> dict[str, tuple[int, int]]:
-    """series_uid → (start, stop) rows of its slices: the index is sorted by series, then slice_index."""
-    n = int(slices["slice_index"].notna().sum())
-    uids = slices["series_uid"].iloc[:n].to_numpy(object)
-    starts = np.flatnonzero(np.r_[True, uids[1:] != uids[:-1]]) if n else np.zeros(0, dtype=np.int64)
-    return {uids[a]: (int(a), int(b)) for a, b in zip(starts, np.r_[starts[1:], n])}
-
-
-_TASK_FILL = {name: -1 for name in ("pixel_offset", "rows", "cols", "bits_allocated", "bits_stored",
-                                    "pixel_representation")} | {"frame": 0, "transfer_syntax": "", "status": ""}
-
-
-def _task_table(slices: pd.DataFrame) -> pd.DataFrame:
-    """The :class:`CacheSlice` columns of the index, missing values filled (-1, "")."""
-    return slices[list(CacheSlice._fields)].fillna(_TASK_FILL)
-
-
-def _run_series(pool: Executor | None, uids: Sequence[str], task: Callable[[str], list[CacheSlice]], out: DatasetFolder,
-                size: int, limit: int) -> Iterator[tuple[str, list]]:
-    """Yields (series_uid, failures) as series finish, with at most ``limit`` series in flight."""
-    if pool is None:
-        for uid in uids:
-            yield uid, write_series_cache(task(uid), out.cache_file(uid), size)
-        return
-    queue, pending = iter(uids), {}
-    while True:
-        for uid in queue:
-            pending[pool.submit(write_series_cache, task(uid), out.cache_file(uid), size)] = uid
-            if len(pending) >= limit:
-                break
-        if not pending:
-            return
-        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-        for future in finished:
-            yield pending.pop(future), future.result()
-
-
-def cache_series(dataset: DatasetFolder, slices: pd.DataFrame, series_uids: Sequence[str], size: int, journal: CacheJournal,
-                 pool: Executor | None = None, in_flight: int = 8,
-                 advance: Callable[[int], None] = lambda n: None) -> dict[str, list]:
-    """Builds the cache files of ``series_uids`` (in this order), journaling each finished series.
-
-    Workers get whole series and write the files themselves, returning only failure records; the
-    :class:`CacheSlice` lists of at most ``in_flight`` series exist at a time, so memory stays flat.
-
-    Args:
-        dataset: the dataset folder (files go to its ``cache/``).
-        slices: the index, sorted by series then slice_index (as written by ``build_series``).
-        series_uids: the series to build.
-        size: output side S.
-        journal: where finished series are recorded.
-        pool: process pool, or None to work in this process.
-        in_flight: series submitted to the pool at a time (a few per worker keeps every worker busy).
-        advance: called with each finished series' number of slices (progress).
-
-    Returns:
-        series_uid → its failure records (image_id, path, status, error).
-    """
-    table, blocks = _task_table(slices), _series_blocks(slices)
-
-    def task(uid: str) -> list[CacheSlice]:
-        start, stop = blocks[uid]
-        return [CacheSlice(*row) for row in table.iloc[start:stop].itertuples(index=False, name=None)]
-
-    done = {}
-    with journal.writer() as append:
-        for uid, failures in _run_series(pool, series_uids, task, dataset, size, in_flight):
-            append(uid, failures)
-            done[uid] = failures
-            advance(blocks[uid][1] - blocks[uid][0])
-    return done
+    return SeriesCache(failures, None if box is None else [box.top, box.left, box.side])

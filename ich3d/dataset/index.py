@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from ich3d.atomic import atomic_write
 from ich3d.constants import LABEL_COLUMNS, Status
+from ich3d.dataset.crop import CROP_COLUMNS
 from ich3d.dataset.dicom import HEADER_COLUMNS
 from ich3d.dataset.files import InputFiles, file_id
 from ich3d.dataset.identity import assign_image_ids
@@ -223,14 +224,37 @@ def load_index(dataset: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     if merged is not slices:  # some pixels failed: n_ok counts them out
         ok = merged.loc[merged["status"] == str(Status.OK), "series_uid"].value_counts()
         series["n_ok"] = series["series_uid"].map(ok).fillna(0).astype(series["n_ok"].dtype)
-    return merged, series
+    return _merge_crops(folder, merged, meta["files_id"]), series
+
+
+def _part_tables(folder: Path, files_id: str) -> list[pd.DataFrame]:
+    """The per-part parquet tables of the pixel pass in ``folder`` that belong to this index."""
+    return [pd.read_parquet(path) for path in sorted(folder.glob("part-*.parquet"))
+            if (read_meta(path) or {}).get("files_id") == files_id]
+
+
+def _merge_crops(folder: DatasetFolder, slices: pd.DataFrame, files_id: str) -> pd.DataFrame:
+    """Adds ``crop_top``, ``crop_left``, ``crop_side`` (NaN: not cropped) from the pixel pass's crop files."""
+    parts = _part_tables(folder.crops, files_id)
+    crops = pd.concat(parts, ignore_index=True).drop_duplicates("series_uid", keep="last") if parts else None
+    out = slices.copy()
+    for column in CROP_COLUMNS:
+        values = crops.set_index("series_uid")[column] if crops is not None and len(crops) else pd.Series(dtype=float)
+        out[column] = out["series_uid"].map(values).astype("float64")
+    return out
+
+
+def dataset_crop(dataset: Path) -> str | None:
+    """The ``--crop`` the dataset's cache was built with (None before its pixel pass)."""
+    folder = DatasetFolder(Path(dataset))
+    crops = {(read_meta(path) or {}).get("crop") for path in folder.crops.glob("part-*.parquet")} - {None}
+    return crops.pop() if len(crops) == 1 else None
 
 
 def _merge_failures(folder: DatasetFolder, slices: pd.DataFrame, files_id: str) -> pd.DataFrame:
     """Sets status/error of slices that failed in the pixel pass (failure files of this index only);
     ``slices`` itself when none did."""
-    parts = [pd.read_parquet(path) for path in sorted(folder.pixel_failures.glob("part-*.parquet"))
-             if (read_meta(path) or {}).get("files_id") == files_id]
+    parts = _part_tables(folder.pixel_failures, files_id)
     failures = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     if failures.empty:
         return slices

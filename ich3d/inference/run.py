@@ -30,7 +30,7 @@ from ich3d.config import DataConfig, InferConfig
 from ich3d.constants import LABELS, RSNA_SLICE_SPACING_MM
 from ich3d.data.tables import SeriesTable, build_table
 from ich3d.dataset.build import build_series
-from ich3d.dataset.index import load_index, part_series
+from ich3d.dataset.index import dataset_crop, load_index, part_series
 from ich3d.dataset.roles import SeriesRules
 from ich3d.errors import InputError
 from ich3d.folders import FolderLock, prepare_output
@@ -148,9 +148,13 @@ def _predict(checkpoints: list[Path], folder: InferFolder, dataset: Path | None,
     runtime = setup_runtime(options.device, options.amp)
     models = [load_model(path, runtime.device) for path in checkpoints]
     clock.lap("load_s")
+    crop = _members_crop(models)
     if dicom_dirs:
         dataset = folder.dataset
-        _build(dicom_dirs, dataset, models, options, parts, requested, allow_missing, progress)
+        _build(dicom_dirs, dataset, models, crop, options, parts, requested, allow_missing, progress)
+    elif dataset_crop(dataset) not in (None, crop):
+        raise InputError(f"--dataset {dataset} was built with --crop {dataset_crop(dataset)}, the model reads "
+                         f"--crop {crop} caches: rebuild it with --crop {crop}, or give --dicom-dir")
     clock.lap("read_s")
     slices, series = load_index(dataset)
     requested_images(slices, series, requested, allow_missing)
@@ -173,13 +177,27 @@ def _predict(checkpoints: list[Path], folder: InferFolder, dataset: Path | None,
     return summary | {"timings": clock.laps}
 
 
-def _build(dicom_dirs: list[Path], dataset: Path, models: list, options: InferOptions, parts: tuple[int, int],
-           requested: np.ndarray | None, allow_missing: bool, progress: bool) -> None:
-    """The dataset of ``dicom_dirs`` at the models' size, its requested images checked before the pixel pass."""
+def _members_crop(models: list) -> str:
+    """The crop every member's cache is made with.
+
+    Raises:
+        InputError: members trained on differently cropped caches (they cannot share one dataset).
+    """
+    crops = {checkpoint["config"]["data"].get("crop", "none") for _, checkpoint in models}
+    if len(crops) > 1:
+        raise InputError(f"the --run models read caches built with different --crop ({sorted(crops)}): "
+                         f"predict with each group on its own")
+    return crops.pop()
+
+
+def _build(dicom_dirs: list[Path], dataset: Path, models: list, crop: str, options: InferOptions,
+           parts: tuple[int, int], requested: np.ndarray | None, allow_missing: bool, progress: bool) -> None:
+    """The dataset of ``dicom_dirs`` at the models' size and crop, its requested images checked before the
+    pixel pass."""
     size = max(checkpoint["image_size"] for _, checkpoint in models)
     rules = options.series_rules or SeriesRules(target_thickness=_training_spacing(models))
-    build = dict(image_size=size, workers=options.workers, num_parts=parts[0], part_id=parts[1], series_rules=rules,
-                 progress=progress)
+    build = dict(image_size=size, crop=crop, workers=options.workers, num_parts=parts[0], part_id=parts[1],
+                 series_rules=rules, progress=progress)
     build_series(dicom_dirs, dataset, index_only=True, **build)
     requested_images(*load_index(dataset), requested, allow_missing)
     build_series(dicom_dirs, dataset, **build)

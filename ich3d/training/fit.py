@@ -30,7 +30,7 @@ from ich3d.checkpoint import load_checkpoint
 from ich3d.config import Config, load_config, save_config
 from ich3d.constants import LABELS, RSNA_SLICE_SPACING_MM
 from ich3d.data.tables import SeriesTable, build_table
-from ich3d.dataset.index import index_fingerprint, load_index
+from ich3d.dataset.index import dataset_crop, index_fingerprint, load_index
 from ich3d.errors import ConfigError
 from ich3d.folders import FolderLock, prepare_output
 from ich3d.layout import RunFolder
@@ -76,6 +76,7 @@ def fit(dataset: Path, out: Path, config: Config | str | Path | None = None, ove
     config = _resolve_config(run, config, overrides, resume)
     dataset = Path(dataset)
     wanted = _check_run(run, dataset, requested_folds(fold, folds, config.folds), resume)
+    _check_crop(dataset, config)
     runtime = setup_runtime(device, config.amp)
     try:
         if runtime.is_main:
@@ -165,6 +166,18 @@ def _check_run(run: RunFolder, dataset: Path, folds: list[int] | None, resume: b
     if not any(run.fold(k).last.is_file() for k in stored):
         raise ConfigError(f"--resume: no {run.fold(stored[0]).last}: nothing to resume (start without --resume)")
     return stored
+
+
+def _check_crop(dataset: Path, config: Config) -> None:
+    """The dataset's cache must be cropped as the config says (the model would read other images).
+
+    Raises:
+        ConfigError: another crop.
+    """
+    crop = dataset_crop(dataset)
+    if crop is not None and crop != config.data.crop:
+        raise ConfigError(f"--dataset {dataset} was built with --crop {crop}, the config says data.crop={config.data.crop}: "
+                          f"rebuild with --crop {config.data.crop}, or --set data.crop={crop}")
 
 
 def _prepare(dataset: Path, run: RunFolder, config: Config, folds: list[int], resume: bool, runtime: Runtime,

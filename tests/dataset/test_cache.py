@@ -14,7 +14,6 @@ from ich3d.dataset.cache import (
     CacheSlice,
     cache_file_ok,
     load_series,
-    pad_to_square,
     resize,
     resize_matrix,
     slice_to_cache,
@@ -52,14 +51,6 @@ def test_upsampling_interpolates_linearly() -> None:
     np.testing.assert_allclose(resize_matrix(2, 4), [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]])
     image = np.array([[0.0, 100.0], [0.0, 100.0]], dtype=np.float32)
     np.testing.assert_allclose(resize(image, 4)[0], [0, 25, 75, 100])
-
-
-def test_pad_to_square_centres_the_image() -> None:
-    image = np.ones((2, 3), dtype=np.float32)
-    padded = pad_to_square(image, -1024)
-    np.testing.assert_array_equal(padded, [[1, 1, 1], [1, 1, 1], [-1024] * 3])  # an odd pixel goes last
-    assert (pad_to_square(np.ones((2, 6)), 0)[[0, 5]] == 0).all()
-    assert pad_to_square(np.ones((4, 4)), 0).shape == (4, 4)
 
 
 def test_to_cache_dtype_rounds_and_clips() -> None:
@@ -128,9 +119,18 @@ def test_write_series_cache_fills_failed_slices_and_reports_them(tmp_path: Path)
     (tmp_path / "c.dcm").unlink()
     (tmp_path / "d.dcm").write_bytes((tmp_path / "d.dcm").read_bytes()[:700])
     out = tmp_path / "series.npy"
-    failures = write_series_cache([good, skipped, vanished, cut], out, 16)
+    failures = write_series_cache([good, skipped, vanished, cut], out, 16).failures
     assert [(f[0], f[2]) for f in failures] == [("c", Status.READ_ERROR), ("d", Status.CORRUPT)]
     assert failures[0][1] == str(tmp_path / "c.dcm") and "truncated" in failures[1][3]
     volume = np.load(out)
     assert volume.shape == (4, 16, 16) and volume.dtype == np.int16
     assert (volume[1:] == MISSING_HU).all() and (volume[0] != MISSING_HU).any()
+
+
+@pytest.mark.parametrize("crop", ["none", "head"])
+def test_failed_slices_fail_alike_with_and_without_the_crop(tmp_path: Path, crop: str) -> None:
+    slices = [_cache_slice(write_slice(tmp_path / f"{name}.dcm")) for name in "ab"]
+    (tmp_path / "b.dcm").unlink()
+    result = write_series_cache(slices, tmp_path / "s.npy", 16, crop)
+    assert [f[0] for f in result.failures] == ["b"] and (np.load(tmp_path / "s.npy")[1] == MISSING_HU).all()
+    assert (result.box is None) == (crop == "none")
