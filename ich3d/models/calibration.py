@@ -5,9 +5,12 @@ z = logit(p) is mapped to sigmoid(a · z + b): ``a`` < 1 softens an overconfiden
 1 / a), ``b`` moves its base rate to the one observed. The two numbers per label are fitted by
 Newton's method on the binary cross-entropy, with a small pull towards the identity (a = 1, b = 0)
 so a label with few positives stays nearly as it was; a label with fewer than :data:`MIN_CLASS`
-positives or negatives keeps the identity. With several folds the fit uses the out-of-fold
-predictions (every training series predicted by the fold model that did not see it); with one fold,
-the validation fold's (docs/design.md §4).
+positives or negatives keeps the identity. The fit must pay off out of sample: it is fitted on half
+of the series and scored on the other half, both ways; a label whose calibrated loss is not lower
+than its raw loss there keeps the identity (a handful of validation series can make a calibration
+that fits them and hurts new data). With several folds the fit uses the out-of-fold predictions
+(every training series predicted by the fold model that did not see it); with one fold, the
+validation fold's (docs/design.md §4).
 """
 
 from __future__ import annotations
@@ -66,21 +69,44 @@ def _fit_one(z: np.ndarray, y: np.ndarray, iterations: int = 50) -> tuple[float,
     return float(theta[0]), float(theta[1])
 
 
-def fit_calibration(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """Per-label Platt scaling of held-out predictions.
+def _bce(z: np.ndarray, y: np.ndarray, a: float = 1.0, b: float = 0.0) -> float:
+    score = a * z + b
+    return float(np.mean(np.logaddexp(0.0, score) - y * score))
+
+
+def _pays_off(z: np.ndarray, y: np.ndarray, groups: np.ndarray) -> bool:
+    """True when Platt scaling fitted on one half of the groups lowers the loss on the other, both ways."""
+    names = np.unique(groups)
+    first = np.isin(groups, names[::2])
+    calibrated = raw = 0.0
+    for fit_on in (first, ~first):
+        test = ~fit_on
+        if min((y[fit_on] == 1).sum(), (y[fit_on] == 0).sum()) < MIN_CLASS or not test.any():
+            return False
+        a, b = _fit_one(z[fit_on], y[fit_on])
+        calibrated += _bce(z[test], y[test], a, b) * test.sum()
+        raw += _bce(z[test], y[test]) * test.sum()
+    return calibrated < raw
+
+
+def fit_calibration(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None) -> dict[str, Any]:
+    """Per-label Platt scaling of held-out predictions, where it pays off out of sample.
 
     Args:
         probs: (N, 6) predicted probabilities of held-out slices.
         labels: (N, 6) labels in {0, 1}, NaN = unlabeled (left out).
+        groups: (N,) series of each slice (the halves of the out-of-sample check are whole series);
+            None: each slice its own.
 
     Returns:
         ``{"a": [6 floats], "b": [6 floats], "fitted": [6 bools]}``: plain data for a checkpoint.
     """
     out = identity()
+    groups = np.arange(len(probs)) if groups is None else np.asarray(groups)
     for j in range(len(LABELS)):
         labeled = ~np.isnan(labels[:, j])
         y, z = labels[labeled, j], _logit(probs[labeled, j])
-        if min((y == 1).sum(), (y == 0).sum()) < MIN_CLASS:
+        if min((y == 1).sum(), (y == 0).sum()) < MIN_CLASS or not _pays_off(z, y, groups[labeled]):
             continue
         out["a"][j], out["b"][j] = _fit_one(z, y)
         out["fitted"][j] = True

@@ -100,7 +100,7 @@ def calibrate(contexts: list[StageContext]) -> dict[str, Any]:
         labels.append(valid.labels[usable])
         series.append(valid.series_uids[valid.series_of_slice()][usable])
     probs, labels, series = np.concatenate(probs), np.concatenate(labels), np.concatenate(series)
-    calibration = fit_calibration(probs, labels)
+    calibration = fit_calibration(probs, labels, series)
     fitted_on = (f"validation fold {contexts[0].data.fold}" if len(contexts) == 1 else
                  f"out-of-fold predictions of folds {[ctx.data.fold for ctx in contexts]}")
     report = {"fitted_on": fitted_on, "n_slices": len(probs), "before": evaluate(labels, probs, series),

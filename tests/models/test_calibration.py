@@ -46,3 +46,16 @@ def test_a_calibrated_predictor_stays_as_it_is_and_rare_labels_keep_the_identity
     np.testing.assert_array_equal(apply_calibration(truth, identity()), truth.astype(truth.dtype))
     labels[:100, 2] = np.nan  # unlabeled rows are left out
     assert fit_calibration(truth, labels)["fitted"][2]
+
+
+def test_a_calibration_that_does_not_pay_off_out_of_sample_is_not_applied() -> None:
+    """Half the series bleed more often than predicted, half less: a fit on either half hurts the other."""
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(8), 50)
+    probs = np.clip(0.7 + rng.normal(0, 0.02, (400, 6)), 0, 1)
+    rate = np.where(groups % 2 == 0, 0.9, 0.5)
+    labels = (rng.random((400, 6)) < rate[:, None]).astype(float)
+    by_series = fit_calibration(probs, labels, groups)
+    assert not any(by_series["fitted"]) and by_series["a"] == [1.0] * 6
+    mixed = np.roll(groups, 25)  # halves that mix both kinds of series: there the fit pays off
+    assert any(fit_calibration(probs, labels, mixed)["fitted"])
