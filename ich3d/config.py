@@ -230,10 +230,17 @@ class InferConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """The whole training configuration (see ``configs/*.yaml``)."""
+    """The whole training configuration (see ``configs/*.yaml``).
+
+    Attributes:
+        folds: cross-validation folds (grouped by patient).
+        train_folds: what ``ich3d train`` trains without ``--fold``/``--folds``: one fold (its number)
+            or ``all`` (every fold, the sequence stage out of fold; docs/design.md §4).
+    """
 
     seed: int = 0
     folds: int = 5
+    train_folds: str = "0"
     num_workers: int = 1
     amp: bool = True
     channels_last: bool = False
@@ -245,6 +252,8 @@ class Config:
 
     def __post_init__(self) -> None:
         _check(self.folds >= 2, "folds", "must be >= 2")
+        _check(self.train_folds == "all" or (self.train_folds.isdigit() and int(self.train_folds) < self.folds),
+               "train_folds", f"the folds `ich3d train` trains without --fold/--folds: all, or one of 0..{self.folds - 1}")
         _check(self.num_workers >= 0, "num_workers", "must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
@@ -298,6 +307,8 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
         return hint(value)
     if hint is str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # e.g. train_folds: 0
         if not isinstance(value, str):
             raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
         return value

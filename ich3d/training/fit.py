@@ -55,9 +55,9 @@ def fit(dataset: Path, out: Path, config: Config | str | Path | None = None, ove
         out: the run folder (created; must not hold another run unless ``resume``).
         config: a :class:`Config`, a YAML path or packaged name; with ``resume`` None means the run's own.
         overrides: ``key=value`` strings applied on top of the config.
-        fold: train this validation fold (default 0 when ``folds`` is not given either).
+        fold: train this validation fold.
         folds: ``"all"`` (or every fold number) trains every fold with an out-of-fold sequence
-            stage (:mod:`ich3d.training.folds`).
+            stage (:mod:`ich3d.training.folds`). With neither, the config's ``train_folds``.
         resume: continue the run in ``out`` from its folds' ``last.pt``; a ``fold``/``folds`` that is
             not the run's is an error.
         device: "cpu", "cuda", ... or None for automatic.
@@ -75,7 +75,10 @@ def fit(dataset: Path, out: Path, config: Config | str | Path | None = None, ove
     run = RunFolder(Path(out))
     config = _resolve_config(run, config, overrides, resume)
     dataset = Path(dataset)
-    wanted = _check_run(run, dataset, requested_folds(fold, folds, config.folds), resume)
+    asked = requested_folds(fold, folds, config.folds)
+    if asked is None and not resume:  # neither --fold nor --folds: the config's train_folds
+        asked = requested_folds(None, config.train_folds, config.folds)
+    wanted = _check_run(run, dataset, asked, resume)
     _check_crop(dataset, config)
     runtime = setup_runtime(device, config.amp)
     try:
