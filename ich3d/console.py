@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ich3d.constants import LABELS
+from ich3d.constants import LABELS, SHORT_NAMES
 
 
 def _fmt(value: Any) -> str:
@@ -124,16 +124,39 @@ def print_infer_summary(summary: dict[str, Any], console: Console) -> None:
 
 
 def print_demo(result: dict[str, Any], console: Console) -> None:
-    """The demo's score next to the prevalence prior's."""
+    """The demo's scores next to the prevalence prior's, then the clinical export's exams."""
     console.print(score_table(result["score"], "demo: held-out synthetic test split"))
     table = Table(title="demo summary: weighted log loss")
     table.add_column("model")
-    table.add_column("validation (fold 0)", justify="right")
+    table.add_column("validation (first fold)", justify="right")
     table.add_column("held-out test", justify="right")
     table.add_row("prevalence prior", _fmt(result.get("prior_valid")), f"{result['prior_score']:.4f}")
     table.add_row("CNN, slice-only", _fmt(result.get("slice_valid")), _fmt(result.get("slice_score")))
-    table.add_row("[bold]CNN + GRU[/]", _fmt(result.get("sequence_valid")), f"[bold]{result['score']['weighted_log_loss']:.4f}[/]")
+    table.add_row("CNN + GRU", _fmt(result.get("sequence_valid")), _fmt(result.get("raw_score")))
+    table.add_row("[bold]CNN + GRU, calibrated[/]", _fmt(result.get("calibrated_valid")) + "*",
+                  f"[bold]{result['score']['weighted_log_loss']:.4f}[/]")
+    table.caption = f"* calibration fitted on {result.get('calibration_fitted_on')}: in-sample there"
     console.print(table)
+    if result.get("exams"):
+        console.print(exam_table(result["exams"], "demo: exams of a PACS-style export (one row per study)"))
+        auc = result["exam_score"]["labels"]["any"]["auc"]
+        console.print(f"exam AUC(any) against the reads: {_fmt(auc)} over {result['exam_score']['n_exams']} exams "
+                      f"(few exams: the table is the point); exams.csv: {result['exams_csv']}")
     console.print(f"demo test weighted log loss: {result['score']['weighted_log_loss']:.4f} "
                   f"(prior {result['prior_score']:.4f}); outputs in {result['out']} ({result['seconds']:.0f} s)")
     console.print(f"report: {result['report']}")
+
+
+def exam_table(exams: list[dict[str, Any]], title: str) -> Table:
+    """Rows of ``exams.csv``: status, series read, exam probabilities, key slice and the ranges of positives."""
+    table = Table(title=title)
+    for column in ("study", "status", "series read", "p(any)", "key slice", "findings (slices)"):
+        table.add_column(column, justify="right" if column.startswith("p(") else "left", overflow="fold")
+    for exam in exams:
+        found = [f"{SHORT_NAMES[name]} {exam[f'slices_{name}']}" for name in LABELS[1:]
+                 if isinstance(exam.get(f"slices_{name}"), str) and exam[f"slices_{name}"]]
+        key = "" if exam.get("key_slice_index") is None else str(int(exam["key_slice_index"]))
+        table.add_row(_short(exam["study_uid"]), exam["status"], str(exam.get("series_description") or "-"),
+                      _fmt(exam.get("p_any")), key, "; ".join(found) or "-")
+    return table
+

@@ -13,6 +13,9 @@ LABELS: tuple[str, ...] = (
     "subarachnoid",
     "subdural",
 )
+#: Short names of the labels, as radiologists write them.
+SHORT_NAMES: dict[str, str] = {"any": "any", "epidural": "EDH", "intraparenchymal": "IPH", "intraventricular": "IVH",
+                               "subarachnoid": "SAH", "subdural": "SDH"}
 #: Index columns holding the labels (nullable float: NaN = unlabeled).
 LABEL_COLUMNS: tuple[str, ...] = tuple(f"label_{name}" for name in LABELS)
 #: Weights of the RSNA weighted multi-label log loss (``any`` counts twice).

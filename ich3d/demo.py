@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
 from ich3d.atomic import write_json_atomic
@@ -17,47 +18,76 @@ from ich3d.layout import InferFolder, RunFolder
 
 def run_demo(out: Path, n_series: int = 60, n_test_series: int = 16, config: str = "cpu_small",
              overrides: list[str] | None = None, seed: int = 0, progress: bool = True,
-             synth_image_size: int = 256, report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Runs the whole pipeline on freshly generated data with a held-out test split.
+             synth_image_size: int = 256, n_exams: int = 4,
+             report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Runs the whole pipeline on freshly generated data with a held-out test split, then on a
+    PACS-style export of a few exams.
 
     The test split is predicted from its raw DICOM folder (corrupt and junk files included) in the
-    sample submission's order, by the final CNN + GRU model and, for comparison, by the slice-only
-    model of the first stage; both are scored against the prevalence prior.
+    sample submission's order by the final model (calibrated, and raw for comparison) and by the
+    slice-only model(s) of the first stage; all are scored against the prevalence prior. The clinical
+    export (``n_exams`` studies with topogram, thin, bone, contrast and dose-report series) is read as
+    a user's own exams are: one row per exam, scored against its CQ500-style reads.
 
     Returns:
-        ``score`` (test metrics of the final model), ``slice_score`` and ``prior_score`` (test weighted
-        log loss of the slice-only model and of the training prevalence), ``prior_valid``,
-        ``slice_valid``, ``sequence_valid`` (best validation weighted log loss), ``seconds``, ``out``,
-        ``report`` (the HTML page of the test predictions, ``OUT/report.html``).
+        ``score`` (test metrics of the final model), ``raw_score``, ``slice_score`` and
+        ``prior_score`` (test weighted log loss), ``prior_valid``, ``slice_valid``,
+        ``sequence_valid``, ``calibrated_valid`` (validation weighted log loss), ``exams`` (the
+        clinical export's exam rows), ``exam_score``, ``seconds``, ``out``, ``report`` (the HTML page
+        of the test predictions, ``OUT/report.html``).
     """
     from ich3d.config import load_config
     from ich3d.dataset.build import build_series
-    from ich3d.inference.run import predict
+    from ich3d.inference.run import InferOptions, predict
     from ich3d.report import write_report
     from ich3d.training.fit import fit
 
     began = time.perf_counter()
     out = Path(out)
     data, dataset = out / "rsna", out / "dataset"
-    run, pred, slice_only = RunFolder(out / "run"), InferFolder(out / "predictions"), InferFolder(out / "predictions_slice_only")
+    run, pred = RunFolder(out / "run"), InferFolder(out / "predictions")
+    raw, slice_only = InferFolder(out / "predictions_uncalibrated"), InferFolder(out / "predictions_slice_only")
     resolved = load_config(config, overrides)
     _synthesize(data, n_series, n_test_series, synth_image_size, seed, progress)
     build_series([data / "stage_2_train"], dataset, labels_csv=data / "stage_2_train.csv",
-                 image_size=resolved.data.image_size, progress=progress)
-    fit(dataset, run.root, resolved, fold=0, resume=run.info.is_file(), report=report, progress=progress)
+                 image_size=resolved.data.image_size, crop=resolved.data.crop, progress=progress)
+    trained = fit(dataset, run.root, resolved, resume=run.info.is_file(), report=report, progress=progress)
     sample, labels = data / "stage_2_sample_submission.csv", data / "stage_2_test_labels.csv"
     predict([run.root], pred.root, dicom_dirs=[data / "stage_2_test"], sample_submission=sample, progress=progress)
-    predict([run.fold(0).encoder], slice_only.root, dataset=pred.dataset, sample_submission=sample, progress=progress)
+    predict([run.root], raw.root, dataset=pred.dataset, sample_submission=sample,
+            options=InferOptions(calibrate=False), progress=progress)
+    encoders = [run.fold(k).encoder for k in run.folds_present()]
+    predict(encoders, slice_only.root, dataset=pred.dataset, sample_submission=sample, progress=progress)
     result = {
-        "score": _score(pred.submission, labels),
+        "score": _score(pred.submission, labels), "raw_score": _score(raw.submission, labels)["weighted_log_loss"],
         "slice_score": _score(slice_only.submission, labels)["weighted_log_loss"],
         "prior_score": _prior_score(run, sample, labels, pred.root / "prior_submission.csv"),
-        **_best_validation(run), "out": str(out),
+        **_best_validation(run), "calibrated_valid": trained["calibration"]["after"]["weighted_log_loss"],
+        "calibration_fitted_on": trained["calibration"]["fitted_on"], "out": str(out),
     }
+    result |= _clinical_exams(out, run, n_exams, seed, progress)
     result["report"] = write_report(pred.root, out / "report.html", labels=labels, runs=[run.root])["report"]
     result["seconds"] = time.perf_counter() - began
     write_json_atomic(out / "demo.json", result)
     return result
+
+
+def _clinical_exams(out: Path, run: RunFolder, n_exams: int, seed: int, progress: bool) -> dict[str, Any]:
+    """The exam table of a small PACS-style export read by the run, and its exam-level score."""
+    from ich3d.inference.exam_score import score_exams
+    from ich3d.inference.run import predict
+    from ich3d.layout import ClinicalExportFolder
+    from ich3d.synth.clinical import make_clinical_export
+    from ich3d.synth.clinical_plan import ClinicalConfig
+
+    export, exams = ClinicalExportFolder(out / "clinical"), InferFolder(out / "clinical_predictions")
+    config = ClinicalConfig(n_studies=n_exams, image_size=256, seed=seed)
+    if not export.summary.is_file():
+        make_clinical_export(export.root, config, workers=os.cpu_count() or 1)
+    predict([run.root], exams.root, dicom_dirs=[export.export], progress=progress)
+    table = pd.read_csv(exams.exams_csv)
+    score = score_exams(exams.exams_csv, export.reads, export.reads_map, n_boot=200)
+    return {"exams": json.loads(table.to_json(orient="records")), "exam_score": score, "exams_csv": str(exams.exams_csv)}
 
 
 def _synthesize(data: Path, n_series: int, n_test_series: int, image_size: int, seed: int, progress: bool) -> None:
@@ -88,17 +118,19 @@ def _prior_score(run: RunFolder, sample: Path, labels: Path, path: Path) -> floa
     from ich3d.inference.submission import read_submission_ids, write_submission
     from ich3d.metrics import prior_predictions
 
-    prior = load_checkpoint(run.fold(0).model)["prevalence"]
+    prior = np.mean([load_checkpoint(run.fold(k).model)["prevalence"] for k in run.folds_present()], axis=0)
     ids = read_submission_ids(sample)
     write_submission(path, pd.DataFrame(prior_predictions(prior, len(ids)), index=ids), sample)
     return _score(path, labels)["weighted_log_loss"]
 
 
 def _best_validation(run: RunFolder) -> dict[str, float | None]:
-    """Validation weighted log loss of the prior and the best of the slice and sequence stages."""
-    prior = json.loads(run.info.read_text())["per_fold"]["0"]["prior_valid"]["weighted_log_loss"]
+    """Validation weighted log loss (the first fold's) of the prior and the best of the slice and
+    sequence stages."""
+    fold = run.folds_present()[0]
+    prior = json.loads(run.info.read_text())["per_fold"][str(fold)]["prior_valid"]["weighted_log_loss"]
     best: dict[str, float] = {}
-    for line in run.fold(0).metrics.read_text().splitlines():
+    for line in run.fold(fold).metrics.read_text().splitlines():
         record = json.loads(line)
         loss = record["valid"]["weighted_log_loss"]
         best[record["stage"]] = min(loss, best.get(record["stage"], float("inf")))

@@ -26,7 +26,7 @@ from ich3d import __version__
 from ich3d import report_figures as figures
 from ich3d import report_html as markup
 from ich3d.atomic import atomic_write
-from ich3d.constants import LABEL_COLUMNS, LABELS, WINDOWS
+from ich3d.constants import LABEL_COLUMNS, LABELS, SHORT_NAMES, WINDOWS
 from ich3d.data.windowing import bsb, scaled_window
 from ich3d.dataset.cache import load_series
 from ich3d.dataset.index import load_index
@@ -42,7 +42,6 @@ from ich3d.metrics import (
     series_auc_any,
     weighted_log_loss,
 )
-from ich3d.viz import SHORT_NAMES
 
 log = logging.getLogger(__name__)
 PROBS = [f"p_{name}" for name in LABELS]

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ich3d.atomic import atomic_write
-from ich3d.constants import LABEL_COLUMNS, LABELS, WINDOWS, Status
+from ich3d.constants import LABEL_COLUMNS, LABELS, SHORT_NAMES, WINDOWS, Status
 from ich3d.data.windowing import bsb, scaled_window
 from ich3d.dataset.cache import load_series
 from ich3d.dataset.dicom import read_header
@@ -26,9 +26,6 @@ from ich3d.errors import InputError
 
 log = logging.getLogger(__name__)
 
-#: Short names of the labels, as radiologists write them.
-SHORT_NAMES = {"any": "any", "epidural": "EDH", "intraparenchymal": "IPH", "intraventricular": "IVH",
-               "subarachnoid": "SAH", "subdural": "SDH"}  # fmt: skip
 _POSITIVE, _NEGATIVE, _UNLABELED = "#d62728", "#2b2b2b", "#7f7f7f"
 _DPI = 100
 
