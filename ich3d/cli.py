@@ -327,7 +327,9 @@ def merge(ctx: click.Context, out: Path, sample_submission: Path | None, allow_m
 
 @main.command()
 @click.argument("predictions", type=click.Path(exists=True, path_type=Path))
-@click.option("--labels", type=ExistingFile, help="Image labels, RSNA long format: scores submission.csv.")
+@click.option("--labels", type=ExistingFile, help="Image labels: scores submission.csv (see --labels-format).")
+@click.option("--labels-format", type=click.Choice(["rsna", "ct-ich"]), default="rsna", show_default=True,
+              help="rsna: long format ID,Label; ct-ich: PhysioNet hemorrhage_diagnosis_raw_ct.csv.")
 @click.option("--exams", "exam_labels", type=ExistingFile,
               help="Exam labels (CQ500 reads or study_uid + labels): scores exams.csv.")
 @click.option("--exam-map", type=ExistingFile, help="name,study_uid: joins CQ500 read names to studies.")
@@ -337,7 +339,7 @@ def merge(ctx: click.Context, out: Path, sample_submission: Path | None, allow_m
 @verbosity_options
 @click.pass_context
 @handle_errors
-def score(ctx: click.Context, predictions: Path, labels: Path | None, exam_labels: Path | None,
+def score(ctx: click.Context, predictions: Path, labels: Path | None, labels_format: str, exam_labels: Path | None,
           exam_map: Path | None, threshold: float, dataset: Path | None, out: Path | None) -> None:
     """Score predictions (a submission.csv, or the OUT folder of infer) per image and/or per exam.
 
@@ -354,7 +356,7 @@ def score(ctx: click.Context, predictions: Path, labels: Path | None, exam_label
     submission = folder.submission if predictions.is_dir() else predictions
     result: dict[str, Any] = {}
     if labels is not None:
-        result = score_submission(submission, labels, series_lookup(submission, dataset))
+        result = score_submission(submission, labels, series_lookup(submission, dataset), labels_format)
         print_score(result, _console(ctx))
     if exam_labels is not None:
         from ich3d.inference.exam_score import score_exams

@@ -16,7 +16,7 @@ import pyarrow.csv as pacsv
 
 from ich3d.atomic import atomic_write, write_json_atomic
 from ich3d.constants import LABELS
-from ich3d.dataset.labels import read_labels, read_long
+from ich3d.dataset.labels import patient_slice_keys, read_label_file, read_long
 from ich3d.errors import InputError
 from ich3d.metrics import evaluate
 
@@ -183,15 +183,19 @@ def _wide(frame: pd.DataFrame, value: str) -> pd.DataFrame:
     return frame.pivot_table(index="image_id", columns="label", values=value, aggfunc="first").reindex(columns=range(6))
 
 
-def score_submission(submission: Path, labels: Path, series_of: pd.Series | None = None) -> dict[str, Any]:
-    """Scores a submission against labels in the RSNA long format.
+def score_submission(submission: Path, labels: Path, series_of: pd.Series | None = None,
+                     labels_format: str = "rsna") -> dict[str, Any]:
+    """Scores a submission against image labels.
 
-    The labels are read as ``build-series`` reads them (:func:`ich3d.dataset.labels.read_labels`):
+    The labels are read as ``build-series`` reads them (:func:`ich3d.dataset.labels.read_label_file`):
     labels must be 0 or 1, exact duplicate rows are dropped, and rows that give an ID both 0 and 1
-    resolve to 1 (counted in the result's ``labels`` report).
+    resolve to 1 (counted in the result's ``labels`` report). CT-ICH labels (``labels_format
+    "ct-ich"``, keyed by patient number and slice) are joined to the submission's NIfTI slice keys
+    through the ``predictions.parquet`` beside it.
 
     Args:
         series_of: image_id → series_uid, for the series-level AUC of ``any`` (optional).
+        labels_format: ``rsna`` (long ``ID,Label``) or ``ct-ich``.
 
     Returns:
         :func:`ich3d.metrics.evaluate`'s dict (weighted log loss, per-label log loss and AUC, ...) and
@@ -201,9 +205,11 @@ def score_submission(submission: Path, labels: Path, series_of: pd.Series | None
         InputError: unreadable files, labels that are not 0/1 (e.g. a submission given as labels),
             images lacking a label, submissions with duplicate, missing or unknown IDs or bad values.
     """
-    table = read_labels(Path(labels))
+    table = read_label_file(Path(labels), labels_format)
     if table.n_incomplete:
         raise InputError(f"labels CSV {labels}: {table.n_incomplete} images lack one of the six labels")
+    if table.key == "patient_slice":
+        table.labels = _by_image_id(table.labels, Path(submission))
     y_true = table.labels
     truth = pd.DataFrame({"ID": (y_true.index.to_numpy(str)[:, None] + "_" + np.array(LABELS)[None, :]).ravel()})
     sub = read_long(submission, "submission")
@@ -212,6 +218,20 @@ def score_submission(submission: Path, labels: Path, series_of: pd.Series | None
     y_pred = _wide(sub, "Label").reindex(y_true.index)
     series = series_of.reindex(y_true.index).fillna("unknown").to_numpy() if series_of is not None else None
     return evaluate(y_true.to_numpy(), y_pred.to_numpy(), series_ids=series) | {"labels": table.report()}
+
+
+def _by_image_id(labels: pd.DataFrame, submission: Path) -> pd.DataFrame:
+    """CT-ICH labels (index ``<patient>#<slice>``) re-indexed by the image keys of the predictions
+    beside ``submission``; labels of slices that were not predicted are dropped."""
+    predictions = Path(submission).with_name("predictions.parquet")
+    if not predictions.is_file():
+        raise InputError(f"{submission}: CT-ICH labels are joined through the predictions.parquet beside the "
+                         f"submission; none in {predictions.parent}")
+    rows = pd.read_parquet(predictions, columns=["image_id", "patient_id", "frame"])
+    key_of = pd.Series(rows["image_id"].to_numpy(), index=patient_slice_keys(rows).to_numpy())
+    key_of = key_of[key_of.index.notna()]
+    kept = labels[labels.index.isin(key_of.index)]
+    return kept.set_axis(pd.Index(key_of.reindex(kept.index).to_numpy(), name="image_id"))
 
 
 def save_score(result: dict[str, Any], path: Path) -> None:

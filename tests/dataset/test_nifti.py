@@ -148,3 +148,22 @@ def test_ct_ich_layout_with_its_labels_from_the_command_line(tmp_path: Path) -> 
     assert labels.loc["050.nii#3"].tolist() == [1, 0, 0, 0, 0, 1] and labels["label_any"].sum() == 2
     summary = json.loads((tmp_path / "ds" / "build.json").read_text())
     assert summary["labels"]["n_exact_duplicates"] == 1 and summary["labels"]["n_labeled_images"] == 6
+
+
+def test_ct_ich_predictions_are_scored_against_their_labels(tmp_path: Path, trained_run: Path) -> None:
+    from ich3d.inference.run import InferOptions, predict
+    from ich3d.inference.submission import score_submission
+
+    for number in (49, 50):
+        data = np.full((16, 16, 3), -1000, np.int16)
+        data[4:12, 4:12] = 40
+        _volume(tmp_path / "ct_scans" / f"{number:03d}.nii", data)
+    csv = tmp_path / "hemorrhage_diagnosis_raw_ct.csv"
+    pd.DataFrame({"PatientNumber": [49, 49, 49, 50, 50, 50], "SliceNumber": [1, 2, 3, 1, 2, 3],
+                  "Intraventricular": 0, "Intraparenchymal": [0, 1, 0, 0, 0, 0], "Subarachnoid": 0, "Epidural": 0,
+                  "Subdural": [0, 0, 0, 0, 1, 1], "No_Hemorrhage": [1, 0, 1, 1, 0, 0]}).to_csv(csv, index=False)
+    out = tmp_path / "out"
+    predict([trained_run], out, dicom_dirs=[tmp_path / "ct_scans"], options=InferOptions(series_rules=ALL),
+            progress=False)
+    result = score_submission(out / "submission.csv", csv, labels_format="ct-ich")
+    assert result["n_images"] == 6 and result["labels"]["n_images"] == 6 and 0 < result["weighted_log_loss"]
