@@ -52,7 +52,7 @@ from ich3d.inference.predictor import series_input
 from ich3d.inference.run import model_checkpoints
 from ich3d.models.io import load_model
 from ich3d.models.model import IchModel
-from ich3d.report_figures import figure, figure_png, overlay
+from ich3d.report_figures import figure, figure_png, head_box, overlay
 from ich3d.runtime import Runtime, select_device
 from ich3d.viz import _find_image
 
@@ -344,10 +344,11 @@ def explanation_png(explanation: Explanation) -> bytes:
     fig = figure(20.0, 3.6)
     axes = fig.subplots(1, 1 + len(LABELS), gridspec_kw={"left": 0.005, "right": 0.995, "top": 0.8,
                                                          "bottom": 0.01, "wspace": 0.03})
-    axes[0].imshow(np.moveaxis(bsb(explanation.hu), 0, -1), interpolation="nearest")
+    head = head_box(explanation.hu)
+    axes[0].imshow(np.moveaxis(bsb(explanation.hu), 0, -1)[head], interpolation="nearest")
     axes[0].set_title("BSB (brain / subdural / soft tissue)", fontsize=10)
     for j, (ax, name) in enumerate(zip(axes[1:], LABELS)):
-        ax.imshow(explanation.overlay(name), interpolation="nearest")
+        ax.imshow(explanation.overlay(name)[head], interpolation="nearest")
         truth = explanation.truth[j]
         known = "" if np.isnan(truth) else f" (label {int(truth)})"
         ax.set_title(f"{name}: p = {explanation.probs[j]:.3f}{known}", fontsize=10,
