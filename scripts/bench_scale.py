@@ -1,7 +1,7 @@
 """Scale benchmark: how each data step's time and memory grow to the RSNA 2019 size (752,803 images).
 
 Usage: python scripts/bench_scale.py --data /tmp/ich3d-bench-scale [--fractions 0.01 0.1 1]
-       [--steps labels order ...] [--gru-steps 50] [--epochs 1] [--write]
+       [--steps labels order ...] [--repeats 1] [--gru-steps 50] [--epochs 1] [--write]
 
 No pixel data is involved: ``scripts/scale_inputs.py`` synthesizes, once per fraction of the RSNA
 size and outside every timed region, the header table, labels CSV, index, fold table, fp16
@@ -368,7 +368,8 @@ def laps_table(results: dict[str, dict]) -> str:
     for name, result in results.items():
         phases = ", ".join(f"{k} {v:.2f}" for k, v in result["laps"].items())
         phases += "".join(f"; {k} {v:.2f}" if isinstance(v, float) else f"; {k} {v}" for k, v in result["extra"].items())
-        skip = {"seconds", "cpu_s", "laps", "extra", "baseline_gib", "inputs_gib", "peak_gib", "anon_peak_gib"}
+        skip = {"seconds", "cpu_s", "laps", "extra", "baseline_gib", "inputs_gib", "peak_gib", "anon_peak_gib",
+                "runs_s"}
         facts = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v:,}" for k, v in result.items()
                           if k not in skip)
         lines.append(f"| {name} | {phases} | {result['cpu_s']:.1f} | {result['inputs_gib']:.2f} | "
@@ -400,7 +401,7 @@ def _met(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def report(results: dict[str, dict[str, dict]], fractions: list[float], counts: dict[str, dict]) -> str:
+def report(results: dict[str, dict[str, dict]], fractions: list[float], counts: dict[str, dict], repeats: int) -> str:
     largest = f"{max(fractions):g}"
     load = os.getloadavg()
     machine = (f"Machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
@@ -408,7 +409,8 @@ def report(results: dict[str, dict[str, dict]], fractions: list[float], counts: 
                f"{datetime.date.today().isoformat()}, python {platform.python_version()}, pandas {pd.__version__}, "
                f"numpy {np.__version__}; load average at the end {load[0]:.1f} (other jobs share the machine: "
                f"wall times are noisy, CPU seconds less so). Inputs synthesized by `scripts/scale_inputs.py` "
-               f"(no pixels; RSNA-like geometry and labels, seeded), each step in a fresh process, page cache warm. "
+               f"(no pixels; RSNA-like geometry and labels, seeded), each step in a fresh process (the fastest of "
+               f"{repeats} runs), page cache warm. "
                f"A cell is wall seconds / peak RSS (VmHWM, mapped file pages included); baseline is the step's "
                f"process after its imports (torch for `sequence`). A ratio of ≈ 10 from 10 % to 100 % is linear "
                f"growth; ×10 projected (a 7.5 M-image archive) applies the same ratios once more, at least 10 (linear).")
@@ -432,6 +434,7 @@ def main() -> None:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     parser.add_argument("--steps", nargs="+", choices=list(STEPS), default=list(STEPS))
     parser.add_argument("--gru-steps", type=int, default=50, help="Batches of the epoch also run through the head.")
+    parser.add_argument("--repeats", type=int, default=1, help="Runs of each step; the fastest is reported.")
     parser.add_argument("--epochs", type=int, default=1, help="Epochs of the sequence stage's batches.")
     parser.add_argument("--step", choices=list(STEPS), help="Run one step here and print its JSON (internal).")
     parser.add_argument("--fraction", type=float, help="The fraction of --step (internal).")
@@ -446,13 +449,15 @@ def main() -> None:
     for fraction in args.fractions:
         counts[f"{fraction:g}"] = inputs_for(args.data, fraction).counts()
         for name in args.steps:
-            results.setdefault(f"{fraction:g}", {})[name] = result = run_step(args, fraction, name)
+            runs = [run_step(args, fraction, name) for _ in range(args.repeats)]
+            result = min(runs, key=lambda run: run["seconds"]) | {"runs_s": [run["seconds"] for run in runs]}
+            results.setdefault(f"{fraction:g}", {})[name] = result
             print(f"{fraction:g} {name}: {result['seconds']:.2f} s, peak {result['peak_gib']:.2f} GiB", flush=True)
     (args.data / "results.json").write_text(json.dumps({"counts": counts, "results": results}, indent=1))
-    body = report(results, args.fractions, counts)
+    body = report(results, args.fractions, counts, args.repeats)
     print(body)
     if args.write:
-        command = "python scripts/bench_scale.py --data /tmp/ich3d-bench-scale --write"
+        command = " ".join(["python scripts/bench_scale.py", *sys.argv[1:]])
         write_section(f"{SECTION}\n\n`{command}`\n\n{body}\n")
 
 
