@@ -50,6 +50,7 @@ from ich3d.dataset.pixels import read_pixels, to_hu
 from ich3d.errors import InputError
 from ich3d.inference.predictor import series_input
 from ich3d.inference.run import model_checkpoints
+from ich3d.models.calibration import apply_calibration
 from ich3d.models.io import load_model
 from ich3d.models.model import IchModel
 from ich3d.report_figures import figure, figure_png, head_box, overlay
@@ -86,8 +87,8 @@ class Explanation:
 
     Attributes:
         image_id: the slice.
-        probs: (6,) probabilities of the explained forward pass (no test-time augmentation, no
-            calibration), mean over the ensemble's members, LABELS order.
+        probs: (6,) probabilities of the explained forward pass (calibrated as the checkpoint says, no
+            test-time augmentation), mean over the ensemble's members, LABELS order.
         labels: the explained labels (names), in the order of ``heatmaps``.
         heatmaps: (L, rows, cols) float32 >= 0 on the original pixel grid (mean over members).
         hu: (rows, cols) float32 Hounsfield units of the original slice.
@@ -299,7 +300,7 @@ class Explainer:
             data = DataConfig(**checkpoint["config"]["data"])
             p, m = series_gradcam(model, hu, readable, data, targets, self.device, self.settings,
                                   [LABELS.index(name) for name in labels])
-            probs.append(p)
+            probs.append(apply_calibration(p, checkpoint.get("calibration")))  # as ich3d infer reports them
             maps.append(m)
         out = {}
         for k, row in enumerate(wanted.to_dict("records")):
