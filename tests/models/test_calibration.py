@@ -59,3 +59,19 @@ def test_a_calibration_that_does_not_pay_off_out_of_sample_is_not_applied() -> N
     assert not any(by_series["fitted"]) and by_series["a"] == [1.0] * 6
     mixed = np.roll(groups, 25)  # halves that mix both kinds of series: there the fit pays off
     assert any(fit_calibration(probs, labels, mixed)["fitted"])
+
+
+def test_calibration_never_sharpens_and_few_series_move_it_part_of_the_way() -> None:
+    """An underconfident predictor keeps a = 1 (only its base rate moves); a base-rate shift seen in
+    four series moves b less than the same shift seen in four hundred."""
+    truth, labels = _case()
+    underconfident = _overconfident(truth, power=0.5)
+    calibration = fit_calibration(underconfident, labels)
+    assert calibration["a"] == [1.0] * 6
+    rng = np.random.default_rng(0)
+    probs = np.full((4000, 6), 0.2)
+    shifted = (rng.random((4000, 6)) < 0.35).astype(float)  # bleeds more often than predicted
+    many = fit_calibration(probs, shifted, np.repeat(np.arange(400), 10))
+    few = fit_calibration(probs, shifted, np.repeat(np.arange(4), 1000))
+    assert all(many["fitted"]) and all(few["fitted"])
+    assert all(0 < f < m for f, m in zip(few["b"], many["b"]))
