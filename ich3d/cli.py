@@ -82,6 +82,20 @@ def verbosity_options(command: Callable) -> Callable:
                         help="Debug logging.")(command)
 
 
+def series_options(command: Callable) -> Callable:
+    """Adds the per-study series choice (--series, --series-rules, --series-uid) to a command."""
+    for option in reversed([
+        click.option("--series", "series_mode", type=click.Choice(["auto", "all"]), default="auto", show_default=True,
+                     help="auto: per study the soft-kernel, non-contrast axial series nearest the target thickness; "
+                          "all: every axial CT series."),
+        click.option("--series-rules", type=ExistingFile,
+                     help="YAML/JSON rules overriding the choice (include, exclude, roles)."),
+        click.option("--series-uid", "series_uids", multiple=True, help="Predict exactly these series (repeatable)."),
+    ]):
+        command = option(command)
+    return command
+
+
 def _quiet(ctx: click.Context) -> bool:
     return bool(ctx.find_root().obj["quiet"])
 
@@ -169,11 +183,7 @@ def synth(ctx: click.Context, out: Path, layout_name: str, n_series: int, n_test
 @click.option("--index-only", is_flag=True, help="Stop after the header index.")
 @click.option("--crop", type=click.Choice(["head", "none"]), default="head", show_default=True,
               help="head: cache each series cropped to a square around the head; none: the whole image.")
-@click.option("--series", "series_mode", type=click.Choice(["auto", "all"]), default="auto", show_default=True,
-              help="auto: per study the soft-kernel, non-contrast axial series nearest the target thickness; "
-                   "all: every axial CT series.")
-@click.option("--series-rules", type=ExistingFile, help="YAML/JSON rules overriding the choice (include, exclude, roles).")
-@click.option("--series-uid", "series_uids", multiple=True, help="Predict exactly these series (repeatable).")
+@series_options
 @click.option("--target-thickness", type=float, default=5.0, show_default=True,
               help="Slice thickness (mm) --series auto prefers: the model's training thickness.")
 @click.option("--assume-intercept", type=float,
@@ -275,11 +285,7 @@ def train(ctx: click.Context, dataset: Path, config_path: str | None, out: Path,
 @click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision on CUDA.")
 @click.option("--resample", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
               help="auto: read series under half the training thickness as slabs of it.")
-@click.option("--series", "series_mode", type=click.Choice(["auto", "all"]), default="auto", show_default=True,
-              help="auto: per study the soft-kernel, non-contrast axial series nearest the target thickness; "
-                   "all: every axial CT series.")
-@click.option("--series-rules", type=ExistingFile, help="YAML/JSON rules overriding the choice (include, exclude, roles).")
-@click.option("--series-uid", "series_uids", multiple=True, help="Predict exactly these series (repeatable).")
+@series_options
 @click.option("--threshold", default=0.5, show_default=True, help="Probability for the exams' slice ranges.")
 @click.option("--calibration/--no-calibration", default=True, show_default=True,
               help="Apply the models' calibration (fitted on held-out predictions).")
