@@ -94,7 +94,11 @@ class GRUHead(nn.Module):
     """Bidirectional GRU over each series, with a skip from the slice embedding to the classifier.
 
     logits = Linear(Dropout(concat(BiGRU(LN(e)), LN(e)))), the GRU run on packed sequences so that
-    padding never influences a real slice.
+    padding never influences a real slice. On the slice stage's label logits (``residual``) the head
+    learns a correction: logits = e + Linear(Dropout(concat(BiGRU(e), e))) with the Linear starting at
+    zero, so an untrained head is the slice model and a few hundred steps on 30 series cannot make it
+    worse than that (no LayerNorm there: normalising six logits per slice would erase how likely the
+    slice is as a whole).
 
     Args:
         in_features: F.
@@ -103,11 +107,17 @@ class GRUHead(nn.Module):
         dropout: between GRU layers and before the classifier.
         input_norm: LayerNorm on the embeddings (helps with unnormalised cached CNN features).
         skip: concatenate the embedding with the GRU output before the classifier.
+        residual: the embeddings are the six label logits; add them to the output (implies no input norm).
     """
 
     def __init__(self, in_features: int, hidden: int = 128, num_layers: int = 2, dropout: float = 0.1,
-                 input_norm: bool = True, skip: bool = True) -> None:
+                 input_norm: bool = True, skip: bool = True, residual: bool = False) -> None:
         super().__init__()
+        if residual and in_features != len(LABELS):
+            raise ConfigError(f"a residual sequence head needs the {len(LABELS)} label logits as features, "
+                              f"got {in_features}")
+        input_norm = input_norm and not residual
+        self.residual = residual
         self.missing_embedding = nn.Parameter(torch.zeros(in_features))
         self.norm = nn.LayerNorm(in_features) if input_norm else nn.Identity()
         self.gru = nn.GRU(in_features, hidden, num_layers, batch_first=True, bidirectional=True,
@@ -115,6 +125,9 @@ class GRUHead(nn.Module):
         self.skip = skip
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(2 * hidden + (in_features if skip else 0), len(LABELS))
+        if residual:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
 
     def forward(
         self, embeddings: torch.Tensor, mask: torch.Tensor, readable: torch.Tensor | None = None
@@ -130,12 +143,14 @@ class GRUHead(nn.Module):
             (B, N, 6) logits; rows at padding are finite but meaningless.
         """
         lengths = sequence_lengths(mask).clamp_min(1)  # an all-padding row runs on one dummy step
-        x = self.norm(fill_embeddings(embeddings, mask, readable, self.missing_embedding))
+        filled = fill_embeddings(embeddings, mask, readable, self.missing_embedding)
+        x = self.norm(filled)
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         out, _ = self.gru(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         features = torch.cat([out, x.to(out.dtype)], dim=-1) if self.skip else out
-        return self.out(self.dropout(features))
+        logits = self.out(self.dropout(features))
+        return logits + filled.to(logits.dtype) if self.residual else logits
 
 
 #: The head registry: name -> class taking (in_features, **settings).

@@ -101,7 +101,8 @@ def build_model(model_cfg: Mapping[str, Any], in_channels: int, load_weights: bo
     logits = model_cfg.get("features", "embedding") == "logits" and model_cfg["head"]["name"] != "slice"
     projection = LogitProjection(encoder.out_features, len(LABELS)) if logits else None
     features = projection.out_features if projection is not None else encoder.out_features
-    return IchModel(encoder, build_head(model_cfg["head"], features), projection)
+    head_cfg = dict(model_cfg["head"]) | ({"residual": True} if logits else {})
+    return IchModel(encoder, build_head(head_cfg, features), projection)
 
 
 def check_model_config(model_cfg: Mapping[str, Any]) -> None:

@@ -96,3 +96,20 @@ def test_build_head() -> None:
         build_head({"name": "lstm"}, F)
     with pytest.raises(ConfigError, match="bad settings"):
         build_head({"name": "gru", "width": 3}, F)
+
+
+def test_a_residual_head_starts_as_the_slice_model_and_learns_a_correction() -> None:
+    """On label logits the untrained head returns its input on every real slice, so the sequence
+    stage starts from the slice model; one optimiser step moves it."""
+    torch.manual_seed(0)
+    head = GRUHead(6, hidden=8, num_layers=1, dropout=0.0, residual=True)
+    logits = torch.randn(2, 5, 6) * 4
+    mask = _lengths_mask([5, 3], 5)
+    torch.testing.assert_close(head(logits, mask)[mask], logits[mask])
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(head(logits, mask)[mask],
+                                                                torch.ones_like(logits[mask]))
+    loss.backward()
+    torch.optim.SGD(head.parameters(), lr=1.0).step()
+    assert not torch.allclose(head(logits, mask)[mask], logits[mask])
+    with pytest.raises(ConfigError, match="label logits"):
+        GRUHead(F, residual=True)
