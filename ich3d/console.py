@@ -135,7 +135,10 @@ def print_demo(result: dict[str, Any], console: Console) -> None:
     table.add_row("CNN + GRU", _fmt(result.get("sequence_valid")), _fmt(result.get("raw_score")))
     table.add_row("[bold]CNN + GRU, calibrated[/]", _fmt(result.get("calibrated_valid")) + "*",
                   f"[bold]{result['score']['weighted_log_loss']:.4f}[/]")
-    table.caption = f"* calibration fitted on {result.get('calibration_fitted_on')}: in-sample there"
+    labels = ", ".join(result.get("calibrated_labels") or []) or "none (no fit paid off out of sample)"
+    table.caption = (f"* validation predicted with the inference TTA ({_fmt(result.get('tta_valid'))} before "
+                     f"calibration); calibration fitted on {result.get('calibration_fitted_on')}, in-sample "
+                     f"there; labels calibrated: {labels}")
     console.print(table)
     if result.get("exams"):
         console.print(exam_table(result["exams"], "demo: exams of a PACS-style export (one row per study)"))

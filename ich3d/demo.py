@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ich3d.atomic import write_json_atomic
+from ich3d.constants import LABELS
 from ich3d.layout import InferFolder, RunFolder
 
 
@@ -63,6 +64,8 @@ def run_demo(out: Path, n_series: int = 60, n_test_series: int = 16, config: str
         "slice_score": _score(slice_only.submission, labels)["weighted_log_loss"],
         "prior_score": _prior_score(run, sample, labels, pred.root / "prior_submission.csv"),
         **_best_validation(run), "calibrated_valid": trained["calibration"]["after"]["weighted_log_loss"],
+        "tta_valid": trained["calibration"]["before"]["weighted_log_loss"],
+        "calibrated_labels": [name for name, fitted in zip(LABELS, trained["calibration"]["fitted"]) if fitted],
         "calibration_fitted_on": trained["calibration"]["fitted_on"], "out": str(out),
     }
     result |= _clinical_exams(out, run, n_exams, seed, progress)
