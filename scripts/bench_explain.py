@@ -4,7 +4,7 @@ Usage: python scripts/bench_explain.py --demo DIR [--tolerance 5 15] [--write]
 
 DIR is the folder of ``ich3d demo --out DIR`` (its model, its held-out test split built from DICOM and
 the generator's lesion masks in ``DIR/rsna/masks``). Every readable test slice labelled positive is
-explained (``ich3d.explain.Explainer``: through the whole sequence model, on the original pixel grid)
+explained (``ich3d.app.explain.Explainer``: through the whole sequence model, on the original pixel grid)
 and scored against its mask, for ``any`` (the mask of every subtype) and for each subtype (that
 subtype's heatmap and bit, on the slices labelled with it):
 
@@ -34,7 +34,7 @@ from benchmarks_md import write_section  # scripts/ is on sys.path when run
 
 from ich3d.constants import LABELS
 from ich3d.dataset.labels import read_labels
-from ich3d.explain import CamSettings, Explainer, dilate, pointing_game
+from ich3d.app.explain import CamSettings, Explainer, dilate, pointing_game
 from ich3d.layout import SynthFolder
 from ich3d.synth.lesions import MASK_BITS
 from ich3d.synth.series import load_mask

@@ -23,7 +23,7 @@ from benchmarks_md import write_section  # scripts/ is on sys.path when run
 
 from ich3d.inference.run import predict
 from ich3d.layout import InferFolder, SynthFolder
-from ich3d.report import write_report
+from ich3d.app.report import write_report
 from ich3d.synth.generate import make_synthetic_dataset
 from ich3d.synth.plan import SynthConfig
 

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from ich3d.cli import main
+from ich3d.app.cli import main
 from ich3d.dataset.cache import load_series
 from ich3d.dataset.index import load_index
 from ich3d.inference.run import predict

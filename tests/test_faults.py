@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import TINY_TRAINING
 
-from ich3d.cli import main
+from ich3d.app.cli import main
 from ich3d.layout import DatasetFolder, InferFolder, RunFolder
 
 IS_ROOT = os.geteuid() == 0
@@ -44,7 +44,7 @@ def _fails(result: Result, *fragments: str) -> str:
 def _cli(args: list[str], privileged: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
     """The real console entry point in a new process (``privileged=False``: without root's overrides)."""
     prefix = [] if privileged else NO_OVERRIDE
-    return subprocess.run([*prefix, sys.executable, "-m", "ich3d.cli", *args], capture_output=True, text=True,
+    return subprocess.run([*prefix, sys.executable, "-m", "ich3d.app.cli", *args], capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -193,7 +193,7 @@ def test_a_damaged_cache_file_is_rebuilt_and_counted(synthetic_rsna: Path, tmp_p
 def test_two_infer_jobs_into_one_folder(trained_run: Path, tiny_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "shared"
     args = ["-q", "infer", "--run", str(trained_run), "--dataset", str(tiny_dataset), "--out", str(out)]
-    first = subprocess.Popen([sys.executable, "-m", "ich3d.cli", *args], stdout=subprocess.PIPE,
+    first = subprocess.Popen([sys.executable, "-m", "ich3d.app.cli", *args], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     lock = InferFolder(out).lock
     deadline = time.monotonic() + 60
@@ -212,7 +212,7 @@ def test_two_infer_jobs_into_one_folder(trained_run: Path, tiny_dataset: Path, t
 
 
 def test_killed_build_leaves_no_worker_behind(synthetic_rsna: Path, tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "ich3d.cli", "-q", "build-series", "--dicom-dir", str(synthetic_rsna),
+    command = [sys.executable, "-m", "ich3d.app.cli", "-q", "build-series", "--dicom-dir", str(synthetic_rsna),
                "--out", str(tmp_path / "d"), "--image-size", "512", "--workers", "2", "--overwrite"]
     parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     children: list[int] = []

@@ -1,4 +1,7 @@
-"""Imports point one way (docs/design.md §8): app → training → inference → data/models → dataset → core."""
+"""Imports point one way (docs/design.md §8): app/serve → training → inference → data/models → dataset → core.
+
+The layer of a module is the folder it lives in; a module directly under ``ich3d/`` is core.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +12,16 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ich3d"
 #: Layer of each part of the package; a module may import only from its own layer or lower ones.
-LAYERS = {"core": 0, "dataset": 1, "data": 2, "models": 2, "inference": 3, "training": 4, "synth": 1, "app": 5}
-APP = {"cli", "demo", "console", "viz", "report", "explain"}
+LAYERS = {"core": 0, "dataset": 1, "data": 2, "models": 2, "inference": 3, "training": 4, "synth": 1, "app": 5,
+          "serve": 5}
 #: Core modules that must not import torch (fast CLI start, usable without torch).
 TORCH_FREE = {"constants", "errors", "layout", "atomic", "folders", "workers", "progress", "metrics", "config"}
 
 
 def _part(module: str) -> str:
-    """``ich3d.dataset.dicom`` → "dataset"; top-level modules are core or app."""
+    """``ich3d.dataset.dicom`` → "dataset"; a module directly under ``ich3d/`` is core."""
     parts = module.split(".")
-    if len(parts) > 2 and parts[1] in LAYERS:
-        return parts[1]
-    return "app" if parts[-1] in APP else "core"
+    return parts[1] if len(parts) > 2 else "core"
 
 
 def _imports(path: Path) -> list[str]:
@@ -35,6 +36,11 @@ def _imports(path: Path) -> list[str]:
 
 
 MODULES = sorted(p for p in PACKAGE.rglob("*.py"))
+FOLDERS = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists())
+
+
+def test_every_folder_has_a_layer() -> None:
+    assert set(FOLDERS) <= set(LAYERS), f"folders without a layer: {sorted(set(FOLDERS) - set(LAYERS))}"
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))

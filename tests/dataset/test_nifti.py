@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import clean_series
 
-from ich3d.cli import main
+from ich3d.app.cli import main
 from ich3d.constants import LABEL_COLUMNS, Status
 from ich3d.dataset import nifti
 from ich3d.dataset.build import build_series

@@ -21,7 +21,7 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
-from ich3d.cli import main
+from ich3d.app.cli import main
 from ich3d.constants import LABELS
 from ich3d.dataset.pixels import to_hu
 from ich3d.errors import ConfigError, InputError

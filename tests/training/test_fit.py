@@ -136,7 +136,7 @@ def test_two_process_gloo_ddp(tiny_dataset: Path, tmp_path: Path) -> None:
     run = tmp_path / "ddp"
     overrides = [arg for item in TINY for arg in ("--set", item)]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(_free_port()), "-m", "ich3d.cli", "-q", "train", "--dataset", str(tiny_dataset),
+               "--master_port", str(_free_port()), "-m", "ich3d.app.cli", "-q", "train", "--dataset", str(tiny_dataset),
                "--config", "cpu_small", "--out", str(run), "--device", "cpu", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)

@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from ich3d.cli import main
+from ich3d.app.cli import main
 from ich3d.dataset.index import load_index
 from ich3d.inference.run import predict
 from ich3d.layout import InferFolder
-from ich3d.report import ReportOptions, pick_series, write_report
+from ich3d.app.report import ReportOptions, pick_series, write_report
 
 ALL_SECTIONS = ["summary", "curves", "strips", "gallery", "training", "exams"]
 

@@ -40,7 +40,7 @@ def run_demo(out: Path, n_series: int = 60, n_test_series: int = 16, config: str
     from ich3d.config import load_config
     from ich3d.dataset.build import build_series
     from ich3d.inference.run import InferOptions, predict
-    from ich3d.report import write_report
+    from ich3d.app.report import write_report
     from ich3d.training.fit import fit
 
     began = time.perf_counter()

@@ -11,14 +11,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from ich3d.cli import main
+from ich3d.app.cli import main
 from ich3d.config import DataConfig
 from ich3d.constants import LABELS
 from ich3d.dataset.cache import resize
 from ich3d.dataset.crop import CacheBox, cache_box, crop_square, padding_box
 from ich3d.dataset.index import load_index
 from ich3d.errors import InputError
-from ich3d.explain import (
+from ich3d.app.explain import (
     CamSettings,
     Explainer,
     _logit_gradients,

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from ich3d import __version__
-from ich3d import report_figures as figures
-from ich3d import report_html as markup
+from ich3d.app import report_figures as figures
+from ich3d.app import report_html as markup
 from ich3d.atomic import atomic_write
 from ich3d.constants import LABEL_COLUMNS, LABELS, SHORT_NAMES, WINDOWS
 from ich3d.data.windowing import bsb, scaled_window
@@ -89,7 +89,7 @@ class _Inputs:
         if not self.runs or self.dataset is None or not image_ids:
             return None
         if self.explainer is None:
-            from ich3d.explain import Explainer
+            from ich3d.app.explain import Explainer
 
             self.explainer = Explainer(self.runs, self.dataset, options.device)
         return self.explainer.explain(image_ids, labels=("any",))  # the page shows p(any)

@@ -198,7 +198,7 @@ def build_series_command(ctx: click.Context, dicom_dirs: tuple[Path, ...], nifti
                          series_rules: Path | None, series_uids: tuple[str, ...], target_thickness: float,
                          assume_intercept: float | None, strict: bool) -> None:
     """Index DICOM files and NIfTI volumes into series, choose the series to read, join labels and cache HU."""
-    from ich3d.console import print_build_summary
+    from ich3d.app.console import print_build_summary
     from ich3d.dataset.build import build_series
     from ich3d.dataset.roles import load_rules
 
@@ -232,7 +232,7 @@ def build_series_command(ctx: click.Context, dicom_dirs: tuple[Path, ...], nifti
 @handle_errors
 def show(ctx: click.Context, image: str, dataset: Path, out: Path, series_montage: bool) -> None:
     """Draw the panel figure of one image (ID or path): raw, header window, scaled, BSB."""
-    from ich3d.viz import show_image, show_series_of_image
+    from ich3d.app.viz import show_image, show_series_of_image
 
     written = [show_image(dataset, image, out)]
     if series_montage:
@@ -255,7 +255,7 @@ def show(ctx: click.Context, image: str, dataset: Path, out: Path, series_montag
 def train(ctx: click.Context, dataset: Path, config_path: str | None, out: Path, fold: int | None, folds: str | None,
           overrides: tuple[str, ...], resume: bool, device: str | None) -> None:
     """Train the CNN encoder and GRU head in stages (launch with torchrun for several GPUs)."""
-    from ich3d.console import EpochTable
+    from ich3d.app.console import EpochTable
     from ich3d.training.fit import fit
 
     if config_path is None and not resume:
@@ -302,7 +302,7 @@ def infer(ctx: click.Context, runs: tuple[Path, ...], dataset: Path | None, dico
     With --dicom-dir the series choice options apply to the dataset built in OUT/dataset (target
     thickness: the models' training slice spacing); with --dataset, the dataset's own choice is used.
     """
-    from ich3d.console import print_infer_summary
+    from ich3d.app.console import print_infer_summary
     from ich3d.dataset.roles import load_rules
     from ich3d.inference.run import InferOptions, predict
 
@@ -325,7 +325,7 @@ def infer(ctx: click.Context, runs: tuple[Path, ...], dataset: Path | None, dico
 @handle_errors
 def merge(ctx: click.Context, out: Path, sample_submission: Path | None, allow_missing: bool) -> None:
     """Join sharded inference parts into one submission."""
-    from ich3d.console import print_infer_summary
+    from ich3d.app.console import print_infer_summary
     from ich3d.inference.run import merge as merge_parts
 
     print_infer_summary(merge_parts(out, sample_submission, allow_missing), _console(ctx))
@@ -352,7 +352,7 @@ def score(ctx: click.Context, predictions: Path, labels: Path | None, labels_for
     Per image (--labels): weighted log loss, per-label log loss, AUC and ECE, series AUC. Per exam
     (--exams): per-label AUC with bootstrap 95 % CIs, sensitivity, specificity, confusion counts.
     """
-    from ich3d.console import print_exam_score, print_score
+    from ich3d.app.console import print_exam_score, print_score
     from ich3d.inference.submission import save_score, score_submission, series_lookup
     from ich3d.layout import InferFolder
 
@@ -385,8 +385,8 @@ def score(ctx: click.Context, predictions: Path, labels: Path | None, labels_for
 def demo(ctx: click.Context, out: Path, n_series: int, n_test_series: int, config_name: str,
          overrides: tuple[str, ...], seed: int) -> None:
     """synth → build-series → train → infer → score on synthetic data, with the prior for comparison."""
-    from ich3d.console import EpochTable, print_demo
-    from ich3d.demo import run_demo
+    from ich3d.app.console import EpochTable, print_demo
+    from ich3d.app.demo import run_demo
 
     console = _console(ctx)
     result = run_demo(out, n_series, n_test_series, config_name, list(overrides), seed,
@@ -410,7 +410,7 @@ def demo(ctx: click.Context, out: Path, n_series: int, n_test_series: int, confi
 def report_command(ctx: click.Context, predictions: Path, labels: Path | None, runs: tuple[Path, ...],
                    dataset: Path | None, out: Path | None, max_series: int, gallery: int, device: str | None) -> None:
     """Write one self-contained HTML page: scores, curves, series strips, error gallery, training, exams."""
-    from ich3d.report import ReportOptions, write_report
+    from ich3d.app.report import ReportOptions, write_report
 
     options = ReportOptions(max_series=max_series, gallery=gallery, device=device)
     result = write_report(predictions, out, labels=labels, runs=list(runs), dataset=dataset, options=options)
@@ -430,10 +430,10 @@ def report_command(ctx: click.Context, predictions: Path, labels: Path | None, r
 def explain(ctx: click.Context, image: str, runs: tuple[Path, ...], dataset: Path, out: Path,
             device: str | None) -> None:
     """Draw the Grad-CAM of every label of one image (ID or path) through the whole sequence model."""
-    from ich3d.explain import explain_image
+    from ich3d.app.explain import explain_image
 
     _console(ctx).print(f"wrote {explain_image(list(runs), dataset, image, out, device)}")
 
 
-if __name__ == "__main__":  # `python -m ich3d.cli`, as torchrun launches it
+if __name__ == "__main__":  # `python -m ich3d.app.cli`, as torchrun launches it
     main()

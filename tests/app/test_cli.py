@@ -11,13 +11,13 @@ import pytest
 from click.testing import CliRunner
 
 from ich3d import __version__
-from ich3d.cli import main
+from ich3d.app.cli import main
 
 COMMANDS = ["synth", "build-series", "show", "train", "infer", "merge", "score", "demo"]
 
 
 def test_console_script_help_and_version() -> None:
-    done = subprocess.run([sys.executable, "-m", "ich3d.cli", "--version"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "ich3d.app.cli", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and __version__ in done.stdout
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0

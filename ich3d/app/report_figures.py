@@ -1,6 +1,6 @@
 """The figures of ``ich3d report`` and ``ich3d explain``, drawn from plain arrays (no files, no torch).
 
-Matplotlib through its object API on an Agg canvas (no pyplot), as in :mod:`ich3d.viz`; every function
+Matplotlib through its object API on an Agg canvas (no pyplot), as in :mod:`ich3d.app.viz`; every function
 returns PNG bytes, ready to embed in the HTML page or to write to a file.
 """
 

@@ -9,7 +9,7 @@ import pytest
 
 from ich3d.dataset.index import load_index
 from ich3d.errors import InputError
-from ich3d.viz import show_image, show_series, show_series_of_image
+from ich3d.app.viz import show_image, show_series, show_series_of_image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -53,9 +53,9 @@ from ich3d.inference.run import model_checkpoints
 from ich3d.models.calibration import apply_calibration
 from ich3d.models.io import load_model
 from ich3d.models.model import IchModel
-from ich3d.report_figures import figure, figure_png, head_box, overlay
+from ich3d.app.report_figures import figure, figure_png, head_box, overlay
 from ich3d.runtime import Runtime, select_device
-from ich3d.viz import _find_image
+from ich3d.app.viz import _find_image
 
 log = logging.getLogger(__name__)
 WEIGHTINGS = ("layercam", "gradcam")
