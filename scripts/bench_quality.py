@@ -2,6 +2,7 @@
 
 Usage: python scripts/bench_quality.py --data /tmp/ich3d-quality [--setting shifted] [--size 40/12]
        [--config cpu_small] [--folds single|all] [--set key=value ...] [--write]
+       python scripts/bench_quality.py --matrix [--settings tuned shifted sharp] [--recipe NAME=k=v,...] ...
 
 For a generator setting (``tuned``: the defaults ich3d was developed on; ``shifted``: another seed and
 other noise, lesion contrast and size, head size and slice spacings, see SETTINGS) and a size
@@ -11,6 +12,9 @@ predicted from the raw DICOM folder (``ich3d.predict``) by the slice-only model(
 model without and with calibration, and the prevalence prior. Test weighted log loss (RSNA metric)
 and the mean expected calibration error over labels are reported; --write adds the row to the
 "## Model quality" table of BENCHMARKS.md.
+
+--matrix trains on each of several settings and scores on all of them, for the recipe without and with
+the acquisition augmentations (scripts/shift_matrix.py); --write replaces "## Shift matrix".
 """
 
 from __future__ import annotations
@@ -97,8 +101,17 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--tag", default="", help="a name for the run folder (several runs of one set)")
     parser.add_argument("--write", action="store_true", help="add the row to BENCHMARKS.md")
+    parser.add_argument("--matrix", action="store_true", help="the shift matrix (train on each setting, score on all)")
+    parser.add_argument("--settings", nargs="+", default=["tuned", "shifted", "sharp"], help="--matrix settings")
+    parser.add_argument("--recipe", action="append", default=[],
+                        help="--matrix: another recipe NAME=key=value,... (augmented-*: on top of augmented)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.matrix:
+        from shift_matrix import run_matrix
+
+        run_matrix(args)
+        return
     n_train, n_test = map(int, args.size.split("/"))
     folder = synthesize(args.data, args.setting, n_train, n_test, args.image_size)
     config = ich3d.load_config(args.config, args.overrides)

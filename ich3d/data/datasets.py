@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ich3d.data.acquisition import Acquisition
 from ich3d.data.resample import slab_means
 from ich3d.data.tables import SeriesTable
 from ich3d.dataset.cache import load_series
@@ -36,12 +37,16 @@ class SliceDataset(Dataset):
     """Single slices (with 2.5D neighbours) for the slice stage.
 
     Item: ``(hu, target)`` with hu (K, S, S) int16 and target (6,) float32, K = 2 * context + 1.
+    ``acquisition``: the epoch's acquisition augmentations (training), applied with the draw of the
+    slice's series (None: the cache as it is).
     """
 
-    def __init__(self, table: SeriesTable, slice_ids: np.ndarray, context: int) -> None:
+    def __init__(self, table: SeriesTable, slice_ids: np.ndarray, context: int,
+                 acquisition: Acquisition | None = None) -> None:
         self.table = table
         self.slice_ids = np.asarray(slice_ids, dtype=np.int64)
         self.context = context
+        self.acquisition = acquisition
         self._series_of = table.series_of_slice()
         self._reader = _CacheReader(table.dataset)
 
@@ -56,8 +61,14 @@ class SliceDataset(Dataset):
         readable = self.table.readable[start:stop]
         window = np.clip(np.arange(local - self.context, local + self.context + 1), 0, stop - start - 1)
         window = np.where(readable[window], window, local)
-        hu = self._reader(self.table.series_uids[s])[window]
-        return torch.from_numpy(np.array(hu)), torch.from_numpy(self.table.labels[flat])
+        uid = self.table.series_uids[s]
+        if self.acquisition is None:
+            hu = np.array(self._reader(uid)[window])
+        else:
+            block, lo = _acquire(self.acquisition, self._reader(uid), uid, (int(window.min()), int(window.max()) + 1),
+                                 readable, start)
+            hu = block[window - lo]
+        return torch.from_numpy(hu), torch.from_numpy(self.table.labels[flat])
 
 
 class SeriesDataset(Dataset):
@@ -65,14 +76,16 @@ class SeriesDataset(Dataset):
 
     Item: dict with ``hu`` (N, S, S) int16, ``labels`` (N, 6) float32, ``readable`` (N,) bool,
     ``index`` () int64 series position, ``start`` () int64 first slice of the crop.
+    ``acquisition``: the epoch's acquisition augmentations (training; None: the cache as it is).
     """
 
-    def __init__(self, table: SeriesTable, series_ids: np.ndarray | None = None,
-                 crop_len: int = 0, crop_starts: np.ndarray | None = None) -> None:
+    def __init__(self, table: SeriesTable, series_ids: np.ndarray | None = None, crop_len: int = 0,
+                 crop_starts: np.ndarray | None = None, acquisition: Acquisition | None = None) -> None:
         self.table = table
         self.series_ids = np.arange(len(table.series_uids)) if series_ids is None else np.asarray(series_ids)
         self.crop_len = crop_len
         self.crop_starts = crop_starts
+        self.acquisition = acquisition
         self._reader = _CacheReader(table.dataset)
 
     def __len__(self) -> int:
@@ -83,15 +96,19 @@ class SeriesDataset(Dataset):
         start, stop = int(self.table.offsets[s]), int(self.table.offsets[s + 1])
         first = int(self.crop_starts[i]) if self.crop_starts is not None else 0
         last = min(stop - start, first + self.crop_len) if self.crop_len else stop - start
-        hu = self._series_hu(s)[first:last]
+        if self.acquisition is None:
+            hu = np.array(self._series_hu(s)[first:last])
+        else:
+            block, lo = _acquire(self.acquisition, self._series_hu(s), self.table.series_uids[s], (first, last),
+                                 self.table.readable[start:stop], start)
+            hu = block[first - lo:last - lo]
         return {
-            "hu": torch.from_numpy(np.array(hu)),
+            "hu": torch.from_numpy(hu),
             "labels": torch.from_numpy(self.table.labels[start + first:start + last]),
             "readable": torch.from_numpy(self.table.readable[start + first:start + last]),
             "index": torch.tensor(s),
             "start": torch.tensor(first),
         }
-
 
     def _series_hu(self, s: int) -> np.ndarray:
         """(N, S, S) int16 HU of series ``s``: its cache, or for a slab table the slab means of it."""
@@ -102,6 +119,24 @@ class SeriesDataset(Dataset):
         start, stop = self.table.offsets[s], self.table.offsets[s + 1]
         readable = slabs.source_readable[slabs.source_offsets[s]:slabs.source_offsets[s + 1]]
         return slab_means(np.asarray(volume), readable, slabs.first[start:stop])
+
+
+def _acquire(acquisition: Acquisition, volume: np.ndarray, series_uid: str, span: tuple[int, int],
+             readable: np.ndarray, offset: int) -> tuple[np.ndarray, int]:
+    """Slices ``span`` = [first, last) of a series with the epoch's draw of it applied, read with
+    ``acquisition.margin`` more on each side (as far as the series goes) for thickness averaging.
+
+    Args:
+        volume: (n, S, S) int16 the series (memory map); readable: (n,) bool of its slices.
+        offset: flat index of the series' first slice (keys each slice's noise).
+
+    Returns:
+        (hi - lo, S, S) int16 slices lo..hi-1, lo = max(0, first - margin), hi = min(n, last + margin); lo.
+    """
+    lo, hi = max(0, span[0] - acquisition.margin), min(len(volume), span[1] + acquisition.margin)
+    block = acquisition.apply(np.asarray(volume[lo:hi]), acquisition.draw(series_uid), np.arange(lo, hi) + offset,
+                              readable[lo:hi])
+    return block, lo
 
 
 def pad_series(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

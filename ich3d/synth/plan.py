@@ -50,6 +50,10 @@ class SynthConfig:
         head_size: heads' axes are scaled by this (0.85: a smaller population).
         slice_spacings: spacings (mm) a series draws from uniformly; empty: the RSNA-like mix
             (mostly 5 mm, some 2.5-6 mm).
+        kernel: the reconstruction kernel relative to the standard soft-tissue one, applied to image and
+            noise alike: 0 = standard; > 0 smoother (a Gaussian of sigma ``kernel`` mm, as a smooth
+            brain kernel); < 0 sharper (unsharp masking adding ``-kernel`` times the detail above a 1 mm
+            Gaussian, as a sharper or iterative-reconstruction kernel: edges and noise both stronger).
         The appearance settings move the generator away from what a model was tuned on: evaluation
         sets made with other settings test how well a recipe holds on data it was not tuned on.
     """
@@ -68,6 +72,7 @@ class SynthConfig:
     lesion_size: float = 1.0
     head_size: float = 1.0
     slice_spacings: tuple[float, ...] = ()
+    kernel: float = 0.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -83,6 +88,7 @@ class SynthConfig:
             (0.1 <= self.lesion_contrast <= 3.0 and 0.3 <= self.lesion_size <= 3.0, "lesion settings out of range"),
             (0.6 <= self.head_size <= 1.4, "head_size must be in [0.6, 1.4]"),
             (all(0.5 <= s <= 10.0 for s in self.slice_spacings), "slice_spacings must be in [0.5, 10] mm"),
+            (-2.0 <= self.kernel <= 3.0, "kernel must be in [-2, 3] (sharpening amount < 0, smoothing mm > 0)"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:

@@ -50,6 +50,7 @@ def write_series(folder: Path, plan: SeriesPlan, config: SynthConfig,
             hu, labels[sop], mask = lesions.render_slice(head, hemorrhages, grid)
             masks.append(mask)
             hu += _noise(rng, info["image_size"], sigma)
+            hu = reconstruct(hu, config.kernel, info["pixel_spacing"])
             write_slice(folder / f"{sop}.dcm", elements, syntax, sop, number, grid.origin, encode(hu))
     write_mask(mask_path, np.stack(masks), plan.sop_uids)
     return labels, info
@@ -131,6 +132,27 @@ def _slice_grids(rng: np.random.Generator, head: phantom.Head, plan: SeriesPlan,
         grids.append(phantom.SliceGrid(origin, row, col, float(pixel), size, size))
     info = {"image_size": size, "pixel_spacing": round(pixel, 4), "slice_spacing": step, "tilt_degrees": round(tilt, 2)}
     return grids, info
+
+
+def reconstruct(hu: np.ndarray, kernel: float, pixel_mm: float) -> np.ndarray:
+    """A slice as another reconstruction kernel would show it (see ``SynthConfig.kernel``).
+
+    Args:
+        hu: (rows, cols) float32 HU, image plus noise as the standard kernel shows them.
+        kernel: 0 (unchanged), > 0 Gaussian smoothing sigma in mm, < 0 unsharp-mask amount.
+        pixel_mm: pixel spacing in mm.
+
+    Returns:
+        (rows, cols) float32 HU.
+    """
+    if kernel == 0:
+        return hu
+    from scipy.ndimage import gaussian_filter
+
+    if kernel > 0:
+        return gaussian_filter(hu, kernel / pixel_mm, mode="nearest").astype(np.float32)
+    blurred = gaussian_filter(hu, 1.0 / pixel_mm, mode="nearest")
+    return (hu + np.float32(-kernel) * (hu - blurred)).astype(np.float32)
 
 
 def _noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:

@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader
 
 from ich3d.checkpoint import load_checkpoint
 from ich3d.config import FinetuneStageConfig, SequenceStageConfig, SliceStageConfig
-from ich3d.data.datasets import SliceDataset
+from ich3d.data.acquisition import epoch_acquisition
+from ich3d.data.datasets import SeriesDataset, SliceDataset, pad_series
 from ich3d.data.samplers import batches, sample_slices, sampling_logit_offset
 from ich3d.data.tables import SeriesTable
 from ich3d.data.transforms import sample_augment, to_input
@@ -28,7 +29,6 @@ from ich3d.inference.predictor import (
     predict_table,
     sequence_index,
     series_input,
-    series_loader,
 )
 from ich3d.models.io import load_model, model_spec, save_model
 from ich3d.models.model import IchModel, build_model
@@ -117,7 +117,8 @@ class SliceStage(_Stage):
         train = self.ctx.data.train
         ids = sample_slices(train, self.cfg.samples_per_epoch, self.cfg.positive_fraction, rng)
         plan = list(batches(np.arange(len(ids)), self.cfg.batch_size, self.runtime.rank, self.runtime.world_size))
-        yield from DataLoader(SliceDataset(train, ids, self.context), batch_sampler=plan,
+        acquisition = epoch_acquisition(self.ctx.config.augment, self.ctx.config.seed, epoch)
+        yield from DataLoader(SliceDataset(train, ids, self.context, acquisition), batch_sampler=plan,
                               num_workers=self.ctx.config.num_workers, pin_memory=self.runtime.device.type == "cuda")
 
     def loss(self, batch: Any, generator: torch.Generator) -> torch.Tensor:
@@ -262,8 +263,10 @@ class FinetuneStage(_Stage):
         train, runtime = self.ctx.data.train, self.runtime
         order, starts = rng.permutation(len(train.series_uids)), crop_starts(train, self.cfg.crop_len, rng)
         mine = np.concatenate(list(batches(order, len(order), runtime.rank, runtime.world_size)))
-        yield from series_loader(train, mine, self.cfg.batch_size, self.ctx.config.num_workers, runtime,
-                                 self.cfg.crop_len, starts[mine])
+        acquisition = epoch_acquisition(self.ctx.config.augment, self.ctx.config.seed, epoch)
+        dataset = SeriesDataset(train, mine, self.cfg.crop_len, starts[mine], acquisition)
+        yield from DataLoader(dataset, batch_size=self.cfg.batch_size, num_workers=self.ctx.config.num_workers,
+                              collate_fn=pad_series, pin_memory=runtime.device.type == "cuda")
 
     def loss(self, batch: Any, generator: torch.Generator) -> torch.Tensor:
         device = self.runtime.device

@@ -1,0 +1,164 @@
+"""The shift matrix of ``bench_quality.py --matrix``: train on each generator setting, score on every one.
+
+For each recipe (the config plus overrides: ``baseline`` with every acquisition augmentation off,
+``augmented`` with them on, and any ``--recipe NAME=key=value,...``) and each training setting, the
+model is trained on that setting's training split and predicts (GRU + calibration, as ``ich3d
+predict``) the test split of every setting; each cell is the test weighted log loss divided by that of
+the training set's prevalence prior on the same test set. The diagonal is the recipe on data like its
+training data; the off-diagonal cells are scanner/population shifts. Every cell is appended to
+``DATA/matrix/cells.jsonl`` as soon as it is scored, and a rerun skips finished cells and runs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import ich3d
+from ich3d.inference.submission import write_submission
+from ich3d.layout import InferFolder, RunFolder, SynthFolder
+from ich3d.metrics import prior_predictions
+from ich3d.synth.generate import make_synthetic_dataset
+from ich3d.synth.plan import SynthConfig
+
+from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)
+
+#: Generator settings of the matrix: each moves several acquisition and population factors.
+MATRIX_SETTINGS: dict[str, dict[str, Any]] = {
+    "tuned": {},
+    "shifted": {"seed": 11, "noise_sd": (5.0, 9.0), "lesion_contrast": 0.7, "lesion_size": 0.8, "head_size": 0.9,
+                "slice_spacings": (3.0, 4.0, 5.0)},
+    "sharp": {"seed": 23, "kernel": -1.0, "noise_sd": (4.0, 7.0), "lesion_contrast": 0.85, "lesion_size": 1.2,
+              "head_size": 1.1, "slice_spacings": (2.5, 3.0)},
+    "smooth": {"seed": 37, "kernel": 1.0, "noise_sd": (6.0, 10.0), "lesion_contrast": 1.2, "head_size": 0.85,
+               "slice_spacings": (5.0, 6.0)},
+}
+_ACQUISITION = ("noise", "kernel", "calibration", "thickness", "resolution", "nonuniformity")
+#: The recipes every matrix run compares: acquisition augmentations all off, and all on (p = 0.5).
+RECIPES: dict[str, list[str]] = {
+    "baseline": [f"augment.{name}.p=0" for name in _ACQUISITION],
+    "augmented": [f"augment.{name}.p=0.5" for name in _ACQUISITION],
+}
+SECTION = "## Shift matrix"
+
+
+def synth_set(data: Path, setting: str, sizes: tuple[int, int], image_size: int) -> Path:
+    """The synthetic set of a setting (train and test split), written once."""
+    folder = data / "matrix" / f"{setting}-{sizes[0]}-{sizes[1]}-{image_size}"
+    if not (folder / "synth.json").is_file():
+        config = SynthConfig(n_train_series=sizes[0], n_test_series=sizes[1], image_size=image_size,
+                             **({"seed": 0} | MATRIX_SETTINGS[setting]))
+        make_synthetic_dataset(folder, config, workers=2)
+    return folder
+
+
+def built(folder: Path, split: str, image_size: int) -> Path:
+    """The ``build-series`` dataset of a split (training labels joined), built once."""
+    dataset = folder / f"dataset-{split}-{image_size}"
+    labels = folder / "stage_2_train.csv" if split == "train" else None
+    ich3d.build_series([folder / f"stage_2_{split}"], dataset, labels_csv=labels, image_size=image_size,
+                       workers=2, progress=False)
+    return dataset
+
+
+def score_cell(run: RunFolder, test: Path, test_dataset: Path, work: Path) -> dict[str, float]:
+    """Test weighted log loss of a run and of its training prevalence prior on one setting's test split."""
+    sample, labels = test / "stage_2_sample_submission.csv", SynthFolder(test).test_labels
+    out = InferFolder(work / "pred")
+    if not out.submission.is_file():
+        ich3d.predict([run.root], out.root, dataset=test_dataset, sample_submission=sample, progress=False)
+    per_fold = json.loads(run.info.read_text())["per_fold"]
+    prevalence = np.mean([list(fold["prevalence"].values()) for fold in per_fold.values()], axis=0)
+    ids = pd.unique(pd.read_csv(sample)["ID"].str.rsplit("_", n=1).str[0])
+    prior = InferFolder(work / "prior")
+    prior.root.mkdir(parents=True, exist_ok=True)
+    write_submission(prior.submission, pd.DataFrame(prior_predictions(prevalence, len(ids)), index=ids), sample)
+    model = ich3d.score_submission(out.submission, labels)["weighted_log_loss"]
+    base = ich3d.score_submission(prior.submission, labels)["weighted_log_loss"]
+    return {"wll": model, "prior": base, "ratio": model / base}
+
+
+def run_matrix(args: Any) -> None:
+    """Trains every (recipe, setting) and scores every cell, appending to ``cells.jsonl``; then the table."""
+    sizes = tuple(map(int, args.size.split("/")))
+    root = args.data / "matrix"
+    root.mkdir(parents=True, exist_ok=True)
+    cells_path = root / "cells.jsonl"
+    done = {(c["recipe"], c["train"], c["test"]) for c in read_cells(cells_path)}
+    recipes = {name: RECIPES[name] for name in ("baseline", "augmented")} | dict(parse_recipe(r) for r in args.recipe)
+    folders = {s: synth_set(args.data, s, sizes, args.image_size) for s in args.settings}
+    config = ich3d.load_config(args.config, args.overrides)
+    size = config.data.image_size
+    tests = {s: built(folders[s], "test", size) for s in args.settings}
+    for train in args.settings:
+        dataset = built(folders[train], "train", size)
+        for name, overrides in recipes.items():
+            if all((name, train, t) in done for t in args.settings):
+                continue
+            work = root / "runs" / f"{args.config}-{name}" / train
+            run = RunFolder(work / "run")
+            began = time.perf_counter()
+            if not run.info.is_file():
+                ich3d.fit(dataset, run.root, ich3d.load_config(args.config, args.overrides + overrides))
+            seconds = time.perf_counter() - began
+            for test in args.settings:
+                if (name, train, test) in done:
+                    continue
+                cell = {"recipe": name, "train": train, "test": test, "config": args.config,
+                        "overrides": args.overrides + overrides, "size": args.size, "train_s": round(seconds)}
+                cell |= score_cell(run, folders[test], tests[test], work / f"on-{test}")
+                with cells_path.open("a") as stream:
+                    stream.write(json.dumps(cell) + "\n")
+                print(f"{name:>12} {train:>8} → {test:<8} {cell['ratio']:.3f} × prior", flush=True)
+    table = matrix_tables(read_cells(cells_path), args)
+    print(table)
+    if args.write:
+        write_section(table)
+
+
+def parse_recipe(text: str) -> tuple[str, list[str]]:
+    """``NAME=key=value,key=value`` → (NAME, overrides); the overrides go on top of ``augmented``'s when
+    NAME starts with ``augmented-`` (ablations: ``augmented-no-noise=augment.noise.p=0``)."""
+    name, _, rest = text.partition("=")
+    overrides = [item for item in rest.split(",") if item]
+    return name, (RECIPES["augmented"] + overrides if name.startswith("augmented-") else overrides)
+
+
+def read_cells(path: Path) -> list[dict[str, Any]]:
+    """The scored cells so far."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def matrix_tables(cells: list[dict[str, Any]], args: Any) -> str:
+    """The BENCHMARKS section: a summary row per recipe, then each recipe's matrix of ratios."""
+    frame = pd.DataFrame([c for c in cells if c["train"] in args.settings and c["test"] in args.settings])
+    lines = [SECTION, "", f"`python scripts/bench_quality.py --matrix --size {args.size} --image-size "
+             f"{args.image_size} --config {args.config}{''.join(' --set ' + o for o in args.overrides)}` on a "
+             f"2-core CPU VM shared with other jobs (updated {datetime.date.today().isoformat()}). Each cell: test "
+             f"weighted log loss of the model trained on the row's generator setting, scored on the column's "
+             f"test split, divided by that of the training prevalence prior (lower is better; settings in "
+             f"scripts/shift_matrix.py). Diagonal: same setting; off-diagonal: shifted.", "",
+             "| recipe | diagonal (mean) | off-diagonal mean | off-diagonal worst | train s (mean) |",
+             "|---|---|---|---|---|"]
+    for recipe, group in frame.groupby("recipe", sort=False):
+        same = group[group["train"] == group["test"]]["ratio"]
+        other = group[group["train"] != group["test"]]["ratio"]
+        lines.append(f"| {recipe} | {same.mean():.3f} | **{other.mean():.3f}** | {other.max():.3f} | "
+                     f"{group['train_s'].mean():.0f} |")
+    for recipe, group in frame.groupby("recipe", sort=False):
+        grid = group.pivot(index="train", columns="test", values="ratio")
+        cols = [s for s in args.settings if s in grid.columns]
+        lines += ["", f"`{recipe}` (rows: trained on, columns: tested on)", "",
+                  "| train \\ test | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        for train in [s for s in args.settings if s in grid.index]:
+            lines.append(f"| {train} | " + " | ".join(f"{grid.loc[train, c]:.3f}" if pd.notna(grid.loc[train, c])
+                                                      else "–" for c in cols) + " |")
+    return "\n".join(lines) + "\n"
