@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=["tuned", "shifted", "sharp"], help="--matrix settings")
     parser.add_argument("--recipe", action="append", default=[],
                         help="--matrix: another recipe NAME=key=value,... (augmented-*: on top of augmented)")
+    parser.add_argument("--train-settings", nargs="+", help="--matrix: train only on these (ablation rows)")
+    parser.add_argument("--only-recipes", action="store_true", help="--matrix: only the --recipe ones")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.matrix:
