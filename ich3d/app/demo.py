@@ -15,6 +15,7 @@ import pandas as pd
 from ich3d.atomic import write_json_atomic
 from ich3d.constants import LABELS
 from ich3d.layout import InferFolder, RunFolder
+from ich3d.spreadsheet import read_table
 
 
 def run_demo(out: Path, n_series: int = 60, n_test_series: int = 16, config: str = "cpu_small",
@@ -88,7 +89,7 @@ def _clinical_exams(out: Path, run: RunFolder, n_exams: int, seed: int, progress
     if not export.summary.is_file():
         make_clinical_export(export.root, config, workers=os.cpu_count() or 1)
     predict([run.root], exams.root, dicom_dirs=[export.export], progress=progress)
-    table = pd.read_csv(exams.exams_csv)
+    table = read_table(exams.exams_csv)
     score = score_exams(exams.exams_csv, export.reads, export.reads_map, n_boot=200)
     return {"exams": json.loads(table.to_json(orient="records")), "exam_score": score, "exams_csv": str(exams.exams_csv)}
 

@@ -19,7 +19,6 @@ from ich3d.atomic import atomic_write
 from ich3d.constants import LABEL_COLUMNS, LABELS, SHORT_NAMES, WINDOWS, Status
 from ich3d.data.windowing import bsb, scaled_window
 from ich3d.dataset.cache import load_series
-from ich3d.dataset.dicom import read_header
 from ich3d.dataset.index import load_index
 from ich3d.dataset.pixels import read_pixels, to_hu
 from ich3d.errors import InputError
@@ -130,13 +129,17 @@ def show_series_of_image(dataset: Path, image: str, out: Path, max_slices: int =
 
 def _find_image(slices: pd.DataFrame, image: str, dataset: Path,
                 need_pixels: bool = True) -> tuple[dict[str, Any], dict[str, float]]:  # fmt: skip
-    """The index row (or, for a file outside the index, its header) of `image`, and its labels."""
+    """The index row of `image` (an image ID or the path of one of the dataset's files), and its labels."""
     path = Path(image)
     if path.suffix.lower() == ".dcm" or path.is_file():
         if not path.is_file():
             raise InputError(f"{image}: no such file")
         match = slices[slices["path"].isin([str(path), str(path.resolve())])]
-        row = match.iloc[0].to_dict() if len(match) else read_header(path)
+        if match.empty:
+            raise InputError(f"{image}: not a file of the dataset {dataset} (its index lists {len(slices)} images); "
+                             f"give a file or image ID of this dataset, or build one holding the file with "
+                             f"`ich3d build-series`")  # fmt: skip
+        row = match.iloc[0].to_dict()
     else:
         match = slices[slices["image_id"] == image]
         if match.empty:

@@ -32,7 +32,7 @@ import pandas as pd
 
 from ich3d import __version__
 from ich3d.atomic import write_json_atomic
-from ich3d.constants import LABEL_COLUMNS, Status
+from ich3d.constants import LABEL_COLUMNS, MAX_IMAGE_SIZE, Status
 from ich3d.dataset.cache import cache_file_ok
 from ich3d.dataset.crop import CROP_COLUMNS, CROP_MODES
 from ich3d.dataset.pixel_pass import CacheJournal, cache_series
@@ -46,7 +46,7 @@ from ich3d.dataset.index import (
 )
 from ich3d.dataset.nifti import NIFTI_SYNTAX
 from ich3d.dataset.roles import SeriesRules, choice_table
-from ich3d.errors import Ich3dError, InputError
+from ich3d.errors import Ich3dError, InputError, UsageError
 from ich3d.folders import FolderLock, prepare_output
 from ich3d.layout import DatasetFolder
 from ich3d.progress import progress_bar
@@ -95,13 +95,13 @@ def _pixel_pass(folder: DatasetFolder, slices: pd.DataFrame, series: pd.DataFram
 
 def _check_arguments(image_size: int, workers: int, num_parts: int, part_id: int, crop: str) -> None:
     if crop not in CROP_MODES:
-        raise InputError(f"--crop {crop}: must be one of {', '.join(CROP_MODES)}")
-    if image_size < 1:
-        raise InputError(f"--image-size {image_size}: must be a positive number of pixels")
+        raise UsageError(f"--crop {crop}: must be one of {', '.join(CROP_MODES)}")
+    if not 1 <= image_size <= MAX_IMAGE_SIZE:
+        raise UsageError(f"--image-size {image_size}: must be 1 to {MAX_IMAGE_SIZE} pixels")
     if workers < 1:
-        raise InputError(f"--workers {workers}: must be at least 1")
+        raise UsageError(f"--workers {workers}: must be at least 1")
     if num_parts < 1 or not 0 <= part_id < num_parts:
-        raise InputError(f"--part-id {part_id} must be in 0..{num_parts - 1} (--num-parts {num_parts})")
+        raise UsageError(f"--part-id {part_id} must be in 0..{num_parts - 1} (--num-parts {num_parts})")
 
 
 def build_series(
@@ -152,11 +152,12 @@ def build_series(
             cannot be written or is in use by another job.
     """
     began = time.perf_counter()
-    workers = workers or os.cpu_count() or 1
+    workers = (os.cpu_count() or 1) if workers is None else workers
     _check_arguments(image_size, workers, num_parts, part_id, crop)
     folder = DatasetFolder(prepare_output(Path(out), "--out"))
-    with process_pool(workers) as pool:
-        with FolderLock(folder.lock, f"dataset folder {folder.root}", wait=True):
+    part = f"part {part_id} of dataset folder {folder.root}" if num_parts > 1 else f"dataset folder {folder.root}"
+    with process_pool(workers) as pool, FolderLock(folder.part_lock(part_id), part):  # a second build is refused
+        with FolderLock(folder.lock, f"dataset folder {folder.root}", wait=True):  # parts take turns on the index
             files = collect_files(dicom_dirs, exclude=folder.root)
             log.info("%d candidate files in %d folders (%d ignored)", len(files.paths), len(dicom_dirs),
                      files.n_ignored)
@@ -166,19 +167,34 @@ def build_series(
             slices, series, meta = index_for(folder, files, labels_csv, pool, progress, assume_intercept,
                                              series_rules, labels_format)
             timings["index_s"] = time.perf_counter() - began - timings["collect_s"]  # header pass included
-        with FolderLock(folder.part_lock(part_id), f"part {part_id} of dataset folder {folder.root}"):
-            pixels = {} if index_only else _pixel_pass(folder, slices, series, image_size, crop, (num_parts, part_id),
-                                                       overwrite, files.files_id, pool, workers, progress)
-            timings["total_s"] = time.perf_counter() - began
-            timings["pixel_s"] = timings["total_s"] - timings["index_s"] - timings["collect_s"]
-            timings["header_s"] = 0.0 if meta["reused"] else meta["header_s"]
-            summary = _summary(dicom_dirs, labels_csv, files, slices, series, meta, pixels, timings)
-            summary["settings"] = {"image_size": image_size, "workers": workers, "overwrite": overwrite,
-                                   "num_parts": num_parts, "part_id": part_id, "index_only": index_only, "crop": crop,
-                                   "assume_intercept": assume_intercept, "series_rules": series_rules.to_dict(),
-                                   "labels_format": labels_format}
-            write_json_atomic(folder.build_summary(num_parts, part_id), summary)
+        pixels = {} if index_only else _pixel_pass(folder, slices, series, image_size, crop, (num_parts, part_id),
+                                                   overwrite, files.files_id, pool, workers, progress)
+        timings["total_s"] = time.perf_counter() - began
+        timings["pixel_s"] = timings["total_s"] - timings["index_s"] - timings["collect_s"]
+        timings["header_s"] = 0.0 if meta["reused"] else meta["header_s"]
+        summary = _summary(dicom_dirs, labels_csv, files, slices, series, meta, pixels, timings)
+        summary["settings"] = {"image_size": image_size, "workers": workers, "overwrite": overwrite,
+                               "num_parts": num_parts, "part_id": part_id, "index_only": index_only, "crop": crop,
+                               "assume_intercept": assume_intercept, "series_rules": series_rules.to_dict(),
+                               "labels_format": labels_format}
+        write_json_atomic(folder.build_summary(num_parts, part_id), summary)
     return summary
+
+
+def require_usable(summary: dict[str, Any], out: Path) -> None:
+    """Refuses a build in which no file is a usable CT image (a folder of junk, reports or scouts only).
+
+    Args:
+        summary: :func:`build_series`'s summary.
+        out: the dataset folder (its ``build.json`` says why each file is not used).
+
+    Raises:
+        InputError: no usable file.
+    """
+    if summary["n_files"] == summary["n_skipped"]:
+        report = DatasetFolder(Path(out)).build_summary(summary["settings"]["num_parts"], summary["settings"]["part_id"])
+        raise InputError(f"none of the {summary['n_files']} files under {', '.join(summary['inputs'])} is a usable CT "
+                         f"image ({summary['counts']}); see {report} for each file's reason")
 
 
 def _summary(dicom_dirs: Sequence[Path], labels_csv: Path | None, files: InputFiles, slices: pd.DataFrame,

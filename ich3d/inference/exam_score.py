@@ -28,6 +28,7 @@ import pandas as pd
 from ich3d.constants import LABELS
 from ich3d.errors import InputError
 from ich3d.metrics import bootstrap_auc
+from ich3d.spreadsheet import restore_formulas
 
 #: CQ500 finding → ich3d label.
 CQ500_FINDINGS = {"ICH": "any", "EDH": "epidural", "IPH": "intraparenchymal", "IVH": "intraventricular",
@@ -118,7 +119,7 @@ def score_exams(exams_csv: Path, labels: Path, mapping: Path | None = None, thre
         "sensitivity", "specificity", "tp", "fp", "tn", "fn", "n_positive", "n_negative"}}}``
         (None where undefined).
     """
-    exams = _read_csv(exams_csv, "exams table")
+    exams = restore_formulas(_read_csv(exams_csv, "exams table"))  # the values, as spreadsheet.write_table wrote them
     truth = read_exam_labels(labels, exams, mapping)
     probs = exams.set_index("study_uid")[[f"p_{name}" for name in LABELS]].apply(pd.to_numeric, errors="coerce")
     probs = probs.reindex(truth.index)

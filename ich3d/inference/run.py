@@ -25,16 +25,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ich3d.atomic import atomic_write, write_json_atomic
 from ich3d.config import DataConfig, InferConfig
 from ich3d.constants import LABELS, RSNA_SLICE_SPACING_MM
 from ich3d.data.tables import SeriesTable, build_table
-from ich3d.dataset.build import build_series
+from ich3d.dataset.build import build_series, require_usable
 from ich3d.dataset.index import dataset_crop, load_index, part_series
 from ich3d.dataset.roles import SeriesRules
-from ich3d.errors import InputError
+from ich3d.errors import InputError, UsageError
 from ich3d.folders import FolderLock, prepare_output
-from ich3d.inference.merge import merge_parts, requested_images
+from ich3d.inference.merge import merge_parts, requested_images, write_part
 from ich3d.inference.outputs import other_rows, predicted_rows
 from ich3d.inference.submission import read_submission_ids
 from ich3d.layout import InferFolder, RunFolder
@@ -72,11 +71,11 @@ class InferOptions:
 
     def __post_init__(self) -> None:
         if self.batch_series < 1 or (self.workers is not None and self.workers < 1):
-            raise InputError(f"--batch {self.batch_series} and --workers {self.workers} must be at least 1")
+            raise UsageError(f"--batch {self.batch_series} and --workers {self.workers} must be at least 1")
         if self.resample not in RESAMPLE_MODES:
-            raise InputError(f"--resample {self.resample}: must be one of {', '.join(RESAMPLE_MODES)}")
+            raise UsageError(f"--resample {self.resample}: must be one of {', '.join(RESAMPLE_MODES)}")
         if not 0 < self.exam_threshold < 1:
-            raise InputError(f"--threshold {self.exam_threshold}: must be between 0 and 1")
+            raise UsageError(f"--threshold {self.exam_threshold}: must be between 0 and 1")
 
 
 def model_checkpoints(runs: Sequence[Path]) -> list[Path]:
@@ -125,9 +124,12 @@ def predict(runs: Sequence[Path], out: Path, *, dataset: Path | None = None, dic
             model pass.
     """
     if (dataset is None) == (not dicom_dirs):
-        raise InputError("give exactly one of --dataset DATASET or --dicom-dir DIR")
+        raise UsageError("give exactly one of --dataset DATASET or --dicom-dir DIR")
+    if dataset is not None and options.series_rules is not None:
+        raise UsageError("--series, --series-rules and --series-uid choose the series of --dicom-dir; a --dataset is "
+                         "predicted as it was built: rebuild it with those options, or give --dicom-dir")
     if not 0 <= part_id < num_parts:
-        raise InputError(f"--part-id {part_id} must be in 0..{num_parts - 1}")
+        raise UsageError(f"--part-id {part_id} must be in 0..{num_parts - 1}")
     checkpoints = model_checkpoints(runs)
     requested = read_submission_ids(sample_submission) if sample_submission else None
     folder = InferFolder(prepare_output(Path(out), "--out"))
@@ -165,12 +167,8 @@ def _predict(checkpoints: list[Path], folder: InferFolder, dataset: Path | None,
     part = predicted_rows(table, probs, slices, reasons)
     if part_id == 0:
         part = pd.concat([part, other_rows(slices, series, prior)], ignore_index=True)
-    folder.parts.mkdir(exist_ok=True)
-    with atomic_write(folder.part(part_id, num_parts)) as file:
-        part.to_parquet(file, index=False)
-    write_json_atomic(folder.parts_meta, {"prior": prior.tolist(), "num_parts": num_parts, "n_index_rows": len(slices),
-                                          "dataset": str(Path(dataset).resolve()),
-                                          "exam_threshold": options.exam_threshold})
+    write_part(folder, part, parts, dataset, {"prior": prior.tolist(), "n_index_rows": len(slices),
+                                              "exam_threshold": options.exam_threshold})
     summary = merge_parts(folder, sample, allow_missing) if num_parts == 1 else {
         "part": str(folder.part(part_id, num_parts)), "images": len(part)}
     clock.lap("write_s")
@@ -198,7 +196,7 @@ def _build(dicom_dirs: list[Path], dataset: Path, models: list, crop: str, optio
     rules = options.series_rules or SeriesRules(target_thickness=_training_spacing(models))
     build = dict(image_size=size, crop=crop, workers=options.workers, num_parts=parts[0], part_id=parts[1],
                  series_rules=rules, progress=progress)
-    build_series(dicom_dirs, dataset, index_only=True, **build)
+    require_usable(build_series(dicom_dirs, dataset, index_only=True, **build), dataset)
     requested_images(*load_index(dataset), requested, allow_missing)
     build_series(dicom_dirs, dataset, **build)
 

@@ -147,9 +147,11 @@ def _check_run(run: RunFolder, dataset: Path, folds: list[int] | None, resume: b
     """
     fingerprint = index_fingerprint(dataset)  # also checks that the dataset is one
     if not resume:
-        if run.info.exists() or run.folds_present():
+        if _has_checkpoint(run):
             raise ConfigError(f"{run.root} already holds a training run: pass --resume to continue it, "
                               f"or choose a new --out")
+        if run.info.exists() or run.folds_present():
+            log.warning("%s holds a run killed before its first checkpoint: starting it over", run.root)
         return folds or [0]
     if not run.info.is_file():
         raise ConfigError(f"--resume: {run.root} holds no {run.info.name}: nothing to resume (start without --resume)")
@@ -166,9 +168,15 @@ def _check_run(run: RunFolder, dataset: Path, folds: list[int] | None, resume: b
     if info.get("dataset_fingerprint") != fingerprint:
         raise ConfigError(f"--resume: {run.root} was trained on {info.get('dataset')} (index {info.get('dataset_fingerprint')}), "
                           f"--dataset {dataset} is another (index {fingerprint}); resume with the run's dataset")
-    if not any(run.fold(k).last.is_file() for k in stored):
-        raise ConfigError(f"--resume: no {run.fold(stored[0]).last}: nothing to resume (start without --resume)")
+    if not _has_checkpoint(run):
+        log.warning("--resume: %s was killed before its first checkpoint: its folds start from the beginning",
+                    run.root)
     return stored
+
+
+def _has_checkpoint(run: RunFolder) -> bool:
+    """Whether any fold of ``run`` saved a checkpoint (a run killed before its first one holds nothing to keep)."""
+    return any(run.fold(k).last.is_file() or run.fold(k).model.is_file() for k in run.folds_present())
 
 
 def _check_crop(dataset: Path, config: Config) -> None:
