@@ -104,6 +104,8 @@ def _write_rows(file: BinaryIO, ids: pa.Array, labels: np.ndarray) -> None:
 
 #: 10**k for k = 0..22: exact doubles.
 _POW10 = np.array([float(10 ** k) for k in range(23)])
+#: The zeros after the point of 0.000ddd (``np.strings.multiply`` fails on an empty selection).
+_ZEROS = np.array([b"0" * k for k in range(4)])
 #: A scaled value whose fraction is closer than this to 0.5 is rounded by Python's ``%`` instead.
 _TIE = 1e-7
 
@@ -148,7 +150,7 @@ def format_g6(values: np.ndarray) -> np.ndarray:
     tail = np.strings.slice(kept[point], exponent[point] + 1, 6)
     text[point] = np.strings.add(head, np.where(tail == b"", b"", np.strings.add(b".", tail)))
     small = (exponent < 0) & (exponent >= -4)  # 0.000ddd
-    text[small] = np.strings.add(np.strings.add(b"0.", np.strings.multiply(b"0", -exponent[small] - 1)), kept[small])
+    text[small] = np.strings.add(np.strings.add(b"0.", _ZEROS[-exponent[small] - 1]), kept[small])
     scientific = ~(point | small)  # d.ddde-05, d.ddde+06
     first, rest = np.strings.slice(kept[scientific], 0, 1), np.strings.slice(kept[scientific], 1, 6)
     mantissa = np.strings.add(first, np.where(rest == b"", b"", np.strings.add(b".", rest)))
