@@ -1,8 +1,10 @@
 """The ``ich3d`` command line: thin click wrappers over the typed API (heavy imports inside commands).
 
 Every command turns the failures a user can meet (ich3d's own errors, file-system faults, a bad
-device) into one line on stderr, ``error: what, which file, what to do``, with exit code 1; click's
-usage errors exit with 2. ``-q/--quiet`` and ``-v/--verbose`` are accepted before or after the command.
+device, a full disk) into one line on stderr, ``error: what, which file, what to do``, with exit code
+1; usage errors (click's, and the API's :class:`~ich3d.errors.UsageError`) exit with 2, and an output
+folder the failed command created and left empty is removed. ``-q/--quiet`` and ``-v/--verbose`` are
+accepted before or after the command.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ ExistingFile = click.Path(exists=True, dir_okay=False, path_type=Path)
 ExistingPath = click.Path(exists=True, path_type=Path)
 #: Numbers of things (series, processes, parts, figures); the API checks them too, the CLI makes them usage errors.
 Count, Positive = click.IntRange(min=0), click.IntRange(min=1)
-ImageSize = click.IntRange(min=16, max=MAX_IMAGE_SIZE)
+ImageSize = click.IntRange(min=1, max=MAX_IMAGE_SIZE)
 Probability = click.FloatRange(0, 1, min_open=True, max_open=True)
 
 
