@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,25 +45,39 @@ from ich3d.training.splits import load_splits, make_folds, save_splits, split_se
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class TrainOptions:
+    """What ``ich3d train`` is asked besides the data and the config.
+
+    Attributes:
+        fold: train this validation fold.
+        folds: ``"all"`` (or every fold number) trains every fold with an out-of-fold sequence
+            stage (:mod:`ich3d.training.folds`). With neither, the config's ``train_folds``.
+        resume: continue the run from its folds' ``last.pt``; a ``fold``/``folds`` that is not the
+            run's is an error.
+        device: "cpu", "cuda", ... or None for automatic.
+        progress: show per-step progress bars.
+    """
+
+    fold: int | None = None
+    folds: str | Sequence[int] | None = None
+    resume: bool = False
+    device: str | None = None
+    progress: bool = False
+
+
 def fit(dataset: Path, out: Path, config: Config | str | Path | None = None, overrides: list[str] | None = None,
-        fold: int | None = None, folds: str | Sequence[int] | None = None, resume: bool = False,
-        device: str | None = None, report: Callable[[dict[str, Any]], None] | None = None,
-        progress: bool = False) -> dict[str, Any]:
+        options: TrainOptions = TrainOptions(),
+        report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Trains the configured stages on one fold, or on every fold out of fold, of a built dataset.
 
     Args:
         dataset: a folder written by ``ich3d build-series`` (with labels).
-        out: the run folder (created; must not hold another run unless ``resume``).
+        out: the run folder (created; must not hold another run unless ``options.resume``).
         config: a :class:`Config`, a YAML path or packaged name; with ``resume`` None means the run's own.
         overrides: ``key=value`` strings applied on top of the config.
-        fold: train this validation fold.
-        folds: ``"all"`` (or every fold number) trains every fold with an out-of-fold sequence
-            stage (:mod:`ich3d.training.folds`). With neither, the config's ``train_folds``.
-        resume: continue the run in ``out`` from its folds' ``last.pt``; a ``fold``/``folds`` that is
-            not the run's is an error.
-        device: "cpu", "cuda", ... or None for automatic.
+        options: fold(s), resume, device, progress bars (:class:`TrainOptions`).
         report: called on the main process with each epoch's record (for progress tables).
-        progress: show per-step progress bars.
 
     Returns:
         ``folds`` (trained), ``mode`` (``single`` or ``out_of_fold``), ``calibration`` (its report)
@@ -73,14 +88,15 @@ def fit(dataset: Path, out: Path, config: Config | str | Path | None = None, ove
         InputError: an unusable dataset or output folder.
     """
     run = RunFolder(Path(out))
+    resume, progress = options.resume, options.progress
     config = _resolve_config(run, config, overrides, resume)
     dataset = Path(dataset)
-    asked = requested_folds(fold, folds, config.folds)
+    asked = requested_folds(options.fold, options.folds, config.folds)
     if asked is None and not resume:  # neither --fold nor --folds: the config's train_folds
         asked = requested_folds(None, config.train_folds, config.folds)
     wanted = _check_run(run, dataset, asked, resume)
     _check_crop(dataset, config)
-    runtime = setup_runtime(device, config.amp)
+    runtime = setup_runtime(options.device, config.amp)
     try:
         if runtime.is_main:
             prepare_output(run.root, "--out")
@@ -92,10 +108,20 @@ def fit(dataset: Path, out: Path, config: Config | str | Path | None = None, ove
             for ctx, state in zip(contexts, states):
                 ctx.completed.extend(state["completed"] if state else [])
             calibration = train_folds(contexts, states)
+            if runtime.is_main:
+                _record_operating_points(run, calibration)
             return {"folds": wanted, "mode": "single" if len(wanted) == 1 else "out_of_fold",
                     "calibration": calibration, "metrics": calibration["after"]}
     finally:
         teardown_runtime()
+
+
+def _record_operating_points(run: RunFolder, report: dict[str, Any]) -> None:
+    """Adds the operating thresholds (per label: threshold, target and measured sensitivity, specificity)
+    to ``run.json``."""
+    info = json.loads(run.info.read_text())
+    info["operating_points"] = report.get("operating_points")
+    write_json_atomic(run.info, info)
 
 
 def requested_folds(fold: int | None, folds: str | Sequence[int] | None, n_folds: int) -> list[int] | None:
