@@ -13,7 +13,7 @@ import pandas as pd
 
 from ich3d.atomic import write_json_atomic
 from ich3d.constants import LABELS
-from ich3d.layout import InferFolder, RunFolder
+from ich3d.layout import DemoFolder, RunFolder, SynthFolder
 
 
 @dataclass(frozen=True)
@@ -62,19 +62,18 @@ def run_demo(out: Path, options: DemoOptions = DemoOptions(), progress: bool = T
     from ich3d.training.fit import TrainOptions, fit
 
     began = time.perf_counter()
-    out = Path(out)
-    data, dataset = out / "rsna", out / "dataset"
-    run, pred = RunFolder(out / "run"), InferFolder(out / "predictions")
-    raw, slice_only = InferFolder(out / "predictions_uncalibrated"), InferFolder(out / "predictions_slice_only")
+    folder = DemoFolder(Path(out))
+    data, dataset, run, pred = folder.data, folder.dataset, folder.run, folder.predictions
+    raw, slice_only = folder.uncalibrated, folder.slice_only
     resolved = load_config(options.config, list(options.overrides))
     _synthesize(data, options, progress)
-    build_series([data / "stage_2_train"], dataset, labels_csv=data / "stage_2_train.csv",
+    build_series([data.split("train")], dataset, labels_csv=data.train_labels,
                  options=BuildOptions(image_size=resolved.data.image_size, crop=resolved.data.crop,
                                       progress=progress))
     trained = fit(dataset, run.root, resolved, options=TrainOptions(resume=run.info.is_file(), progress=progress),
                   report=report)
-    sample, labels = data / "stage_2_sample_submission.csv", data / "stage_2_test_labels.csv"
-    predict([run.root], pred.root, dicom_dirs=[data / "stage_2_test"], sample_submission=sample, progress=progress)
+    sample, labels = data.sample_submission, data.test_labels
+    predict([run.root], pred.root, dicom_dirs=[data.split("test")], sample_submission=sample, progress=progress)
     predict([run.root], raw.root, dataset=pred.dataset, sample_submission=sample,
             options=InferOptions(calibrate=False), progress=progress)
     encoders = [run.fold(k).encoder for k in run.folds_present()]
@@ -82,38 +81,37 @@ def run_demo(out: Path, options: DemoOptions = DemoOptions(), progress: bool = T
     result = {
         "score": _score(pred.submission, labels), "raw_score": _score(raw.submission, labels)["weighted_log_loss"],
         "slice_score": _score(slice_only.submission, labels)["weighted_log_loss"],
-        "prior_score": _prior_score(run, sample, labels, pred.root / "prior_submission.csv"),
+        "prior_score": _prior_score(run, sample, labels, folder.prior_submission),
         **_best_validation(run), "calibrated_valid": trained["calibration"]["after"]["weighted_log_loss"],
         "tta_valid": trained["calibration"]["before"]["weighted_log_loss"],
         "calibrated_labels": [name for name, fitted in zip(LABELS, trained["calibration"]["fitted"]) if fitted],
-        "calibration_fitted_on": trained["calibration"]["fitted_on"], "out": str(out),
+        "calibration_fitted_on": trained["calibration"]["fitted_on"], "out": str(folder.root),
     }
-    result |= _clinical_exams(out, run, options, progress)
-    result["report"] = write_report(pred.root, out / "report.html", labels=labels, runs=[run.root])["report"]
+    result |= _clinical_exams(folder, options, progress)
+    result["report"] = write_report(pred.root, folder.report, labels=labels, runs=[run.root])["report"]
     result["seconds"] = time.perf_counter() - began
-    write_json_atomic(out / "demo.json", result)
+    write_json_atomic(folder.summary, result)
     return result
 
 
-def _clinical_exams(out: Path, run: RunFolder, options: DemoOptions, progress: bool) -> dict[str, Any]:
+def _clinical_exams(folder: DemoFolder, options: DemoOptions, progress: bool) -> dict[str, Any]:
     """The exam table of a small PACS-style export read by the run, and its exam-level score."""
     from ich3d.inference.exam_score import score_exams
     from ich3d.inference.run import predict
-    from ich3d.layout import ClinicalExportFolder
     from ich3d.synth.clinical import make_clinical_export
     from ich3d.synth.clinical_plan import ClinicalConfig
 
-    export, exams = ClinicalExportFolder(out / "clinical"), InferFolder(out / "clinical_predictions")
+    export, exams = folder.clinical, folder.clinical_predictions
     config = ClinicalConfig(n_studies=options.n_exams, image_size=256, seed=options.seed)
     if not export.summary.is_file():
         make_clinical_export(export.root, config, workers=os.cpu_count() or 1)
-    predict([run.root], exams.root, dicom_dirs=[export.export], progress=progress)
+    predict([folder.run.root], exams.root, dicom_dirs=[export.export], progress=progress)
     table = pd.read_csv(exams.exams_csv)
     score = score_exams(exams.exams_csv, export.reads, export.reads_map, n_boot=200)
     return {"exams": json.loads(table.to_json(orient="records")), "exam_score": score, "exams_csv": str(exams.exams_csv)}
 
 
-def _synthesize(data: Path, options: DemoOptions, progress: bool) -> None:
+def _synthesize(data: SynthFolder, options: DemoOptions, progress: bool) -> None:
     """Writes the synthetic data, or reuses what an earlier demo with the same settings wrote."""
     from ich3d.errors import InputError
     from ich3d.progress import progress_bar
@@ -122,12 +120,12 @@ def _synthesize(data: Path, options: DemoOptions, progress: bool) -> None:
 
     config = SynthConfig(n_train_series=options.n_series, n_test_series=options.n_test_series,
                          image_size=options.synth_image_size, seed=options.seed)
-    if (data / "synth.json").is_file():
-        if json.loads((data / "synth.json").read_text())["config"] == json.loads(json.dumps(asdict(config))):
+    if data.summary.is_file():
+        if json.loads(data.summary.read_text())["config"] == json.loads(json.dumps(asdict(config))):
             return
-        raise InputError(f"{data} holds synthetic data made with other settings: use another --out")
+        raise InputError(f"{data.root} holds synthetic data made with other settings: use another --out")
     with progress_bar(progress, "synth", count_files(config)) as advance:
-        make_synthetic_dataset(data, config, progress=advance, workers=os.cpu_count() or 1)
+        make_synthetic_dataset(data.root, config, progress=advance, workers=os.cpu_count() or 1)
 
 
 def _score(submission: Path, labels: Path) -> dict[str, Any]:

@@ -43,9 +43,8 @@ from torch import nn
 from ich3d.config import DataConfig
 from ich3d.constants import LABELS, WINDOWS, Status
 from ich3d.data.windowing import bsb, scaled_window
-from ich3d.dataset.cache import load_series
 from ich3d.dataset.crop import CacheBox, cache_box
-from ich3d.dataset.index import load_index
+from ich3d.dataset.opened import Dataset
 from ich3d.dataset.pixels import read_pixels, to_hu
 from ich3d.errors import InputError
 from ich3d.data.batching import series_input
@@ -54,7 +53,6 @@ from ich3d.inference.predictor import Predictor, RuntimeOptions
 from ich3d.models.model import IchModel
 from ich3d.app.report_figures import figure, figure_png, head_box, overlay
 from ich3d.runtime import Runtime
-from ich3d.app.viz import _find_image
 
 log = logging.getLogger(__name__)
 WEIGHTINGS = ("layercam", "gradcam")
@@ -259,18 +257,18 @@ class Explainer:
 
     Args:
         runs: run folders, fold folders or checkpoints (:func:`ich3d.models.io.model_checkpoints`).
-        dataset: the dataset folder holding the images (index and HU cache).
+        dataset: the dataset holding the images (index and HU cache), opened or its folder.
         device: "cpu", "cuda", ... or None for the best available.
         settings: feature map, gradient path and weighting (:class:`CamSettings`).
     """
 
-    def __init__(self, runs: Sequence[Path], dataset: Path, device: str | None = None,
+    def __init__(self, runs: Sequence[Path], dataset: Dataset | Path, device: str | None = None,
                  settings: CamSettings = CamSettings()) -> None:
         self.predictor = Predictor.from_runs(runs, RuntimeOptions(device=device, amp=False))
         self.device = self.predictor.runtime.device
         self.settings = settings
-        self.dataset = Path(dataset)
-        self.slices, _ = load_index(self.dataset)
+        self.dataset = Dataset.of(dataset)
+        self.slices = self.dataset.slices
 
     def explain(self, image_ids: Sequence[str], labels: Sequence[str] = LABELS) -> list[Explanation]:
         """Explanations of ``image_ids`` (in that order) for ``labels``; each series is loaded once.
@@ -278,10 +276,10 @@ class Explainer:
         Raises:
             InputError: an image the index does not know, outside a series, or with unreadable pixels.
         """
-        rows = [_find_image(self.slices, image, self.dataset)[0] for image in image_ids]
+        rows = [self.dataset.find_image(image)[0] for image in image_ids]
         for row in rows:
             if not isinstance(row.get("series_uid"), str):
-                raise InputError(f"{row['image_id']}: not part of a series in {self.dataset}, nothing to explain")
+                raise InputError(f"{row['image_id']}: not part of a series in {self.dataset.root}, nothing to explain")
         found: dict[str, Explanation] = {}
         with _one_cpu_thread(self.device):
             for series_uid, group in pd.DataFrame(rows).groupby("series_uid", sort=False):
@@ -290,7 +288,7 @@ class Explainer:
 
     def _explain_series(self, series_uid: str, wanted: pd.DataFrame, labels: tuple[str, ...]) -> dict[str, Explanation]:
         members = self.slices[self.slices["series_uid"] == series_uid].sort_values("slice_index")
-        hu = load_series(self.dataset, series_uid)
+        hu = self.dataset.hu(series_uid)
         readable = (members["status"] == Status.OK).to_numpy()
         targets = wanted["slice_index"].astype(int).tolist()
         probs, maps = [], []

@@ -26,7 +26,8 @@ from ich3d.atomic import atomic_write, write_json_atomic
 from ich3d.constants import LABELS
 from ich3d.data.tables import build_table
 from ich3d.dataset.build import BuildOptions, build_series
-from ich3d.dataset.index import dataset_crop, load_index, part_series
+from ich3d.dataset.index import load_index, part_series
+from ich3d.dataset.opened import Dataset
 from ich3d.dataset.roles import SeriesRules
 from ich3d.errors import InputError
 from ich3d.folders import FolderLock, prepare_output
@@ -97,9 +98,9 @@ class PredictionResult:
     exams: pd.DataFrame | None = None
 
 
-def run_job(predictor: Predictor, out: Path, options: PredictOptions, *, dataset: Path | None = None,
+def run_job(predictor: Predictor, out: Path, options: PredictOptions, *, dataset: Dataset | Path | None = None,
             dicom_dirs: list[Path] | None = None) -> PredictionResult:
-    """Predicts ``dataset`` or ``dicom_dirs`` into ``out`` (see the module docstring)."""
+    """Predicts ``dataset`` (opened or a folder) or ``dicom_dirs`` into ``out`` (see the module docstring)."""
     if (dataset is None) == (not dicom_dirs):
         raise InputError("give exactly one of --dataset DATASET or --dicom-dir DIR")
     shard = options.shard
@@ -109,28 +110,29 @@ def run_job(predictor: Predictor, out: Path, options: PredictOptions, *, dataset
     with FolderLock(lock, f"output folder {folder.root}" + ("" if shard.whole else f" (part {shard.part_id})")):
         clock = _Clock()
         if dicom_dirs:
+            _build(predictor, dicom_dirs, folder.dataset, options, requested)
             dataset = folder.dataset
-            _build(predictor, dicom_dirs, dataset, options, requested)
-        elif dataset_crop(dataset) not in (None, predictor.crop):
-            raise InputError(f"--dataset {dataset} was built with --crop {dataset_crop(dataset)}, the model reads "
+        opened = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
+        if opened.crop not in (None, predictor.crop):
+            raise InputError(f"--dataset {opened.root} was built with --crop {opened.crop}, the model reads "
                              f"--crop {predictor.crop} caches: rebuild it with --crop {predictor.crop}, or give --dicom-dir")
         clock.lap("read_s")
-        summary = _predict_parts(predictor, folder, Path(dataset), options, requested, clock)
+        summary = _predict_parts(predictor, folder, opened, options, requested, clock)
     if not shard.whole:
-        return PredictionResult(folder, Path(dataset), summary)
+        return PredictionResult(folder, opened.root, summary)
     exams = pd.DataFrame(json.loads(folder.exams_json.read_text()))
-    return PredictionResult(folder, Path(dataset), summary, pd.read_parquet(folder.predictions), exams)
+    return PredictionResult(folder, opened.root, summary, pd.read_parquet(folder.predictions), exams)
 
 
-def _predict_parts(predictor: Predictor, folder: InferFolder, dataset: Path, options: PredictOptions,
+def _predict_parts(predictor: Predictor, folder: InferFolder, dataset: Dataset, options: PredictOptions,
                    requested: np.ndarray | None, clock: _Clock) -> dict[str, Any]:
     """The shard's part file (and, for a whole job, the merged outputs) of an index."""
     from ich3d.progress import progress_bar
 
     shard = options.shard
-    slices, series = load_index(dataset)
+    slices, series = dataset.slices, dataset.series
     requested_images(slices, series, requested, options.allow_missing)
-    table = build_table(dataset, slices, part_series(series[series["predict"]], shard.num_parts, shard.part_id))
+    table = build_table(dataset.root, slices, part_series(dataset.predicted, shard.num_parts, shard.part_id))
     with progress_bar(options.progress, "predict", len(table.series_uids) * len(predictor.models)) as advance:
         probs, reasons = predictor.predict_table(table, options.reading(), advance)
     clock.lap("model_s")
@@ -145,7 +147,7 @@ def _predict_parts(predictor: Predictor, folder: InferFolder, dataset: Path, opt
     thresholds = (list(operating.threshold) if options.exam_threshold is None
                   else [options.exam_threshold] * len(LABELS))
     write_json_atomic(folder.parts_meta, {"prior": prior.tolist(), "num_parts": shard.num_parts,
-                                          "n_index_rows": len(slices), "dataset": str(Path(dataset).resolve()),
+                                          "n_index_rows": len(slices), "dataset": str(dataset.root.resolve()),
                                           "exam_threshold": thresholds, "operating_points": operating.to_dict()})
     summary = merge_parts(folder, options.sample_submission, options.allow_missing) if shard.whole else {
         "part": str(folder.part(shard.part_id, shard.num_parts)), "images": len(part)}

@@ -33,6 +33,7 @@ from ich3d.models.operating import OperatingPoints
 from ich3d.runtime import Runtime, eval_mode
 
 if TYPE_CHECKING:
+    from ich3d.dataset.opened import Dataset
     from ich3d.inference.job import PredictionResult, PredictOptions
 
 _TORCH_DTYPES = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}
@@ -271,22 +272,21 @@ class Predictor:
             members.append(ensemble.member_probabilities(model, probs, reading.calibrate)[slab_of])
         return ensemble.average(members), reasons
 
-    def predict_series(self, dataset: Path, series_uid: str, reading: Reading = Reading()) -> np.ndarray:
-        """(N, 6) float32 probabilities of one series of a built dataset, in slice order.
+    def predict_series(self, dataset: Dataset, series_uid: str, reading: Reading = Reading()) -> np.ndarray:
+        """(N, 6) float32 probabilities of one series of an opened dataset, in slice order.
 
         Raises:
             InputError: a series the dataset does not hold.
         """
         from ich3d.data.tables import build_table
-        from ich3d.dataset.index import load_index
 
-        slices, series = load_index(Path(dataset))
-        if series_uid not in set(series["series_uid"]):
-            raise InputError(f"series {series_uid!r} is not in {dataset}: see its index/series.parquet")
-        return self.predict_table(build_table(Path(dataset), slices, [series_uid]), reading)[0]
+        if series_uid not in set(dataset.series["series_uid"]):
+            raise InputError(f"series {series_uid!r} is not in {dataset.root}: see its index/series.parquet")
+        return self.predict_table(build_table(dataset.root, dataset.slices, [series_uid]), reading)[0]
 
-    def predict_dataset(self, dataset: Path, out: Path, options: PredictOptions | None = None) -> PredictionResult:
-        """Predicts every series a built dataset chooses and writes ``out`` (``predictions.parquet``,
+    def predict_dataset(self, dataset: Dataset | Path, out: Path,
+                        options: PredictOptions | None = None) -> PredictionResult:
+        """Predicts every series a built dataset (opened, or its folder) chooses and writes ``out`` (``predictions.parquet``,
         ``submission.csv``, ``exams.csv``/``exams.json``, ``infer.json``), as ``ich3d infer --dataset``.
 
         Raises:
@@ -295,7 +295,7 @@ class Predictor:
         """
         from ich3d.inference.job import PredictOptions, run_job
 
-        return run_job(self, out, options or PredictOptions(), dataset=Path(dataset))
+        return run_job(self, out, options or PredictOptions(), dataset=dataset)
 
     def predict_folder(self, dicom_dirs: Path | Sequence[Path], out: Path,
                        options: PredictOptions | None = None) -> PredictionResult:

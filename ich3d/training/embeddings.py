@@ -24,9 +24,9 @@ from ich3d.atomic import write_json_atomic
 from ich3d.data.tables import SeriesTable
 from ich3d.errors import ConfigError
 from ich3d.inference.predictor import Predictor
+from ich3d.layout import EmbeddingsFolder
 from ich3d.runtime import barrier
 
-_META = "meta.json"
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,8 @@ class OutOfFold:
         return torch.from_numpy(out)
 
 
-def out_of_fold(train: SeriesTable, valid_tables: dict[int, SeriesTable], folders: dict[int, Path]) -> OutOfFold:
+def out_of_fold(train: SeriesTable, valid_tables: dict[int, SeriesTable],
+                folders: dict[int, EmbeddingsFolder]) -> OutOfFold:
     """The :class:`OutOfFold` embeddings of ``train`` from the validation embeddings in ``folders``.
 
     Args:
@@ -117,7 +118,7 @@ def out_of_fold(train: SeriesTable, valid_tables: dict[int, SeriesTable], folder
     return OutOfFold(tuple(open_embeddings(folders[f], valid_tables[f]) for f in folds), part, row)
 
 
-def open_embeddings(folder: Path, table: SeriesTable) -> Embeddings:
+def open_embeddings(folder: EmbeddingsFolder, table: SeriesTable) -> Embeddings:
     """A complete set of :func:`cached_embeddings` made for ``table``, memory-mapped.
 
     Raises:
@@ -125,8 +126,8 @@ def open_embeddings(folder: Path, table: SeriesTable) -> Embeddings:
     """
     meta = _read_meta(folder)
     if meta is None or meta.get("table") != _table_id(table):
-        raise ConfigError(f"{folder}: no embeddings of this fold's series (rerun `ich3d train --resume`)")
-    return Embeddings(tuple(np.load(folder / f"view{v}.npy", mmap_mode="r") for v in range(len(meta["flips"]))))
+        raise ConfigError(f"{folder.root}: no embeddings of this fold's series (rerun `ich3d train --resume`)")
+    return Embeddings(tuple(np.load(folder.view(v), mmap_mode="r") for v in range(len(meta["flips"]))))
 
 
 def fingerprint(path: Path) -> str:
@@ -142,7 +143,7 @@ def _table_id(table: SeriesTable) -> str:
     return digest.hexdigest()[:16]
 
 
-def cached_embeddings(predictor: Predictor, table: SeriesTable, folder: Path, key: dict[str, Any],
+def cached_embeddings(predictor: Predictor, table: SeriesTable, folder: EmbeddingsFolder, key: dict[str, Any],
                       flips: tuple[bool, ...]) -> Embeddings:
     """The embeddings of every slice of ``table``, computed once into ``folder`` and memory-mapped.
 
@@ -161,26 +162,26 @@ def cached_embeddings(predictor: Predictor, table: SeriesTable, folder: Path, ke
     member = predictor.models[0]
     meta = {**key, "table": _table_id(table), "n_slices": table.n_slices, "features": member.module.out_features,
             "flips": list(flips), "data": vars(member.data).copy(), "dtype": "float16"}
-    paths = [folder / f"view{v}.npy" for v in range(len(flips))]
+    paths = [folder.view(v) for v in range(len(flips))]
     if _read_meta(folder) != meta:
         _write(predictor, table, folder, meta, paths, flips)
     return Embeddings(tuple(np.load(path, mmap_mode="r") for path in paths))
 
 
-def _read_meta(folder: Path) -> dict[str, Any] | None:
+def _read_meta(folder: EmbeddingsFolder) -> dict[str, Any] | None:
     try:
-        return json.loads((folder / _META).read_text())
+        return json.loads(folder.meta.read_text())
     except (OSError, ValueError):
         return None
 
 
-def _write(predictor: Predictor, table: SeriesTable, folder: Path, meta: dict[str, Any], paths: list[Path],
+def _write(predictor: Predictor, table: SeriesTable, folder: EmbeddingsFolder, meta: dict[str, Any], paths: list[Path],
            flips: tuple[bool, ...]) -> None:
     """Rank 0 creates zero-filled files; every rank fills its series' rows; rank 0 writes meta.json."""
     runtime = predictor.runtime
     if runtime.is_main:
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
+        shutil.rmtree(folder.root, ignore_errors=True)
+        folder.root.mkdir(parents=True)
         for path in paths:
             np.lib.format.open_memmap(path, mode="w+", dtype=np.float16,
                                       shape=(table.n_slices, meta["features"])).flush()
@@ -193,5 +194,5 @@ def _write(predictor: Predictor, table: SeriesTable, folder: Path, meta: dict[st
     del maps
     barrier(runtime)
     if runtime.is_main:
-        write_json_atomic(folder / _META, meta)
+        write_json_atomic(folder.meta, meta)
     barrier(runtime)

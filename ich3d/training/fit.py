@@ -31,7 +31,7 @@ from ich3d.checkpoint import load_checkpoint
 from ich3d.config import Config, load_config, save_config
 from ich3d.constants import LABELS, RSNA_SLICE_SPACING_MM
 from ich3d.data.tables import SeriesTable, build_table
-from ich3d.dataset.index import dataset_crop, index_fingerprint, load_index
+from ich3d.dataset.opened import Dataset
 from ich3d.errors import ConfigError
 from ich3d.folders import FolderLock, prepare_output
 from ich3d.layout import RunFolder
@@ -66,13 +66,13 @@ class TrainOptions:
     progress: bool = False
 
 
-def fit(dataset: Path, out: Path, config: Config | str | Path | None = None, overrides: list[str] | None = None,
+def fit(dataset: Dataset | Path, out: Path, config: Config | str | Path | None = None, overrides: list[str] | None = None,
         options: TrainOptions = TrainOptions(),
         report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Trains the configured stages on one fold, or on every fold out of fold, of a built dataset.
 
     Args:
-        dataset: a folder written by ``ich3d build-series`` (with labels).
+        dataset: a folder written by ``ich3d build-series`` (with labels), or it opened.
         out: the run folder (created; must not hold another run unless ``options.resume``).
         config: a :class:`Config`, a YAML path or packaged name; with ``resume`` None means the run's own.
         overrides: ``key=value`` strings applied on top of the config.
@@ -90,7 +90,7 @@ def fit(dataset: Path, out: Path, config: Config | str | Path | None = None, ove
     run = RunFolder(Path(out))
     resume, progress = options.resume, options.progress
     config = _resolve_config(run, config, overrides, resume)
-    dataset = Path(dataset)
+    dataset = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
     asked = requested_folds(options.fold, options.folds, config.folds)
     if asked is None and not resume:  # neither --fold nor --folds: the config's train_folds
         asked = requested_folds(None, config.train_folds, config.folds)
@@ -164,14 +164,14 @@ def _resolve_config(run: RunFolder, config: Config | str | Path | None, override
     return resolved
 
 
-def _check_run(run: RunFolder, dataset: Path, folds: list[int] | None, resume: bool) -> list[int]:
+def _check_run(run: RunFolder, dataset: Dataset, folds: list[int] | None, resume: bool) -> list[int]:
     """The folds to train; checks the run folder against the request before anything is written.
 
     Raises:
         ConfigError: a new run into a folder holding one, or a resume that does not match the run
             (version, folds, dataset).
     """
-    fingerprint = index_fingerprint(dataset)  # also checks that the dataset is one
+    fingerprint = dataset.fingerprint
     if not resume:
         if run.info.exists() or run.folds_present():
             raise ConfigError(f"{run.root} already holds a training run: pass --resume to continue it, "
@@ -191,28 +191,28 @@ def _check_run(run: RunFolder, dataset: Path, folds: list[int] | None, resume: b
                           f"train into a new --out")
     if info.get("dataset_fingerprint") != fingerprint:
         raise ConfigError(f"--resume: {run.root} was trained on {info.get('dataset')} (index {info.get('dataset_fingerprint')}), "
-                          f"--dataset {dataset} is another (index {fingerprint}); resume with the run's dataset")
+                          f"--dataset {dataset.root} is another (index {fingerprint}); resume with the run's dataset")
     if not any(run.fold(k).last.is_file() for k in stored):
         raise ConfigError(f"--resume: no {run.fold(stored[0]).last}: nothing to resume (start without --resume)")
     return stored
 
 
-def _check_crop(dataset: Path, config: Config) -> None:
+def _check_crop(dataset: Dataset, config: Config) -> None:
     """The dataset's cache must be cropped as the config says (the model would read other images).
 
     Raises:
         ConfigError: another crop.
     """
-    crop = dataset_crop(dataset)
+    crop = dataset.crop
     if crop is not None and crop != config.data.crop:
-        raise ConfigError(f"--dataset {dataset} was built with --crop {crop}, the config says data.crop={config.data.crop}: "
+        raise ConfigError(f"--dataset {dataset.root} was built with --crop {crop}, the config says data.crop={config.data.crop}: "
                           f"rebuild with --crop {config.data.crop}, or --set data.crop={crop}")
 
 
-def _prepare(dataset: Path, run: RunFolder, config: Config, folds: list[int], resume: bool, runtime: Runtime,
+def _prepare(dataset: Dataset, run: RunFolder, config: Config, folds: list[int], resume: bool, runtime: Runtime,
              report: Callable, progress: bool) -> list[StageContext]:
     """Writes config, splits and run.json (new runs) and builds every fold's tables and context."""
-    slices, series = load_index(dataset)
+    slices, series = dataset.slices, dataset.series
     series = series[series["build_cache"]]  # the labeled series of a clinical export that have a cache
     fold_of = load_splits(run.splits) if resume else make_folds(series, config.folds, config.seed)
     contexts = [_fold_context(dataset, slices, series, fold_of, run, config, k, runtime, report, progress)
@@ -221,18 +221,18 @@ def _prepare(dataset: Path, run: RunFolder, config: Config, folds: list[int], re
         save_config(config, run.config)
         save_splits(run.splits, fold_of, series, config.seed)
         write_json_atomic(run.info, {
-            "ich3d_version": __version__, "dataset": str(dataset.resolve()),
-            "dataset_fingerprint": index_fingerprint(dataset), "folds": folds,
+            "ich3d_version": __version__, "dataset": str(dataset.root.resolve()),
+            "dataset_fingerprint": dataset.fingerprint, "folds": folds,
             "mode": "single" if len(folds) == 1 else "out_of_fold",
             "per_fold": {str(ctx.data.fold): _fold_info(ctx) for ctx in contexts}})
     barrier(runtime)
     return contexts
 
 
-def _fold_context(dataset: Path, slices: pd.DataFrame, series: pd.DataFrame, fold_of: dict[str, int], run: RunFolder,
+def _fold_context(dataset: Dataset, slices: pd.DataFrame, series: pd.DataFrame, fold_of: dict[str, int], run: RunFolder,
                   config: Config, fold: int, runtime: Runtime, report: Callable, progress: bool) -> StageContext:
     train_uids, valid_uids = split_series(fold_of, fold)
-    train, valid = build_table(dataset, slices, train_uids), build_table(dataset, slices, valid_uids)
+    train, valid = build_table(dataset.root, slices, train_uids), build_table(dataset.root, slices, valid_uids)
     prevalence = train.labels[train.labeled_readable()].mean(axis=0)
     if runtime.is_main:
         prepare_output(run.fold(fold).root, "--out")

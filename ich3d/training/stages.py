@@ -158,7 +158,7 @@ def embed_validation(ctx: StageContext, model: IchModel | None = None) -> Embedd
     stage = _Stage(ctx)
     stage.spec = model_spec(ctx.config)
     stage.model = stage.model_from_encoder(stage.spec) if model is None else model
-    return cached_embeddings(stage.predictor(), ctx.data.valid, ctx.folder.embeddings / "valid", _embedding_key(ctx),
+    return cached_embeddings(stage.predictor(), ctx.data.valid, ctx.folder.embedding_set("valid"), _embedding_key(ctx),
                              (False, True))
 
 
@@ -197,10 +197,10 @@ class SequenceStage(_Stage):
         self.valid_embeddings = embed_validation(ctx, self.model)
         if ctx.other_folds is None:
             self.train_embeddings: Embeddings | OutOfFold = cached_embeddings(
-                self.predictor(), ctx.data.train, ctx.folder.embeddings / "train", _embedding_key(ctx), (False, True))
+                self.predictor(), ctx.data.train, ctx.folder.embedding_set("train"), _embedding_key(ctx), (False, True))
         else:  # each training series embedded by the encoder of the fold that held it out
             self.train_embeddings = out_of_fold(ctx.data.train, {j: table for j, (table, _) in ctx.other_folds.items()},
-                                                {j: folder.embeddings / "valid" for j, (_, folder) in
+                                                {j: folder.embedding_set("valid") for j, (_, folder) in
                                                  ctx.other_folds.items()})
         self.trainable = wrap_ddp(self.model.head, self.runtime)
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import ich3d.inference.predictor as predictor_module
+from ich3d.dataset.opened import Dataset
 from ich3d.inference import ensemble
 from ich3d.inference.job import PredictOptions
 from ich3d.inference.outputs import PROB_COLUMNS
@@ -58,7 +59,7 @@ def test_a_series_alone_is_predicted_as_in_its_dataset(predictor: Predictor, tin
     result = predictor.predict_dataset(tiny_dataset, tmp_path / "out")
     rows = result.predictions[result.predictions["predicted_by"].isin(["model", "context"])]
     uid = rows["series_uid"].iloc[0]
-    alone = predictor.predict_series(tiny_dataset, uid)
+    alone = predictor.predict_series(Dataset.open(tiny_dataset), uid)
     in_dataset = rows[rows["series_uid"] == uid].sort_values("slice_index")[PROB_COLUMNS].to_numpy(np.float32)
     np.testing.assert_allclose(alone, in_dataset, atol=1e-6)
 
@@ -76,10 +77,9 @@ def test_embed_then_head_is_the_model(predictor: Predictor) -> None:
 
 def test_identical_members_average_to_one(predictor: Predictor, tiny_dataset: Path) -> None:
     from ich3d.data.tables import build_table
-    from ich3d.dataset.index import load_index
 
-    slices, series = load_index(tiny_dataset)
-    table = build_table(tiny_dataset, slices, series["series_uid"].tolist()[:2])
+    dataset = Dataset.open(tiny_dataset)
+    table = build_table(dataset.root, dataset.slices, dataset.series["series_uid"].tolist()[:2])
     twice = Predictor(predictor.models * 2, predictor.runtime, predictor.options)
     one, _ = predictor.predict_table(table, Reading(resample="off"))
     two, _ = twice.predict_table(table, Reading(resample="off"))

@@ -109,8 +109,8 @@ def test_the_fold_belongs_to_the_run(tiny_dataset: Path, tmp_path: Path) -> None
     assert load_checkpoint(_model(run, 1))["fold"] == 1
     splits = json.loads(RunFolder(run).splits.read_text())["folds"][1]["series"]
     assert sorted(load_checkpoint(_model(run, 1))["metrics"]) and len(splits) > 0
-    assert sorted(json.loads((RunFolder(run).fold(1).embeddings / "valid" / "meta.json").read_text())) and \
-        json.loads((RunFolder(run).fold(1).embeddings / "valid" / "meta.json").read_text())["fold"] == 1
+    assert sorted(json.loads(RunFolder(run).fold(1).embedding_set("valid").meta.read_text())) and \
+        json.loads(RunFolder(run).fold(1).embedding_set("valid").meta.read_text())["fold"] == 1
 
 
 def test_resume_with_another_dataset_is_refused(tiny_dataset: Path, synthetic_rsna: Path, tmp_path: Path) -> None:
@@ -178,7 +178,7 @@ def test_out_of_fold_features_never_come_from_an_encoder_that_saw_the_series(tin
         train = build_table(tiny_dataset, slices, split_series(fold_of, k)[0])
         others = [j for j in range(3) if j != k]
         features = out_of_fold(train, {j: tables[j] for j in others},
-                               {j: run.fold(j).embeddings / "valid" for j in others})
+                               {j: run.fold(j).embedding_set("valid") for j in others})
         for s, uid in enumerate(train.series_uids):
             rows = slice(train.offsets[s], train.offsets[s + 1])
             source = others[int(features.part_of[rows][0])]
@@ -186,7 +186,7 @@ def test_out_of_fold_features_never_come_from_an_encoder_that_saw_the_series(tin
             assert source == fold_of[uid] != k  # held out by the fold that embedded it ...
             assert uid not in split_series(fold_of, source)[0]  # ... whose encoder never trained on it
         for j in others:
-            meta = json.loads((run.fold(j).embeddings / "valid" / "meta.json").read_text())
+            meta = json.loads(run.fold(j).embedding_set("valid").meta.read_text())
             assert meta["fold"] == j and meta["encoder"] == fingerprint(run.fold(j).encoder)
 
 
