@@ -67,7 +67,7 @@ def _pixel_pass(folder: DatasetFolder, slices: pd.DataFrame, series: pd.DataFram
                 options: BuildOptions) -> dict:
     """Builds this part's missing or damaged cache files; writes its failures and crops parquets; returns counts."""
     size, crop, part_id = options.image_size, options.crop, options.shard.part_id
-    mine = part_series(series[series["build_cache"]], options.shard.num_parts, part_id)
+    mine = part_series(series[series["build_cache"]], options.shard)
     journal = CacheJournal(folder, part_id, files_id, size, crop)
     done = {} if options.overwrite else journal.finished()
     length = dict(zip(series["series_uid"], series["n_slices"].astype(int)))

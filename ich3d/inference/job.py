@@ -132,7 +132,7 @@ def _predict_parts(predictor: Predictor, folder: InferFolder, dataset: Dataset, 
     shard = options.shard
     slices, series = dataset.slices, dataset.series
     requested_images(slices, series, requested, options.allow_missing)
-    table = build_table(dataset.root, slices, part_series(dataset.predicted, shard.num_parts, shard.part_id))
+    table = build_table(dataset.root, slices, part_series(dataset.predicted, shard))
     with progress_bar(options.progress, "predict", len(table.series_uids) * len(predictor.models)) as advance:
         probs, reasons = predictor.predict_table(table, options.reading(), advance)
     clock.lap("model_s")

@@ -88,9 +88,12 @@ class Reading:
             raise InputError(f"--resample {self.resample}: must be one of auto, off")
 
 
-@dataclass
+@dataclass(eq=False)
 class Predictor:
     """One or more trained models on one device, with the machine settings to run them.
+
+    Built once, asked many times; one call at a time (a server with several workers holds one
+    Predictor per worker, or serialises its calls).
 
     Args:
         models: the ensemble's members (their probabilities are averaged).
@@ -119,9 +122,9 @@ class Predictor:
         from ich3d.runtime import setup_runtime
 
         runtime = setup_runtime(options.device, options.amp)
-        predictor = cls([load_trained(path, runtime.device) for path in model_checkpoints(runs)], runtime, options)
-        predictor.crop  # noqa: B018 -- members must share a crop: fail now, not at the first study
-        return predictor
+        models = [load_trained(path, runtime.device) for path in model_checkpoints(runs)]
+        ensemble.shared_crop(models)  # members must share a crop: fail now, not at the first study
+        return cls(models, runtime, options)
 
     # --- what the members agree on ---
 
