@@ -14,11 +14,12 @@ from conftest import TINY_TRAINING
 from test_faults import _fails, _run
 from torch.utils.data import DataLoader, Dataset
 
-from ich3d.dataset.build import build_series
+from ich3d.dataset.build import BuildOptions, build_series
 from ich3d.errors import InputError, UsageError
 from ich3d.folders import FolderLock
 from ich3d.layout import DatasetFolder, RunFolder
 
+SMALL = BuildOptions(image_size=32, workers=1, progress=False)
 QUICK = [arg for item in TINY_TRAINING + ["stages.slice.epochs=1", "stages.sequence.epochs=1"]
          for arg in ("--set", item)]
 
@@ -94,7 +95,7 @@ def test_absurd_image_sizes_are_refused_before_allocation(synthetic_rsna: Path, 
                    "--image-size", "100000"])
     assert result.exit_code == 2 and "--image-size" in result.output and "--workers" not in result.output
     with pytest.raises(UsageError, match="--image-size 100000: must be 1 to 1024 pixels"):
-        build_series([small_input], tmp_path / "d", image_size=100_000, workers=1, progress=False)
+        build_series([small_input], tmp_path / "d", options=BuildOptions(image_size=100_000, workers=1))
     _fails(_run(["train", "--dataset", str(tiny_dataset), "--config", "cpu_small", "--out", str(tmp_path / "r"),
                  "--set", "data.image_size=100000"]), "data.image_size", "16 to 1024")
     assert not (tmp_path / "d").exists() and not (tmp_path / "r").exists()
@@ -109,11 +110,11 @@ def test_show_of_a_dicom_file_outside_the_dataset_is_one_line(tiny_dataset: Path
 
 def test_a_second_build_into_one_folder_is_refused_and_the_index_kept(synthetic_rsna: Path, tmp_path: Path) -> None:
     out = tmp_path / "d"
-    build_series([synthetic_rsna / "stage_2_test"], out, image_size=32, workers=1, progress=False)
+    build_series([synthetic_rsna / "stage_2_test"], out, options=SMALL)
     index = DatasetFolder(out).slices.read_bytes()
     with FolderLock(DatasetFolder(out).part_lock(0), "the first build"):  # a build of other files still running
         with pytest.raises(InputError, match="is in use by another ich3d job"):
-            build_series([synthetic_rsna / "stage_2_train"], out, image_size=32, workers=1, progress=False)
+            build_series([synthetic_rsna / "stage_2_train"], out, options=SMALL)
     assert DatasetFolder(out).slices.read_bytes() == index
 
 
@@ -184,7 +185,7 @@ def test_a_junk_only_folder_is_an_error_in_infer_as_in_build_series(trained_run:
 def test_merge_refuses_parts_of_different_datasets(tiny_dataset: Path, trained_run: Path, synthetic_rsna: Path,
                                                    tmp_path: Path) -> None:
     other = tmp_path / "other"
-    build_series([synthetic_rsna / "stage_2_test"], other, image_size=32, workers=1, progress=False)
+    build_series([synthetic_rsna / "stage_2_test"], other, options=SMALL)
     out = tmp_path / "parts"
     for part, dataset in enumerate([tiny_dataset, other]):
         result = _run(["-q", "infer", "--run", str(trained_run), "--dataset", str(dataset), "--out", str(out),

@@ -18,13 +18,15 @@ import numpy as np
 import pandas as pd
 
 from ich3d.atomic import atomic_write, write_json_atomic
-from ich3d.dataset.index import index_fingerprint, load_index, read_meta, write_parquet
+from ich3d.dataset.index import index_fingerprint, read_meta, write_parquet
+from ich3d.dataset.opened import Dataset
 from ich3d.errors import InputError
 from ich3d.inference.exams import exam_table
 from ich3d.inference.outputs import PROB_COLUMNS, check_rows
 from ich3d.inference.submission import read_submission_ids, write_submission
 from ich3d.layout import InferFolder
 from ich3d.metrics import prior_predictions
+from ich3d.shard import Shard
 from ich3d.spreadsheet import write_table
 
 _EXAMPLES = 10
@@ -55,19 +57,16 @@ def requested_images(slices: pd.DataFrame, series: pd.DataFrame, requested: np.n
                          f"or --series-uid, or pass --allow-missing")
 
 
-def write_part(folder: InferFolder, part: pd.DataFrame, parts: tuple[int, int], dataset: Path,
-               meta: dict[str, Any]) -> None:
+def write_part(folder: InferFolder, part: pd.DataFrame, shard: Shard, dataset: Path, meta: dict[str, Any]) -> None:
     """Writes one part's rows, marked with the dataset they predict, and the parts' shared ``meta``.
 
     Args:
-        parts: (num_parts, part_id).
-        meta: the job's ``prior``, ``n_index_rows`` and ``exam_threshold``.
+        meta: the job's ``prior``, ``n_index_rows``, exam thresholds and operating points.
     """
-    num_parts, part_id = parts
     source = {"dataset": str(Path(dataset).resolve()), "dataset_fingerprint": index_fingerprint(dataset)}
     folder.parts.mkdir(exist_ok=True)
-    write_parquet(part, folder.part(part_id, num_parts), source)
-    write_json_atomic(folder.parts_meta, meta | source | {"num_parts": num_parts})
+    write_parquet(part, folder.part(shard.part_id, shard.num_parts), source)
+    write_json_atomic(folder.parts_meta, meta | source | {"num_parts": shard.num_parts})
 
 
 def _check_sources(paths: list[Path], meta: dict[str, Any]) -> None:
@@ -115,7 +114,7 @@ def merge_parts(folder: InferFolder, sample: Path | None, allow_missing: bool) -
         predictions.to_parquet(file, index=False)
     scored = predictions[predictions[PROB_COLUMNS[0]].notna()]
     write_submission(folder.submission, scored.set_index("image_id")[PROB_COLUMNS], sample)
-    exams = exam_table(predictions, load_index(Path(meta["dataset"]))[1], meta.get("exam_threshold", 0.5))
+    exams = exam_table(predictions, Dataset.open(meta["dataset"]).series, meta.get("exam_threshold", 0.5))
     write_table(folder.exams_csv, exams)
     write_json_atomic(folder.exams_json, json.loads(exams.to_json(orient="records")))
     counts = predictions["predicted_by"].value_counts()
