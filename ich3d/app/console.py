@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -103,24 +105,49 @@ def print_score(metrics: dict[str, Any], console: Console) -> None:
 
 
 def print_exam_score(result: dict[str, Any], console: Console) -> None:
-    """Per-label exam AUC (95 % CI), sensitivity and specificity at the threshold."""
+    """Per-label exam AUC, sensitivity and specificity at the threshold, each with its 95 % interval
+    (none for an AUC on too few exams, and the caption says so)."""
+    from ich3d.metrics import MIN_PER_CLASS_FOR_AUC_CI
+
     table = Table(title=f"exams: {result['n_exams']} scored" + (f", {result['n_unscored']} without a usable series"
                                                                  if result["n_unscored"] else ""))
-    for column in ("label", "AUC (95 % CI)", "sensitivity", "specificity", "TP / FP / TN / FN"):
+    for column in ("label", "AUC (95 % CI)", "sensitivity (95 % CI)", "specificity (95 % CI)", "TP / FP / TN / FN"):
         table.add_column(column, justify="left" if column == "label" else "right")
     for name, s in result["labels"].items():
-        auc = "n/a" if s["auc"] is None else f"{s['auc']:.3f} ({s['auc_low']:.3f}-{s['auc_high']:.3f})"
-        table.add_row(name, auc, _fmt(s["sensitivity"]), _fmt(s["specificity"]),
-                      f"{s['tp']} / {s['fp']} / {s['tn']} / {s['fn']}")
-    table.caption = f"threshold {result['threshold']:g}"
+        table.add_row(name, _with_interval(s, "auc"), _with_interval(s, "sensitivity"),
+                      _with_interval(s, "specificity"), f"{s['tp']} / {s['fp']} / {s['tn']} / {s['fn']}")
+    table.caption = (f"threshold {result['threshold']:g}; sensitivity and specificity with Wilson intervals; an AUC "
+                     f"interval (bootstrap over exams) only with at least {MIN_PER_CLASS_FOR_AUC_CI} positive and "
+                     f"{MIN_PER_CLASS_FOR_AUC_CI} negative exams")
     console.print(table)
+
+
+def _with_interval(scores: dict[str, Any], key: str) -> str:
+    """``0.750 (0.301-0.954)``; ``1.000 (no CI: 3+ / 5-)`` for an AUC on too few exams; n/a when undefined."""
+    value, low, high = scores[key], scores.get(f"{key}_low"), scores.get(f"{key}_high")
+    if value is None:
+        return "n/a"
+    if low is None or high is None:
+        return f"{value:.3f} (no CI: {scores['n_positive']}+ / {scores['n_negative']}-)"
+    return f"{value:.3f} ({low:.3f}-{high:.3f})"
 
 
 def print_infer_summary(summary: dict[str, Any], console: Console) -> None:
+    """How the images were predicted, then the exams ordered by p(any) (when the job wrote exams.csv)."""
     table = Table(title="infer", show_header=False)
     for key, value in summary.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) or "-"
         table.add_row(key, str(value))
     console.print(table)
+    exams = Path(summary.get("exams_csv") or "")
+    if summary.get("exams") and exams.is_file():
+        import pandas as pd
+
+        rows = json.loads(pd.read_csv(exams).to_json(orient="records"))
+        threshold = float(summary.get("exam_threshold") or 0.5)
+        console.print(exam_table(rows, f"exams ({len(rows)}), highest p(any) first", threshold))
+        console.print(f"every column, full UIDs and slice ranges: {exams}")
 
 
 def print_demo(result: dict[str, Any], console: Console) -> None:
@@ -150,16 +177,57 @@ def print_demo(result: dict[str, Any], console: Console) -> None:
     console.print(f"report: {result['report']}")
 
 
-def exam_table(exams: list[dict[str, Any]], title: str) -> Table:
-    """Rows of ``exams.csv``: status, series read, exam probabilities, key slice and the ranges of positives."""
+def exam_table(exams: list[dict[str, Any]], title: str, threshold: float = 0.5) -> Table:
+    """Rows of ``exams.csv`` ordered by p(any), highest first (exams without one last): study (the end of
+    its UID), patient, the series read (description, thickness, kernel), status, p(any), the labels whose
+    exam probability is above ``threshold`` (with it), and the key slice (highest p(any))."""
     table = Table(title=title)
-    for column in ("study", "status", "series read", "p(any)", "key slice", "findings (slices)"):
-        table.add_column(column, justify="right" if column.startswith("p(") else "left", overflow="fold")
-    for exam in exams:
-        found = [f"{SHORT_NAMES[name]} {exam[f'slices_{name}']}" for name in LABELS[1:]
-                 if isinstance(exam.get(f"slices_{name}"), str) and exam[f"slices_{name}"]]
-        key = "" if exam.get("key_slice_index") is None else str(int(exam["key_slice_index"]))
-        table.add_row(_short(exam["study_uid"]), exam["status"], str(exam.get("series_description") or "-"),
-                      _fmt(exam.get("p_any")), key, "; ".join(found) or "-")
+    for column in ("study", "patient", "series read", "status", "p(any)", f"above {threshold:g}", "key slice"):
+        table.add_column(column, justify="right" if column in ("p(any)", "key slice") else "left", overflow="fold")
+    for exam in sorted(exams, key=_risk):
+        table.add_row(_short(str(exam["study_uid"])), str(exam.get("patient_id") or "-"), series_read(exam),
+                      _status(exam), _p(exam.get("p_any")), findings(exam, threshold) or "-",
+                      "-" if _missing(exam.get("key_slice_index")) else str(int(exam["key_slice_index"])))
+    table.caption = f"{sum(1 for e in exams if (e.get('p_any') or 0) > threshold)} of {len(exams)} exams above " \
+                    f"{threshold:g} in p(any)"
     return table
 
+
+def series_read(exam: dict[str, Any]) -> str:
+    """``Head 5.0 H31s · 5 mm · H31s`` of an exam row: the series description, slice thickness and kernel."""
+    parts = [" ".join(str(exam.get("series_description") or "").split())]
+    if not _missing(exam.get("slice_thickness")):
+        parts.append(f"{float(exam['slice_thickness']):g} mm")
+    if exam.get("convolution_kernel") and not _missing(exam["convolution_kernel"]):
+        parts.append(str(exam["convolution_kernel"]))
+    parts = [part for part in parts if part]
+    return " · ".join(parts) if parts else ("-" if exam.get("series_uid") in (None, "") else "(no description)")
+
+
+def findings(exam: dict[str, Any], threshold: float) -> str:
+    """The labels whose exam probability is above ``threshold``, highest first, with the slices above it:
+    ``any 0.93 (12-15), SDH 0.91 (12-14)``."""
+    found = []
+    for name in LABELS:
+        p, where = exam.get(f"p_{name}"), exam.get(f"slices_{name}")
+        if not _missing(p) and p > threshold:
+            found.append((p, f"{SHORT_NAMES[name]} {p:.2f}" + (f" ({where})" if isinstance(where, str) and where else "")))
+    return ", ".join(text for _, text in sorted(found, key=lambda entry: -entry[0]))
+
+
+def _risk(exam: dict[str, Any]) -> tuple[bool, float]:
+    p = exam.get("p_any")
+    return (_missing(p), -float(p) if not _missing(p) else 0.0)
+
+
+def _status(exam: dict[str, Any]) -> str:
+    reason = exam.get("reason")
+    return str(exam["status"]) + (f": {reason}" if reason and not _missing(reason) else "")
+
+
+def _p(value: Any) -> str:
+    return "-" if _missing(value) else f"{float(value):.3f}"
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))

@@ -71,6 +71,7 @@ def _pixel_pass(folder: DatasetFolder, slices: pd.DataFrame, series: pd.DataFram
         log.warning("%d damaged cache files are rebuilt, e.g. %s", len(damaged), folder.cache_file(damaged[0]))
     todo.sort(key=lambda uid: -length[uid])  # longest first: no long series left for the end
     folder.cache.mkdir(parents=True, exist_ok=True)
+    _log_pixel_scope(slices, series, mine, todo)
     try:
         with progress_bar(progress, "pixels", sum(length[u] for u in todo)) as advance:
             done |= cache_series(folder, slices, todo, size, journal, pool, 4 * workers, advance)
@@ -91,6 +92,20 @@ def _pixel_pass(folder: DatasetFolder, slices: pd.DataFrame, series: pd.DataFram
     return {"crop": crop, "series_cropped": len(boxes),"series_in_part": len(mine), "series_built": len(todo), "series_already_done": len(mine) - len(todo),
             "damaged_cache_files_rebuilt": len(damaged), "slices_built": sum(length[u] for u in todo),
             "pixel_failures": failures["status"].value_counts().to_dict()}
+
+
+def _log_pixel_scope(slices: pd.DataFrame, series: pd.DataFrame, mine: list[str], todo: list[str]) -> None:
+    """One line saying which of the files the pixel pass reads and where the others went, so that its
+    count (images of the series to cache) adds up to the number of files."""
+    cached, in_part = slices["series_uid"].isin(series.loc[series["build_cache"], "series_uid"]), slices["series_uid"].isin(mine)
+    others = {"already cached": int(slices["series_uid"].isin(set(mine) - set(todo)).sum()),
+              "in other parts": int((cached & ~in_part).sum()),
+              "in series not read (other role or not chosen)": int((~cached & (slices["status"] == Status.OK)).sum()),
+              **slices.loc[~cached & (slices["status"] != Status.OK), "status"].astype(str).value_counts().to_dict()}
+    n_todo = int(slices["series_uid"].isin(todo).sum())
+    rest = ", ".join(f"{n} {what}" for what, n in others.items() if n)
+    log.info("pixels: %d of %d images to cache (%d series)%s", n_todo, len(slices), len(todo),
+             f"; the other {len(slices) - n_todo}: {rest}" if rest else "")
 
 
 def _check_arguments(image_size: int, workers: int, num_parts: int, part_id: int, crop: str) -> None:
@@ -119,6 +134,7 @@ def build_series(
     series_rules: SeriesRules = SeriesRules(),
     progress: bool = True,
     labels_format: str = "rsna",
+    before_pixels: Callable[[pd.DataFrame, pd.DataFrame], None] | None = None,
 ) -> dict[str, Any]:
     """Indexes DICOM folders (and NIfTI volumes) into series, joins labels and caches Hounsfield units.
 
@@ -141,6 +157,8 @@ def build_series(
         progress: show rich progress bars.
         labels_format: ``rsna`` (long ``ID,Label``) or ``ct-ich`` (PhysioNet CT-ICH per-slice CSV,
             joined to NIfTI slices by file stem and slice number).
+        before_pixels: called with the index (slices, series) once it is written, before the pixel
+            pass (``infer`` refuses requested images without a file there, before any pixel is read).
 
     Returns:
         The summary written to ``build.json`` (``build-part-<I>.json`` when num_parts > 1): counts by
@@ -166,6 +184,8 @@ def build_series(
             slices, series, meta = index_for(folder, files, labels_csv, pool, progress, assume_intercept,
                                              series_rules, labels_format)
             timings["index_s"] = time.perf_counter() - began - timings["collect_s"]  # header pass included
+        if before_pixels is not None:
+            before_pixels(slices, series)
         with FolderLock(folder.part_lock(part_id), f"part {part_id} of dataset folder {folder.root}"):
             pixels = {} if index_only else _pixel_pass(folder, slices, series, image_size, crop, (num_parts, part_id),
                                                        overwrite, files.files_id, pool, workers, progress)

@@ -73,7 +73,8 @@ def exam_table(predictions: pd.DataFrame, series: pd.DataFrame, threshold: float
         threshold: probability above which a slice counts in a label's slice ranges.
 
     Returns:
-        Columns patient_id, study_uid, status, series_uid, series_description, role, n_images,
+        Columns patient_id, study_uid, status, series_uid, series_description, slice_thickness (mm),
+        convolution_kernel, role, n_images,
         n_predicted, p_<label> ×6, key_slice_index, key_sop_uid, key_image_id, key_position_mm,
         slices_<label> ×6 (ranges of slice_index above ``threshold``), reason.
     """
@@ -94,7 +95,8 @@ def exam_table(predictions: pd.DataFrame, series: pd.DataFrame, threshold: float
         series_row = chosen_rows[study]
         start, stop = bounds[series_row["series_uid"]]
         rows.append(row | _exam(arrays, slice(start, stop), series_row, threshold))
-    columns = (["patient_id", "study_uid", "status", "series_uid", "series_description", "role", "n_images",
+    columns = (["patient_id", "study_uid", "status", "series_uid", "series_description", "slice_thickness",
+                "convolution_kernel", "role", "n_images",
                 "n_predicted", *PROB_COLUMNS, "key_slice_index", "key_sop_uid", "key_image_id", "key_position_mm"]
                + [f"slices_{name}" for name in LABELS] + ["reason"])
     return pd.DataFrame(rows).reindex(columns=columns)
@@ -141,10 +143,10 @@ def _exam(arrays: _ExamArrays, rows: slice, chosen: dict, threshold: float) -> d
     exam = dict(zip(PROB_COLUMNS, smoothed_maximum(probs)))
     ranges = {f"slices_{name}": _ranges(index[probs[:, j] > threshold])
               for j, name in enumerate(LABELS)}
-    description = chosen.get("series_description")
-    return exam | ranges | {
-        "status": "partial" if partial else "ok", "series_uid": chosen["series_uid"],
-        "series_description": None if pd.isna(description) else description, "role": chosen["role"],
+    header = {name: None if pd.isna(chosen.get(name)) else chosen.get(name)
+              for name in ("series_description", "slice_thickness", "convolution_kernel")}
+    return exam | ranges | header | {
+        "status": "partial" if partial else "ok", "series_uid": chosen["series_uid"], "role": chosen["role"],
         "n_predicted": len(index), "key_slice_index": int(index[key]),
         "key_sop_uid": arrays.sop_uid[rows][key], "key_image_id": arrays.image_id[rows][key],
         "key_position_mm": float(arrays.position[rows][key]), "reason": "; ".join(reason)}

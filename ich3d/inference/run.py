@@ -198,9 +198,8 @@ def _build(dicom_dirs: list[Path], dataset: Path, models: list, crop: str, optio
     rules = options.series_rules or SeriesRules(target_thickness=_training_spacing(models))
     build = dict(image_size=size, crop=crop, workers=options.workers, num_parts=parts[0], part_id=parts[1],
                  series_rules=rules, progress=progress)
-    build_series(dicom_dirs, dataset, index_only=True, **build)
-    requested_images(*load_index(dataset), requested, allow_missing)
-    build_series(dicom_dirs, dataset, **build)
+    build_series(dicom_dirs, dataset, **build,
+                 before_pixels=lambda slices, series: requested_images(slices, series, requested, allow_missing))
 
 
 def _training_spacing(models: list) -> float:
