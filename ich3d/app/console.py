@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -194,14 +195,21 @@ def exam_table(exams: list[dict[str, Any]], title: str, threshold: float = 0.5) 
 
 
 def series_read(exam: dict[str, Any]) -> str:
-    """``Head 5.0 H31s · 5 mm · H31s`` of an exam row: the series description, slice thickness and kernel."""
-    parts = [" ".join(str(exam.get("series_description") or "").split())]
-    if not _missing(exam.get("slice_thickness")):
-        parts.append(f"{float(exam['slice_thickness']):g} mm")
-    if exam.get("convolution_kernel") and not _missing(exam["convolution_kernel"]):
-        parts.append(str(exam["convolution_kernel"]))
-    parts = [part for part in parts if part]
-    return " · ".join(parts) if parts else ("-" if exam.get("series_uid") in (None, "") else "(no description)")
+    """``5mm STND · 5 mm · STANDARD`` of an exam (or series) row: the series description, then its slice
+    thickness and kernel unless the description already says them."""
+    description = " ".join(str(exam.get("series_description") or "").split())
+    parts = [description] if description else []
+    thickness, kernel = exam.get("slice_thickness"), exam.get("convolution_kernel")
+    if not _missing(thickness) and float(thickness) not in _numbers(description):
+        parts.append(f"{float(thickness):g} mm")
+    if kernel and not _missing(kernel) and str(kernel).lower() not in description.lower():
+        parts.append(str(kernel))
+    return " · ".join(parts) if parts else ("-" if not exam.get("series_uid") else "(no description)")
+
+
+def _numbers(text: str) -> set[float]:
+    """The numbers written in a text (``Head 5.0 H31s`` -> {5.0, 31.0})."""
+    return {float(value) for value in re.findall(r"\d+(?:\.\d+)?", text)}
 
 
 def findings(exam: dict[str, Any], threshold: float) -> str:
