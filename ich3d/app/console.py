@@ -137,6 +137,8 @@ def print_infer_summary(summary: dict[str, Any], console: Console) -> None:
     """How the images were predicted, then the exams ordered by p(any) (when the job wrote exams.csv)."""
     table = Table(title="infer", show_header=False)
     for key, value in summary.items():
+        if key == "provenance":  # versions, commit, device: in infer.json
+            continue
         if isinstance(value, dict):
             value = ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) or "-"
         table.add_row(key, str(value))

@@ -141,6 +141,7 @@ def _predict(checkpoints: list[Path], folder: InferFolder, dataset: Path | None,
              sample: Path | None, requested: np.ndarray | None, allow_missing: bool, parts: tuple[int, int],
              options: InferOptions, progress: bool) -> dict[str, Any]:
     from ich3d.models.io import load_model
+    from ich3d.provenance import provenance
     from ich3d.runtime import setup_runtime
 
     num_parts, part_id = parts
@@ -170,7 +171,8 @@ def _predict(checkpoints: list[Path], folder: InferFolder, dataset: Path | None,
         part.to_parquet(file, index=False)
     write_json_atomic(folder.parts_meta, {"prior": prior.tolist(), "num_parts": num_parts, "n_index_rows": len(slices),
                                           "dataset": str(Path(dataset).resolve()),
-                                          "exam_threshold": options.exam_threshold})
+                                          "exam_threshold": options.exam_threshold,
+                                          "provenance": provenance(runtime.device, options.workers)})
     summary = merge_parts(folder, sample, allow_missing) if num_parts == 1 else {
         "part": str(folder.part(part_id, num_parts)), "images": len(part)}
     clock.lap("write_s")

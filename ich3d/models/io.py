@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ich3d.checkpoint import load_checkpoint, save_checkpoint
+from ich3d.provenance import provenance
 from ich3d.config import Config
 from ich3d.constants import LABELS
 from ich3d.errors import InputError
@@ -47,7 +48,7 @@ def save_model(path: Path, model: IchModel, spec: dict[str, Any], config: Config
     save_checkpoint(path, {
         "model": spec, "state_dict": model.state_dict(), "config": config.to_dict(),
         "in_channels": config.data.in_channels, "image_size": config.data.image_size, "labels": list(LABELS),
-        **facts,
+        "provenance": provenance(next(model.parameters()).device, config.num_workers), **facts,
     })
 
 

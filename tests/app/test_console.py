@@ -34,6 +34,8 @@ def test_infer_ends_with_the_exam_table_ordered_by_risk(trained_run: Path, clini
         assert exam["series_description"].split()[0] in line and exam["status"] in line
         assert str(int(exam["key_slice_index"])) in line
     assert "candidate files" not in text and text.count("exams (4)") == 1
+    facts = json.loads((out / "infer.json").read_text())["provenance"]
+    assert facts["device"] == "cpu" and facts["torch"] and "provenance" not in text
 
 
 def test_exam_rows_say_series_findings_and_thresholds() -> None:
