@@ -156,20 +156,7 @@ def print_infer_summary(summary: dict[str, Any], console: Console) -> None:
 def print_demo(result: dict[str, Any], console: Console) -> None:
     """The demo's scores next to the prevalence prior's, then the clinical export's exams."""
     console.print(score_table(result["score"], "demo: held-out synthetic test split"))
-    table = Table(title="demo summary: weighted log loss")
-    table.add_column("model")
-    table.add_column("validation (first fold)", justify="right")
-    table.add_column("held-out test", justify="right")
-    table.add_row("prevalence prior", _fmt(result.get("prior_valid")), f"{result['prior_score']:.4f}")
-    table.add_row("CNN, slice-only", _fmt(result.get("slice_valid")), _fmt(result.get("slice_score")))
-    table.add_row("CNN + GRU", _fmt(result.get("sequence_valid")), _fmt(result.get("raw_score")))
-    table.add_row("[bold]CNN + GRU, calibrated[/]", _fmt(result.get("calibrated_valid")) + "*",
-                  f"[bold]{result['score']['weighted_log_loss']:.4f}[/]")
-    labels = ", ".join(result.get("calibrated_labels") or []) or "none (no fit paid off out of sample)"
-    table.caption = (f"* validation predicted with the inference TTA ({_fmt(result.get('tta_valid'))} before "
-                     f"calibration); calibration fitted on {result.get('calibration_fitted_on')}, in-sample "
-                     f"there; labels calibrated: {labels}")
-    console.print(table)
+    console.print(demo_table(result))
     if result.get("exams"):
         console.print(exam_table(result["exams"], "demo: exams of a PACS-style export (one row per study)"))
         auc = result["exam_score"]["labels"]["any"]["auc"]
@@ -178,6 +165,36 @@ def print_demo(result: dict[str, Any], console: Console) -> None:
     console.print(f"demo test weighted log loss: {result['score']['weighted_log_loss']:.4f} "
                   f"(prior {result['prior_score']:.4f}); outputs in {result['out']} ({result['seconds']:.0f} s)")
     console.print(f"report: {result['report']}")
+
+
+def demo_table(result: dict[str, Any]) -> Table:
+    """The demo summary (README's demo table): validation and test weighted log loss of the prior, the
+    slice-only CNN, the CNN + GRU and the calibrated CNN + GRU, from the demo's ``demo.json``."""
+    table = Table(title="demo summary: weighted log loss")
+    table.add_column("model")
+    table.add_column("validation (first fold)", justify="right")
+    table.add_column("held-out test", justify="right")
+    for name, valid, test in demo_rows(result):
+        star = "*" if name == DEMO_ROWS[-1] else ""
+        table.add_row(f"[bold]{name}[/]" if star else name, _fmt(valid) + star,
+                      f"[bold]{_fmt(test)}[/]" if star else _fmt(test))
+    labels = ", ".join(result.get("calibrated_labels") or []) or "none (no fit paid off out of sample)"
+    table.caption = (f"* validation predicted with the inference TTA ({_fmt(result.get('tta_valid'))} before "
+                     f"calibration); calibration fitted on {result.get('calibration_fitted_on')}, in-sample "
+                     f"there; labels calibrated: {labels}")
+    return table
+
+
+#: The rows of the demo table, in order.
+DEMO_ROWS = ("prevalence prior", "CNN, slice-only", "CNN + GRU", "CNN + GRU, calibrated")
+
+
+def demo_rows(result: dict[str, Any]) -> list[tuple[str, float | None, float | None]]:
+    """(model, validation, test) weighted log loss of each row of :data:`DEMO_ROWS` from ``demo.json``."""
+    return list(zip(DEMO_ROWS, (result.get("prior_valid"), result.get("slice_valid"), result.get("sequence_valid"),
+                                result.get("calibrated_valid")),
+                    (result.get("prior_score"), result.get("slice_score"), result.get("raw_score"),
+                     result["score"]["weighted_log_loss"])))
 
 
 def exam_table(exams: list[dict[str, Any]], title: str, threshold: float = 0.5) -> Table:
