@@ -238,7 +238,8 @@ def findings(exam: dict[str, Any], threshold: float) -> str:
     for name in LABELS:
         p, where = exam.get(f"p_{name}"), exam.get(f"slices_{name}")
         if not _missing(p) and p > threshold:
-            found.append((p, f"{SHORT_NAMES[name]} {p:.2f}" + (f" ({where})" if isinstance(where, str) and where else "")))
+            where = f" ({where})" if isinstance(where, str) and where else ""
+            found.append((p, f"{SHORT_NAMES[name]} {p:.2f}{where}"))
     return ", ".join(text for _, text in sorted(found, key=lambda entry: -entry[0]))
 
 

@@ -225,7 +225,8 @@ def _score_table(inputs: _Inputs, options: ReportOptions) -> str:
     prior_loss = per_label_log_loss(truth, prior) if prior is not None else {}
     num, rows = markup.num, []
     for j, name in enumerate(LABELS):
-        rows.append([name, num(loss[name]), num(prior_loss.get(name)), _auc_cell(truth[:, j], pred[:, j], groups, options),
+        auc = _auc_cell(truth[:, j], pred[:, j], groups, options)
+        rows.append([name, num(loss[name]), num(prior_loss.get(name)), auc,
                      num(average_precision(truth[:, j], pred[:, j]), 3), num(ece[name])])
     exams = frame["study_uid"].fillna(frame["image_id"]).to_numpy() if "study_uid" in frame else None
     exam_auc = num(series_auc_any(truth[:, 0], pred[:, 0], exams), 3) if exams is not None else "n/a (no study UIDs)"
@@ -358,5 +359,5 @@ def _page(inputs: _Inputs, sections: list[Section]) -> str:
 
 
 #: The page's sections in order; each builder returns (id, title, html) or None. The exam answer first.
-SECTIONS = (exam_markup.exams_section, _summary, exam_markup.choice_section, _curves, strips_section, _gallery, _training,
-            _build)
+SECTIONS = (exam_markup.exams_section, _summary, exam_markup.choice_section, _curves, strips_section, _gallery,
+            _training, _build)

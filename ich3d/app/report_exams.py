@@ -93,8 +93,9 @@ def exam_table(exams: pd.DataFrame, images: Mapping[str, ExamImages], truth: Map
     for exam in _records(exams):
         p_any = exam.get("p_any")
         flagged = p_any is not None and p_any > threshold
-        cells = [_pictures(images.get(exam["study_uid"])), _study_cell(exam), html.escape(str(exam.get("patient_id") or "-")),
-                 html.escape(series_read(exam)), html.escape(_status(exam)),
+        cells = [_pictures(images.get(exam["study_uid"])), _study_cell(exam),
+                 html.escape(str(exam.get("patient_id") or "-")), html.escape(series_read(exam)),
+                 html.escape(_status(exam)),
                  f"<b>{p_any:.3f}</b>" if flagged else ("-" if p_any is None else f"{p_any:.3f}"),
                  html.escape(findings(exam, threshold) or "-")]
         if truth is not None:
@@ -140,13 +141,14 @@ def _missing(value: Any) -> bool:
 def _pictures(images: ExamImages | None) -> str:
     if images is None:
         return ""
-    return "".join(markup.img(png, alt, 96) for png, alt in ((images.key, "key slice, brain window"),
+    return "".join(markup.img(png, alt, 80) for png, alt in ((images.key, "key slice, brain window"),
                                                               (images.heat, "Grad-CAM of p(any)")) if png)
 
 
 def _study_cell(exam: dict[str, Any]) -> str:
     """The short study UID; the full study, series and key image UIDs in a details element."""
-    full = [("study", exam.get("study_uid")), ("series", exam.get("series_uid")), ("key image", exam.get("key_image_id"))]
+    full = [("study", exam.get("study_uid")), ("series", exam.get("series_uid")),
+            ("key image", exam.get("key_image_id"))]
     lines = "".join(f"<div>{name}: <code>{html.escape(str(value))}</code></div>" for name, value in full if value)
     return f"<details><summary>{short_uid(exam['study_uid'])}</summary>{lines}</details>"
 
@@ -197,7 +199,8 @@ def _exam_images(inputs: ReportInputs, keys: dict[str, str | None],
     if inputs.dataset is None:
         return {}
     by_id = inputs.predictions.drop_duplicates("image_id").set_index("image_id")
-    read = {study: key for study, key in keys.items() if key in by_id.index and by_id.loc[key, "predicted_by"] == "model"}
+    read = {study: key for study, key in keys.items()
+            if key in by_id.index and by_id.loc[key, "predicted_by"] == "model"}
     explain = list(read.values())[:options.heat_maps]
     explained = dict(zip(explain, inputs.explain(explain, options) or []))
     images = {}

@@ -24,7 +24,7 @@ header{border-bottom:1px solid #ddd;margin-bottom:8px}
 nav a{margin-right:14px}
 h2{margin-top:36px;border-bottom:1px solid #eee}
 table{border-collapse:collapse;font-size:13px;margin:6px 0 16px}
-th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
+th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
 th{background:#f3f3f3}
 img{max-width:100%;height:auto}
 pre{background:#f7f7f7;padding:8px;font-size:12px;overflow:auto;max-height:420px}
@@ -38,7 +38,7 @@ figure{margin:0;max-width:530px}
 figcaption{font-size:12px;color:#555}
 .note{color:#555;font-size:13px}
 table.exams{width:100%}
-table.exams td:first-child{white-space:nowrap;width:200px}
+table.exams td:first-child{white-space:nowrap;width:170px}
 table.exams td img{margin-right:4px}
 tr.flagged td{background:#fdecea}
 .uid{font-family:ui-monospace,monospace;font-size:12px}

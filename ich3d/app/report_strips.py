@@ -58,9 +58,9 @@ def strips_section(inputs: ReportInputs, options: ReportOptions) -> Section | No
     n_read = frame.dropna(subset=["p_any"])["series_uid"].nunique()
     if inputs.truth is not None:
         order = (f"labelled series first: series-level false negatives, then false positives (called at p(any) &ge; "
-                 f"{THRESHOLD}), then by weighted log loss; then unlabelled series by p(any). Thumbnails (brain window): "
-                 "the peak of p(any), the labelled-positive slice with the lowest p(any), the labelled-negative slice "
-                 "with the highest (dotted lines).")
+                 f"{THRESHOLD}), then by weighted log loss; then unlabelled series by p(any). Thumbnails "
+                 "(brain window): the peak of p(any), the labelled-positive slice with the lowest p(any), the "
+                 "labelled-negative slice with the highest (dotted lines).")
     else:
         order = "highest p(any) first. Thumbnail (brain window): the slice with the highest p(any) (dotted line)."
     body = [f"<p class='note'>{len(chosen)} of the {n_read} series read by the model, {order}</p>",

@@ -97,7 +97,8 @@ def _pixel_pass(folder: DatasetFolder, slices: pd.DataFrame, series: pd.DataFram
 def _log_pixel_scope(slices: pd.DataFrame, series: pd.DataFrame, mine: list[str], todo: list[str]) -> None:
     """One line saying which of the files the pixel pass reads and where the others went, so that its
     count (images of the series to cache) adds up to the number of files."""
-    cached, in_part = slices["series_uid"].isin(series.loc[series["build_cache"], "series_uid"]), slices["series_uid"].isin(mine)
+    cached = slices["series_uid"].isin(series.loc[series["build_cache"], "series_uid"])
+    in_part = slices["series_uid"].isin(mine)
     others = {"already cached": int(slices["series_uid"].isin(set(mine) - set(todo)).sum()),
               "in other parts": int((cached & ~in_part).sum()),
               "in series not read (other role or not chosen)": int((~cached & (slices["status"] == Status.OK)).sum()),
