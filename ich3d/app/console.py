@@ -203,7 +203,9 @@ def exam_table(exams: list[dict[str, Any]], title: str, threshold: float = 0.5) 
     exam probability is above ``threshold`` (with it), and the key slice (highest p(any))."""
     table = Table(title=title)
     for column in ("study", "patient", "series read", "status", "p(any)", f"above {threshold:g}", "key slice"):
-        table.add_column(column, justify="right" if column in ("p(any)", "key slice") else "left", overflow="fold")
+        wraps = column in ("series read", "status", f"above {threshold:g}")  # the others stay whole on narrow screens
+        table.add_column(column, justify="right" if column in ("p(any)", "key slice") else "left",
+                         overflow="fold", no_wrap=not wraps)
     for exam in sorted(exams, key=_risk):
         table.add_row(_short(str(exam["study_uid"])), str(exam.get("patient_id") or "-"), series_read(exam),
                       _status(exam), _p(exam.get("p_any")), findings(exam, threshold) or "-",

@@ -141,7 +141,7 @@ def _missing(value: Any) -> bool:
 def _pictures(images: ExamImages | None) -> str:
     if images is None:
         return ""
-    return "".join(markup.img(png, alt, 80) for png, alt in ((images.key, "key slice, brain window"),
+    return "".join(markup.img(png, alt) for png, alt in ((images.key, "key slice, brain window"),
                                                               (images.heat, "Grad-CAM of p(any)")) if png)
 
 

@@ -21,6 +21,7 @@ PAGE = string.Template("""<!doctype html>
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#222;
   max-width:1340px;margin:0 auto;padding:0 16px 48px}
 header{border-bottom:1px solid #ddd;margin-bottom:8px}
+h1{font-size:26px;margin:14px 0 4px}
 nav a{margin-right:14px}
 h2{margin-top:36px;border-bottom:1px solid #eee}
 table{border-collapse:collapse;font-size:13px;margin:6px 0 16px}
@@ -38,8 +39,8 @@ figure{margin:0;max-width:530px}
 figcaption{font-size:12px;color:#555}
 .note{color:#555;font-size:13px}
 table.exams{width:100%}
-table.exams td:first-child{white-space:nowrap;width:170px}
-table.exams td img{margin-right:4px}
+table.exams td:first-child{white-space:nowrap;width:150px}
+table.exams td img{margin-right:4px;height:72px;width:auto}
 tr.flagged td{background:#fdecea}
 .uid{font-family:ui-monospace,monospace;font-size:12px}
 details code{font-size:11px;word-break:break-all}
