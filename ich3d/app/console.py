@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,8 +149,7 @@ def print_infer_summary(summary: dict[str, Any], console: Console) -> None:
         import pandas as pd
 
         rows = json.loads(pd.read_csv(exams).to_json(orient="records"))
-        threshold = float(summary.get("exam_threshold") or 0.5)
-        console.print(exam_table(rows, f"exams ({len(rows)}), highest p(any) first", threshold))
+        console.print(exam_table(rows, f"exams ({len(rows)}), highest p(any) first", summary.get("exam_threshold")))
         console.print(f"every column, full UIDs and slice ranges: {exams}")
 
 
@@ -197,22 +197,46 @@ def demo_rows(result: dict[str, Any]) -> list[tuple[str, float | None, float | N
                      result["score"]["weighted_log_loss"])))
 
 
-def exam_table(exams: list[dict[str, Any]], title: str, threshold: float = 0.5) -> Table:
+def exam_table(exams: list[dict[str, Any]], title: str, thresholds: Sequence[float] | float = 0.5) -> Table:
     """Rows of ``exams.csv`` ordered by p(any), highest first (exams without one last): study (the end of
-    its UID), patient, the series read (description, thickness, kernel), status, p(any), the labels whose
-    exam probability is above ``threshold`` (with it), and the key slice (highest p(any))."""
+    its UID), patient, the series read (description, thickness, kernel), status, p(any), the labels the
+    exam is flagged for (exam probability at or above the label's threshold; with the slices), and the
+    key slice (highest p(any)). ``thresholds``: one per label (the models' operating points), or one
+    for all."""
+    limits = label_thresholds(thresholds)
     table = Table(title=title)
-    for column in ("study", "patient", "series read", "status", "p(any)", f"above {threshold:g}", "key slice"):
-        wraps = column in ("series read", "status", f"above {threshold:g}")  # the others stay whole on narrow screens
+    for column in ("study", "patient", "series read", "status", "p(any)", "flagged labels", "key slice"):
+        wraps = column in ("series read", "status", "flagged labels")  # the others stay whole on narrow screens
         table.add_column(column, justify="right" if column in ("p(any)", "key slice") else "left",
                          overflow="fold", no_wrap=not wraps)
     for exam in sorted(exams, key=_risk):
         table.add_row(_short(str(exam["study_uid"])), str(exam.get("patient_id") or "-"), series_read(exam),
-                      _status(exam), _p(exam.get("p_any")), findings(exam, threshold) or "-",
+                      _status(exam), _p(exam.get("p_any")), findings(exam, limits) or "-",
                       "-" if _missing(exam.get("key_slice_index")) else str(int(exam["key_slice_index"])))
-    table.caption = f"{sum(1 for e in exams if (e.get('p_any') or 0) > threshold)} of {len(exams)} exams above " \
-                    f"{threshold:g} in p(any)"
+    n_flagged = sum(1 for exam in exams if flagged(exam, 0, limits))
+    table.caption = f"{n_flagged} of {len(exams)} exams flagged for any (p(any) >= {limits[0]:g})" + (
+        "" if len(set(limits)) == 1 else "; thresholds " + ", ".join(
+            f"{SHORT_NAMES[name]} {limit:g}" for name, limit in zip(LABELS, limits)))
     return table
+
+
+def label_thresholds(value: Sequence[float] | float | None) -> list[float]:
+    """One threshold per label from ``infer``'s ``exam_threshold`` (a list, or one number for all)."""
+    if value is None:
+        return [0.5] * len(LABELS)
+    if isinstance(value, (int, float)):
+        return [float(value)] * len(LABELS)
+    return [float(v) for v in value]
+
+
+def flagged(exam: dict[str, Any], j: int, thresholds: Sequence[float]) -> bool:
+    """Whether an exam row is flagged for label ``j``: its ``flag_<label>`` column when written, else its
+    probability at or above the threshold."""
+    flag = exam.get(f"flag_{LABELS[j]}")
+    if flag is not None and not _missing(flag):
+        return flag in (True, "True", "true", 1)
+    p = exam.get(f"p_{LABELS[j]}")
+    return not _missing(p) and float(p) >= thresholds[j]
 
 
 def series_read(exam: dict[str, Any]) -> str:
@@ -233,13 +257,13 @@ def _numbers(text: str) -> set[float]:
     return {float(value) for value in re.findall(r"\d+(?:\.\d+)?", text)}
 
 
-def findings(exam: dict[str, Any], threshold: float) -> str:
-    """The labels whose exam probability is above ``threshold``, highest first, with the slices above it:
-    ``any 0.93 (12-15), SDH 0.91 (12-14)``."""
+def findings(exam: dict[str, Any], thresholds: Sequence[float]) -> str:
+    """The labels an exam is flagged for (see :func:`flagged`), highest probability first, with the slices
+    at or above the threshold: ``any 0.93 (12-15), SDH 0.91 (12-14)``."""
     found = []
-    for name in LABELS:
-        p, where = exam.get(f"p_{name}"), exam.get(f"slices_{name}")
-        if not _missing(p) and p > threshold:
+    for j, name in enumerate(LABELS):
+        if flagged(exam, j, thresholds):
+            p, where = float(exam[f"p_{name}"]), exam.get(f"slices_{name}")
             where = f" ({where})" if isinstance(where, str) and where else ""
             found.append((p, f"{SHORT_NAMES[name]} {p:.2f}{where}"))
     return ", ".join(text for _, text in sorted(found, key=lambda entry: -entry[0]))

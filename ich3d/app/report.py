@@ -38,8 +38,7 @@ from ich3d.app.report_strips import strips_section
 from ich3d.atomic import atomic_write
 from ich3d.constants import LABEL_COLUMNS, LABELS
 from ich3d.data.windowing import bsb
-from ich3d.dataset.cache import load_series
-from ich3d.dataset.index import load_index
+from ich3d.dataset.opened import Dataset
 from ich3d.dataset.labels import read_labels
 from ich3d.errors import InputError
 from ich3d.layout import DatasetFolder, InferFolder, RunFolder
@@ -94,7 +93,7 @@ class _Inputs:
     predictions: pd.DataFrame  # one row per image, PROBS columns
     truth: np.ndarray | None  # (n_images, 6), NaN = unlabeled
     prior: np.ndarray | None  # (6,)
-    dataset: Path | None
+    dataset: Dataset | None
     runs: list[Path]
     explainer: Any = None
 
@@ -163,7 +162,8 @@ def _load(folder_path: Path, labels: Path | None, runs: list[Path], dataset: Pat
     predictions = pd.read_parquet(folder.predictions)
     if dataset is None and DatasetFolder(folder.dataset).slices.is_file():
         dataset = folder.dataset
-    index = load_index(dataset)[0] if dataset is not None else None
+    opened = Dataset.open(dataset) if dataset is not None else None
+    index = opened.slices if opened is not None else None
     truth = None
     if labels is not None:
         table = read_labels(labels).labels
@@ -173,7 +173,7 @@ def _load(folder_path: Path, labels: Path | None, runs: list[Path], dataset: Pat
     if index is not None and "study_uid" not in predictions:
         predictions = predictions.merge(index[["image_id", "study_uid"]].drop_duplicates("image_id"), on="image_id",
                                         how="left")
-    return _Inputs(folder, predictions, truth, _prior(folder, runs), dataset, runs)
+    return _Inputs(folder, predictions, truth, _prior(folder, runs), opened, runs)
 
 
 def _prior(folder: InferFolder, runs: list[Path]) -> np.ndarray | None:
@@ -305,7 +305,7 @@ def _card(inputs: _Inputs, row: dict[str, Any], explanation: Any) -> str:
     if explanation is not None:
         hu, images = explanation.hu, [_rgb(bsb(explanation.hu)), explanation.overlay("any")]
     else:
-        hu = np.asarray(load_series(inputs.dataset, row["series_uid"])[int(row["slice_index"])])
+        hu = np.asarray(inputs.dataset.hu(row["series_uid"])[int(row["slice_index"])])
         images = [_rgb(bsb(hu))]
     head = figures.head_box(hu)
     pngs = [figures.image_png(figures.shrink(image[head], 256)) for image in images]
@@ -343,9 +343,9 @@ def _training(inputs: _Inputs, options: ReportOptions) -> Section | None:
 
 def _build(inputs: _Inputs, options: ReportOptions) -> Section | None:
     """The dataset's build.json as tables (the series choice has its own section)."""
-    if inputs.dataset is None or not DatasetFolder(inputs.dataset).build_summary().is_file():
+    if inputs.dataset is None or not inputs.dataset.folder.build_summary().is_file():
         return None
-    path = DatasetFolder(inputs.dataset).build_summary()
+    path = inputs.dataset.folder.build_summary()
     build = json.loads(path.read_text())
     build.pop("series_choice", None)
     return "build", "Build", f"<p class='note'>{html.escape(str(path))}</p>" + markup.facts(build)

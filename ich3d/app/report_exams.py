@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -22,12 +22,12 @@ import pandas as pd
 
 from ich3d.app import report_figures as figures
 from ich3d.app import report_html as markup
-from ich3d.app.console import findings, series_read
+from ich3d.app.console import findings, flagged, label_thresholds, series_read
 from ich3d.constants import WINDOWS
 from ich3d.data.windowing import scaled_window
-from ich3d.dataset.cache import load_series
+from ich3d.dataset.opened import Dataset
 from ich3d.inference.exams import THRESHOLD
-from ich3d.layout import DatasetFolder, InferFolder
+from ich3d.layout import InferFolder
 
 if TYPE_CHECKING:
     from ich3d.app.report import ReportOptions
@@ -42,7 +42,7 @@ class ReportInputs(Protocol):
     folder: InferFolder
     predictions: pd.DataFrame  # one row per image: image_id, study/series UIDs, slice_index, p_<label>...
     truth: np.ndarray | None  # (n_images, 6), NaN = unlabelled
-    dataset: Path | None
+    dataset: Dataset | None
     runs: list[Path]
 
     def explain(self, image_ids: list[str], options: ReportOptions) -> list[Any] | None: ...
@@ -69,41 +69,44 @@ def short_uid(uid: Any) -> str:
     return f"<span class='uid' title='{html.escape(text)}'>{html.escape(shown)}</span>"
 
 
-def order_exams(exams: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """Exams flagged (p(any) above ``threshold``) first, each group by p(any) from the highest; exams
-    without a probability (no usable series) last."""
+def order_exams(exams: pd.DataFrame, thresholds: Sequence[float]) -> pd.DataFrame:
+    """Exams flagged for ``any`` (see :func:`ich3d.app.console.flagged`) first, each group by p(any) from the
+    highest; exams without a probability (no usable series) last."""
     p = pd.to_numeric(exams["p_any"], errors="coerce") if "p_any" in exams else pd.Series(float("nan"), exams.index)
-    keys = pd.DataFrame({"unflagged": ~(p > threshold), "missing": p.isna(), "p": -p.fillna(0.0)}, index=exams.index)
+    flags = [flagged(exam, 0, thresholds) for exam in _records(exams)]
+    keys = pd.DataFrame({"unflagged": np.logical_not(flags), "missing": p.isna(), "p": -p.fillna(0.0)},
+                        index=exams.index)
     return exams.loc[keys.sort_values(["missing", "unflagged", "p"], kind="stable").index]
 
 
 def exam_table(exams: pd.DataFrame, images: Mapping[str, ExamImages], truth: Mapping[str, float] | None,
-               threshold: float) -> str:
+               thresholds: Sequence[float]) -> str:
     """The exam table: one row per study of ``exams`` (rows of ``exams.csv``, in the order given).
 
     Args:
-        exams: rows of ``exams.csv`` (study_uid, patient_id, status, series read, p_<label>, slice ranges...).
+        exams: rows of ``exams.csv`` (study_uid, patient_id, status, series read, p_<label>, flag_<label>,
+            slice ranges...).
         images: study_uid → its key image and heat map (missing studies get none).
         truth: study_uid → the study's labelled ``any`` (1, 0; absent = unlabelled), or None without labels.
-        threshold: the probability above which a label is listed and the exam flagged.
+        thresholds: (6,) the probability at which an exam is flagged for each label (where the rows
+            have no ``flag_<label>``).
     """
-    header = ["key slice · heat map", "study", "patient", "series read", "status", "p(any)", f"above {threshold:g}"]
+    header = ["key slice · heat map", "study", "patient", "series read", "status", "p(any)", "flagged labels"]
     header += ["label"] if truth is not None else []
     rows = []
     for exam in _records(exams):
-        p_any = exam.get("p_any")
-        flagged = p_any is not None and p_any > threshold
+        p_any, flag = exam.get("p_any"), flagged(exam, 0, thresholds)
         cells = [_pictures(images.get(exam["study_uid"])), _study_cell(exam),
                  html.escape(str(exam.get("patient_id") or "-")), html.escape(series_read(exam)),
                  html.escape(_status(exam)),
-                 f"<b>{p_any:.3f}</b>" if flagged else ("-" if p_any is None else f"{p_any:.3f}"),
-                 html.escape(findings(exam, threshold) or "-")]
+                 f"<b>{p_any:.3f}</b>" if flag else ("-" if p_any is None else f"{p_any:.3f}"),
+                 html.escape(findings(exam, thresholds) or "-")]
         if truth is not None:
             cells.append(_truth(truth.get(exam["study_uid"])))
-        rows.append((cells, flagged))
+        rows.append((cells, flag))
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(f"<tr class='{'flagged' if flagged else ''}'>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
-                   for cells, flagged in rows)
+    body = "".join(f"<tr class='{'flagged' if flag else ''}'>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+                   for cells, flag in rows)
     return f"<table class='exams'><tr>{head}</tr>{body}</table>"
 
 
@@ -171,25 +174,26 @@ def exams_section(inputs: ReportInputs, options: ReportOptions) -> Section | Non
     """The exam table: flagged studies first, by p(any); each row with its key slice and Grad-CAM heat map."""
     if not inputs.folder.exams_csv.is_file() or options.max_exams == 0:
         return None
-    threshold = _exam_threshold(inputs.folder)
-    exams = order_exams(pd.read_csv(inputs.folder.exams_csv), threshold)
+    thresholds = exam_thresholds(inputs.folder)
+    exams = order_exams(pd.read_csv(inputs.folder.exams_csv), thresholds)
     shown = exams.head(options.max_exams)
     keys = dict(zip(shown["study_uid"], _key_images(shown, inputs.predictions)))
     images = _exam_images(inputs, keys, options)
-    flagged = int((pd.to_numeric(exams["p_any"], errors="coerce") > threshold).sum()) if "p_any" in exams else 0
-    note = (f"{flagged} of {len(exams)} exams flagged (p(any) above {threshold:g}), listed first, then by p(any). "
-            f"Per exam: the key slice (highest p(any)) in the brain window"
+    n_flagged = sum(flagged(exam, 0, thresholds) for exam in _records(exams))
+    note = (f"{n_flagged} of {len(exams)} exams flagged (p(any) at or above {thresholds[0]:g}), listed first, then by "
+            f"p(any). Per exam: the key slice (highest p(any)) in the brain window"
             + (" and the Grad-CAM of p(any) over it (red = strongest evidence)" if inputs.runs else "")
             + f". Click a study for its full UIDs; every column is in {inputs.folder.exams_csv}."
             + (f" The first {len(shown)} exams are shown." if len(shown) < len(exams) else ""))
-    table = exam_table(shown, images, _exam_truth(inputs), threshold)
+    table = exam_table(shown, images, _exam_truth(inputs), thresholds)
     return "exams", "Exams", f"<p class='note'>{html.escape(note)}</p>{table}"
 
 
-def _exam_threshold(folder: InferFolder) -> float:
-    """The threshold the exams were written with (``infer --threshold``), 0.5 for older outputs."""
+def exam_thresholds(folder: InferFolder) -> list[float]:
+    """(6,) the thresholds the exams were flagged with (``infer``'s operating points or ``--threshold``);
+    0.5 for outputs that did not record them."""
     meta = json.loads(folder.parts_meta.read_text()) if folder.parts_meta.is_file() else {}
-    return float(meta.get("exam_threshold", THRESHOLD))
+    return label_thresholds(meta.get("exam_threshold", THRESHOLD))
 
 
 def _exam_images(inputs: ReportInputs, keys: dict[str, str | None],
@@ -224,15 +228,15 @@ def _exam_truth(inputs: ReportInputs) -> dict[str, float] | None:
 
 def choice_section(inputs: ReportInputs, options: ReportOptions) -> Section | None:
     """Which series of each study was read and why (the dataset's series table)."""
-    if inputs.dataset is None or not DatasetFolder(inputs.dataset).series.is_file():
+    if inputs.dataset is None:
         return None
-    series = pd.read_parquet(DatasetFolder(inputs.dataset).series)
+    series = inputs.dataset.series
     if series["study_uid"].nunique() == len(series):  # one series per study (the RSNA layout): no choice made
         return None
     order = []
     if inputs.folder.exams_csv.is_file():
-        exams = pd.read_csv(inputs.folder.exams_csv, usecols=lambda c: c in ("study_uid", "p_any"))
-        order = list(order_exams(exams, _exam_threshold(inputs.folder))["study_uid"])
+        exams = pd.read_csv(inputs.folder.exams_csv, usecols=lambda c: c in ("study_uid", "p_any", "flag_any"))
+        order = list(order_exams(exams, exam_thresholds(inputs.folder))["study_uid"])
     note = (f"{len(series)} series in {series['study_uid'].nunique()} studies; per study the series read first. "
             "The rules are in docs/design.md §11; override them with --series, --series-uid or --series-rules.")
     return "choice", "Series choice", (f"<p class='note'>{html.escape(note)}</p>"
@@ -252,17 +256,16 @@ def _key_images(exams: pd.DataFrame, predictions: pd.DataFrame) -> list[str | No
     return [None] * len(exams)
 
 
-def cache_thumbnail(dataset: Path | None, series_uid: str, index: int) -> np.ndarray | None:
+def cache_thumbnail(dataset: Dataset | None, series_uid: str, index: int) -> np.ndarray | None:
     """(h, w) uint8 brain window of a cached slice, cut to the head (None without a dataset or cache file)."""
-    if dataset is None or not DatasetFolder(dataset).cache_file(series_uid).is_file():
+    if dataset is None or not dataset.folder.cache_file(series_uid).is_file():
         return None
-    hu = np.asarray(load_series(dataset, series_uid)[index])
+    hu = np.asarray(dataset.hu(series_uid)[index])
     return scaled_window(hu, *WINDOWS["brain"])[figures.head_box(hu)]
 
 
-def series_descriptions(dataset: Path | None) -> dict[str, str]:
+def series_descriptions(dataset: Dataset | None) -> dict[str, str]:
     """series_uid → ``description · thickness · kernel`` from the dataset's series table (empty without one)."""
-    if dataset is None or not DatasetFolder(dataset).series.is_file():
+    if dataset is None:
         return {}
-    series = pd.read_parquet(DatasetFolder(dataset).series)
-    return {row["series_uid"]: series_read(row) for row in series.to_dict("records")}
+    return {row["series_uid"]: series_read(row) for row in dataset.series.to_dict("records")}

@@ -24,7 +24,7 @@ def test_infer_ends_with_the_exam_table_ordered_by_risk(trained_run: Path, clini
     text = result.stdout
     exams = pd.read_csv(out / "exams.csv").sort_values("p_any", ascending=False)
     assert "highest p(any) first" in text
-    for column in ("study", "patient", "series read", "status", "p(any)", "above 0.5", "key slice"):
+    for column in ("study", "patient", "series read", "status", "p(any)", "flagged labels", "key slice"):
         assert column in text
     # one line per exam, in the order of p(any), each with its short study UID, patient and series read
     lines = [next(line for line in text.splitlines() if study[-14:] in line) for study in exams["study_uid"]]
@@ -46,8 +46,10 @@ def test_exam_rows_say_series_findings_and_thresholds() -> None:
             "key_slice_index": 13}
     assert series_read(exam) == "Head 5.0 H31s"  # thickness and kernel already in the description
     assert series_read(exam | {"series_description": "Brain", "slice_thickness": 1.25}) == "Brain · 1.25 mm · H31s"
-    assert findings(exam, 0.5) == "any 0.93 (12-15), SDH 0.91 (12-14), SAH 0.61"
-    assert findings(exam, 0.95) == ""
+    assert findings(exam, [0.5] * 6) == "any 0.93 (12-15), SDH 0.91 (12-14), SAH 0.61"
+    assert findings(exam, [0.95] * 6) == ""
+    assert findings(exam, [0.5, 0.5, 0.5, 0.5, 0.7, 0.95]) == "any 0.93 (12-15)"  # per-label operating thresholds
+    assert findings(exam | {"flag_subdural": False, "flag_any": True}, [0.5] * 6) == "any 0.93 (12-15), SAH 0.61"
     low = exam | {"study_uid": "1.2.3.9", "p_any": 0.2}
     unusable = {"study_uid": "1.2.3.8", "patient_id": "P2", "status": "no usable series", "p_any": float("nan")}
     console = Console(width=200, record=True)
@@ -55,7 +57,7 @@ def test_exam_rows_say_series_findings_and_thresholds() -> None:
     text = console.export_text()
     rows = [line for line in text.splitlines() if "1.2.3." in line]
     assert [re.search(r"1\.2\.3\.\d", row).group() for row in rows] == ["1.2.3.4", "1.2.3.9", "1.2.3.8"]
-    assert "1 of 3 exams above 0.5" in text
+    assert "1 of 3 exams flagged for any (p(any) >= 0.5)" in text
 
 
 def test_exam_scores_print_their_intervals_and_say_when_there_is_none() -> None:
