@@ -21,7 +21,7 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -78,6 +78,7 @@ def _pixel_pass(folder: DatasetFolder, slices: pd.DataFrame, series: pd.DataFram
         log.warning("%d damaged cache files are rebuilt, e.g. %s", len(damaged), folder.cache_file(damaged[0]))
     todo.sort(key=lambda uid: -length[uid])  # longest first: no long series left for the end
     folder.cache.mkdir(parents=True, exist_ok=True)
+    _log_pixel_scope(slices, series, mine, todo)
     try:
         with progress_bar(options.progress, "pixels", sum(length[u] for u in todo)) as advance:
             done |= cache_series(folder, slices, todo, journal, pool.executor, 4 * pool.workers, advance)
@@ -100,8 +101,24 @@ def _pixel_pass(folder: DatasetFolder, slices: pd.DataFrame, series: pd.DataFram
             "pixel_failures": failures["status"].value_counts().to_dict()}
 
 
+def _log_pixel_scope(slices: pd.DataFrame, series: pd.DataFrame, mine: list[str], todo: list[str]) -> None:
+    """One line saying which of the files the pixel pass reads and where the others went, so that its
+    count (images of the series to cache) adds up to the number of files."""
+    cached = slices["series_uid"].isin(series.loc[series["build_cache"], "series_uid"])
+    in_part = slices["series_uid"].isin(mine)
+    others = {"already cached": int(slices["series_uid"].isin(set(mine) - set(todo)).sum()),
+              "in other parts": int((cached & ~in_part).sum()),
+              "in series not read (other role or not chosen)": int((~cached & (slices["status"] == Status.OK)).sum()),
+              **slices.loc[~cached & (slices["status"] != Status.OK), "status"].astype(str).value_counts().to_dict()}
+    n_todo = int(slices["series_uid"].isin(todo).sum())
+    rest = ", ".join(f"{n} {what}" for what, n in others.items() if n)
+    log.info("pixels: %d of %d images to cache (%d series)%s", n_todo, len(slices), len(todo),
+             f"; the other {len(slices) - n_todo}: {rest}" if rest else "")
+
+
 def build_series(dicom_dirs: Sequence[Path], out: Path, labels_csv: Path | None = None,
-                 options: BuildOptions = BuildOptions()) -> dict[str, Any]:
+                 options: BuildOptions = BuildOptions(), *,
+                 before_pixels: Callable[[pd.DataFrame, pd.DataFrame], None] | None = None) -> dict[str, Any]:
     """Indexes DICOM folders (and NIfTI volumes) into series, joins labels and caches Hounsfield units.
 
     Args:
@@ -110,6 +127,8 @@ def build_series(dicom_dirs: Sequence[Path], out: Path, labels_csv: Path | None 
         out: the dataset folder (created).
         labels_csv: labels in ``options.labels_format``, or None.
         options: size, crop, workers, shard, series rules... (:class:`BuildOptions`).
+        before_pixels: called with the index (slices, series) once it is written, before the pixel
+            pass (``infer`` refuses requested images without a file there, before any pixel is read).
 
     Returns:
         The summary written to ``build.json`` (``build-part-<I>.json`` when num_parts > 1): counts by
@@ -135,6 +154,8 @@ def build_series(dicom_dirs: Sequence[Path], out: Path, labels_csv: Path | None 
             timings = {"collect_s": time.perf_counter() - began}
             slices, series, meta = index_for(folder, files, labels_csv, pool, options)
             timings["index_s"] = time.perf_counter() - began - timings["collect_s"]  # header pass included
+        if before_pixels is not None:
+            before_pixels(slices, series)
         pixels = {} if options.index_only else _pixel_pass(folder, slices, series, files.files_id,
                                                            _Pool(pool, workers), options)
         timings["total_s"] = time.perf_counter() - began

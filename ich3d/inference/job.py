@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,7 @@ import pandas as pd
 from ich3d.constants import LABELS
 from ich3d.data.tables import build_table
 from ich3d.dataset.build import BuildOptions, build_series, require_usable
-from ich3d.dataset.index import load_index, part_series
+from ich3d.dataset.index import part_series
 from ich3d.dataset.opened import Dataset
 from ich3d.dataset.roles import SeriesRules
 from ich3d.errors import InputError, UsageError
@@ -34,6 +34,7 @@ from ich3d.inference.merge import merge_parts, requested_images, write_part
 from ich3d.inference.outputs import other_rows, predicted_rows
 from ich3d.inference.submission import read_submission_ids
 from ich3d.layout import InferFolder
+from ich3d.provenance import provenance
 from ich3d.shard import Shard
 
 if TYPE_CHECKING:
@@ -145,9 +146,10 @@ def _predict_parts(predictor: Predictor, folder: InferFolder, dataset: Dataset, 
     operating = predictor.operating
     thresholds = (list(operating.threshold) if options.exam_threshold is None
                   else [options.exam_threshold] * len(LABELS))
+    facts = provenance(predictor.runtime.device, predictor.options.workers)
     write_part(folder, part, shard, dataset.root, {"prior": prior.tolist(), "n_index_rows": len(slices),
                                                    "exam_threshold": thresholds,
-                                                   "operating_points": operating.to_dict()})
+                                                   "operating_points": operating.to_dict(), "provenance": facts})
     summary = merge_parts(folder, options.sample_submission, options.allow_missing) if shard.whole else {
         "part": str(folder.part(shard.part_id, shard.num_parts)), "images": len(part)}
     clock.lap("write_s")
@@ -161,9 +163,10 @@ def _build(predictor: Predictor, dicom_dirs: list[Path], dataset: Path, options:
     rules = options.series_rules or SeriesRules(target_thickness=predictor.training_spacing)
     build = BuildOptions(image_size=predictor.image_size, crop=predictor.crop, workers=predictor.options.workers,
                          shard=options.shard, series_rules=rules, progress=options.progress)
-    require_usable(build_series(dicom_dirs, dataset, options=replace(build, index_only=True)), dataset)
-    requested_images(*load_index(dataset), requested, options.allow_missing)
-    build_series(dicom_dirs, dataset, options=build)
+    summary = build_series(dicom_dirs, dataset, options=build,  # one pass: the files and the index are logged once
+                           before_pixels=lambda slices, series: requested_images(slices, series, requested,
+                                                                                 options.allow_missing))
+    require_usable(summary, dataset)
 
 
 class _Clock:

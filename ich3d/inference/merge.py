@@ -122,7 +122,8 @@ def merge_parts(folder: InferFolder, sample: Path | None, allow_missing: bool) -
                **{by: int(counts.get(by, 0)) for by in ("model", "context", "prior", "skipped")},
                "missing": n_missing, "exams": len(exams), "exams_by_status": exams["status"].value_counts().to_dict(),
                "submission": str(folder.submission), "predictions": str(folder.predictions),
-               "exams_csv": str(folder.exams_csv)}
+               "exams_csv": str(folder.exams_csv), "exam_threshold": meta.get("exam_threshold", 0.5),
+               "provenance": meta.get("provenance")}
     summary["prior"] -= n_missing
     write_json_atomic(folder.summary, summary)
     return summary

@@ -37,6 +37,7 @@ from ich3d.folders import FolderLock, prepare_output
 from ich3d.layout import RunFolder
 from ich3d.metrics import evaluate, prior_predictions
 from ich3d.models.model import check_model_config
+from ich3d.provenance import provenance
 from ich3d.runtime import Runtime, barrier, setup_runtime, teardown_runtime
 from ich3d.training.engine import FoldData, StageContext
 from ich3d.training.folds import train_folds
@@ -232,7 +233,8 @@ def _prepare(dataset: Dataset, run: RunFolder, config: Config, folds: list[int],
             "ich3d_version": __version__, "dataset": str(dataset.root.resolve()),
             "dataset_fingerprint": dataset.fingerprint, "folds": folds,
             "mode": "single" if len(folds) == 1 else "out_of_fold",
-            "per_fold": {str(ctx.data.fold): _fold_info(ctx) for ctx in contexts}})
+            "per_fold": {str(ctx.data.fold): _fold_info(ctx) for ctx in contexts},
+            "provenance": provenance(runtime.device, config.num_workers)})
     barrier(runtime)
     return contexts
 
