@@ -1,0 +1,71 @@
+"""End to end with dcmtk: studies sent with storescu come back at a storescp destination as DICOM answers.
+
+The answers must be in the right study, state the right finding at the configured threshold and the
+same probabilities as ``ich3d infer`` on the same files (within ``helpers.TOLERANCE``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from peers import SCANNER, TOLERANCE, content_items, dcmtk, destination, node_factory, objects_by_study, reference_exam, sr_answer, storescu, studies, wait_for  # noqa: F401
+
+pytestmark = [pytest.mark.slow, pytest.mark.peers]
+
+
+@pytest.fixture(scope="module")
+def references(trained_run: Path, studies: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """``infer``'s exam of the positive and negative studies, and a threshold between their p(any)."""
+    out = tmp_path_factory.mktemp("reference")
+    exams = {name: reference_exam(trained_run, studies[name], out / name) for name in ("positive", "negative")}
+    high, low = sorted(exams, key=lambda name: -exams[name]["p_any"])
+    assert exams[high]["p_any"] > exams[low]["p_any"], "the two studies need different p(any)"
+    return {"exams": exams, "threshold": (exams[high]["p_any"] + exams[low]["p_any"]) / 2, "called": high}
+
+
+def test_dcmtk_studies_come_back_answered(trained_run: Path, studies: dict[str, Path], references: dict,
+                                          node_factory, destination) -> None:
+    node = node_factory(trained_run, destinations=[destination.address], threshold=references["threshold"]).start()
+    echo = subprocess.run([dcmtk("echoscu"), "-aet", SCANNER, "-aec", "ICH3D", "127.0.0.1", str(node.port)],
+                          capture_output=True, text=True, timeout=30)
+    assert echo.returncode == 0, echo.stderr
+    for name in ("positive", "negative"):
+        sent = storescu(node.port, studies[name])
+        assert sent.returncode == 0, sent.stderr
+    exams = references["exams"]
+    expected = {exams[name]["study_uid"]: name for name in exams}
+
+    def complete() -> dict | None:
+        found = objects_by_study(destination.received())
+        ready = all(found.get(uid, {}).get("sr") for uid in expected)
+        return found if ready and len(found[exams[references["called"]]["study_uid"]]["sc"]) >= 1 else None
+
+    found = wait_for(complete, 90, "the answers at storescp")
+    assert set(found) == set(expected), "answers arrived for studies that were not sent"
+    for uid, name in expected.items():
+        objects, exam = found[uid], exams[name]
+        assert len(objects["sr"]) == 1 and not objects["other"]
+        sr = objects["sr"][0]
+        answer = sr_answer(sr)
+        present = name == references["called"]
+        assert answer["evaluation"][:2] == ("1386000", "52101004" if present else "272519000")
+        assert answer["probabilities"].keys() == exam["probabilities"].keys()
+        for label, p in exam["probabilities"].items():
+            assert answer["probabilities"][label] == pytest.approx(p, abs=TOLERANCE), label
+        assert sr.PatientID == exam["patient_id"]
+        assert (len(objects["sc"]) >= 1) == present
+        for image in objects["sc"]:
+            assert image.BurnedInAnnotation == "YES" and image.StudyInstanceUID == uid
+            assert image.SeriesInstanceUID != sr.SeriesInstanceUID
+        if present:
+            first = min(objects["sc"], key=lambda image: image.InstanceNumber)
+            assert first.SourceImageSequence[0].ReferencedSOPInstanceUID == exam["key_sop_uid"]
+        key = [i for i in content_items(sr) if "ReferencedSOPSequence" in i]
+        assert any(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == exam["key_sop_uid"] for i in key)
+    first_sr = next(p for p in destination.received() if p.name.startswith("SR"))
+    dump = subprocess.run([dcmtk("dsrdump"), str(first_sr)], capture_output=True, text=True)
+    assert dump.returncode == 0 and '(1386000,SCT,"Intracranial hemorrhage")' in dump.stdout, dump.stdout
+    assert node.stop() == 0
