@@ -23,7 +23,7 @@ SC_SERIES_NUMBER = 9902
 BANNER = "RESEARCH RESULT - NOT FOR DIAGNOSTIC USE"
 BRAIN_WINDOW = (40.0, 80.0)
 MIN_SIDE = 512
-THUMBNAIL_SIDE = 192
+THUMBNAIL_SIDE = 384
 _SHORT = {"any": "ICH", "epidural": "EDH", "intraparenchymal": "IPH", "intraventricular": "IVH",
           "subarachnoid": "SAH", "subdural": "SDH"}
 

@@ -297,6 +297,53 @@ class Store:
             db.execute("UPDATE studies SET images_deleted = ? WHERE study_key = ?", (time.time(), key))
 
     # --- reading (worklist, metrics) ---
-    def query(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
-        """Rows of a read-only query of :mod:`ich3d.serve.views` (the worklist's SQL lives here too)."""
+    def _rows(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
         return [dict(r) for r in self._connection().execute(sql, args)]
+
+    def worklist(self, limit: int = 500) -> list[dict[str, Any]]:
+        """Per study (newest first): its row, its last job and its current result with delivery times."""
+        return self._rows(_WORKLIST + " ORDER BY s.last_received DESC LIMIT ?", (limit,))
+
+    def study(self, key: str) -> dict[str, Any] | None:
+        """A study's worklist row, every result (newest first) with its deliveries, its series."""
+        rows = self._rows(_WORKLIST + " WHERE s.study_key = ?", (key,))
+        if not rows:
+            return None
+        results = self._rows("SELECT * FROM results WHERE study_key = ? ORDER BY id DESC", (key,))
+        for result in results:
+            result["deliveries"] = self._rows("SELECT * FROM deliveries WHERE result_id = ? ORDER BY id",
+                                              (result["id"],))
+        series = self._rows("SELECT series_uid, modality, COUNT(*) AS n FROM instances WHERE study_key = ? "
+                            "GROUP BY series_uid, modality ORDER BY series_uid", (key,))
+        return rows[0] | {"results": results, "series": series}
+
+    def result_folder(self, result_id: int) -> str | None:
+        row = self._connection().execute("SELECT folder FROM results WHERE id = ?", (result_id,)).fetchone()
+        return row[0] if row else None
+
+    def metrics(self) -> dict[str, Any]:
+        """Counts by state and the latencies (seconds) of answered and delivered studies."""
+        one = self._connection().execute
+        counts = {"instances": one("SELECT COUNT(*) FROM instances").fetchone()[0],
+                  "studies": one("SELECT COUNT(*) FROM studies").fetchone()[0]}
+        for table, column in (("jobs", "state"), ("results", "status"), ("deliveries", "state")):
+            for value, n in one(f"SELECT {column}, COUNT(*) FROM {table} GROUP BY {column}"):
+                counts[f"{table}_{value.replace(' ', '_')}"] = n
+        latencies = {
+            "stable_to_answer_s": [r[0] for r in one("SELECT r.created - j.queued FROM results r JOIN jobs j "
+                                                     "ON j.id = r.job_id")],
+            "analysis_s": [r[0] for r in one("SELECT finished - started FROM jobs WHERE state = 'done'")],
+            "stable_to_delivered_s": [r[0] for r in one("SELECT d.sent - j.queued FROM deliveries d JOIN results r "
+                                                        "ON r.id = d.result_id JOIN jobs j ON j.id = r.job_id "
+                                                        "WHERE d.state = 'sent'")]}
+        return {"counts": counts, "latencies": latencies}
+
+
+_WORKLIST = """
+SELECT s.*, j.id AS job_id, j.state AS job_state, j.queued AS job_queued, j.started AS job_started, j.error AS job_error,
+       r.id AS result_id, r.status, r.finding, r.p_any, r.flagged, r.reason, r.created AS answered, r.summary,
+       r.supersedes, (SELECT MAX(d.sent) FROM deliveries d WHERE d.result_id = r.id) AS delivered,
+       (SELECT COUNT(*) FROM deliveries d WHERE d.result_id = r.id AND d.state = 'pending') AS pending
+FROM studies s
+LEFT JOIN jobs j ON j.id = (SELECT MAX(id) FROM jobs WHERE study_key = s.study_key AND state != 'cancelled')
+LEFT JOIN results r ON r.id = (SELECT MAX(id) FROM results WHERE study_key = s.study_key)"""

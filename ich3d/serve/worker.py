@@ -71,6 +71,7 @@ def run_worker(config: ServeConfig, stop: Any, ready: Any) -> None:
     signal.signal(signal.SIGTERM, lambda *_: terminated.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the node, which stops the worker in order
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(message)s")
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # it logs every module it copies
     from ich3d.serve.analysis import Analyser
 
     store = Store(ServeFolder(config.data).database)
