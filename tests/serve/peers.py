@@ -75,8 +75,8 @@ def port_open(port: int) -> bool:
 
 
 def storescu(port: int, *paths: Path, calling: str = SCANNER, called: str = "ICH3D") -> subprocess.CompletedProcess:
-    """Sends files or folders (recursively) with dcmtk's storescu."""
-    return subprocess.run([dcmtk("storescu"), "-aet", calling, "-aec", called, "+sd", "+r", "127.0.0.1", str(port),
+    """Sends files or folders (recursively) with dcmtk's storescu (verbose: one line per response)."""
+    return subprocess.run([dcmtk("storescu"), "-v", "-aet", calling, "-aec", called, "+sd", "+r", "127.0.0.1", str(port),
                            *map(str, paths)], capture_output=True, text=True, timeout=300)
 
 

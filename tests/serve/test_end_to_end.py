@@ -6,12 +6,14 @@ same probabilities as ``ich3d infer`` on the same files (within ``helpers.TOLERA
 
 from __future__ import annotations
 
+import json
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from peers import SCANNER, TOLERANCE, content_items, dcmtk, destination, node_factory, objects_by_study, reference_exam, sr_answer, storescu, studies, wait_for  # noqa: F401
+from peers import SCANNER, free_port, TOLERANCE, content_items, dcmtk, destination, node_factory, objects_by_study, reference_exam, sr_answer, storescu, studies, wait_for  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.peers]
 
@@ -28,7 +30,8 @@ def references(trained_run: Path, studies: dict[str, Path], tmp_path_factory: py
 
 def test_dcmtk_studies_come_back_answered(trained_run: Path, studies: dict[str, Path], references: dict,
                                           node_factory, destination) -> None:
-    node = node_factory(trained_run, destinations=[destination.address], threshold=references["threshold"]).start()
+    node = node_factory(trained_run, destinations=[destination.address], threshold=references["threshold"],
+                        web=f"127.0.0.1:{free_port()}").start()
     echo = subprocess.run([dcmtk("echoscu"), "-aet", SCANNER, "-aec", "ICH3D", "127.0.0.1", str(node.port)],
                           capture_output=True, text=True, timeout=30)
     assert echo.returncode == 0, echo.stderr
@@ -68,4 +71,24 @@ def test_dcmtk_studies_come_back_answered(trained_run: Path, studies: dict[str, 
     first_sr = next(p for p in destination.received() if p.name.startswith("SR"))
     dump = subprocess.run([dcmtk("dsrdump"), str(first_sr)], capture_output=True, text=True)
     assert dump.returncode == 0 and '(1386000,SCT,"Intracranial hemorrhage")' in dump.stdout, dump.stdout
+    check_worklist(node, references)
     assert node.stop() == 0
+
+
+def check_worklist(node, references: dict) -> None:
+    """The worklist lists the answered studies, the suspected bleed first, with its key image; the JSON
+    API, /healthz and /metrics answer."""
+    base = "http://" + node.settings["web"]
+    rows = json.loads(urllib.request.urlopen(base + "/api/studies", timeout=10).read())
+    called = references["exams"][references["called"]]["study_uid"]
+    assert [r["study_uid"] for r in rows][0] == called and rows[0]["finding"] == "present"
+    assert {r["state"] for r in rows} == {"analysed"} and all(r["delivered"] for r in rows)
+    page = urllib.request.urlopen(base + "/", timeout=10).read().decode()
+    assert "ICH suspected" in page and called in page
+    study = urllib.request.urlopen(f"{base}/study/{rows[0]['study_key']}", timeout=10).read().decode()
+    assert "<polyline" in study and f"/results/{rows[0]['result_id']}/key-1.png" in study
+    png = urllib.request.urlopen(f"{base}/results/{rows[0]['result_id']}/key-1.png", timeout=10).read()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(urllib.request.urlopen(base + "/healthz", timeout=10).read())["ok"]
+    metrics = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
+    assert "ich3d_deliveries_sent 2" in metrics and 'ich3d_stable_to_delivered_s{quantile="0.5"}' in metrics
