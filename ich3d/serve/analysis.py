@@ -1,8 +1,10 @@
 """The one place the node calls the model: a study's folder → its exam result (docs/design.md §13).
 
-The study is read by exactly the code path of ``ich3d infer --dicom-dir`` (:func:`ich3d.inference.run.predict`:
-header pass, series roles and choice, thin slabs, the exam table of docs/design.md §11): the node has no
-second pipeline. What the model must not read gets a *not analysed* result with the reason, as the
+The study is read by exactly the code path of ``ich3d infer --dicom-dir``
+(:meth:`ich3d.inference.predictor.Predictor.predict_folder`: header pass, series roles and choice, thin
+slabs, the exam table of docs/design.md §11) with one :class:`~ich3d.inference.predictor.Predictor`
+built at start and kept warm: the node has no second pipeline and loads the model once. The operating
+thresholds are the run's (docs/design.md §4) unless the serve config gives one ``threshold``. What the model must not read gets a *not analysed* result with the reason, as the
 commercial triage products do (adult non-contrast head CT only): no usable series (only a topogram, a
 dose report, bone-kernel or reformatted series, another modality), or only a contrast-enhanced or a
 too-short series (``infer`` falls back to those; the node does not answer from them).
@@ -11,7 +13,6 @@ too-short series (``infer`` falls back to those; the node does not answer from t
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,7 @@ from typing import Any
 import pandas as pd
 
 from ich3d.constants import LABELS
-from ich3d.inference.exams import THRESHOLD
 from ich3d.inference.outputs import PROB_COLUMNS
-from ich3d.inference.run import InferOptions, model_checkpoints, predict
-from ich3d.layout import InferFolder
 
 ANALYSED, NOT_ANALYSED = "analysed", "not analysed"
 _NOT_READ = {"contrast": "only a contrast-enhanced series: the model reads non-contrast head CT",
@@ -69,6 +67,10 @@ class StudyAnalysis:
             return []
         return [name for name in LABELS[1:] if self.probabilities[name] >= self.threshold[name]]
 
+    def __post_init__(self) -> None:
+        if self.status == ANALYSED and not self.probabilities:
+            raise ValueError("an analysed study has probabilities")
+
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status, "reason": self.reason, "finding": self.finding, "flagged": self.flagged,
                 "probabilities": self.probabilities, "threshold": self.threshold, "series_uid": self.series_uid,
@@ -76,32 +78,38 @@ class StudyAnalysis:
 
 
 class Analyser:
-    """Reads studies with one run's model (adapter over today's ``infer`` API).
+    """Reads studies with one run's models, loaded once.
 
     Args:
         run: run folder, fold folder or checkpoint (as ``ich3d infer --run``).
         device: torch device, None for CUDA when available.
-        threshold: operating threshold for every label; None: 0.5 (the exam table's default).
+        threshold: one operating threshold for every label; None: the run's own (per label).
     """
 
     def __init__(self, run: Path, device: str | None, threshold: float | None) -> None:
+        from ich3d.inference.job import PredictOptions
+        from ich3d.inference.predictor import Predictor, RuntimeOptions
+        from ich3d.models.io import model_checkpoints
+
         self.run = Path(run)
-        self.checkpoints = model_checkpoints([self.run])
-        self.fingerprint = _fingerprint(self.checkpoints)
-        self.thresholds = {name: THRESHOLD if threshold is None else float(threshold) for name in LABELS}
-        self.options = InferOptions(device=device, workers=1, exam_threshold=self.thresholds["any"])
+        self.fingerprint = _fingerprint(model_checkpoints([self.run]))
+        # one process reads a study's few hundred files; no data-loader process per study
+        self.predictor = Predictor.from_runs([self.run], RuntimeOptions(device=device, workers=1, loader_workers=0))
+        run_thresholds = self.predictor.operating.threshold
+        self.thresholds = {name: float(threshold if threshold is not None else run_thresholds[j])
+                           for j, name in enumerate(LABELS)}
+        self.options = PredictOptions(exam_threshold=threshold)
 
     def analyse(self, study_folder: Path, work: Path) -> StudyAnalysis:
         """Reads the instances in ``study_folder`` as ``ich3d infer --dicom-dir`` does (output in ``work``,
         removed afterwards)."""
         shutil.rmtree(work, ignore_errors=True)
         try:
-            predict([self.run], work, dicom_dirs=[study_folder], options=self.options, progress=False)
-            folder = InferFolder(work)
-            exams = json.loads(folder.exams_json.read_text())
+            result = self.predictor.predict_folder(study_folder, work, self.options)
+            exams = result.exams.to_dict("records")
             if len(exams) != 1:
                 raise AssertionError(f"{len(exams)} exams in one study's folder")
-            return self._answer(exams[0], pd.read_parquet(folder.predictions))
+            return self._answer(exams[0], result.predictions)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
