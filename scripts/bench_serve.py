@@ -37,12 +37,12 @@ from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path 
 from pydicom.uid import generate_uid
 
 from ich3d.config import load_config
-from ich3d.dataset.build import build_series
+from ich3d.dataset.build import BuildOptions, build_series
 from ich3d.layout import RunFolder, ServeFolder
 from ich3d.serve.store import Store
 from ich3d.synth.generate import make_synthetic_dataset
 from ich3d.synth.plan import SynthConfig
-from ich3d.training.fit import fit
+from ich3d.training.fit import TrainOptions, fit
 
 SECTION = "## Serve"
 TINY_RUN = ["stages.slice.epochs=1", "stages.slice.samples_per_epoch=64", "stages.sequence.epochs=1"]
@@ -77,8 +77,8 @@ def prepare(data: Path, n_studies: int, run: Path | None, device: str | None) ->
         if not RunFolder(run).fold(0).model.is_file():
             shutil.rmtree(run, ignore_errors=True)
             build_series([synth / "stage_2_train"], data / "train_dataset", labels_csv=synth / "stage_2_train.csv",
-                         image_size=load_config("cpu_small").data.image_size, progress=False)
-            fit(data / "train_dataset", run, "cpu_small", TINY_RUN, device=device)
+                         options=BuildOptions(image_size=load_config("cpu_small").data.image_size, progress=False))
+            fit(data / "train_dataset", run, "cpu_small", TINY_RUN, TrainOptions(device=device))
     return sorted(studies.iterdir()), run
 
 
