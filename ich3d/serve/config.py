@@ -72,6 +72,7 @@ class ServeConfig:
         tls_ca: PEM bundle of the peers' CAs; when given, peers must present a certificate it signed.
         retry_first_s, retry_max_s: backoff of failed deliveries (doubling from the first to the max).
         max_pdu: largest P-DATA PDU the SCP receives (bytes).
+        max_associations: associations received at once (pynetdicom's default, 10, refuses the 11th sender).
     """
 
     run: Path
@@ -93,6 +94,7 @@ class ServeConfig:
     retry_first_s: float = 5.0
     retry_max_s: float = 300.0
     max_pdu: int = 262144
+    max_associations: int = 32
 
     def __post_init__(self) -> None:
         problems = []

@@ -70,6 +70,7 @@ class Receiver:
         ae.require_called_aet = True
         ae.require_calling_aet = list(self.config.allow_ae)
         ae.maximum_pdu_size = self.config.max_pdu
+        ae.maximum_associations = self.config.max_associations
         return ae
 
     def _ssl_context(self) -> ssl.SSLContext | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -177,14 +176,21 @@ def destination(tmp_path: Path) -> Iterator[Storescp]:
 
 @pytest.fixture(scope="session")
 def studies(clinical_export: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Folders to send: ``positive`` (a study with a bleed), ``negative`` (one without), ``contrast`` (only
-    the contrast-enhanced series of a study)."""
+    """Folders to send: ``positive`` (a study with a bleed), ``negative`` (one without), ``contrast`` (the
+    contrast-enhanced series of a study alone, as a study of its own: new Study, Series and SOP Instance UIDs)."""
+    from pydicom.uid import generate_uid
 
     summary = json.loads((clinical_export / "synth.json").read_text())
     by_truth = {bool(s["labels"]["any"]): clinical_export / s["folder"] for s in summary["studies"]}
     contrast = next(p for p in (clinical_export / "export").glob("*/*") if p.name.endswith("C+"))
     only_contrast = tmp_path_factory.mktemp("contrast_only") / contrast.name
-    shutil.copytree(contrast, only_contrast)
+    only_contrast.mkdir()
+    for path in sorted(contrast.iterdir()):
+        ds = pydicom.dcmread(path)
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            setattr(ds, keyword, generate_uid(entropy_srcs=["contrast only", str(getattr(ds, keyword))]))
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(only_contrast / path.name)
     return {"positive": by_truth[True], "negative": by_truth[False], "contrast": only_contrast}
 
 

@@ -1,6 +1,7 @@
 """End to end with dcmtk: studies sent with storescu come back at a storescp destination as DICOM answers.
 
-The answers must be in the right study, state the right finding at the configured threshold and the
+A positive and a negative study come back as one SR + key images, or one SR; a study holding only a
+contrast-enhanced series as one SR saying it was not analysed, and why. The answers must be in the right study, state the right finding at the configured threshold and the
 same probabilities as ``ich3d infer`` on the same files (within ``helpers.TOLERANCE``).
 """
 
@@ -11,6 +12,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from peers import SCANNER, free_port, TOLERANCE, content_items, dcmtk, destination, node_factory, objects_by_study, reference_exam, sr_answer, storescu, studies, wait_for  # noqa: F401
@@ -35,19 +37,24 @@ def test_dcmtk_studies_come_back_answered(trained_run: Path, studies: dict[str, 
     echo = subprocess.run([dcmtk("echoscu"), "-aet", SCANNER, "-aec", "ICH3D", "127.0.0.1", str(node.port)],
                           capture_output=True, text=True, timeout=30)
     assert echo.returncode == 0, echo.stderr
-    for name in ("positive", "negative"):
+    for name in ("positive", "negative", "contrast"):
         sent = storescu(node.port, studies[name])
         assert sent.returncode == 0, sent.stderr
     exams = references["exams"]
     expected = {exams[name]["study_uid"]: name for name in exams}
+    contrast = str(pydicom.dcmread(next(studies["contrast"].iterdir()), stop_before_pixels=True).StudyInstanceUID)
 
     def complete() -> dict | None:
         found = objects_by_study(destination.received())
-        ready = all(found.get(uid, {}).get("sr") for uid in expected)
+        ready = all(found.get(uid, {}).get("sr") for uid in [*expected, contrast])
         return found if ready and len(found[exams[references["called"]]["study_uid"]]["sc"]) >= 1 else None
 
-    found = wait_for(complete, 90, "the answers at storescp")
-    assert set(found) == set(expected), "answers arrived for studies that were not sent"
+    found = wait_for(complete, 120, "the answers at storescp")
+    assert set(found) == {*expected, contrast}, "answers arrived for studies that were not sent"
+    not_read = found.pop(contrast)
+    assert len(not_read["sr"]) == 1 and not not_read["sc"]
+    assert sr_answer(not_read["sr"][0]) == {"probabilities": {}, "finding_type": "1386000", "evaluation": (
+        "STATUS", "NA-CONTRAST", "Not analysed: contrast-enhanced series only")}
     for uid, name in expected.items():
         objects, exam = found[uid], exams[name]
         assert len(objects["sr"]) == 1 and not objects["other"]
@@ -76,13 +83,14 @@ def test_dcmtk_studies_come_back_answered(trained_run: Path, studies: dict[str, 
 
 
 def check_worklist(node, references: dict) -> None:
-    """The worklist lists the answered studies, the suspected bleed first, with its key image; the JSON
+    """The worklist lists the answered studies (the contrast-only one not analysed), the suspected bleed first, with its key image; the JSON
     API, /healthz and /metrics answer."""
     base = "http://" + node.settings["web"]
     rows = json.loads(urllib.request.urlopen(base + "/api/studies", timeout=10).read())
     called = references["exams"][references["called"]]["study_uid"]
     assert [r["study_uid"] for r in rows][0] == called and rows[0]["finding"] == "present"
-    assert {r["state"] for r in rows} == {"analysed"} and all(r["delivered"] for r in rows)
+    assert sorted(r["state"] for r in rows) == ["analysed", "analysed", "not analysed"]
+    assert all(r["delivered"] for r in rows)
     page = urllib.request.urlopen(base + "/", timeout=10).read().decode()
     assert "ICH suspected" in page and called in page
     study = urllib.request.urlopen(f"{base}/study/{rows[0]['study_key']}", timeout=10).read().decode()
@@ -91,4 +99,4 @@ def check_worklist(node, references: dict) -> None:
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads(urllib.request.urlopen(base + "/healthz", timeout=10).read())["ok"]
     metrics = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
-    assert "ich3d_deliveries_sent 2" in metrics and 'ich3d_stable_to_delivered_s{quantile="0.5"}' in metrics
+    assert "ich3d_deliveries_sent 3" in metrics and 'ich3d_stable_to_delivered_s{quantile="0.5"}' in metrics
