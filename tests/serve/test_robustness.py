@@ -63,6 +63,20 @@ def test_unknown_calling_ae_is_rejected(trained_run: Path, node_factory) -> None
         if echo.returncode:
             assert "rejected" in (echo.stdout + echo.stderr).lower()
     assert node.stop() == 0
+    elsewhere = node_factory(trained_run, name="hosts", allow_hosts=["10.9.9.9"]).start()
+    echo = subprocess.run([dcmtk("echoscu"), "-aet", SCANNER, "-aec", "ICH3D", "127.0.0.1", str(elsewhere.port)],
+                          capture_output=True, text=True, timeout=30)
+    assert echo.returncode != 0, "an address outside allow_hosts was accepted"
+    assert elsewhere.stop() == 0
+
+
+def test_sigterm_finishes_the_study_in_hand(trained_run: Path, studies: dict, node_factory) -> None:
+    node = node_factory(trained_run).start()
+    assert storescu(node.port, studies["negative"]).returncode == 0
+    wait_for(lambda: any(r["job_state"] == "running" for r in node.db().worklist()), 60, "the analysis to start")
+    assert node.stop() == 0
+    (row,) = node.db().worklist()
+    assert row["job_state"] == "done" and row["status"] == "analysed"
 
 
 def test_destination_down_then_up_gets_the_result(trained_run: Path, studies: dict, node_factory,
