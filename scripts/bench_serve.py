@@ -145,7 +145,9 @@ def main() -> None:
     studies, run = prepare(args.data, args.studies, args.run, args.device)
     node_data, copies = args.data / "node", args.data / "copies"
     shutil.rmtree(node_data, ignore_errors=True)
-    wave2, single = renamed(studies, copies, "wave2"), renamed(studies[:args.single], copies, "single")
+    # RSNA-style synthetic files carry ID_<hex> UIDs, which storescu will not send: every wave gets valid UIDs
+    wave1, wave2 = renamed(studies, copies, "wave1"), renamed(studies, copies, "wave2")
+    single = renamed(studies[:args.single], copies, "single")
     port, dest_port = 11400 + os.getpid() % 500, 11900 + os.getpid() % 500
     (args.data / "dest").mkdir(exist_ok=True)
     storescp = subprocess.Popen([dcmtk("storescp"), "-aet", "DEST", "-od", str(args.data / "dest"), str(dest_port)])
@@ -158,7 +160,7 @@ def main() -> None:
         time.sleep(8)
         store = Store(ServeFolder(node_data).database)
         began = time.perf_counter()
-        n1, t1 = send_burst(port, studies)
+        n1, t1 = send_burst(port, wave1)
         time.sleep(args.stable_after + 2)  # wave 1 stable: the worker is reading it
         busy = store.metrics()["counts"].get("jobs_running", 0) + store.metrics()["counts"].get("jobs_queued", 0)
         n2, t2 = send_burst(port, wave2)
