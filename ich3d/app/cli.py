@@ -451,7 +451,7 @@ def explain(ctx: click.Context, image: str, runs: tuple[Path, ...], dataset: Pat
 @click.option("--stable-after", type=float, help="Seconds without a new instance that make a study complete [30].")
 @click.option("--web", help="HOST:PORT of the worklist ('' turns it off) [default: 127.0.0.1:8080].")
 @click.option("--device", help="cpu, cuda, cuda:1 ... [default: cuda if available]")
-@click.option("--threshold", type=float, help="Operating threshold of p(any) [default: 0.5].")
+@click.option("--threshold", type=float, help="One operating threshold for every label [default: the run's].")
 @click.option("--keep-days", type=float, help="Delete received images after this many days (results are kept).")
 @verbosity_options
 @click.pass_context

@@ -7,7 +7,6 @@ is interrupted writes it again from scratch, so a result in the database always 
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -77,7 +76,7 @@ def write_answer(analysis: StudyAnalysis, instances: dict[str, Path], out: Path,
             objects.append(image.SOPInstanceUID)
     summary = analysis.to_dict() | {"objects": objects, "sr_uid": sr.SOPInstanceUID}
     return ResultRow(analysis.status, analysis.finding, analysis.probabilities.get("any"),
-                     ",".join(analysis.flagged), analysis.reason, str(out), json.loads(json.dumps(summary)))
+                     ",".join(analysis.flagged), analysis.reason, str(out), summary)
 
 
 def previous_sr(result: dict[str, Any] | None) -> Any:

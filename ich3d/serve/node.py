@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ich3d.atomic import write_text_atomic
+from ich3d.errors import InputError
 from ich3d.folders import FolderLock
 from ich3d.layout import ServeFolder
 from ich3d.serve.config import ServeConfig, dump_config
@@ -73,6 +74,10 @@ class Node:
         self._worker = context.Process(target=run_worker, args=(self.config, self._worker_stop, self.worker_ready),
                                        name="ich3d-serve-worker", daemon=False)
         self._worker.start()
+        while not self.worker_ready.wait(0.2):  # the model is loaded before anything is acknowledged
+            if not self._worker.is_alive():
+                self.stop()
+                raise InputError(f"the worker could not load the model of {self.config.run} (its error is above)")
         self.receiver = Receiver(self.config, self.store, self.folder)
         self.port = self.receiver.start(self.host)
         self._thread(self._schedule, "scheduler")
@@ -131,6 +136,7 @@ class Node:
         if self.store is not None:
             self.store.close()
         self._lock.__exit__(None, None, None)
+        self.receiver, self._worker = None, None
 
 
 def serve(config: ServeConfig, announce: Any = print) -> None:

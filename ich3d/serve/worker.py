@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from ich3d import __version__
+from ich3d.errors import Ich3dError
 from ich3d.layout import ServeFolder
 from ich3d.serve.config import ServeConfig
 from ich3d.serve.store import Job, Store
@@ -75,7 +76,11 @@ def run_worker(config: ServeConfig, stop: Any, ready: Any) -> None:
     from ich3d.serve.analysis import Analyser
 
     store = Store(ServeFolder(config.data).database)
-    analyser = Analyser(config.run, config.device, config.threshold)
+    try:
+        analyser = Analyser(config.run, config.device, config.threshold)
+    except Ich3dError as exc:  # a run that cannot be read: one line, and the node stops (Node.start)
+        log.error("%s", exc)
+        raise SystemExit(1) from None
     ready.set()
     log.info("model %s loaded (fingerprint %s)", config.run, analyser.fingerprint)
     while not (stop.is_set() or terminated.is_set()):
