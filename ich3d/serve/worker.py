@@ -26,6 +26,8 @@ from ich3d.serve.store import Job, Store
 
 log = logging.getLogger(__name__)
 POLL_S = 0.25
+#: The worker runs below the receiver's priority: acknowledging a scanner's instances comes before analysing.
+WORKER_NICENESS = 5
 
 
 def _die_with_parent() -> None:
@@ -68,6 +70,7 @@ def run_worker(config: ServeConfig, stop: Any, ready: Any) -> None:
         ready: a ``multiprocessing.Event`` set once the model is loaded.
     """
     _die_with_parent()
+    os.nice(WORKER_NICENESS)
     terminated = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: terminated.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the node, which stops the worker in order
