@@ -157,7 +157,12 @@ def main() -> None:
     node = subprocess.Popen([sys.executable, "-m", "ich3d.app.cli", "-q", "serve", "--config", str(args.data / "serve.yaml")],
                             env=os.environ | {"PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL)
     try:
-        time.sleep(8)
+        deadline = time.monotonic() + 300
+        while subprocess.run([dcmtk("echoscu"), "-aec", "ICH3D", "127.0.0.1", str(port)],
+                             capture_output=True).returncode != 0:  # listening once the model is loaded
+            if time.monotonic() > deadline or node.poll() is not None:
+                sys.exit("the node did not start")
+            time.sleep(1)
         store = Store(ServeFolder(node_data).database)
         began = time.perf_counter()
         n1, t1 = send_burst(port, wave1)
