@@ -89,9 +89,10 @@ def test_destination_down_then_up_gets_the_result(trained_run: Path, studies: di
     assert failed[0]["state"] == "pending" and "no connection" in failed[0]["last_status"]
     later.start()
     try:
-        wait_for(lambda: objects_by_study(later.received()), 30, "the result after the destination came back")
-        (delivery,) = [d for r in _results(node) for d in r["deliveries"]]
-        assert delivery["state"] == "sent" and delivery["attempts"] >= 2 and delivery["last_status"] == "0x0000"
+        (delivery,) = wait_for(lambda: [d for r in _results(node) for d in r["deliveries"] if d["state"] == "sent"],
+                               60, "the result after the destination came back")
+        assert delivery["attempts"] >= 2 and delivery["last_status"] == "0x0000"
+        assert len(_srs(later)) == 1
     finally:
         later.stop()
     assert node.stop() == 0
