@@ -390,3 +390,56 @@ class DemoFolder:
     def summary(self) -> Path:
         """``demo.json``: the scores and where everything is."""
         return self.root / "demo.json"
+
+
+
+@dataclass(frozen=True)
+class ServeFolder:
+    """The folder ``ich3d serve --data DIR`` keeps (docs/design.md §13): received instances, the database,
+    the results it sent back.
+
+    Instances and results live under keys the node makes (a hash of the study's UID, the job number),
+    never under a header value, so two studies can never share a folder (docs/design.md §11).
+    """
+
+    root: Path
+
+    @property
+    def database(self) -> Path:
+        """``serve.db``: SQLite (WAL) holding instances, studies, jobs, results and deliveries."""
+        return self.root / "serve.db"
+
+    @property
+    def config(self) -> Path:
+        """``serve.yaml``: the resolved configuration of the last start."""
+        return self.root / "serve.yaml"
+
+    @property
+    def studies(self) -> Path:
+        return self.root / "studies"
+
+    def study(self, study_key: str) -> Path:
+        """``studies/<study key>/``: the received instances of one study, one file per SOPInstanceUID."""
+        return self.studies / study_key
+
+    def instance(self, study_key: str, instance_key: str) -> Path:
+        """``studies/<study key>/<instance key>.dcm``."""
+        return self.study(study_key) / f"{instance_key}.dcm"
+
+    def work(self, job_id: int) -> Path:
+        """``work/job-<id>/``: the ``infer`` output folder of one job (removed once answered)."""
+        return self.root / "work" / f"job-{job_id}"
+
+    def result(self, job_id: int) -> Path:
+        """``results/job-<id>/``: the DICOM objects (``sr.dcm``, ``sc-<n>.dcm``) and thumbnails of a result."""
+        return self.root / "results" / f"job-{job_id}"
+
+    @staticmethod
+    def result_object(folder: Path, kind: str, number: int = 1) -> Path:
+        """``sr.dcm`` (kind ``sr``), ``sc-<n>.dcm`` (``sc``) or ``key-<n>.png`` (``png``) in a result folder."""
+        return folder / {"sr": "sr.dcm", "sc": f"sc-{number}.dcm", "png": f"key-{number}.png"}[kind]
+
+    @property
+    def lock(self) -> Path:
+        """Held while a node serves this folder (one node per folder)."""
+        return self.root / ".ich3d.lock"

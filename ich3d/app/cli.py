@@ -489,5 +489,31 @@ def explain(ctx: click.Context, image: str, runs: tuple[Path, ...], dataset: Pat
     _console(ctx).print(f"wrote {explain_image(list(runs), dataset, image, out, device)}")
 
 
+@main.command()
+@click.option("--run", type=PathArg, help="Run folder (or checkpoint) whose model reads the studies.")
+@click.option("--data", type=PathArg, help="The node's folder: received instances, database, results.")
+@click.option("--config", "config_path", type=ExistingFile, help="YAML file with any of the settings below.")
+@click.option("--port", type=int, help="DICOM port [default: 11112].")
+@click.option("--ae-title", help="The node's AE title [default: ICH3D].")
+@click.option("--allow-ae", multiple=True, help="Calling AE title accepted (repeatable) [default: any].")
+@click.option("--destination", "destinations", multiple=True, help="AE@HOST:PORT the results go to (repeatable).")
+@click.option("--stable-after", type=float, help="Seconds without a new instance that make a study complete [30].")
+@click.option("--web", help="HOST:PORT of the worklist ('' turns it off) [default: 127.0.0.1:8080].")
+@click.option("--device", help="cpu, cuda, cuda:1 ... [default: cuda if available]")
+@click.option("--threshold", type=float, help="One operating threshold for every label [default: the run's].")
+@click.option("--keep-days", type=float, help="Delete received images after this many days (results are kept).")
+@verbosity_options
+@click.pass_context
+@handle_errors
+def serve(ctx: click.Context, config_path: Path | None, **options: Any) -> None:
+    """Run a DICOM node: receive head CTs (C-STORE), answer each study with an SR and key images, send them back."""
+    from ich3d.serve.config import load_serve_config
+    from ich3d.serve.node import serve as run_node
+
+    options["allow_ae"] = options["allow_ae"] or None
+    run_node(load_serve_config(config_path, options),
+             announce=lambda text: _console(ctx).print(text, markup=False, highlight=False))
+
+
 if __name__ == "__main__":  # `python -m ich3d.app.cli`, as torchrun launches it
     main()

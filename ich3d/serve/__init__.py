@@ -1,0 +1,1 @@
+"""The DICOM node: ``ich3d serve`` (docs/design.md §13)."""
