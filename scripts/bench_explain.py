@@ -4,7 +4,7 @@ Usage: python scripts/bench_explain.py --demo DIR [--tolerance 5 15] [--write]
 
 DIR is the folder of ``ich3d demo --out DIR`` (its model, its held-out test split built from DICOM and
 the generator's lesion masks in ``DIR/rsna/masks``). Every readable test slice labelled positive is
-explained (``ich3d.app.explain.Explainer``: through the whole sequence model, on the original pixel grid)
+explained (``ich3d.inference.explainer.Explainer``: through the whole sequence model, on the original pixel grid)
 and scored against its mask, for ``any`` (the mask of every subtype) and for each subtype (that
 subtype's heatmap and bit, on the slices labelled with it):
 
@@ -34,7 +34,8 @@ from benchmarks_md import write_section  # scripts/ is on sys.path when run
 
 from ich3d.constants import LABELS
 from ich3d.dataset.labels import read_labels
-from ich3d.app.explain import Explainer, dilate, pointing_game
+from ich3d.app.explain import dilate, pointing_game
+from ich3d.inference.explainer import Explainer
 from ich3d.inference.gradcam import CamSettings
 from ich3d.layout import SynthFolder
 from ich3d.synth.lesions import MASK_BITS
@@ -103,7 +104,7 @@ def main() -> None:
              "|---|" + "---:|" * (2 * len(tol) + 3)]
     for k, settings in enumerate(compared):
         began = time.perf_counter()
-        table = score(Explainer([run], dataset, device="cpu", settings=settings), slices, synth, args.tolerance)
+        table = score(Explainer.from_runs([run], dataset, device="cpu", settings=settings), slices, synth, args.tolerance)
         ms = (time.perf_counter() - began) / len(slices) * 1000
         if k == 0:
             default = table.groupby("label", sort=False).mean(numeric_only=True).assign(

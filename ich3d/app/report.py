@@ -111,9 +111,9 @@ class _Inputs:
         if not self.runs or self.dataset is None or not image_ids:
             return None
         if self.explainer is None:
-            from ich3d.app.explain import Explainer
+            from ich3d.inference.explainer import Explainer
 
-            self.explainer = Explainer(self.runs, self.dataset, options.device)
+            self.explainer = Explainer.from_runs(self.runs, self.dataset, options.device)
         return self.explainer.explain(image_ids, labels=("any",))  # the page shows p(any)
 
 

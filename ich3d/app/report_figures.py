@@ -70,27 +70,6 @@ def shrink(image: np.ndarray, max_side: int) -> np.ndarray:
     return np.rint(blocks.mean(axis=(1, 3))).astype(np.uint8)
 
 
-def overlay(grey: np.ndarray, heat: np.ndarray, opacity: float = 0.6) -> np.ndarray:
-    """A heatmap over a grey image: the ``jet`` colour of the heatmap, blended in proportion to its value.
-
-    Args:
-        grey: (H, W) uint8 image (e.g. the brain window).
-        heat: (H, W) float >= 0; scaled to its maximum (an all-zero map leaves the image as it is).
-        opacity: blend weight at the heatmap's maximum.
-
-    Returns:
-        (H, W, 3) uint8 RGB.
-    """
-    from matplotlib import colormaps
-
-    peak = float(heat.max()) if heat.size else 0.0
-    level = np.clip(heat / peak, 0.0, 1.0) if peak > 0 else np.zeros_like(heat, dtype=np.float64)
-    colour = colormaps["jet"](level)[..., :3]
-    weight = (opacity * level)[..., None]
-    blended = (1 - weight) * (grey[..., None] / 255.0) + weight * colour
-    return np.rint(blended * 255).astype(np.uint8)
-
-
 def curves_png(y_true: np.ndarray, y_pred: np.ndarray, kind: str) -> bytes:
     """ROC or precision-recall curves, one panel per label.
 

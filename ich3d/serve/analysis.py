@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ich3d.constants import LABELS
 from ich3d.inference.outputs import PROB_COLUMNS
 
 ANALYSED, NOT_ANALYSED = "analysed", "not analysed"
+MAX_KEY_IMAGES = 3
 _NOT_READ = {"contrast": "only a contrast-enhanced series: the model reads non-contrast head CT",
              "too_short": "only a series too short to cover the head"}
 
@@ -41,6 +43,8 @@ class StudyAnalysis:
         series_uid: the series read.
         key_sop_uid: the key slice (highest p(any)); label_keys: per label, the slice of its highest probability.
         strip: (n,) p(any) per slice of the series read, in slice order.
+        heatmaps: SOPInstanceUID of each key slice → (rows, cols) float32 >= 0, the Grad-CAM on the slice's
+            own pixel grid of the first label it is the key slice of (positive studies only).
     """
 
     status: str
@@ -52,6 +56,7 @@ class StudyAnalysis:
     label_keys: dict[str, str] | None = None
     strip: tuple[float, ...] = ()
     reason_code: str = ""
+    heatmaps: dict[str, np.ndarray] = field(default_factory=dict, compare=False)
 
     @property
     def finding(self) -> str | None:
@@ -109,7 +114,10 @@ class Analyser:
             exams = result.exams.to_dict("records")
             if len(exams) != 1:
                 raise AssertionError(f"{len(exams)} exams in one study's folder")
-            return self._answer(exams[0], result.predictions)
+            analysis = self._answer(exams[0], result.predictions)
+            if analysis.finding == "present":
+                analysis = replace(analysis, heatmaps=self._heatmaps(analysis, result.predictions, result.dataset))
+            return analysis
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -126,6 +134,31 @@ class Analyser:
                       for name, column in zip(LABELS, PROB_COLUMNS)}
         return StudyAnalysis(ANALYSED, exam.get("reason") or "", probabilities, self.thresholds, exam["series_uid"],
                              exam["key_sop_uid"], label_keys, tuple(rows["p_any"].astype(float).round(4)))
+
+
+    def _heatmaps(self, analysis: StudyAnalysis, predictions: pd.DataFrame, dataset: Path) -> dict[str, np.ndarray]:
+        """Grad-CAM of each key slice (:func:`key_slices`) by the warm predictor's members, for the first label
+        it is the key slice of, on the slice's own pixel grid."""
+        from ich3d.inference.explainer import Explainer
+
+        keys = key_slices(analysis)
+        rows = predictions[predictions["series_uid"] == analysis.series_uid].drop_duplicates("sop_uid")
+        image_of = dict(zip(rows["sop_uid"], rows["image_id"]))
+        labels = tuple(name for name in LABELS if any(name in wanted for wanted in keys.values()))
+        explained = Explainer(self.predictor, dataset).explain([image_of[uid] for uid in keys], labels)
+        return {uid: explanation.heatmaps[labels.index(wanted[0])]
+                for (uid, wanted), explanation in zip(keys.items(), explained)}
+
+
+def key_slices(analysis: StudyAnalysis) -> dict[str, list[str]]:
+    """SOPInstanceUID → the labels it is the key slice of (``any`` first, then flagged subtypes; at most
+    :data:`MAX_KEY_IMAGES` slices)."""
+    slices: dict[str, list[str]] = {analysis.key_sop_uid: ["any"]}
+    for name in analysis.flagged:
+        uid = analysis.label_keys[name]
+        if uid in slices or len(slices) < MAX_KEY_IMAGES:
+            slices.setdefault(uid, []).append(name)
+    return slices
 
 
 def _fingerprint(checkpoints: list[Path]) -> str:

@@ -1,8 +1,9 @@
 """Key images of a positive study: Secondary Capture images a PACS viewer shows beside the study.
 
 One image per key slice (the slice of highest p(any), then the peak slice of each flagged subtype
-when it is another slice; at most :data:`MAX_KEY_IMAGES`): the slice in the brain window
-(centre 40, width 80 HU), upscaled to at least 512 pixels, the exam's probabilities written on it
+when it is another slice; at most :data:`~ich3d.serve.analysis.MAX_KEY_IMAGES`): the slice in the brain
+window (centre 40, width 80 HU) with the Grad-CAM of its label over it (jet, blended in proportion to the
+map), upscaled to at least 512 pixels, the exam's probabilities written on it
 and a banner saying it is a research result, not for diagnostic use. ``BurnedInAnnotation`` is YES
 and the Source Image Sequence references the slice. Each image also yields a PNG thumbnail for the
 worklist.
@@ -16,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from ich3d.constants import LABELS
-from ich3d.serve.analysis import StudyAnalysis
+from ich3d.inference.explainer import heat_overlay
+from ich3d.serve.analysis import StudyAnalysis, key_slices
 
-MAX_KEY_IMAGES = 3
 SC_SERIES_NUMBER = 9902
 BANNER = "RESEARCH RESULT - NOT FOR DIAGNOSTIC USE"
 BRAIN_WINDOW = (40.0, 80.0)
@@ -26,16 +27,6 @@ MIN_SIDE = 512
 THUMBNAIL_SIDE = 384
 _SHORT = {"any": "ICH", "epidural": "EDH", "intraparenchymal": "IPH", "intraventricular": "IVH",
           "subarachnoid": "SAH", "subdural": "SDH"}
-
-
-def key_slices(analysis: StudyAnalysis) -> dict[str, list[str]]:
-    """SOPInstanceUID → the labels it is the key slice of (``any`` first, then flagged subtypes)."""
-    slices: dict[str, list[str]] = {analysis.key_sop_uid: ["any"]}
-    for name in analysis.flagged:
-        uid = analysis.label_keys[name]
-        if uid in slices or len(slices) < MAX_KEY_IMAGES:
-            slices.setdefault(uid, []).append(name)
-    return slices
 
 
 def brain_window(ds: Any) -> np.ndarray:
@@ -47,17 +38,19 @@ def brain_window(ds: Any) -> np.ndarray:
     return (np.clip((hu - centre + width / 2) / width, 0, 1) * 255).astype(np.uint8)
 
 
-def render(gray: np.ndarray, analysis: StudyAnalysis, labels: list[str]) -> np.ndarray:
-    """(H, W, 3) uint8: the windowed slice upscaled, the banner on top, the probabilities below.
+def render(gray: np.ndarray, analysis: StudyAnalysis, labels: list[str], heat: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 3) uint8: the windowed slice (with its Grad-CAM) upscaled, the banner on top, the probabilities below.
 
     Args:
         gray: (rows, cols) uint8 windowed slice.
         labels: what this slice is the key slice of.
+        heat: (rows, cols) float >= 0, the Grad-CAM of ``labels[0]`` on the slice's grid, or None.
     """
     from PIL import Image, ImageDraw, ImageFont
 
     scale = max(1, int(np.ceil(MIN_SIDE / max(gray.shape))))
-    image = Image.fromarray(gray).convert("RGB").resize((gray.shape[1] * scale, gray.shape[0] * scale),
+    shown = heat_overlay(gray, heat) if heat is not None and heat.shape == gray.shape else gray
+    image = Image.fromarray(shown).convert("RGB").resize((gray.shape[1] * scale, gray.shape[0] * scale),
                                                          Image.Resampling.BILINEAR)
     side = image.width
     font = ImageFont.load_default(size=max(12, side // 36))
@@ -106,7 +99,7 @@ def build_key_images(analysis: StudyAnalysis, slices: dict[str, Any]) -> list[tu
     images = []
     for number, (uid, labels) in enumerate(key_slices(analysis).items(), 1):
         source = slices[uid]
-        rgb = render(brain_window(source), analysis, labels)
+        rgb = render(brain_window(source), analysis, labels, analysis.heatmaps.get(uid))
         image = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
             coordinate_system="PATIENT", series_instance_uid=series_uid, series_number=SC_SERIES_NUMBER,
@@ -117,7 +110,8 @@ def build_key_images(analysis: StudyAnalysis, slices: dict[str, Any]) -> list[tu
         reference = Dataset()
         reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID = source.SOPClassUID, uid
         image.SourceImageSequence = [reference]
-        image.DerivationDescription = "ich3d: brain window of the key slice, probabilities burned in"
+        image.DerivationDescription = ("ich3d: brain window of the key slice, Grad-CAM of p(" + labels[0] + ") "
+                                       "overlaid, probabilities burned in")
         if "SpecificCharacterSet" in source:
             image.SpecificCharacterSet = source.SpecificCharacterSet
         images.append((image, thumbnail(rgb)))

@@ -18,7 +18,8 @@ from ich3d.dataset.cache import resize
 from ich3d.dataset.crop import CacheBox, cache_box, crop_square, padding_box
 from ich3d.dataset.index import load_index
 from ich3d.errors import InputError
-from ich3d.app.explain import Explainer, dilate, pointing_game
+from ich3d.app.explain import dilate, pointing_game
+from ich3d.inference.explainer import Explainer
 from ich3d.inference.gradcam import CamSettings, _logit_gradients, series_gradcam, to_original
 from ich3d.models.model import build_model
 
@@ -87,7 +88,7 @@ def test_explain_command_and_explainer_on_a_trained_run(trained_run: Path, tiny_
     assert result.exit_code == 0, result.output
     picture = matplotlib.image.imread(tmp_path / "x.png")
     assert picture.shape[1] > 1000 and picture.std() > 0.05
-    explainer = Explainer([trained_run], tiny_dataset, settings=CamSettings(steps=2))
+    explainer = Explainer.from_runs([trained_run], tiny_dataset, settings=CamSettings(steps=2))
     explanation = explainer.explain([odd["image_id"]], labels=("any", "subdural"))[0]
     assert explanation.heatmaps.shape == (2, odd["rows"], odd["cols"]) == (2, *explanation.hu.shape)
     assert explanation.probs.shape == (len(LABELS),)
