@@ -138,6 +138,15 @@ def clinical_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def series_key(dataset: Path, series_uid: str) -> str:
+    """The ``series_id`` of the one stack of ``series_uid`` in a built dataset (the key of its cache file)."""
+    from ich3d.dataset.index import load_index
+
+    keys = load_index(dataset)[1].set_index("series_uid")["series_id"]
+    assert (keys.index == series_uid).sum() == 1, f"{series_uid}: not one stack"
+    return str(keys[series_uid])
+
+
 def clean_series(dataset: Path) -> dict[str, list[Path]]:
     """The series of a built dataset whose every slice is readable: series UID → its files in slice order."""
     from ich3d.dataset.index import load_index

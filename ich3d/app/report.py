@@ -197,7 +197,7 @@ def _score_table(inputs: _Inputs, options: ReportOptions) -> str:
     pred = frame[PROBS].to_numpy(np.float64)
     labeled = ~np.isnan(truth).all(axis=1)
     truth, pred, frame = truth[labeled], pred[labeled], frame[labeled]
-    groups = frame["series_uid"].fillna(frame["image_id"]).to_numpy()
+    groups = frame["series_id"].fillna(frame["image_id"]).to_numpy()
     prior = prior_predictions(inputs.prior, len(pred)) if inputs.prior is not None else None
     loss, ece = per_label_log_loss(truth, pred), per_label_ece(truth, pred)
     prior_loss = per_label_log_loss(truth, prior) if prior is not None else {}
@@ -231,10 +231,10 @@ def _curves(inputs: _Inputs, options: ReportOptions) -> Section | None:
 def pick_series(predictions: pd.DataFrame, truth: np.ndarray | None, limit: int) -> list[tuple[str, str]]:
     """The most informative series: series-level false negatives (labelled positive, max p(any) <
     THRESHOLD), then false positives, then the others by their weighted log loss, each group by loss;
-    without labels, by max p(any). Returns up to ``limit`` (series_uid, reason)."""
-    frame = predictions.assign(_row=np.arange(len(predictions))).dropna(subset=["series_uid"])
+    without labels, by max p(any). Returns up to ``limit`` (series_id, reason)."""
+    frame = predictions.assign(_row=np.arange(len(predictions))).dropna(subset=["series_id"])
     picked = []
-    for uid, rows in frame.groupby("series_uid", sort=False):
+    for uid, rows in frame.groupby("series_id", sort=False):
         score = float(rows["p_any"].max())
         true = truth[rows["_row"]] if truth is not None else None
         if true is None or np.isnan(true[:, 0]).all():
@@ -255,13 +255,13 @@ def _strips(inputs: _Inputs, options: ReportOptions) -> Section | None:
     chosen = pick_series(inputs.predictions, inputs.truth, options.max_series)
     if not chosen:
         return None
-    n_series = frame["series_uid"].nunique()
+    n_series = frame["series_id"].nunique()
     body = [(f"<p class='note'>{len(chosen)} of {n_series} series: series-level false negatives first, then false "
              f"positives (called at p(any) &ge; {THRESHOLD}), then by weighted log loss. Thumbnails (brain window): "
              "the peak of p(any), the labelled-positive slice with the lowest p(any), the labelled-negative slice "
              "with the highest (dotted lines).</p>"), _legend()]
     for uid, reason in chosen:
-        rows = frame[frame["series_uid"] == uid].sort_values("slice_index")
+        rows = frame[frame["series_id"] == uid].sort_values("slice_index")
         probs = rows[PROBS].to_numpy(np.float64)
         truth = inputs.truth[rows["_row"]] if inputs.truth is not None else None
         keys = _key_slices(probs, truth, rows)
@@ -273,8 +273,9 @@ def _strips(inputs: _Inputs, options: ReportOptions) -> Section | None:
                 caption = f"slice {k}: p(any) {probs[k, 0]:.2f}"
                 tiles.append(f"<figure>{markup.img(figures.image_png(figures.shrink(image, 128)), caption, 128)}"
                              f"<figcaption>{caption}</figcaption></figure>")
-        chart = markup.img(plot, f"probabilities along series {uid}")
-        title = html.escape(f"{uid}: {len(rows)} slices; {reason}")
+        name = f"{rows['series_uid'].iloc[0]} (series_id {uid})"
+        chart = markup.img(plot, f"probabilities along series {name}")
+        title = html.escape(f"{name}: {len(rows)} slices; {reason}")
         body.append(f"<div class='strip'><div><p class='title'>{title}</p>{chart}</div>{''.join(tiles)}</div>")
     return "strips", "Series strips", "\n".join(body)
 
@@ -303,11 +304,11 @@ def _key_slices(probs: np.ndarray, truth: np.ndarray | None, rows: pd.DataFrame)
     return list(dict.fromkeys(keys))
 
 
-def _cache_thumbnail(dataset: Path | None, series_uid: str, index: int) -> np.ndarray | None:
+def _cache_thumbnail(dataset: Path | None, series_id: str, index: int) -> np.ndarray | None:
     """(h, w) uint8 brain window of a cached slice, cut to the head (None without a dataset or cache file)."""
-    if dataset is None or not DatasetFolder(dataset).cache_file(series_uid).is_file():
+    if dataset is None or not DatasetFolder(dataset).cache_file(series_id).is_file():
         return None
-    hu = np.asarray(load_series(dataset, series_uid)[index])
+    hu = np.asarray(load_series(dataset, series_id)[index])
     return scaled_window(hu, *WINDOWS["brain"])[figures.head_box(hu)]
 
 
@@ -315,7 +316,7 @@ def _gallery(inputs: _Inputs, options: ReportOptions) -> Section | None:
     if inputs.dataset is None:
         return None
     frame = inputs.predictions.assign(_row=np.arange(len(inputs.predictions)))
-    frame = frame[(frame["predicted_by"] == "model") & frame["series_uid"].notna()]
+    frame = frame[(frame["predicted_by"] == "model") & frame["series_id"].notna()]
     if inputs.truth is not None:
         truth = inputs.truth[frame["_row"], 0]
         groups = [("False positives (labelled negative, highest p(any))",
@@ -345,7 +346,7 @@ def _card(inputs: _Inputs, row: dict[str, Any], explanation: Any) -> str:
     if explanation is not None:
         hu, images = explanation.hu, [_rgb(bsb(explanation.hu)), explanation.overlay("any")]
     else:
-        hu = np.asarray(load_series(inputs.dataset, row["series_uid"])[int(row["slice_index"])])
+        hu = np.asarray(load_series(inputs.dataset, row["series_id"])[int(row["slice_index"])])
         images = [_rgb(bsb(hu))]
     head = figures.head_box(hu)
     pngs = [figures.image_png(figures.shrink(image[head], 256)) for image in images]
@@ -398,7 +399,7 @@ def _exams(inputs: _Inputs, options: ReportOptions) -> Section | None:
         if key in explained:
             image = explained[key].overlay("any")[figures.head_box(explained[key].hu)]
         elif key in wanted:
-            image = _cache_thumbnail(inputs.dataset, by_id.loc[key, "series_uid"], int(by_id.loc[key, "slice_index"]))
+            image = _cache_thumbnail(inputs.dataset, by_id.loc[key, "series_id"], int(by_id.loc[key, "slice_index"]))
         cell = "" if image is None else markup.img(figures.image_png(figures.shrink(image, 160)), f"key {key}", 120)
         rows.append([cell, *(html.escape(markup.text(v)) for v in values)])
     note = (f"Key slices (highest p(any)) in the brain window, with the Grad-CAM of p(any) where it is at least "

@@ -72,7 +72,7 @@ def show_image(dataset: Path, image: str, out: Path) -> Path:
     return _save(fig, out)
 
 
-def show_series(dataset: Path, series_uid: str, out: Path, max_slices: int = 36, channels: str = "brain") -> Path:
+def show_series(dataset: Path, series: str, out: Path, max_slices: int = 36, channels: str = "brain") -> Path:
     """Draw a montage of one series from the HU cache, slices in sorted order, and write it as a PNG.
 
     Each tile is titled with its slice_index and positive labels (red when ``any`` is positive, grey
@@ -80,7 +80,8 @@ def show_series(dataset: Path, series_uid: str, out: Path, max_slices: int = 36,
 
     Args:
         dataset: a dataset folder written by ``ich3d build-series``.
-        series_uid: a series of ``index/series.parquet``.
+        series: a series of ``index/series.parquet``: its ``series_id``, or a SeriesInstanceUID (its
+            largest stack).
         out: the PNG to write (folders are created).
         max_slices: at most this many tiles; longer series are sampled evenly (first and last kept).
         channels: "brain" (brain window, grey) or "bsb" (brain/subdural/soft-tissue windows as RGB).
@@ -95,12 +96,15 @@ def show_series(dataset: Path, series_uid: str, out: Path, max_slices: int = 36,
         raise InputError(f"show_series: channels must be 'brain' or 'bsb' and max_slices >= 1 "
                          f"(got {channels!r}, {max_slices})")  # fmt: skip
     slices, _ = load_index(dataset)
-    rows = slices[slices["series_uid"] == series_uid].sort_values("slice_index")
+    keyed = slices["series_id"] == series
+    rows = slices[keyed if keyed.any() else (slices["series_uid"] == series) & (slices["stack"] == 0)]
+    rows = rows.sort_values("slice_index")
     if rows.empty:
         known = slices["series_uid"].dropna().unique()
-        raise InputError(f"unknown series {series_uid!r}: not in {Path(dataset) / 'index'} ({len(known)} series, "
+        raise InputError(f"unknown series {series!r}: not in {Path(dataset) / 'index'} ({len(known)} series, "
                          f"e.g. {', '.join(map(str, known[:3]))})")  # fmt: skip
-    volume = load_series(dataset, series_uid)
+    series_uid = rows["series_uid"].iloc[0]
+    volume = load_series(dataset, rows["series_id"].iloc[0])
     shown = np.unique(np.linspace(0, len(rows) - 1, min(len(rows), max_slices)).round().astype(int))
     ncols = math.ceil(math.sqrt(len(shown)))
     nrows = math.ceil(len(shown) / ncols)
@@ -123,9 +127,9 @@ def show_series_of_image(dataset: Path, image: str, out: Path, max_slices: int =
     """:func:`show_series` of the series holding `image` (an image ID or DICOM path of the index)."""
     slices, _ = load_index(dataset)
     row, _ = _find_image(slices, image, dataset, need_pixels=False)
-    if not row.get("series_uid"):
+    if not isinstance(row.get("series_id"), str):
         raise InputError(f"{image}: not part of a series in {dataset}, nothing to draw")
-    return show_series(dataset, row["series_uid"], out, max_slices=max_slices)
+    return show_series(dataset, row["series_id"], out, max_slices=max_slices)
 
 
 def _find_image(slices: pd.DataFrame, image: str, dataset: Path,

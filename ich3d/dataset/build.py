@@ -4,7 +4,7 @@ Two passes over a process pool. The header pass reads every file's header (never
 chunks and returns small typed DataFrames; series are then grouped, sorted and flagged for the whole
 index at once (:mod:`ich3d.dataset.series`), labels joined (:mod:`ich3d.dataset.labels`) and the
 index written (:mod:`ich3d.dataset.index`). The pixel pass gives each worker whole series: it reads
-the pixels, converts and resizes them and writes ``cache/<series_uid>.npy`` itself, returning only
+the pixels, converts and resizes them and writes ``cache/<series_id>.npy`` itself, returning only
 failure records (sending arrays back to the parent capped throughput at ~250 files/s on 2 cores).
 
 Resuming: the index is reused when the input files (paths, sizes, mtimes) and the labels file are
@@ -63,7 +63,7 @@ def _pixel_pass(folder: DatasetFolder, slices: pd.DataFrame, series: pd.DataFram
     mine = part_series(series[series["build_cache"]], num_parts, part_id)
     journal = CacheJournal(folder, part_id, files_id, size, crop)
     done = {} if overwrite else journal.finished()
-    length = dict(zip(series["series_uid"], series["n_slices"].astype(int)))
+    length = dict(zip(series["series_id"], series["n_slices"].astype(int)))
     damaged = [uid for uid in mine if uid in done and folder.cache_file(uid).exists()
                and not cache_file_ok(folder.cache_file(uid), length[uid], size)]
     todo = [uid for uid in mine if uid not in done or uid in damaged or not folder.cache_file(uid).is_file()]
@@ -86,7 +86,7 @@ def _pixel_pass(folder: DatasetFolder, slices: pd.DataFrame, series: pd.DataFram
     write_parquet(failures, folder.failures(part_id), meta)
     boxes = [(uid, *done[uid].box) for uid in mine if done[uid].box is not None]
     folder.crops.mkdir(parents=True, exist_ok=True)
-    write_parquet(pd.DataFrame(boxes, columns=["series_uid", *CROP_COLUMNS]).astype({"series_uid": STR}),
+    write_parquet(pd.DataFrame(boxes, columns=["series_id", *CROP_COLUMNS]).astype({"series_id": STR}),
                   folder.crop_file(part_id), meta)
     return {"crop": crop, "series_cropped": len(boxes),"series_in_part": len(mine), "series_built": len(todo), "series_already_done": len(mine) - len(todo),
             "damaged_cache_files_rebuilt": len(damaged), "slices_built": sum(length[u] for u in todo),
@@ -187,7 +187,7 @@ def _summary(dicom_dirs: Sequence[Path], labels_csv: Path | None, files: InputFi
     for status, n in pixels.get("pixel_failures", {}).items():
         counts[status] = counts.get(status, 0) + n
         counts[str(Status.OK)] -= n
-    flags = ["has_duplicate_positions", "has_gaps", "mixed_orientation", "mixed_size", "gantry_tilt"]
+    flags = ["has_duplicate_positions", "all_one_position", "has_gaps", "mixed_orientation", "gantry_tilt"]
     n_files = len(slices)  # images: a multi-frame file or a NIfTI volume holds several
     nifti = slices[(slices["transfer_syntax"] == NIFTI_SYNTAX) & (slices["error"] != "")]
     return {
@@ -197,7 +197,10 @@ def _summary(dicom_dirs: Sequence[Path], labels_csv: Path | None, files: InputFi
         "transfer_syntaxes": slices["transfer_syntax"].fillna("none").value_counts().to_dict(),
         "nifti_notes": nifti.drop_duplicates("path")[["path", "error"]].to_dict("records"),
         "unreadable_paths": [{"path": path, "error": error} for path, error in files.unreadable],
+        "outside_links": [{"path": path, "target": target} for path, target in files.outside_links],
+        "directory_files": meta.get("directory_files", []),
         "n_skipped": n_files - counts.get(str(Status.OK), 0), "n_series": len(series),
+        "n_series_uids_split": int(series.loc[series["n_stacks"] > 1, ["study_uid", "series_uid"]].drop_duplicates().shape[0]),
         "series_flags": {flag: int(series[flag].sum()) for flag in flags},
         "series_roles": series["role"].value_counts().to_dict(), "n_series_predicted": int(series["predict"].sum()),
         "series_choice": choice_table(series),

@@ -1,6 +1,7 @@
 """Exam-level results: does this exam show a hemorrhage, of which kind, and where (docs/design.md §11).
 
-One row per study of the dataset (``exams.csv`` and ``exams.json``): the series read, the exam's
+One row per study of the dataset (per patient and StudyInstanceUID: a study UID two patients share
+gives two rows) (``exams.csv`` and ``exams.json``): the series read, the exam's
 probability of each label, the key slice (highest ``any``), the slice ranges of each label above the
 threshold, and a status:
 
@@ -55,10 +56,14 @@ def smoothed_maximum(probs: np.ndarray, width: int = SMOOTHING_SLICES) -> np.nda
     return (summed / counts).max(axis=0)
 
 
-def _exam_series(predictions: pd.DataFrame, series: pd.DataFrame) -> pd.DataFrame:
-    """Per study, the series its exam is read from: the chosen one when predicted, else the first predicted."""
-    read = series[series["predict"]].sort_values(["study_uid", "chosen", "series_uid"], ascending=[True, False, True])
-    return read.drop_duplicates("study_uid").set_index("study_uid")
+_EXAM = ["patient_id", "study_uid"]
+
+
+def _exam_series(series: pd.DataFrame) -> pd.DataFrame:
+    """Per exam (patient, study), the series it is read from: the chosen one when predicted, else the first
+    predicted."""
+    read = series[series["predict"]].sort_values([*_EXAM, "chosen", "series_id"], ascending=[True, True, False, True])
+    return read.drop_duplicates(_EXAM).set_index(_EXAM)
 
 
 def exam_table(predictions: pd.DataFrame, series: pd.DataFrame, threshold: float = THRESHOLD) -> pd.DataFrame:
@@ -77,27 +82,32 @@ def exam_table(predictions: pd.DataFrame, series: pd.DataFrame, threshold: float
         n_predicted, p_<label> ×6, key_slice_index, key_sop_uid, key_image_id, key_position_mm,
         slices_<label> ×6 (ranges of slice_index above ``threshold``), reason.
     """
-    chosen = _exam_series(predictions, series)
-    per_study = series.groupby("study_uid").agg(patient_id=("patient_id", "first"))
-    images = predictions.groupby("study_uid").size()
-    choices = series.groupby("study_uid")["choice"].agg(lambda values: "; ".join(sorted(set(values))))
-    read = predictions[predictions["series_uid"].isin(chosen["series_uid"])].sort_values(["series_uid", "slice_index"])
-    bounds = _group_bounds(read["series_uid"].to_numpy())
+    series, predictions = _exam_keys(series), _exam_keys(predictions)
+    chosen = _exam_series(series)
+    choices = series.groupby(_EXAM)["choice"].agg(lambda values: "; ".join(sorted(set(values))))
+    images = predictions.groupby(_EXAM).size()
+    read = predictions[predictions["series_id"].isin(chosen["series_id"])].sort_values(["series_id", "slice_index"])
+    bounds = _group_bounds(read["series_id"].to_numpy())
     arrays = _ExamArrays.of(read)
     chosen_rows = chosen.to_dict("index")
     rows = []
-    for study, patient in per_study["patient_id"].items():
-        row = {"patient_id": patient, "study_uid": study, "n_images": int(images.get(study, 0))}
-        if study not in chosen.index:
-            rows.append(row | {"status": "no usable series", "n_predicted": 0, "reason": choices[study]})
+    for exam, reason in choices.items():
+        row = {"patient_id": exam[0] or None, "study_uid": exam[1] or None, "n_images": int(images.get(exam, 0))}
+        if exam not in chosen_rows:
+            rows.append(row | {"status": "no usable series", "n_predicted": 0, "reason": reason})
             continue
-        series_row = chosen_rows[study]
-        start, stop = bounds[series_row["series_uid"]]
+        series_row = chosen_rows[exam]
+        start, stop = bounds[series_row["series_id"]]
         rows.append(row | _exam(arrays, slice(start, stop), series_row, threshold))
     columns = (["patient_id", "study_uid", "status", "series_uid", "series_description", "role", "n_images",
                 "n_predicted", *PROB_COLUMNS, "key_slice_index", "key_sop_uid", "key_image_id", "key_position_mm"]
                + [f"slices_{name}" for name in LABELS] + ["reason"])
     return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def _exam_keys(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with absent patient IDs and study UIDs as "" (an exam key, never dropped by a groupby)."""
+    return frame.assign(**{column: frame[column].fillna("").astype(str) for column in _EXAM})
 
 
 def _group_bounds(keys: np.ndarray) -> dict[str, tuple[int, int]]:
@@ -110,7 +120,7 @@ def _group_bounds(keys: np.ndarray) -> dict[str, tuple[int, int]]:
 
 
 class _ExamArrays(NamedTuple):
-    """The per-image columns the exam fields read, as arrays in (series_uid, slice_index) order."""
+    """The per-image columns the exam fields read, as arrays in (series_id, slice_index) order."""
 
     probs: np.ndarray  # (N, 6) float64
     slice_index: np.ndarray  # (N,) int64

@@ -205,7 +205,7 @@ def score_submission(submission: Path, labels: Path, series_of: pd.Series | None
     through the ``predictions.parquet`` beside it.
 
     Args:
-        series_of: image_id → series_uid, for the series-level AUC of ``any`` (optional).
+        series_of: image_id → series_id, for the series-level AUC of ``any`` (optional).
         labels_format: ``rsna`` (long ``ID,Label``) or ``ct-ich``.
 
     Returns:
@@ -250,7 +250,7 @@ def save_score(result: dict[str, Any], path: Path) -> None:
 
 
 def series_lookup(submission: Path, dataset: Path | None) -> pd.Series | None:
-    """image_id → series_uid from a dataset index, or from ``predictions.parquet`` beside the submission."""
+    """image_id → series_id from a dataset index, or from ``predictions.parquet`` beside the submission."""
     if dataset is not None:
         from ich3d.dataset.index import load_index
 
@@ -259,6 +259,6 @@ def series_lookup(submission: Path, dataset: Path | None) -> pd.Series | None:
         predictions = Path(submission).with_name("predictions.parquet")
         if not predictions.is_file():
             return None
-        slices = pd.read_parquet(predictions, columns=["image_id", "series_uid"])
-    known = slices.dropna(subset=["series_uid"]).drop_duplicates("image_id")
-    return known.set_index("image_id")["series_uid"]
+        slices = pd.read_parquet(predictions, columns=["image_id", "series_id"])
+    known = slices.dropna(subset=["series_id"]).drop_duplicates("image_id")
+    return known.set_index("image_id")["series_id"]

@@ -19,7 +19,7 @@ def _series(**overrides: dict) -> pd.DataFrame:
             "series_description": "CT head", "convolution_kernel": "H31s", "contrast_agent": None,
             "slice_thickness": 5.0, "slice_spacing": 5.0, "coverage_mm": 150.0, "axial_cosine": 1.0,
             "mixed_orientation": False, "n_ok": 30, "series_number": 2}
-    rows = [base | {"series_uid": name} | fields for name, fields in overrides.items()]
+    rows = [base | {"series_uid": name, "series_id": name} | fields for name, fields in overrides.items()]
     return pd.DataFrame(rows)
 
 
