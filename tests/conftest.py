@@ -152,6 +152,6 @@ def clean_series(dataset: Path) -> dict[str, list[Path]]:
     from ich3d.dataset.index import load_index
 
     slices, series = load_index(dataset)
-    clean = series.loc[series["n_ok"] == series["n_slices"], "series_uid"]
-    rows = slices[slices["series_uid"].isin(clean)].sort_values(["series_uid", "slice_index"])
+    clean = series.loc[series["n_ok"] == series["n_slices"], "series_id"]
+    rows = slices[slices["series_id"].isin(clean)].sort_values(["series_uid", "slice_index"])
     return {uid: [Path(p) for p in group["path"]] for uid, group in rows.groupby("series_uid", sort=True)}

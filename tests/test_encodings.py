@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 def _series_files(dataset: Path) -> dict[str, list[Path]]:
     """Every series of a dataset (its unreadable files included): UID → files in slice order."""
     slices, _ = load_index(dataset)
-    rows = slices[slices["series_uid"].notna()].sort_values(["series_uid", "slice_index"])
+    rows = slices[slices["series_id"].notna()].sort_values(["series_uid", "slice_index"])
     return {uid: [Path(p) for p in group["path"]] for uid, group in rows.groupby("series_uid", sort=True)}
 
 

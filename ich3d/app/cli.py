@@ -83,7 +83,7 @@ def verbosity_options(command: Callable) -> Callable:
 
 
 def series_options(command: Callable) -> Callable:
-    """Adds the per-study series choice (--series, --series-rules, --series-uid) to a command."""
+    """Adds the per-study series choice (--series, --series-rules, --series-uid) and --follow-links to a command."""
     for option in reversed([
         click.option("--series", "series_mode", type=click.Choice(["auto", "all"]), default="auto", show_default=True,
                      help="auto: per study the soft-kernel, non-contrast axial series nearest the target thickness; "
@@ -91,6 +91,8 @@ def series_options(command: Callable) -> Callable:
         click.option("--series-rules", type=ExistingFile,
                      help="YAML/JSON rules overriding the choice (include, exclude, roles)."),
         click.option("--series-uid", "series_uids", multiple=True, help="Predict exactly these series (repeatable)."),
+        click.option("--follow-links", is_flag=True,
+                     help="Follow symbolic links that lead out of --dicom-dir [default: reported, not followed]."),
     ]):
         command = option(command)
     return command
@@ -195,8 +197,8 @@ def synth(ctx: click.Context, out: Path, layout_name: str, n_series: int, n_test
 def build_series_command(ctx: click.Context, dicom_dirs: tuple[Path, ...], nifti: tuple[Path, ...],
                          labels: Path | None, labels_format: str, out: Path, image_size: int, workers: int | None,
                          overwrite: bool, num_parts: int, part_id: int, index_only: bool, crop: str, series_mode: str,
-                         series_rules: Path | None, series_uids: tuple[str, ...], target_thickness: float,
-                         assume_intercept: float | None, strict: bool) -> None:
+                         series_rules: Path | None, series_uids: tuple[str, ...], follow_links: bool,
+                         target_thickness: float, assume_intercept: float | None, strict: bool) -> None:
     """Index DICOM files and NIfTI volumes into series, choose the series to read, join labels and cache HU."""
     from ich3d.app.console import print_build_summary
     from ich3d.dataset.build import build_series
@@ -209,7 +211,7 @@ def build_series_command(ctx: click.Context, dicom_dirs: tuple[Path, ...], nifti
     summary = build_series(list(dicom_dirs), out, labels_csv=labels, image_size=image_size, workers=workers,
                            overwrite=overwrite, num_parts=num_parts, part_id=part_id, index_only=index_only,
                            crop=crop, assume_intercept=assume_intercept, series_rules=rules, progress=not _quiet(ctx),
-                           labels_format=labels_format)
+                           labels_format=labels_format, follow_links=follow_links)
     print_build_summary(summary, _console(ctx))
     usable = summary["n_files"] - summary["n_skipped"]
     if usable == 0:
@@ -296,7 +298,8 @@ def infer(ctx: click.Context, runs: tuple[Path, ...], dataset: Path | None, dico
           nifti: tuple[Path, ...], sample_submission: Path | None, out: Path, allow_missing: bool, num_parts: int,
           part_id: int,
           device: str | None, batch_series: int, workers: int | None, amp: bool, resample: str, series_mode: str,
-          series_rules: Path | None, series_uids: tuple[str, ...], threshold: float, calibration: bool) -> None:
+          series_rules: Path | None, series_uids: tuple[str, ...], follow_links: bool, threshold: float,
+          calibration: bool) -> None:
     """Predict every image and every exam: submission.csv, predictions.parquet, exams.csv.
 
     With --dicom-dir the series choice options apply to the dataset built in OUT/dataset (target
@@ -309,7 +312,8 @@ def infer(ctx: click.Context, runs: tuple[Path, ...], dataset: Path | None, dico
     custom = series_mode != "auto" or series_rules is not None or series_uids
     rules = load_rules(series_rules, series_mode, series_uids=series_uids) if custom else None
     options = InferOptions(device=device, batch_series=batch_series, workers=workers, amp=amp, resample=resample,
-                           series_rules=rules, calibrate=calibration, exam_threshold=threshold)
+                           series_rules=rules, calibrate=calibration, exam_threshold=threshold,
+                           follow_links=follow_links)
     summary = predict(list(runs), out, dataset=dataset, dicom_dirs=[*dicom_dirs, *nifti],
                       sample_submission=sample_submission, allow_missing=allow_missing, num_parts=num_parts,
                       part_id=part_id, options=options, progress=not _quiet(ctx))

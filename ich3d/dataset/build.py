@@ -119,6 +119,7 @@ def build_series(
     series_rules: SeriesRules = SeriesRules(),
     progress: bool = True,
     labels_format: str = "rsna",
+    follow_links: bool = False,
 ) -> dict[str, Any]:
     """Indexes DICOM folders (and NIfTI volumes) into series, joins labels and caches Hounsfield units.
 
@@ -141,6 +142,8 @@ def build_series(
         progress: show rich progress bars.
         labels_format: ``rsna`` (long ``ID,Label``) or ``ct-ich`` (PhysioNet CT-ICH per-slice CSV,
             joined to NIfTI slices by file stem and slice number).
+        follow_links: follow symbolic links that lead out of their input folder (default: such links
+            are not followed and are listed in ``outside_links``).
 
     Returns:
         The summary written to ``build.json`` (``build-part-<I>.json`` when num_parts > 1): counts by
@@ -157,11 +160,14 @@ def build_series(
     folder = DatasetFolder(prepare_output(Path(out), "--out"))
     with process_pool(workers) as pool:
         with FolderLock(folder.lock, f"dataset folder {folder.root}", wait=True):
-            files = collect_files(dicom_dirs, exclude=folder.root)
+            files = collect_files(dicom_dirs, exclude=folder.root, follow_links=follow_links)
             log.info("%d candidate files in %d folders (%d ignored)", len(files.paths), len(dicom_dirs),
                      files.n_ignored)
             for path, error in files.unreadable:
                 log.warning("cannot read %s (%s): its files are left out", path, error)
+            if files.outside_links:
+                log.warning("%d links lead out of the input, e.g. %s -> %s: not followed (--follow-links follows "
+                            "them)", len(files.outside_links), *files.outside_links[0])
             timings = {"collect_s": time.perf_counter() - began}
             slices, series, meta = index_for(folder, files, labels_csv, pool, progress, assume_intercept,
                                              series_rules, labels_format)
@@ -176,7 +182,7 @@ def build_series(
             summary["settings"] = {"image_size": image_size, "workers": workers, "overwrite": overwrite,
                                    "num_parts": num_parts, "part_id": part_id, "index_only": index_only, "crop": crop,
                                    "assume_intercept": assume_intercept, "series_rules": series_rules.to_dict(),
-                                   "labels_format": labels_format}
+                                   "labels_format": labels_format, "follow_links": follow_links}
             write_json_atomic(folder.build_summary(num_parts, part_id), summary)
     return summary
 

@@ -61,7 +61,7 @@ def _copy_rank(header: pd.DataFrame) -> pd.DataFrame:
     unreadable, DERIVED/SECONDARY, lossy (LossyImageCompression 01 or a lossy transfer syntax), fewer bits."""
     def text(column: str) -> pd.Series:
         return header[column].fillna("").astype(str) if column in header else pd.Series("", index=header.index)
-    derived = text("image_type").str.upper().str.split("\\").str[0].isin(["DERIVED", "SECONDARY"])
+    derived = text("image_type").str.upper().str.split("\\").str[0].str.strip().isin(["DERIVED", "SECONDARY"])
     lossy = (text("lossy_compression").str.strip() == "01") | text("transfer_syntax").isin(LOSSY_SYNTAXES)
     bits = header["bits_stored"].astype("Float64").fillna(0).to_numpy(float) if "bits_stored" in header else 0.0
     return pd.DataFrame({"bad": (header["status"] != str(Status.OK)).to_numpy(), "derived": derived.to_numpy(),

@@ -59,6 +59,7 @@ class InferOptions:
             models' training spacing as the target thickness).
         calibrate: apply each member's calibration (fitted on held-out predictions in training).
         exam_threshold: probability above which a slice counts in an exam's slice ranges.
+        follow_links: when building from DICOM folders, follow symbolic links that lead out of them.
     """
 
     device: str | None = None
@@ -69,6 +70,7 @@ class InferOptions:
     series_rules: SeriesRules | None = None
     calibrate: bool = True
     exam_threshold: float = 0.5
+    follow_links: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_series < 1 or (self.workers is not None and self.workers < 1):
@@ -197,7 +199,7 @@ def _build(dicom_dirs: list[Path], dataset: Path, models: list, crop: str, optio
     size = max(checkpoint["image_size"] for _, checkpoint in models)
     rules = options.series_rules or SeriesRules(target_thickness=_training_spacing(models))
     build = dict(image_size=size, crop=crop, workers=options.workers, num_parts=parts[0], part_id=parts[1],
-                 series_rules=rules, progress=progress)
+                 series_rules=rules, progress=progress, follow_links=options.follow_links)
     build_series(dicom_dirs, dataset, index_only=True, **build)
     requested_images(*load_index(dataset), requested, allow_missing)
     build_series(dicom_dirs, dataset, **build)

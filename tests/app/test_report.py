@@ -52,7 +52,7 @@ def predictions(trained_run: Path, tiny_dataset: Path, tmp_path_factory: pytest.
     frame = pd.read_parquet(InferFolder(out).predictions)
     if "study_uid" not in frame:
         frame = frame.merge(load_index(tiny_dataset)[0][["image_id", "study_uid"]], on="image_id")
-    key = frame.dropna(subset=["series_uid"]).sort_values("p_any").groupby("study_uid").tail(1)
+    key = frame.dropna(subset=["series_id"]).sort_values("p_any").groupby("study_uid").tail(1)
     key[["study_uid", "image_id", "p_any"]].rename(columns={"image_id": "key_image_id"}).to_csv(
         InferFolder(out).exams_csv, index=False)
     return out
@@ -96,7 +96,7 @@ def test_sections_follow_their_inputs(predictions: Path, tmp_path: Path) -> None
 
 
 def test_pick_series_puts_misses_first_then_false_alarms_then_loss() -> None:
-    frame = pd.DataFrame({"series_uid": ["miss"] * 2 + ["alarm"] * 2 + ["good"] * 2 + ["poor"] * 2,
+    frame = pd.DataFrame({"series_id": ["miss"] * 2 + ["alarm"] * 2 + ["good"] * 2 + ["poor"] * 2,
                           "p_any": [0.2, 0.3, 0.9, 0.1, 0.9, 0.1, 0.6, 0.45]})
     for name in ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural"):
         frame[f"p_{name}"] = 0.01
