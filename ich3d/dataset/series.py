@@ -116,7 +116,7 @@ def _place_without_geometry(out: pd.DataFrame, lost: np.ndarray, group: np.ndarr
     """Gives slices of a series without usable geometry (``lost``) the largest stack of their series and a
     position interpolated from their InstanceNumber among its slices; those that cannot be placed stay
     outside (``position`` NaN). They become ``missing_geometry`` (not read, predicted from the context)."""
-    position, stack = out["position"].to_numpy(), out["stack"].to_numpy()
+    position, stack = out["position"].to_numpy(copy=True), out["stack"].to_numpy(copy=True)
     number = out["instance_number"].astype("Float64").fillna(np.nan).to_numpy(float)
     placed = np.zeros(len(out), dtype=bool)
     for g in np.unique(group[lost]):

@@ -90,8 +90,10 @@ def exam_table(predictions: pd.DataFrame, series: pd.DataFrame, threshold: float
     bounds = _group_bounds(read["series_id"].to_numpy())
     arrays = _ExamArrays.of(read)
     chosen_rows = chosen.to_dict("index")
+    studies = images[images.index.get_level_values("study_uid") != ""].index.union(choices.index)
     rows = []
-    for exam, reason in choices.items():
+    for exam in studies:
+        reason = choices.get(exam, "no image of the study could be placed in a series")
         row = {"patient_id": exam[0] or None, "study_uid": exam[1] or None, "n_images": int(images.get(exam, 0))}
         if exam not in chosen_rows:
             rows.append(row | {"status": "no usable series", "n_predicted": 0, "reason": reason})

@@ -98,6 +98,8 @@ def format_g6(values: np.ndarray) -> np.ndarray:
         (n,) bytes (``S``) array.
     """
     x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:  # nothing to write (no image predicted): numpy's string ops refuse empty reductions
+        return np.empty(x.shape, dtype="S16")
     mag = np.abs(x)
     with np.errstate(divide="ignore", invalid="ignore"):
         guess = 5 - np.floor(np.log10(mag))
