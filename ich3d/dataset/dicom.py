@@ -28,6 +28,8 @@ from pydicom.errors import InvalidDicomError
 
 from ich3d.constants import Status
 from ich3d.dataset.codecs import decoder_problem
+from ich3d.dataset.geometry import orthonormal
+from ich3d.dataset.identity import escape_identifier
 
 #: Transfer syntaxes whose Pixel Data is stored raw at a fixed file offset, and their byte order.
 NATIVE_SYNTAXES: dict[str, str] = {
@@ -80,8 +82,6 @@ _BINARY_VRS = frozenset({"US", "SS", "UL", "SL"})
 _GEOMETRY = ("ipp_x", "ipp_y", "ipp_z", "iop_rx", "iop_ry", "iop_rz", "iop_cx", "iop_cy", "iop_cz")
 #: MediaStorageSOPClassUID of a media-storage directory file (DICOMDIR, whatever its file name).
 DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
-#: Largest deviation from unit length and from orthogonality accepted in ImageOrientationPatient's cosines.
-ORTHONORMAL_TOLERANCE = 0.01
 
 #: Columns of the series roles, as :func:`read_header` returns them.
 ROLE_COLUMNS: tuple[str, ...] = ("sop_class_uid", "modality", "image_type", "series_description", "series_number",
@@ -179,16 +179,6 @@ def check_row(row: dict[str, Any], assume_intercept: float | None) -> None:
         cosines = ", ".join(f"{row[name]:g}" for name in _GEOMETRY[3:])
         _fail(row, Status.MISSING_GEOMETRY, f"ImageOrientationPatient ({cosines}) is not two orthogonal unit vectors")
     _check_rescale(row, assume_intercept)
-
-
-def orthonormal(rx: float, ry: float, rz: float, cx: float, cy: float, cz: float) -> bool:
-    """True when the row and column cosines are unit vectors at right angles (within
-    :data:`ORTHONORMAL_TOLERANCE`); array arguments give an array (the index's columns at once)."""
-    row_norm = (rx * rx + ry * ry + rz * rz) ** 0.5
-    col_norm = (cx * cx + cy * cy + cz * cz) ** 0.5
-    dot = rx * cx + ry * cy + rz * cz
-    tol = ORTHONORMAL_TOLERANCE
-    return (abs(row_norm - 1) < tol) & (abs(col_norm - 1) < tol) & (abs(dot) < tol)
 
 
 def _fail(row: dict[str, Any], status: Status, exc: BaseException | str) -> None:
@@ -348,23 +338,6 @@ def _decode(element: Any, kind: str) -> Any:
     if not parts:
         return None
     return int(parts[0]) if kind in ("us", "is") else parts[0]
-
-
-def escape_identifier(value: bytes) -> str:
-    """An identifier's bytes as text, one-to-one: valid UTF-8 without a backslash or NUL is kept as it
-    is; otherwise every backslash becomes ``\\\\``, every NUL ``\\x00`` and every byte that is not
-    valid UTF-8 ``\\xNN``.
-
-    Two different byte strings never give the same text (``S\\xe9`` and ``S\\xfc`` for Latin-1 ``Sé``
-    and ``Sü``, never one replacement character), so identifiers are never merged by their decoding, and
-    a NUL can separate them in a key (:func:`ich3d.dataset.identity.series_ids`).
-    """
-    escaped = value.replace(b"\\", b"\\\\")
-    try:
-        text = escaped.decode("utf-8")
-    except UnicodeDecodeError:
-        text = escaped.decode("utf-8", "backslashreplace")
-    return text.replace("\x00", "\\x00")
 
 
 def _values(raw: Mapping[int, Any]) -> dict[str, Any]:

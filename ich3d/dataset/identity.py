@@ -1,7 +1,7 @@
 """Identity: the keys the package makes for images and series, checked for collisions here and only here.
 
 Header values (UIDs, descriptions) are data, kept verbatim (identifiers whose bytes are not valid
-text are escaped one-to-one, :func:`ich3d.dataset.dicom.escape_identifier`). Keys are made:
+text are escaped one-to-one, :func:`escape_identifier`). Keys are made:
 
 - An image's key (``image_id``) is its SOPInstanceUID (with ``#<frame>`` for a frame of a
   multi-frame file); a file without one is keyed by its path relative to the input folder, without a
@@ -38,6 +38,23 @@ LOSSY_SYNTAXES = frozenset({
     "1.2.840.10008.1.2.4.102", "1.2.840.10008.1.2.4.103", "1.2.840.10008.1.2.4.104", "1.2.840.10008.1.2.4.105",
     "1.2.840.10008.1.2.4.106", "1.2.840.10008.1.2.4.107", "1.2.840.10008.1.2.4.108", "1.2.840.10008.1.2.4.203",
 })
+
+
+def escape_identifier(value: bytes) -> str:
+    """An identifier's bytes as text, one-to-one: valid UTF-8 without a backslash or NUL is kept as it
+    is; otherwise every backslash becomes ``\\\\``, every NUL ``\\x00`` and every byte that is not
+    valid UTF-8 ``\\xNN``.
+
+    Two different byte strings never give the same text (``S\\xe9`` and ``S\\xfc`` for Latin-1 ``Sé``
+    and ``Sü``, never one replacement character), so identifiers are never merged by their decoding, and
+    a NUL can separate them in a key (:func:`series_ids`).
+    """
+    escaped = value.replace(b"\\", b"\\\\")
+    try:
+        text = escaped.decode("utf-8")
+    except UnicodeDecodeError:
+        text = escaped.decode("utf-8", "backslashreplace")
+    return text.replace("\x00", "\\x00")
 
 
 def path_key(relative_path: pd.Series) -> pd.Series:
@@ -99,17 +116,17 @@ def assign_image_ids(header: pd.DataFrame) -> pd.DataFrame:
         kept = order[~repeated].set_index("key")
         log.warning("%d files repeat an image found in another file (same SOPInstanceUID), e.g. %s: each used once",
                     len(duplicates), out.at[duplicates[0], "relative_path"])
-        notes = [_duplicate_note(out.loc[i], order.loc[i], kept.loc[key[i]], out) for i in duplicates]
+        path_of = dict(zip(out["relative_path"], out["path"]))
+        notes = [_duplicate_note(out.loc[i], order.loc[i], kept.loc[key[i]], path_of) for i in duplicates]
         out.loc[duplicates, "status"] = str(Status.DUPLICATE)
         out.loc[duplicates, "error"] = notes
         out.loc[duplicates, "image_id"] = (by_path + suffix)[duplicates]
     return _unique(out)
 
 
-def _duplicate_note(row: pd.Series, rank: pd.Series, original: pd.Series, header: pd.DataFrame) -> str:
+def _duplicate_note(row: pd.Series, rank: pd.Series, original: pd.Series, path_of: dict[str, str]) -> str:
     """Why a copy is not used: both files (relative paths), whether their bytes are the same, and what
-    made the other one the original."""
-    path_of = dict(zip(header["relative_path"], header["path"]))
+    made the other one (``original``: its rank and relative ``path``) the original."""
     same = _same_content(row["path"], path_of[original["path"]])
     why = next((reason for column, reason in _PREFERENCE if rank[column] != original[column]), "first in path order")
     content = "identical file" if same else f"different content; {why}"
@@ -136,7 +153,7 @@ def _unique(out: pd.DataFrame) -> pd.DataFrame:
 def series_ids(stacks: pd.DataFrame) -> pd.Series:
     """The key of each stack: the first :data:`SERIES_ID_DIGITS` hex digits of the SHA-256 of
     (patient ID, study UID, series UID, stack number), NUL-separated (escaped identifiers hold no NUL,
-    :func:`ich3d.dataset.dicom.escape_identifier`).
+    :func:`escape_identifier`).
 
     Args:
         stacks: one row per stack with ``patient_id``, ``study_uid``, ``series_uid`` (header values; absent

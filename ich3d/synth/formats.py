@@ -20,8 +20,8 @@ from pydicom.config import disable_value_validation
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from ich3d.dataset.geometry import slice_normals
 from ich3d.dataset.pixels import to_hu
-from ich3d.dataset.series import slice_normals
 
 T = TypeVar("T")
 _FLIP_XY = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS <-> RAS

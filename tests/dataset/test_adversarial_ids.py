@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pydicom
-import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from conftest import write_slice
+from ich3d.app.cli import main
 from ich3d.constants import Status
 from ich3d.dataset.build import build_series
 from ich3d.dataset.cache import load_series
@@ -187,6 +188,11 @@ def test_links_out_of_the_input_are_reported_not_followed(tmp_path: Path) -> Non
     assert json.loads((tmp_path / "ds/build.json").read_text())["outside_links"] == summary["outside_links"]
     slices, _, summary = build(tmp_path / "export", tmp_path / "followed", follow_links=True)
     assert set(slices["patient_id"]) == {"A", "B", "C"} and summary["outside_links"] == []
+    command = ["build-series", "--dicom-dir", str(tmp_path / "export"), "--image-size", "16", "--workers", "1"]
+    for flag, n_files in (([], 4), (["--follow-links"], 12)):
+        result = CliRunner().invoke(main, ["--quiet", *command, "--out", str(tmp_path / f"cli{n_files}"), *flag])
+        assert result.exit_code == 0, result.output
+        assert json.loads((tmp_path / f"cli{n_files}/build.json").read_text())["n_files"] == n_files
 
 
 def _directory_file(path: Path) -> Path:

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ich3d.dataset.series import IOP_COLUMNS, order_slices, series_table, slice_normals
+from ich3d.dataset.geometry import slice_normals
+from ich3d.dataset.series import IOP_COLUMNS, order_slices, series_table
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -101,6 +102,18 @@ def test_gap_a_tilt_change_and_another_image_size() -> None:
     assert table.loc[("mixed", 0), "mixed_orientation"] and table.loc[("mixed", 0), "n_slices"] == 3
     assert table.loc[("mixed", 1), "rows"] == 256 and table.loc[("mixed", 1), "n_slices"] == 1
     assert table.loc[("mixed", 0), "n_stacks"] == 2 and table.loc[("gap", 0), "n_slices"] == 5
+
+
+@pytest.mark.parametrize(("degrees", "n_stacks"), [(0.0, 1), (21.6, 1), (45.0, 2), (90.0, 2)])
+def test_stacks_split_reformats_but_not_tilt_changes(degrees: float, n_stacks: int) -> None:
+    """Within one series UID, planes 21.6 deg apart (cosine 0.93, a real RSNA tilt change) stay one stack."""
+    angle = np.deg2rad(degrees)
+    turned = (1.0, 0.0, 0.0, 0.0, np.cos(angle), -np.sin(angle))
+    slices = [fake(5.0 * i, i, f"a{i}") for i in range(4)] + [fake(5.0 * i, 9 + i, f"t{i}", turned) for i in range(3)]
+    out = order_slices(frame(slices))
+    assert out["series_id"].nunique() == n_stacks and (out["n_stacks"] == n_stacks).all()
+    largest = out.loc[out["stack"] == 0, "sop_uid"]
+    assert len(largest) == (4 if n_stacks == 2 else 7) and largest.str.startswith("a").sum() == 4
 
 
 def test_slices_without_geometry_or_series_are_left_out_and_last() -> None:
