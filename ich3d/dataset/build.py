@@ -206,7 +206,8 @@ def _summary(dicom_dirs: Sequence[Path], labels_csv: Path | None, files: InputFi
         "outside_links": [{"path": path, "target": target} for path, target in files.outside_links],
         "directory_files": meta.get("directory_files", []),
         "n_skipped": n_files - counts.get(str(Status.OK), 0), "n_series": len(series),
-        "n_series_uids_split": int(series.loc[series["n_stacks"] > 1, ["study_uid", "series_uid"]].drop_duplicates().shape[0]),
+        "n_series_uids_split": len(series.loc[series["n_stacks"] > 1, ["patient_id", "study_uid", "series_uid"]]
+                                   .drop_duplicates()),
         "series_flags": {flag: int(series[flag].sum()) for flag in flags},
         "series_roles": series["role"].value_counts().to_dict(), "n_series_predicted": int(series["predict"].sum()),
         "series_choice": choice_table(series),

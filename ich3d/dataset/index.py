@@ -169,7 +169,8 @@ def index_for(folder: DatasetFolder, files: InputFiles, labels_csv: Path | None,
 
 
 def part_series(series: pd.DataFrame, num_parts: int, part_id: int) -> list[str]:
-    """Series keys (series_id) of part ``part_id`` of ``num_parts``: rows i of series.parquet with i % K == I, in order."""
+    """Series keys (``series_id``) of part ``part_id`` of ``num_parts``: rows i of series.parquet with
+    i % K == I, in order."""
     if not 0 <= part_id < num_parts:
         raise InputError(f"--part-id {part_id} must be in 0..{num_parts - 1} (--num-parts {num_parts})")
     return series["series_id"].iloc[part_id::num_parts].tolist()

@@ -21,10 +21,11 @@ axial      everything else: original axial CT
 ========== ==========================================================================================
 
 Roles belong to stacks: a SeriesInstanceUID holding an axial stack and a sagittal one gives two rows,
-an ``axial`` and a ``reformat`` (:mod:`ich3d.dataset.series`). Per study, ``auto`` chooses one series among the roles of :data:`PREFERENCE` (in that order), then
-the slice thickness nearest the model's training thickness, then the most coverage, the most
-readable slices, the lowest SeriesNumber, the series UID and the stack key (deterministic). ``all`` predicts every
-series of an axial CT role (:data:`AXIAL_LIKE`). A rule file or a list of series UIDs overrides both.
+an ``axial`` and a ``reformat`` (:mod:`ich3d.dataset.series`). Per study, ``auto`` chooses one series
+among the roles of :data:`PREFERENCE` (in that order), then the slice thickness nearest the model's
+training thickness, then the most coverage, the most readable slices, the lowest SeriesNumber, the
+series UID and the stack key (deterministic). ``all`` predicts every series of an axial CT role
+(:data:`AXIAL_LIKE`). A rule file or a list of series UIDs overrides both.
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ def _contrast(series: pd.DataFrame) -> pd.Series:
 
 
 _RULES = ((Role.NON_CT, _non_ct), (Role.LOCALIZER, _localizer), (Role.REFORMAT, _reformat),
-          (Role.UNORDERED, _unordered), (Role.TOO_SHORT, _too_short), (Role.BONE_KERNEL, _bone_kernel), (Role.CONTRAST, _contrast))
+          (Role.UNORDERED, _unordered), (Role.TOO_SHORT, _too_short), (Role.BONE_KERNEL, _bone_kernel),
+          (Role.CONTRAST, _contrast))
 
 
 def assign_roles(series: pd.DataFrame) -> pd.DataFrame:

@@ -168,8 +168,8 @@ def _key_stacks(out: pd.DataFrame, inside: np.ndarray, group: np.ndarray) -> Non
     """Sets ``series_id``, ``stack`` and ``n_stacks`` (NA outside stacks) of the rows ``inside``."""
     stacks = pd.DataFrame({"group": group[inside], "stack": out["stack"].to_numpy()[inside]})
     n_stacks = stacks.groupby("group")["stack"].transform("nunique").to_numpy()
-    unique = stacks.assign(**{column: out[column].to_numpy(object)[inside]
-                              for column in ("patient_id", "study_uid", "series_uid")}).drop_duplicates(["group", "stack"])
+    owners = {column: out[column].to_numpy(object)[inside] for column in ("patient_id", "study_uid", "series_uid")}
+    unique = stacks.assign(**owners).drop_duplicates(["group", "stack"])
     unique["series_id"] = series_ids(unique).to_numpy()
     keyed = stacks.merge(unique[["group", "stack", "series_id"]], on=["group", "stack"], how="left")
     series_id = np.full(len(out), None, dtype=object)
