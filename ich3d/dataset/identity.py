@@ -107,7 +107,8 @@ def assign_image_ids(header: pd.DataFrame) -> pd.DataFrame:
     frame = out["frame"].astype("Int64")
     suffix = ("#" + frame.astype(str)).where(frame.notna(), "")
     key = out["sop_uid"].where(out["sop_uid"].notna(), by_path) + suffix
-    order = _copy_rank(out).assign(key=key, path=out["relative_path"])
+    shared = key.duplicated(keep=False).to_numpy()  # only copies need ranking (few rows)
+    order = _copy_rank(out[shared]).assign(key=key[shared], path=out["relative_path"][shared])
     order = order.sort_values(["key", "bad", "derived", "lossy", "bits", "path"], kind="stable")
     repeated = order.duplicated("key", keep="first")
     duplicates = order.index[repeated.to_numpy()]

@@ -59,12 +59,16 @@ def _greedy_stacks(normals: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     return np.argsort(rank)[label]
 
 
+def _first_rows(codes: np.ndarray) -> np.ndarray:
+    """(max code + 1,) the first row of each code (codes 0..K-1)."""
+    first = np.zeros(codes.max(initial=-1) + 1, dtype=np.int64)
+    first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)  # the last write of each code is its first row
+    return first
+
+
 def _stack_numbers(group: np.ndarray, normals: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """(N,) stack number of each slice within its series ``group`` (0: the largest stack)."""
-    frame = pd.DataFrame({"g": group})
-    first = frame.groupby("g").cumcount().to_numpy() == 0
-    anchor = np.zeros(group.max(initial=-1) + 1, dtype=np.int64)
-    anchor[group[first]] = np.flatnonzero(first)
+    anchor = _first_rows(group)
     cos = np.abs(np.einsum("ij,ij->i", normals, normals[anchor[group]]))
     same = (cos >= np.cos(np.deg2rad(STACK_ANGLE_DEG))) & (sizes == sizes[anchor[group]]).all(axis=1)
     stack = np.zeros(len(group), dtype=np.int64)
@@ -76,15 +80,10 @@ def _stack_numbers(group: np.ndarray, normals: np.ndarray, sizes: np.ndarray) ->
 
 def _oriented(normals: np.ndarray, stack_code: np.ndarray) -> np.ndarray:
     """(N, 3) each slice's stack normal: the mean of its stack's normals, each turned to the first's side."""
-    if not len(stack_code):
-        return normals
-    first = np.zeros(stack_code.max() + 1, dtype=np.int64)
-    order = np.argsort(stack_code, kind="stable")
-    starts = np.flatnonzero(np.r_[True, stack_code[order][1:] != stack_code[order][:-1]])
-    first[stack_code[order][starts]] = order[starts]
+    first = _first_rows(stack_code)
     sign = np.where(np.einsum("ij,ij->i", normals, normals[first[stack_code]]) < 0, -1.0, 1.0)
-    summed = np.zeros((len(first), 3))
-    np.add.at(summed, stack_code, normals * sign[:, None])
+    turned = normals * sign[:, None]
+    summed = np.stack([np.bincount(stack_code, turned[:, k], len(first)) for k in range(3)], axis=1)
     mean = summed[stack_code]
     return mean / np.linalg.norm(mean, axis=1, keepdims=True)
 
@@ -140,14 +139,14 @@ def order_slices(slices: pd.DataFrame) -> pd.DataFrame:
     geometry = out[list(IPP_COLUMNS + IOP_COLUMNS)].to_numpy(np.float64)
     grouped = (out["series_uid"].notna() & (out["status"] != str(Status.DUPLICATE))).to_numpy()
     usable = grouped & usable_geometry(geometry)
-    owner = [out[column].fillna("").astype(str)[grouped] for column in ("patient_id", "study_uid")]
     group = np.full(len(out), -1, dtype=np.int64)
-    group[grouped] = pd.MultiIndex.from_arrays([*owner, out["series_uid"][grouped]]).factorize()[0]
+    group[grouped] = _pair_codes(*(pd.factorize(out[column][grouped], use_na_sentinel=False)[0]
+                                   for column in ("patient_id", "study_uid", "series_uid")))
     normals = slice_normals(geometry[:, 3:])
     sizes = out[["rows", "cols"]].astype("Float64").fillna(-1).to_numpy(float)
     out["stack"] = np.where(usable, 0, -1)
     out.loc[usable, "stack"] = _stack_numbers(group[usable], normals[usable], sizes[usable])
-    code = pd.MultiIndex.from_arrays([group[usable], out["stack"].to_numpy()[usable]]).factorize()[0]
+    code = _pair_codes(group[usable], out["stack"].to_numpy()[usable])
     position = np.full(len(out), np.nan)
     position[usable] = np.einsum("ij,ij->i", geometry[usable, :3], _oriented(normals[usable], code))
     out["position"] = position
@@ -164,24 +163,31 @@ def order_slices(slices: pd.DataFrame) -> pd.DataFrame:
     return out.drop(columns="_outside").reset_index(drop=True)
 
 
+def _pair_codes(*codes: np.ndarray) -> np.ndarray:
+    """(N,) dense codes 0..K-1 of the tuples of non-negative integer ``codes``, in order of first appearance."""
+    combined = np.zeros(len(codes[0]), dtype=np.int64)
+    for code in codes:
+        combined = pd.factorize(combined * (int(code.max(initial=0)) + 1) + code)[0]
+    return combined
+
+
 def _key_stacks(out: pd.DataFrame, inside: np.ndarray, group: np.ndarray) -> None:
     """Sets ``series_id``, ``stack`` and ``n_stacks`` (NA outside stacks) of the rows ``inside``."""
-    stacks = pd.DataFrame({"group": group[inside], "stack": out["stack"].to_numpy()[inside]})
-    n_stacks = stacks.groupby("group")["stack"].transform("nunique").to_numpy()
-    owners = {column: out[column].to_numpy(object)[inside] for column in ("patient_id", "study_uid", "series_uid")}
-    unique = stacks.assign(**owners).drop_duplicates(["group", "stack"])
-    unique["series_id"] = series_ids(unique).to_numpy()
-    keyed = stacks.merge(unique[["group", "stack", "series_id"]], on=["group", "stack"], how="left")
+    stack = out["stack"].to_numpy()[inside].astype(np.int64)
+    code = _pair_codes(group[inside], stack)
+    first = np.flatnonzero(inside)[_first_rows(code)]  # one row of each stack
+    keys = series_ids(out.iloc[first][["patient_id", "study_uid", "series_uid"]].assign(stack=out["stack"].iloc[first]))
+    counts = np.bincount(group[first])[group[inside]]  # stacks of each row's series
     series_id = np.full(len(out), None, dtype=object)
-    series_id[inside] = keyed["series_id"].to_numpy()
+    series_id[inside] = keys.to_numpy()[code]
     out["series_id"] = pd.Series(series_id, index=out.index, dtype=object)
     full = np.zeros(len(out), dtype=np.int64)
-    full[inside] = n_stacks
+    full[inside] = counts
     out["stack"] = pd.Series(out["stack"].to_numpy(), index=out.index, dtype="Int64").where(inside)
     out["n_stacks"] = pd.Series(full, index=out.index, dtype="Int64").where(inside)
-    if (n_stacks > 1).any():
+    if (counts > 1).any():
         log.info("%d series UIDs hold several stacks (orientation or image size): each stack is a series",
-                 unique.loc[unique["stack"] > 0, "group"].nunique())
+                 len(np.unique(group[inside][counts > 1])))
 
 
 def _step_stats(series: np.ndarray, positions: np.ndarray) -> pd.DataFrame:
@@ -268,10 +274,12 @@ def _turned_normals(frame: pd.DataFrame) -> np.ndarray:
     """(N, 3) slice normals, NaN for slices placed without geometry, each turned to its stack's first side."""
     geometry = frame[list(IPP_COLUMNS + IOP_COLUMNS)].to_numpy(np.float64)
     normals = np.where(usable_geometry(geometry)[:, None], slice_normals(geometry[:, 3:]), np.nan)
-    first = frame.assign(nx=normals[:, 0], ny=normals[:, 1], nz=normals[:, 2]).groupby("series_id")[
-        ["nx", "ny", "nz"]].transform("first").to_numpy()
+    code = pd.factorize(frame["series_id"])[0]
+    found = np.isfinite(normals[:, 0])
+    first = np.full((code.max(initial=-1) + 1, 3), np.nan)
+    first[code[found][::-1]] = normals[found][::-1]  # the first usable normal of each stack
     with np.errstate(invalid="ignore"):
-        sign = np.where(np.einsum("ij,ij->i", normals, first) < 0, -1.0, 1.0)
+        sign = np.where(np.einsum("ij,ij->i", normals, first[code]) < 0, -1.0, 1.0)
     return normals * sign[:, None]
 
 
