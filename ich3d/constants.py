@@ -61,6 +61,7 @@ class Status(StrEnum):
     MISSING_RESCALE = "missing_rescale"  # CT slice without RescaleIntercept (HU unknown)
     DUPLICATE = "duplicate"  # the same image (SOPInstanceUID) as another file, which is used
     READ_ERROR = "read_error"  # I/O error (permissions, vanished file)
+    DIRECTORY = "directory"  # a media-storage directory file (DICOMDIR): counted, never an image row
 
 
 # Exit codes of the CLI (0 success; click itself uses 2 for usage errors).

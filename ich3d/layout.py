@@ -12,10 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-def cache_file_name(series_uid: str) -> str:
-    """File name of a series in ``cache/``: the UID with characters other than ``[A-Za-z0-9._~-]``
-    replaced by ``_``, plus ``.npy``."""
-    return re.sub(r"[^A-Za-z0-9._~-]", "_", series_uid) + ".npy"
+_SERIES_ID = re.compile(r"[0-9a-f]{16,64}")
+
+
+def cache_file_name(series_id: str) -> str:
+    """File name of a series in ``cache/``: ``<series_id>.npy``. A ``series_id`` is a key the package made
+    (hex digits, :func:`ich3d.dataset.identity.series_ids`), never a UID's text (docs/design.md §2).
+
+    Raises:
+        ValueError: ``series_id`` is not such a key (a UID passed by mistake).
+    """
+    if not _SERIES_ID.fullmatch(str(series_id)):
+        raise ValueError(f"not a series_id (a key of index/series.parquet): {str(series_id)[:80]!r}")
+    return f"{series_id}.npy"
 
 
 @dataclass(frozen=True)
@@ -56,8 +65,10 @@ class SynthFolder:
         return self.root / self.MASKS
 
     def mask_file(self, series_uid: str) -> Path:
-        """``masks/<series>.npz`` (the series UID made safe as in :func:`cache_file_name`)."""
-        return self.masks / (cache_file_name(series_uid).removesuffix(".npy") + ".npz")
+        """``masks/<series UID>.npz``: the generator's own UIDs (digits and dots under pydicom's root)."""
+        if not re.fullmatch(r"[0-9A-Za-z._-]{1,128}", series_uid):
+            raise ValueError(f"not a series UID of ich3d synth: {series_uid[:80]!r}")
+        return self.masks / f"{series_uid}.npz"
 
 
 @dataclass(frozen=True)
@@ -108,8 +119,9 @@ class DatasetFolder:
         """``cache/``: one ``<series>.npy`` per series, int16 HU, (N, S, S)."""
         return self.root / self.CACHE
 
-    def cache_file(self, series_uid: str) -> Path:
-        return self.cache / cache_file_name(series_uid)
+    def cache_file(self, series_id: str) -> Path:
+        """``cache/<series_id>.npy`` (:func:`cache_file_name`)."""
+        return self.cache / cache_file_name(series_id)
 
     def build_summary(self, num_parts: int = 1, part_id: int = 0) -> Path:
         """``build.json`` (``build-part-<I>.json`` for a job of several parts)."""

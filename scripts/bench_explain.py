@@ -52,7 +52,7 @@ def positive_slices(dataset: Path, labels: Path) -> pd.DataFrame:
     slices, _ = load_index(dataset)
     truth = read_labels(labels).labels
     slices = slices.drop(columns=list(truth.columns)).join(truth, on="image_id")
-    return slices[(slices["status"] == "ok") & slices["series_uid"].notna() & (slices["label_any"] == 1)]
+    return slices[(slices["status"] == "ok") & slices["series_id"].notna() & (slices["label_any"] == 1)]
 
 
 def score(explainer: Explainer, slices: pd.DataFrame, synth: SynthFolder, tolerances: list[float]) -> pd.DataFrame:

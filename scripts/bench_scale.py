@@ -288,7 +288,7 @@ def _score_step(meter: Meter, dataset: Path, labels: Path, sample: Path | None, 
     images = pd.Index(slices["image_id"], name="image_id")
     probs = pd.DataFrame(np.random.default_rng(SEED).random((len(images), len(LABELS))), index=images,
                          columns=list(LABELS))
-    series_of = slices.dropna(subset=["series_uid"]).set_index("image_id")["series_uid"]
+    series_of = slices.dropna(subset=["series_id"]).set_index("image_id")["series_id"]
     out.mkdir(parents=True, exist_ok=True)
     del slices
     meter.loaded()

@@ -166,7 +166,7 @@ def main() -> None:
     dataset = prepare_dataset(args.data, config.data.image_size, args.series, args.source_size)
     print(f"dataset ready in {time.perf_counter() - began:.1f} s: {dataset}")
     slices, series = load_index(dataset)
-    table = build_table(dataset, slices, list(series["series_uid"]))
+    table = build_table(dataset, slices, list(series["series_id"]))
     prevalence = table.labels[table.labeled_readable()].mean(axis=0)
     with tempfile.TemporaryDirectory() as run:
         folder = RunFolder(Path(run)).fold(0)

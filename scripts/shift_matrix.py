@@ -62,8 +62,8 @@ def built(folder: Path, split: str, image_size: int) -> Path:
     """The ``build-series`` dataset of a split (training labels joined), built once."""
     dataset = folder / f"dataset-{split}-{image_size}"
     labels = folder / "stage_2_train.csv" if split == "train" else None
-    ich3d.build_series([folder / f"stage_2_{split}"], dataset, labels_csv=labels, image_size=image_size,
-                       workers=2, progress=False)
+    ich3d.build_series([folder / f"stage_2_{split}"], dataset, labels_csv=labels,
+                       options=ich3d.BuildOptions(image_size=image_size, workers=2, progress=False))
     return dataset
 
 

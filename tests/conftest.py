@@ -138,13 +138,22 @@ def clinical_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def series_key(dataset: Path, series_uid: str) -> str:
+    """The ``series_id`` of the one stack of ``series_uid`` in a built dataset (the key of its cache file)."""
+    from ich3d.dataset.index import load_index
+
+    keys = load_index(dataset)[1].set_index("series_uid")["series_id"]
+    assert (keys.index == series_uid).sum() == 1, f"{series_uid}: not one stack"
+    return str(keys[series_uid])
+
+
 def clean_series(dataset: Path) -> dict[str, list[Path]]:
     """The series of a built dataset whose every slice is readable: series UID → its files in slice order."""
     from ich3d.dataset.index import load_index
 
     slices, series = load_index(dataset)
-    clean = series.loc[series["n_ok"] == series["n_slices"], "series_uid"]
-    rows = slices[slices["series_uid"].isin(clean)].sort_values(["series_uid", "slice_index"])
+    clean = series.loc[series["n_ok"] == series["n_slices"], "series_id"]
+    rows = slices[slices["series_id"].isin(clean)].sort_values(["series_uid", "slice_index"])
     return {uid: [Path(p) for p in group["path"]] for uid, group in rows.groupby("series_uid", sort=True)}
 
 

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
+from conftest import series_key
 from ich3d.app.cli import main
 from ich3d.dataset.cache import load_series
 from ich3d.dataset.index import load_index
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.slow
 def _series_files(dataset: Path) -> dict[str, list[Path]]:
     """Every series of a dataset (its unreadable files included): UID → files in slice order."""
     slices, _ = load_index(dataset)
-    rows = slices[slices["series_uid"].notna()].sort_values(["series_uid", "slice_index"])
+    rows = slices[slices["series_id"].notna()].sort_values(["series_uid", "slice_index"])
     return {uid: [Path(p) for p in group["path"]] for uid, group in rows.groupby("series_uid", sort=True)}
 
 
@@ -81,6 +82,8 @@ def test_mixed_encodings_build_and_predict_like_uncompressed(tiny_dataset: Path,
 
     built, want = InferFolder(tmp_path / "got").dataset, InferFolder(tmp_path / "expected").dataset
     for uid in (plain, j2k, rle, jpeg_ls, enhanced):
-        np.testing.assert_array_equal(load_series(built, uid), load_series(want, uid))
-    difference = load_series(built, f"nifti/{volume}.nii.gz").astype(int) - load_series(want, volume)
+        np.testing.assert_array_equal(load_series(built, series_key(built, uid)),
+                                      load_series(want, series_key(want, uid)))
+    difference = (load_series(built, series_key(built, f"nifti/{volume}.nii.gz")).astype(int)
+                  - load_series(want, series_key(want, volume)))
     assert np.abs(difference).max() <= 1

@@ -111,7 +111,7 @@ def verbosity_options(command: Callable) -> Callable:
 
 
 def series_options(command: Callable) -> Callable:
-    """Adds the per-study series choice (--series, --series-rules, --series-uid) to a command."""
+    """Adds the per-study series choice (--series, --series-rules, --series-uid) and --follow-links to a command."""
     for option in reversed([
         click.option("--series", "series_mode", type=click.Choice(["auto", "all"]), default="auto", show_default=True,
                      help="auto: per study the soft-kernel, non-contrast axial series nearest the target thickness; "
@@ -119,6 +119,8 @@ def series_options(command: Callable) -> Callable:
         click.option("--series-rules", type=ExistingFile,
                      help="YAML/JSON rules overriding the choice (include, exclude, roles)."),
         click.option("--series-uid", "series_uids", multiple=True, help="Predict exactly these series (repeatable)."),
+        click.option("--follow-links", is_flag=True,
+                     help="Follow symbolic links that lead out of --dicom-dir [default: reported, not followed]."),
     ]):
         command = option(command)
     return command
@@ -242,8 +244,8 @@ def synth(ctx: click.Context, out: Path, layout_name: str, n_series: int, n_test
 def build_series_command(ctx: click.Context, dicom_dirs: tuple[Path, ...], nifti: tuple[Path, ...],
                          labels: Path | None, labels_format: str, out: Path, image_size: int, workers: int | None,
                          overwrite: bool, num_parts: int, part_id: int, index_only: bool, crop: str, series_mode: str,
-                         series_rules: Path | None, series_uids: tuple[str, ...], target_thickness: float,
-                         assume_intercept: float | None, strict: bool) -> None:
+                         series_rules: Path | None, series_uids: tuple[str, ...], follow_links: bool,
+                         target_thickness: float, assume_intercept: float | None, strict: bool) -> None:
     """Index DICOM files and NIfTI volumes into series, choose the series to read, join labels and cache HU."""
     from ich3d.app.console import print_build_summary
     from ich3d.dataset.build import BuildOptions, build_series, require_usable
@@ -256,7 +258,8 @@ def build_series_command(ctx: click.Context, dicom_dirs: tuple[Path, ...], nifti
     rules = load_rules(series_rules, series_mode, target_thickness, series_uids)
     options = BuildOptions(image_size=image_size, crop=crop, workers=workers, overwrite=overwrite,
                            index_only=index_only, shard=Shard(num_parts, part_id), assume_intercept=assume_intercept,
-                           series_rules=rules, labels_format=labels_format, progress=not _quiet(ctx))
+                           series_rules=rules, labels_format=labels_format, progress=not _quiet(ctx),
+                           follow_links=follow_links)
     summary = build_series(list(dicom_dirs), out, labels_csv=labels, options=options)
     print_build_summary(summary, _console(ctx))
     require_usable(summary, out)
@@ -347,7 +350,8 @@ def infer(ctx: click.Context, runs: tuple[Path, ...], dataset: Path | None, dico
           nifti: tuple[Path, ...], sample_submission: Path | None, out: Path, allow_missing: bool, num_parts: int,
           part_id: int,
           device: str | None, batch_series: int, workers: int | None, amp: bool, resample: str, series_mode: str,
-          series_rules: Path | None, series_uids: tuple[str, ...], threshold: float | None, calibration: bool) -> None:
+          series_rules: Path | None, series_uids: tuple[str, ...], follow_links: bool, threshold: float | None,
+          calibration: bool) -> None:
     """Predict every image and every exam: submission.csv, predictions.parquet, exams.csv.
 
     With --dicom-dir the series choice options apply to the dataset built in OUT/dataset (target
@@ -362,7 +366,7 @@ def infer(ctx: click.Context, runs: tuple[Path, ...], dataset: Path | None, dico
     rules = load_rules(series_rules, series_mode, series_uids=series_uids) if custom else None
     options = InferOptions(device=device, batch_series=batch_series, workers=workers, amp=amp, resample=resample,
                            series_rules=rules, calibrate=calibration, exam_threshold=threshold,
-                           allow_missing=allow_missing, shard=Shard(num_parts, part_id))
+                           allow_missing=allow_missing, shard=Shard(num_parts, part_id), follow_links=follow_links)
     summary = predict(list(runs), out, dataset=dataset, dicom_dirs=[*dicom_dirs, *nifti],
                       sample_submission=sample_submission, options=options, progress=not _quiet(ctx))
     print_infer_summary(summary, _console(ctx))

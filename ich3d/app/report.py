@@ -219,7 +219,7 @@ def _score_table(inputs: _Inputs, options: ReportOptions) -> str:
     if not len(frame):
         return "<p>No labelled image was predicted: nothing to score (the labels cover skipped series only).</p>"
     pred = frame[PROBS].to_numpy(np.float64)
-    groups = frame["series_uid"].fillna(frame["image_id"]).to_numpy()
+    groups = frame["series_id"].fillna(frame["image_id"]).to_numpy()
     prior = prior_predictions(inputs.prior, len(pred)) if inputs.prior is not None else None
     loss, ece = per_label_log_loss(truth, pred), per_label_ece(truth, pred)
     prior_loss = per_label_log_loss(truth, prior) if prior is not None else {}
@@ -273,7 +273,7 @@ def _gallery(inputs: _Inputs, options: ReportOptions) -> Section | None:
     if inputs.dataset is None:
         return None
     frame = inputs.predictions.assign(_row=np.arange(len(inputs.predictions)))
-    frame = frame[(frame["predicted_by"] == "model") & frame["series_uid"].notna()]
+    frame = frame[(frame["predicted_by"] == "model") & frame["series_id"].notna()]
     if inputs.truth is not None:
         truth = inputs.truth[frame["_row"], 0]
         groups = [("False positives (labelled negative, highest p(any))",
@@ -305,7 +305,7 @@ def _card(inputs: _Inputs, row: dict[str, Any], explanation: Any) -> str:
     if explanation is not None:
         hu, images = explanation.hu, [_rgb(bsb(explanation.hu)), explanation.overlay("any")]
     else:
-        hu = np.asarray(inputs.dataset.hu(row["series_uid"])[int(row["slice_index"])])
+        hu = np.asarray(inputs.dataset.hu(row["series_id"])[int(row["slice_index"])])
         images = [_rgb(bsb(hu))]
     head = figures.head_box(hu)
     pngs = [figures.image_png(figures.shrink(image[head], 256)) for image in images]

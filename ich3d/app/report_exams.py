@@ -210,7 +210,7 @@ def _exam_images(inputs: ReportInputs, keys: dict[str, str | None],
     images = {}
     for study, key in read.items():
         row = by_id.loc[key]
-        thumb = cache_thumbnail(inputs.dataset, row["series_uid"], int(row["slice_index"]))
+        thumb = cache_thumbnail(inputs.dataset, row["series_id"], int(row["slice_index"]))
         heat = explained[key].overlay("any")[figures.head_box(explained[key].hu)] if key in explained else None
         images[study] = ExamImages(*(None if image is None else figures.image_png(figures.shrink(image, 128))
                                      for image in (thumb, heat)))
@@ -256,11 +256,11 @@ def _key_images(exams: pd.DataFrame, predictions: pd.DataFrame) -> list[str | No
     return [None] * len(exams)
 
 
-def cache_thumbnail(dataset: Dataset | None, series_uid: str, index: int) -> np.ndarray | None:
+def cache_thumbnail(dataset: Dataset | None, series_id: str, index: int) -> np.ndarray | None:
     """(h, w) uint8 brain window of a cached slice, cut to the head (None without a dataset or cache file)."""
-    if dataset is None or not dataset.folder.cache_file(series_uid).is_file():
+    if dataset is None or not dataset.folder.cache_file(series_id).is_file():
         return None
-    hu = np.asarray(dataset.hu(series_uid)[index])
+    hu = np.asarray(dataset.hu(series_id)[index])
     return scaled_window(hu, *WINDOWS["brain"])[figures.head_box(hu)]
 
 

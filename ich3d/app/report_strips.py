@@ -31,10 +31,10 @@ def pick_series(predictions: pd.DataFrame, truth: np.ndarray | None, limit: int)
     topograms or bone kernels, are never picked): labelled series first — series-level false negatives
     (labelled positive, max p(any) < THRESHOLD), then false positives, then the others by their weighted
     log loss, each group by loss — then unlabelled series by max p(any), highest risk first.
-    Returns up to ``limit`` (series_uid, reason)."""
-    frame = predictions.assign(_row=np.arange(len(predictions))).dropna(subset=["series_uid", "p_any"])
+    Returns up to ``limit`` (series_id, reason)."""
+    frame = predictions.assign(_row=np.arange(len(predictions))).dropna(subset=["series_id", "p_any"])
     picked = []
-    for uid, rows in frame.groupby("series_uid", sort=False):
+    for uid, rows in frame.groupby("series_id", sort=False):
         score = float(rows["p_any"].max())
         true = truth[rows["_row"]] if truth is not None else None
         if true is None or np.isnan(true[:, 0]).all():
@@ -55,7 +55,7 @@ def strips_section(inputs: ReportInputs, options: ReportOptions) -> Section | No
     chosen = pick_series(inputs.predictions, inputs.truth, options.max_series)
     if not chosen:
         return None
-    n_read = frame.dropna(subset=["p_any"])["series_uid"].nunique()
+    n_read = frame.dropna(subset=["p_any"])["series_id"].nunique()
     if inputs.truth is not None:
         order = (f"labelled series first: series-level false negatives, then false positives (called at p(any) &ge; "
                  f"{THRESHOLD}), then by weighted log loss; then unlabelled series by p(any). Thumbnails "
@@ -67,7 +67,7 @@ def strips_section(inputs: ReportInputs, options: ReportOptions) -> Section | No
             _legend(inputs.truth is not None)]
     descriptions = series_descriptions(inputs.dataset)
     for uid, reason in chosen:
-        rows = frame[frame["series_uid"] == uid].sort_values("slice_index")
+        rows = frame[frame["series_id"] == uid].sort_values("slice_index")
         probs = rows[PROB_COLUMNS].to_numpy(np.float64)
         truth = inputs.truth[rows["_row"]] if inputs.truth is not None else None
         keys = _key_slices(probs, truth, rows)

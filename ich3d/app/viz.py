@@ -69,7 +69,7 @@ def show_image(dataset: Dataset | Path, image: str, out: Path) -> Path:
     return _save(fig, out)
 
 
-def show_series(dataset: Dataset | Path, series_uid: str, out: Path, max_slices: int = 36,
+def show_series(dataset: Dataset | Path, series: str, out: Path, max_slices: int = 36,
                 channels: str = "brain") -> Path:
     """Draw a montage of one series from the HU cache, slices in sorted order, and write it as a PNG.
 
@@ -78,7 +78,8 @@ def show_series(dataset: Dataset | Path, series_uid: str, out: Path, max_slices:
 
     Args:
         dataset: a dataset folder written by ``ich3d build-series``.
-        series_uid: a series of ``index/series.parquet``.
+        series: a series of ``index/series.parquet``: its ``series_id``, or a SeriesInstanceUID (its
+            largest stack).
         out: the PNG to write (folders are created).
         max_slices: at most this many tiles; longer series are sampled evenly (first and last kept).
         channels: "brain" (brain window, grey) or "bsb" (brain/subdural/soft-tissue windows as RGB).
@@ -94,12 +95,15 @@ def show_series(dataset: Dataset | Path, series_uid: str, out: Path, max_slices:
                          f"(got {channels!r}, {max_slices})")  # fmt: skip
     dataset = Dataset.of(dataset)
     slices = dataset.slices
-    rows = slices[slices["series_uid"] == series_uid].sort_values("slice_index")
+    keyed = slices["series_id"] == series
+    rows = slices[keyed if keyed.any() else (slices["series_uid"] == series) & (slices["stack"] == 0)]
+    rows = rows.sort_values("slice_index")
     if rows.empty:
         known = slices["series_uid"].dropna().unique()
-        raise InputError(f"unknown series {series_uid!r}: not in {dataset.folder.series} ({len(known)} series, "
+        raise InputError(f"unknown series {series!r}: not in {dataset.folder.series} ({len(known)} series, "
                          f"e.g. {', '.join(map(str, known[:3]))})")  # fmt: skip
-    volume = dataset.hu(series_uid)
+    series_uid = rows["series_uid"].iloc[0]
+    volume = dataset.hu(rows["series_id"].iloc[0])
     shown = np.unique(np.linspace(0, len(rows) - 1, min(len(rows), max_slices)).round().astype(int))
     ncols = math.ceil(math.sqrt(len(shown)))
     nrows = math.ceil(len(shown) / ncols)
@@ -135,9 +139,9 @@ def show_series_of_image(dataset: Dataset | Path, image: str, out: Path, max_sli
     """:func:`show_series` of the series holding `image` (an image ID or DICOM path of the index)."""
     dataset = Dataset.of(dataset)
     row, _ = dataset.find_image(image, need_pixels=False)
-    if not row.get("series_uid"):
+    if not isinstance(row.get("series_id"), str):
         raise InputError(f"{image}: not part of a series in {dataset.root}, nothing to draw")
-    return show_series(dataset, row["series_uid"], out, max_slices=max_slices)
+    return show_series(dataset, row["series_id"], out, max_slices=max_slices)
 
 
 def _header_window(row: dict[str, Any]) -> tuple[float, float, str]:

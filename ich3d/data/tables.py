@@ -38,7 +38,8 @@ class SeriesTable:
 
     Attributes:
         dataset: the dataset folder (for the cache files).
-        series_uids: (n_series,) series identifiers.
+        series_uids: (n_series,) the series' keys (``series_id`` of the index: a stack of a
+            SeriesInstanceUID, docs/design.md §2).
         offsets: (n_series + 1,) int64, slices of series i are ``offsets[i]:offsets[i + 1]``.
         labels: (n_slices, 6) float32, NaN where unlabeled.
         readable: (n_slices,) bool, False where the pixels could not be read.
@@ -111,9 +112,10 @@ def _rows_of(offsets: np.ndarray, series_ids: np.ndarray) -> np.ndarray:
 
 
 def build_table(dataset: Path, slices: pd.DataFrame, series_uids: list[str]) -> SeriesTable:
-    """Gathers the index rows of ``series_uids`` (in that order) into a :class:`SeriesTable`."""
-    rows = slices[slices["series_uid"].isin(series_uids)]
-    order = pd.Categorical(rows["series_uid"], categories=series_uids, ordered=True)
+    """Gathers the index rows of the series keyed ``series_uids`` (``series_id`` values, in that order)
+    into a :class:`SeriesTable`."""
+    rows = slices[slices["series_id"].isin(series_uids)]
+    order = pd.Categorical(rows["series_id"], categories=series_uids, ordered=True)
     rows = rows.assign(_order=order).sort_values(["_order", "slice_index"], kind="stable")
     offsets = offsets_of(rows.groupby("_order", observed=False).size().to_numpy())
     patient = rows.groupby("_order", observed=False)["patient_id"].first().to_numpy()

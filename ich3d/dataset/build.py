@@ -4,7 +4,7 @@ Two passes over a process pool. The header pass reads every file's header (never
 chunks and returns small typed DataFrames; series are then grouped, sorted and flagged for the whole
 index at once (:mod:`ich3d.dataset.series`), labels joined (:mod:`ich3d.dataset.labels`) and the
 index written (:mod:`ich3d.dataset.index`). The pixel pass gives each worker whole series: it reads
-the pixels, converts and resizes them and writes ``cache/<series_uid>.npy`` itself, returning only
+the pixels, converts and resizes them and writes ``cache/<series_id>.npy`` itself, returning only
 failure records (sending arrays back to the parent capped throughput at ~250 files/s on 2 cores).
 
 Resuming: the index is reused when the input files (paths, sizes, mtimes) and the labels file are
@@ -70,7 +70,7 @@ def _pixel_pass(folder: DatasetFolder, slices: pd.DataFrame, series: pd.DataFram
     mine = part_series(series[series["build_cache"]], options.shard)
     journal = CacheJournal(folder, part_id, files_id, size, crop)
     done = {} if options.overwrite else journal.finished()
-    length = dict(zip(series["series_uid"], series["n_slices"].astype(int)))
+    length = dict(zip(series["series_id"], series["n_slices"].astype(int)))
     damaged = [uid for uid in mine if uid in done and folder.cache_file(uid).exists()
                and not cache_file_ok(folder.cache_file(uid), length[uid], size)]
     todo = [uid for uid in mine if uid not in done or uid in damaged or not folder.cache_file(uid).is_file()]
@@ -94,7 +94,7 @@ def _pixel_pass(folder: DatasetFolder, slices: pd.DataFrame, series: pd.DataFram
     write_parquet(failures, folder.failures(part_id), meta)
     boxes = [(uid, *done[uid].box) for uid in mine if done[uid].box is not None]
     folder.crops.mkdir(parents=True, exist_ok=True)
-    write_parquet(pd.DataFrame(boxes, columns=["series_uid", *CROP_COLUMNS]).astype({"series_uid": STR}),
+    write_parquet(pd.DataFrame(boxes, columns=["series_id", *CROP_COLUMNS]).astype({"series_id": STR}),
                   folder.crop_file(part_id), meta)
     return {"crop": crop, "series_cropped": len(boxes),"series_in_part": len(mine), "series_built": len(todo), "series_already_done": len(mine) - len(todo),
             "damaged_cache_files_rebuilt": len(damaged), "slices_built": sum(length[u] for u in todo),
@@ -104,13 +104,13 @@ def _pixel_pass(folder: DatasetFolder, slices: pd.DataFrame, series: pd.DataFram
 def _log_pixel_scope(slices: pd.DataFrame, series: pd.DataFrame, mine: list[str], todo: list[str]) -> None:
     """One line saying which of the files the pixel pass reads and where the others went, so that its
     count (images of the series to cache) adds up to the number of files."""
-    cached = slices["series_uid"].isin(series.loc[series["build_cache"], "series_uid"])
-    in_part = slices["series_uid"].isin(mine)
-    others = {"already cached": int(slices["series_uid"].isin(set(mine) - set(todo)).sum()),
+    cached = slices["series_id"].isin(series.loc[series["build_cache"], "series_id"])
+    in_part = slices["series_id"].isin(mine)
+    others = {"already cached": int(slices["series_id"].isin(set(mine) - set(todo)).sum()),
               "in other parts": int((cached & ~in_part).sum()),
               "in series not read (other role or not chosen)": int((~cached & (slices["status"] == Status.OK)).sum()),
               **slices.loc[~cached & (slices["status"] != Status.OK), "status"].astype(str).value_counts().to_dict()}
-    n_todo = int(slices["series_uid"].isin(todo).sum())
+    n_todo = int(slices["series_id"].isin(todo).sum())
     rest = ", ".join(f"{n} {what}" for what, n in others.items() if n)
     log.info("pixels: %d of %d images to cache (%d series)%s", n_todo, len(slices), len(todo),
              f"; the other {len(slices) - n_todo}: {rest}" if rest else "")
@@ -146,11 +146,14 @@ def build_series(dicom_dirs: Sequence[Path], out: Path, labels_csv: Path | None 
     part = f"part {part_id} of dataset folder {folder.root}" if num_parts > 1 else f"dataset folder {folder.root}"
     with process_pool(workers) as pool, FolderLock(folder.part_lock(part_id), part):  # a second build is refused
         with FolderLock(folder.lock, f"dataset folder {folder.root}", wait=True):  # parts take turns on the index
-            files = collect_files(dicom_dirs, exclude=folder.root)
+            files = collect_files(dicom_dirs, exclude=folder.root, follow_links=options.follow_links)
             log.info("%d candidate files in %d folders (%d ignored)", len(files.paths), len(dicom_dirs),
                      files.n_ignored)
             for path, error in files.unreadable:
                 log.warning("cannot read %s (%s): its files are left out", path, error)
+            if files.outside_links:
+                log.warning("%d links lead out of the input, e.g. %s -> %s: not followed (--follow-links follows "
+                            "them)", len(files.outside_links), *files.outside_links[0])
             timings = {"collect_s": time.perf_counter() - began}
             slices, series, meta = index_for(folder, files, labels_csv, pool, options)
             timings["index_s"] = time.perf_counter() - began - timings["collect_s"]  # header pass included
@@ -189,7 +192,7 @@ def _summary(dicom_dirs: Sequence[Path], labels_csv: Path | None, files: InputFi
     for status, n in pixels.get("pixel_failures", {}).items():
         counts[status] = counts.get(status, 0) + n
         counts[str(Status.OK)] -= n
-    flags = ["has_duplicate_positions", "has_gaps", "mixed_orientation", "mixed_size", "gantry_tilt"]
+    flags = ["has_duplicate_positions", "all_one_position", "has_gaps", "mixed_orientation", "gantry_tilt"]
     n_files = len(slices)  # images: a multi-frame file or a NIfTI volume holds several
     nifti = slices[(slices["transfer_syntax"] == NIFTI_SYNTAX) & (slices["error"] != "")]
     return {
@@ -199,7 +202,11 @@ def _summary(dicom_dirs: Sequence[Path], labels_csv: Path | None, files: InputFi
         "transfer_syntaxes": slices["transfer_syntax"].fillna("none").value_counts().to_dict(),
         "nifti_notes": nifti.drop_duplicates("path")[["path", "error"]].to_dict("records"),
         "unreadable_paths": [{"path": path, "error": error} for path, error in files.unreadable],
+        "outside_links": [{"path": path, "target": target} for path, target in files.outside_links],
+        "directory_files": meta.get("directory_files", []),
         "n_skipped": n_files - counts.get(str(Status.OK), 0), "n_series": len(series),
+        "n_series_uids_split": len(series.loc[series["n_stacks"] > 1, ["patient_id", "study_uid", "series_uid"]]
+                                   .drop_duplicates()),
         "series_flags": {flag: int(series[flag].sum()) for flag in flags},
         "series_roles": series["role"].value_counts().to_dict(), "n_series_predicted": int(series["predict"].sum()),
         "series_choice": choice_table(series),

@@ -136,12 +136,12 @@ def write_atomic(path: Path, array: np.ndarray) -> None:
         np.save(file, array)
 
 
-def load_series(dataset: Path, series_uid: str, mmap: bool = True) -> np.ndarray:
+def load_series(dataset: Path, series_id: str, mmap: bool = True) -> np.ndarray:
     """The cached volume of one series.
 
     Args:
         dataset: the dataset folder written by ``ich3d build-series``.
-        series_uid: as in ``index/series.parquet``.
+        series_id: the series' key in ``index/series.parquet`` (not its SeriesInstanceUID).
         mmap: memory-map the file (read-only) instead of reading it.
 
     Returns:
@@ -151,9 +151,12 @@ def load_series(dataset: Path, series_uid: str, mmap: bool = True) -> np.ndarray
     Raises:
         InputError: no cache file for this series, or a damaged one.
     """
-    path = DatasetFolder(Path(dataset)).cache_file(series_uid)
+    try:
+        path = DatasetFolder(Path(dataset)).cache_file(series_id)
+    except ValueError as exc:
+        raise InputError(f"{dataset}: {exc}") from None
     if not path.is_file():
-        raise InputError(f"{path}: no cache file for series {series_uid}; run `ich3d build-series` "
+        raise InputError(f"{path}: no cache file for series {series_id}; run `ich3d build-series` "
                          f"(with the same --num-parts/--part-id jobs) to complete the dataset")
     try:
         return np.load(path, mmap_mode="r" if mmap else None)

@@ -28,6 +28,8 @@ from pydicom.errors import InvalidDicomError
 
 from ich3d.constants import Status
 from ich3d.dataset.codecs import decoder_problem
+from ich3d.dataset.geometry import orthonormal
+from ich3d.dataset.identity import escape_identifier
 
 #: Transfer syntaxes whose Pixel Data is stored raw at a fixed file offset, and their byte order.
 NATIVE_SYNTAXES: dict[str, str] = {
@@ -43,10 +45,10 @@ _ERROR_CHARS = 300
 # (column, tag, kind): what the header pass keeps. kind: str | us (binary, US) | is (text, IS) | floats |
 # first (first of a multi-valued DS).
 _FIELDS: tuple[tuple[str, int, str], ...] = (
-    ("sop_uid", 0x00080018, "str"),
-    ("patient_id", 0x00100020, "str"),
-    ("study_uid", 0x0020000D, "str"),
-    ("series_uid", 0x0020000E, "str"),
+    ("sop_uid", 0x00080018, "id"),
+    ("patient_id", 0x00100020, "id"),
+    ("study_uid", 0x0020000D, "id"),
+    ("series_uid", 0x0020000E, "id"),
     ("instance_number", 0x00200013, "is"),
     # what decides a series' role (docs/design.md §11): kept as written, multi-values joined by "\"
     ("sop_class_uid", 0x00080016, "str"),
@@ -73,10 +75,13 @@ _FIELDS: tuple[tuple[str, int, str], ...] = (
     ("window_width", 0x00281051, "first"),
     ("rescale_intercept", 0x00281052, "first"),
     ("rescale_slope", 0x00281053, "first"),
+    ("lossy_compression", 0x00282110, "str"),  # which copy of an image is the original (identity.py)
 )
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UT"})
 _BINARY_VRS = frozenset({"US", "SS", "UL", "SL"})
 _GEOMETRY = ("ipp_x", "ipp_y", "ipp_z", "iop_rx", "iop_ry", "iop_rz", "iop_cx", "iop_cy", "iop_cz")
+#: MediaStorageSOPClassUID of a media-storage directory file (DICOMDIR, whatever its file name).
+DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
 
 #: Columns of the series roles, as :func:`read_header` returns them.
 ROLE_COLUMNS: tuple[str, ...] = ("sop_class_uid", "modality", "image_type", "series_description", "series_number",
@@ -88,7 +93,7 @@ HEADER_COLUMNS: tuple[str, ...] = (
     + ROLE_COLUMNS
     + _GEOMETRY
     + ("rows", "cols", "pixel_spacing", "bits_allocated", "bits_stored", "pixel_representation")
-    + ("rescale_intercept", "rescale_slope", "window_center", "window_width", "transfer_syntax")
+    + ("rescale_intercept", "rescale_slope", "window_center", "window_width", "transfer_syntax", "lossy_compression")
     + ("pixel_offset", "pixel_length", "status", "error")
 )
 
@@ -142,7 +147,12 @@ def read_file_row(path: str | Path) -> tuple[dict[str, Any], int | None]:
     try:
         with open(path, "rb") as fp:
             file_size = os.fstat(fp.fileno()).st_size
-            parsed = _scan_native(fp.read(_SCAN_BYTES))
+            head = fp.read(_SCAN_BYTES)
+            if _media_storage_class(head) == DIRECTORY_SOP_CLASS:
+                _fail(row, Status.DIRECTORY, "media-storage directory file (DICOMDIR, SOP class "
+                                             f"{DIRECTORY_SOP_CLASS}): it lists files, it is not an image")
+                return row, None
+            parsed = _scan_native(head)
             if parsed is None:
                 fp.seek(0)
                 parsed = _read_with_pydicom(fp, file_size)
@@ -161,9 +171,13 @@ def read_file_row(path: str | Path) -> tuple[dict[str, Any], int | None]:
 
 def check_row(row: dict[str, Any], assume_intercept: float | None) -> None:
     """The checks that need the final geometry and rescale values (for a frame: those of its
-    functional groups): missing position or orientation, then the rescale (:func:`_check_rescale`)."""
-    if row["status"] == Status.OK and any(math.isnan(row[name]) for name in _GEOMETRY):
+    functional groups): missing position or orientation, or cosines that are not two orthogonal unit
+    vectors (a zero vector, a scaled or skewed pair), then the rescale (:func:`_check_rescale`)."""
+    if row["status"] == Status.OK and not all(math.isfinite(row[name]) for name in _GEOMETRY):
         _fail(row, Status.MISSING_GEOMETRY, "ImagePositionPatient or ImageOrientationPatient absent or malformed")
+    elif row["status"] == Status.OK and not orthonormal(*(row[name] for name in _GEOMETRY[3:])):
+        cosines = ", ".join(f"{row[name]:g}" for name in _GEOMETRY[3:])
+        _fail(row, Status.MISSING_GEOMETRY, f"ImageOrientationPatient ({cosines}) is not two orthogonal unit vectors")
     _check_rescale(row, assume_intercept)
 
 
@@ -217,6 +231,15 @@ def _scan(data: bytes, pos: int, explicit: bool, meta: bool) -> tuple[dict[int, 
             return found, start
         pos = start + length
     return None
+
+
+def _media_storage_class(data: bytes) -> str | None:
+    """The MediaStorageSOPClassUID (0002,0002) of a Part 10 file's meta group; None when absent."""
+    if data[128:132] != b"DICM":
+        return None
+    meta = _scan(data, 132, explicit=True, meta=True)
+    element = None if meta is None else meta[0].get(0x00020002)
+    return None if element is None else element.value.decode("ascii", "replace").strip(" \x00")
 
 
 def _scan_native(data: bytes) -> tuple[dict[int, _Element], str] | None:
@@ -304,6 +327,8 @@ def _decode(element: Any, kind: str) -> Any:
         size = 4 if vr in ("UL", "SL") else 2
         order = "little" if element.is_little_endian else "big"
         return int.from_bytes(value[:size], order, signed=vr in ("SS", "SL")) if len(value) >= size else None
+    if kind == "id":
+        return escape_identifier(value.rstrip(b" \x00").lstrip(b" ")) or None
     text = value.decode("utf-8", "replace").strip(" \x00")
     if kind == "str":
         return text or None

@@ -42,11 +42,12 @@ from ich3d.shard import Shard
 
 log = logging.getLogger(__name__)
 
-#: Version of the index layout; load_index refuses other versions.
-INDEX_VERSION = 2
+#: Version of the index layout; load_index refuses other versions (3: series keyed by a made ``series_id``,
+#: one per stack, docs/design.md §2).
+INDEX_VERSION = 3
 #: Version of the header rows: stored headers of another version are read again (3: a row per frame of a
 #: multi-frame file and per slice of a NIfTI volume, docs/design.md §12).
-HEADER_VERSION = 3
+HEADER_VERSION = 4  # 4: identifiers escaped one-to-one, LossyImageCompression, directory files
 _META_KEY = b"ich3d"
 _CHUNK_FILES = 256  # files per header-pass task
 #: Columns of index/pixel_failures/part-<I>.parquet.
@@ -55,7 +56,7 @@ STR, INT = "str", "Int64"
 _HEADER_DTYPES = {name: "float64" for name in HEADER_COLUMNS} | {
     name: STR for name in ("path", "sop_uid", "patient_id", "study_uid", "series_uid", "sop_class_uid", "modality",
                            "image_type", "series_description", "convolution_kernel", "contrast_agent", "body_part",
-                           "transfer_syntax", "status", "error")} | {
+                           "transfer_syntax", "lossy_compression", "status", "error")} | {
     name: INT for name in ("frame", "instance_number", "series_number", "rows", "cols", "bits_allocated",
                            "bits_stored", "pixel_representation", "pixel_offset", "pixel_length")}
 
@@ -94,14 +95,16 @@ def header_pass(files: InputFiles, pool: Executor | None, progress: bool,
 def make_index(header: pd.DataFrame, labels: LabelTable | None,
                rules: SeriesRules = SeriesRules()) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """The index from the header rows: unique image keys, labels joined, series ordered, flagged, given
-    their roles and chosen; rows outside any series get series_uid None.
+    their roles and chosen; rows outside any series have no series_id (their series_uid is kept as data).
+    Media-storage directory files are not images: they leave the index and are listed in the report.
 
     Returns:
         (slices, series, label report).
     """
+    directory = header["status"] == str(Status.DIRECTORY)
+    header = header[~directory].reset_index(drop=True)
     slices, label_report = join_labels(assign_image_ids(header), labels)
     slices = order_slices(slices)
-    slices["series_uid"] = slices["series_uid"].where(slices["slice_index"].notna())
     label_columns = list(LABEL_COLUMNS)
     slices = slices[[c for c in slices.columns if c not in label_columns] + label_columns]
     series = choose_series(assign_roles(series_table(slices)), rules)
@@ -160,15 +163,16 @@ def index_for(folder: DatasetFolder, files: InputFiles, labels_csv: Path | None,
     header_s = time.perf_counter() - began
     log.info("headers: %d files in %.1f s (%.0f files/s)", len(header), header_s, len(header) / max(header_s, 1e-9))
     slices, series, label_report = make_index(header, labels, rules)
-    meta |= {"labels": label_report, "header_s": round(header_s, 3)}
+    directory = header.loc[header["status"] == str(Status.DIRECTORY), "relative_path"]
+    meta |= {"labels": label_report, "header_s": round(header_s, 3), "directory_files": directory.tolist()}
     write_parquet(series, folder.series, meta)
     write_parquet(slices, folder.slices, meta)  # written last: its metadata marks a complete index
     return slices, series, meta | {"reused": False}
 
 
 def part_series(series: pd.DataFrame, shard: Shard) -> list[str]:
-    """Series UIDs of a shard: rows i of series.parquet with i % num_parts == part_id, in order."""
-    return series["series_uid"].iloc[shard.part_id::shard.num_parts].tolist()
+    """Series keys (``series_id``) of a shard: rows i of series.parquet with i % num_parts == part_id, in order."""
+    return series["series_id"].iloc[shard.part_id::shard.num_parts].tolist()
 
 
 def _checked_meta(folder: DatasetFolder) -> dict:
@@ -217,13 +221,13 @@ def load_index(dataset: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         slices, series = pd.read_parquet(folder.slices), pd.read_parquet(folder.series)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{folder.root}: the index cannot be read ({exc}); rerun `ich3d build-series`") from None
-    missing = {"image_id", "path", "series_uid", "slice_index", "status", *LABEL_COLUMNS} - set(slices.columns)
-    if missing or "series_uid" not in series.columns:
+    missing = {"image_id", "path", "series_id", "slice_index", "status", *LABEL_COLUMNS} - set(slices.columns)
+    if missing or "series_id" not in series.columns:
         raise InputError(f"{folder.root}: index without the columns {sorted(missing)}; rerun `ich3d build-series`")
     merged = _merge_failures(folder, slices, meta["files_id"])
     if merged is not slices:  # some pixels failed: n_ok counts them out
-        ok = merged.loc[merged["status"] == str(Status.OK), "series_uid"].value_counts()
-        series["n_ok"] = series["series_uid"].map(ok).fillna(0).astype(series["n_ok"].dtype)
+        ok = merged.loc[merged["status"] == str(Status.OK), "series_id"].value_counts()
+        series["n_ok"] = series["series_id"].map(ok).fillna(0).astype(series["n_ok"].dtype)
     return _merge_crops(folder, merged, meta["files_id"]), series
 
 
@@ -236,11 +240,11 @@ def _part_tables(folder: Path, files_id: str) -> list[pd.DataFrame]:
 def _merge_crops(folder: DatasetFolder, slices: pd.DataFrame, files_id: str) -> pd.DataFrame:
     """Adds ``crop_top``, ``crop_left``, ``crop_side`` (NaN: not cropped) from the pixel pass's crop files."""
     parts = _part_tables(folder.crops, files_id)
-    crops = pd.concat(parts, ignore_index=True).drop_duplicates("series_uid", keep="last") if parts else None
+    crops = pd.concat(parts, ignore_index=True).drop_duplicates("series_id", keep="last") if parts else None
     out = slices.copy()
     for column in CROP_COLUMNS:
-        values = crops.set_index("series_uid")[column] if crops is not None and len(crops) else pd.Series(dtype=float)
-        out[column] = out["series_uid"].map(values).astype("float64")
+        values = crops.set_index("series_id")[column] if crops is not None and len(crops) else pd.Series(dtype=float)
+        out[column] = out["series_id"].map(values).astype("float64")
     return out
 
 

@@ -65,10 +65,10 @@ class Dataset:
         """The rows of ``series`` chosen for prediction."""
         return self.series[self.series["predict"]]
 
-    def hu(self, series_uid: str, mmap: bool = True) -> np.ndarray:
-        """(N, S, S) int16 Hounsfield units of one series' cache, in slice order (see
-        :func:`ich3d.dataset.cache.load_series`)."""
-        return load_series(self.root, series_uid, mmap=mmap)
+    def hu(self, series_id: str, mmap: bool = True) -> np.ndarray:
+        """(N, S, S) int16 Hounsfield units of one series' cache (keyed by its made ``series_id``), in slice
+        order (see :func:`ich3d.dataset.cache.load_series`)."""
+        return load_series(self.root, series_id, mmap=mmap)
 
     def find_image(self, image: str, need_pixels: bool = True) -> tuple[dict[str, Any], dict[str, float]]:
         """The index row of an image ID or the path of one of the dataset's files, and its labels by name

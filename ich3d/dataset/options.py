@@ -31,6 +31,8 @@ class BuildOptions:
         labels_format: ``rsna`` (long ``ID,Label``) or ``ct-ich`` (PhysioNet CT-ICH per-slice CSV,
             joined to NIfTI slices by file stem and slice number).
         progress: show rich progress bars.
+        follow_links: follow symbolic links that lead out of their input folder (default: such links
+            are not followed and are listed in ``outside_links`` of build.json).
 
     Raises:
         UsageError: an unknown crop, a size outside 1..MAX_IMAGE_SIZE, a number of workers below 1.
@@ -46,6 +48,7 @@ class BuildOptions:
     series_rules: SeriesRules = field(default_factory=SeriesRules)
     labels_format: str = "rsna"
     progress: bool = True
+    follow_links: bool = False
 
     def __post_init__(self) -> None:
         if self.crop not in CROP_MODES:
@@ -60,4 +63,5 @@ class BuildOptions:
         return {"image_size": self.image_size, "workers": workers, "overwrite": self.overwrite,
                 "num_parts": self.shard.num_parts, "part_id": self.shard.part_id, "index_only": self.index_only,
                 "crop": self.crop, "assume_intercept": self.assume_intercept,
-                "series_rules": self.series_rules.to_dict(), "labels_format": self.labels_format}
+                "series_rules": self.series_rules.to_dict(), "labels_format": self.labels_format,
+                "follow_links": self.follow_links}

@@ -36,26 +36,26 @@ class CacheJournal:
         self.key = {"files_id": files_id, "size": size, "crop": crop}
 
     def finished(self) -> dict[str, SeriesCache]:
-        """series_uid → its :class:`SeriesCache` (the latest entry wins)."""
+        """series_id → its :class:`SeriesCache` (the latest entry wins)."""
         done: dict[str, SeriesCache] = {}
         for path in sorted(self.folder.glob("part-*.jsonl")):
             for line in path.read_text().splitlines():
                 with contextlib.suppress(ValueError, KeyError):  # a line cut by a kill
                     entry = json.loads(line)
                     if {k: entry.get(k) for k in self.key} == self.key:
-                        done[entry["series_uid"]] = SeriesCache(entry["failures"], entry["box"])
+                        done[entry["series_id"]] = SeriesCache(entry["failures"], entry["box"])
         return done
 
     @contextlib.contextmanager
     def writer(self) -> Iterator[Callable[[str, SeriesCache], None]]:
-        """Yields ``append(series_uid, result)``."""
+        """Yields ``append(series_id, result)``."""
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a+b") as file:
             if file.tell() and (file.seek(-1, os.SEEK_END), file.read(1))[1] != b"\n":
                 file.write(b"\n")  # end a line cut by a kill, so the next entry starts clean
 
-            def append(series_uid: str, result: SeriesCache) -> None:
-                entry = self.key | {"series_uid": series_uid, "failures": [list(f) for f in result.failures],
+            def append(series_id: str, result: SeriesCache) -> None:
+                entry = self.key | {"series_id": series_id, "failures": [list(f) for f in result.failures],
                                     "box": result.box}
                 file.write(json.dumps(entry).encode() + b"\n")
                 file.flush()
@@ -64,9 +64,9 @@ class CacheJournal:
 
 
 def _series_blocks(slices: pd.DataFrame) -> dict[str, tuple[int, int]]:
-    """series_uid → (start, stop) rows of its slices: the index is sorted by series, then slice_index."""
+    """series_id → (start, stop) rows of its slices: the index is sorted by series, then slice_index."""
     n = int(slices["slice_index"].notna().sum())
-    uids = slices["series_uid"].iloc[:n].to_numpy(object)
+    uids = slices["series_id"].iloc[:n].to_numpy(object)
     starts = np.flatnonzero(np.r_[True, uids[1:] != uids[:-1]]) if n else np.zeros(0, dtype=np.int64)
     return {uids[a]: (int(a), int(b)) for a, b in zip(starts, np.r_[starts[1:], n])}
 
@@ -82,7 +82,7 @@ def _task_table(slices: pd.DataFrame) -> pd.DataFrame:
 
 def _run_series(pool: Executor | None, uids: Sequence[str], task: Callable[[str], list[CacheSlice]],
                 out: DatasetFolder, size: int, crop: str, limit: int) -> Iterator[tuple[str, SeriesCache]]:
-    """Yields (series_uid, result) as series finish, with at most ``limit`` series in flight."""
+    """Yields (series_id, result) as series finish, with at most ``limit`` series in flight."""
     if pool is None:
         for uid in uids:
             yield uid, write_series_cache(task(uid), out.cache_file(uid), size, crop)
@@ -100,10 +100,10 @@ def _run_series(pool: Executor | None, uids: Sequence[str], task: Callable[[str]
             yield pending.pop(future), SeriesCache(*future.result())
 
 
-def cache_series(dataset: DatasetFolder, slices: pd.DataFrame, series_uids: Sequence[str], journal: CacheJournal,
+def cache_series(dataset: DatasetFolder, slices: pd.DataFrame, series_ids: Sequence[str], journal: CacheJournal,
                  pool: Executor | None = None, in_flight: int = 8,
                  advance: Callable[[int], None] = lambda n: None) -> dict[str, SeriesCache]:
-    """Builds the cache files of ``series_uids`` (in this order), journaling each finished series.
+    """Builds the cache files of ``series_ids`` (in this order), journaling each finished series.
 
     Workers get whole series and write the files themselves, returning only failure records; the
     :class:`CacheSlice` lists of at most ``in_flight`` series exist at a time, so memory stays flat.
@@ -111,14 +111,14 @@ def cache_series(dataset: DatasetFolder, slices: pd.DataFrame, series_uids: Sequ
     Args:
         dataset: the dataset folder (files go to its ``cache/``).
         slices: the index, sorted by series then slice_index (as written by ``build_series``).
-        series_uids: the series to build.
+        series_ids: the series to build.
         journal: where finished series are recorded; its key holds the output side S and the crop.
         pool: process pool, or None to work in this process.
         in_flight: series submitted to the pool at a time (a few per worker keeps every worker busy).
         advance: called with each finished series' number of slices (progress).
 
     Returns:
-        series_uid → its :class:`SeriesCache` (failure records and crop square).
+        series_id → its :class:`SeriesCache` (failure records and crop square).
     """
     table, blocks = _task_table(slices), _series_blocks(slices)
 
@@ -128,7 +128,7 @@ def cache_series(dataset: DatasetFolder, slices: pd.DataFrame, series_uids: Sequ
 
     done = {}
     with journal.writer() as append:
-        for uid, result in _run_series(pool, series_uids, task, dataset, journal.key["size"], journal.key["crop"],
+        for uid, result in _run_series(pool, series_ids, task, dataset, journal.key["size"], journal.key["crop"],
                                        in_flight):
             append(uid, result)
             done[uid] = result

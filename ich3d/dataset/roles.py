@@ -11,18 +11,21 @@ orientation of the planes and the coverage; the first rule that matches gives th
 non_ct     Modality other than CT, or a SOP class other than (enhanced) CT image: dose reports, SR,
            secondary captures
 localizer  ImageType LOCALIZER, or a description such as topogram / scout / surview
-reformat   ImageType DERIVED or SECONDARY, an MPR/MIP description, planes more than 45° from axial,
-           or mixed orientations
+reformat   ImageType DERIVED or SECONDARY, an MPR/MIP description, or planes more than 45° from axial
+unordered  more than one slice, all at one position: the stack cannot be ordered, and is not read
+           (reading it as a volume would average its slices into one slab)
 too_short  fewer than 3 readable slices or less than 20 mm of coverage
 bone_kernel a sharp (bone/lung) reconstruction kernel, or a bone/lung description
 contrast   a ContrastBolusAgent, or a contrast description (C+, contrast, angio, CTA)
 axial      everything else: original axial CT
 ========== ==========================================================================================
 
-Per study, ``auto`` chooses one series among the roles of :data:`PREFERENCE` (in that order), then
-the slice thickness nearest the model's training thickness, then the most coverage, the most
-readable slices, the lowest SeriesNumber and the series UID (deterministic). ``all`` predicts every
-series of an axial CT role (:data:`AXIAL_LIKE`). A rule file or a list of series UIDs overrides both.
+Roles belong to stacks: a SeriesInstanceUID holding an axial stack and a sagittal one gives two rows,
+an ``axial`` and a ``reformat`` (:mod:`ich3d.dataset.series`). Per study, ``auto`` chooses one series
+among the roles of :data:`PREFERENCE` (in that order), then the slice thickness nearest the model's
+training thickness, then the most coverage, the most readable slices, the lowest SeriesNumber, the
+series UID and the stack key (deterministic). ``all`` predicts every series of an axial CT role
+(:data:`AXIAL_LIKE`). A rule file or a list of series UIDs overrides both.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import yaml
 
 from ich3d.constants import RSNA_SLICE_SPACING_MM
 from ich3d.errors import InputError
+from ich3d.yaml_unique import safe_load_unique
 
 
 class Role(StrEnum):
@@ -53,6 +57,7 @@ class Role(StrEnum):
     CONTRAST = "contrast"
     NON_CT = "non_ct"
     TOO_SHORT = "too_short"
+    UNORDERED = "unordered"
 
 
 #: Roles whose series are stacks of axial CT slices (what ``--series all`` predicts).
@@ -127,11 +132,18 @@ def _reformat(series: pd.DataFrame) -> pd.Series:
     derived = image_type.map(lambda value: bool({"DERIVED", "SECONDARY"} & set(_tokens(value)[:2])))
     angle = np.degrees(np.arccos(np.clip(series["axial_cosine"].fillna(1.0).to_numpy(), 0.0, 1.0)))
     oblique = angle > MAX_AXIAL_ANGLE_DEG
-    mixed = series["mixed_orientation"].fillna(False).astype(bool) if "mixed_orientation" in series else False
     named = description.str.contains(REFORMAT_DESCRIPTION)
     tilted = pd.Series(angle, index=series.index).map(lambda a: f"planes {a:.0f} deg from axial")
-    return _first(series.index, [(oblique, tilted), (mixed, "mixed orientations"),
-                                 (derived, "ImageType " + image_type), (named, "description '" + description + "'")])
+    return _first(series.index, [(oblique, tilted), (derived, "ImageType " + image_type),
+                                 (named, "description '" + description + "'")])
+
+
+def _unordered(series: pd.DataFrame) -> pd.Series:
+    if "all_one_position" not in series:
+        return pd.Series("", index=series.index, dtype=object)
+    one = series["all_one_position"].fillna(False).astype(bool)
+    return _first(series.index, [(one, series["n_slices"].map(
+        lambda n: f"all {n} slices at one position: they cannot be ordered into a volume"))])
 
 
 def _too_short(series: pd.DataFrame) -> pd.Series:
@@ -157,7 +169,8 @@ def _contrast(series: pd.DataFrame) -> pd.Series:
 
 
 _RULES = ((Role.NON_CT, _non_ct), (Role.LOCALIZER, _localizer), (Role.REFORMAT, _reformat),
-          (Role.TOO_SHORT, _too_short), (Role.BONE_KERNEL, _bone_kernel), (Role.CONTRAST, _contrast))
+          (Role.UNORDERED, _unordered), (Role.TOO_SHORT, _too_short), (Role.BONE_KERNEL, _bone_kernel),
+          (Role.CONTRAST, _contrast))
 
 
 def assign_roles(series: pd.DataFrame) -> pd.DataFrame:
@@ -187,7 +200,9 @@ class SeriesRules:
     Attributes:
         mode: ``auto`` (one series per study) or ``all`` (every axial CT series).
         target_thickness: the slice thickness (mm) ``auto`` prefers: the model's training thickness.
-        series_uids: when given, exactly these series are predicted (the other rules do not apply).
+        series_uids: when given, exactly these series are predicted (the other rules do not apply): a
+            SeriesInstanceUID selects its stacks of an axial CT role (all its stacks if none has one), a
+            ``series_id`` its stack.
         include: ``{column: regex}``; only series matching all of them may be chosen.
         exclude: ``{column: regex}``; series matching any of them are not chosen.
         roles: the roles ``auto`` may choose, best first (default :data:`PREFERENCE`).
@@ -231,7 +246,7 @@ def load_rules(path: Path | None, mode: str = "auto", target_thickness: float = 
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            data = (json.loads if Path(path).suffix == ".json" else yaml.safe_load)(Path(path).read_text()) or {}
+            data = (json.loads if Path(path).suffix == ".json" else safe_load_unique)(Path(path).read_text()) or {}
         except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
             raise InputError(f"--series-rules {path}: cannot read it ({' '.join(str(exc).split())})") from None
         known = {"include", "exclude", "roles", "target_thickness", "series_uids"}
@@ -311,25 +326,38 @@ def _best_per_study(series: pd.DataFrame, eligible: pd.Series, rules: SeriesRule
                                                                                     rules.target_thickness).abs(),
         "coverage": -series["coverage_mm"].fillna(0.0), "ok": -series["n_ok"],
         "number": series["series_number"].astype("Float64").fillna(np.inf) if "series_number" in series else 0.0,
-        "uid": series["series_uid"]})[eligible]
-    order = keys.sort_values(["study", "role", "thickness", "coverage", "ok", "number", "uid"], kind="stable")
+        "uid": series["series_uid"].fillna(""), "key": series["series_id"]})[eligible]
+    order = keys.sort_values(["study", "role", "thickness", "coverage", "ok", "number", "uid", "key"], kind="stable")
     best = order.drop_duplicates("study").index
     return pd.Series(series.index.isin(best), index=series.index)
 
 
 def _predicted(series: pd.DataFrame, rules: SeriesRules) -> pd.Series:
     if rules.series_uids:
-        unknown = sorted(set(rules.series_uids) - set(series["series_uid"]))
-        if unknown:
-            raise InputError(f"--series-uid: {len(unknown)} series not in the index, e.g. {', '.join(unknown[:5])}")
-        return series["series_uid"].isin(rules.series_uids)
+        return _named(series, rules.series_uids)
     if rules.mode == "all":
         return series["role"].isin([str(role) for role in AXIAL_LIKE])
     return series["chosen"].copy()
 
 
+def _named(series: pd.DataFrame, names: tuple[str, ...]) -> pd.Series:
+    """The stacks ``--series-uid`` names: by ``series_id``, or by SeriesInstanceUID (its stacks of an
+    axial CT role, or all its stacks when none has one); never an unordered stack.
+
+    Raises:
+        InputError: a name that is neither.
+    """
+    unknown = sorted(set(names) - set(series["series_uid"]) - set(series["series_id"]))
+    if unknown:
+        raise InputError(f"--series-uid: {len(unknown)} series not in the index, e.g. {', '.join(unknown[:5])}")
+    by_uid = series["series_uid"].isin(names)
+    axial = series["role"].isin([str(role) for role in AXIAL_LIKE])
+    has_axial = axial.groupby([series["study_uid"].fillna(""), series["series_uid"]]).transform("any")
+    return (series["series_id"].isin(names) | (by_uid & (axial | ~has_axial))) & (series["role"] != Role.UNORDERED)
+
+
 #: Columns of :func:`choice_table`, as build.json and the printed summary show them.
-CHOICE_COLUMNS = ("study_uid", "series_uid", "series_description", "role", "predict", "choice")
+CHOICE_COLUMNS = ("study_uid", "series_uid", "series_id", "series_description", "role", "predict", "choice")
 
 
 def choice_table(series: pd.DataFrame, limit: int = 1000) -> dict[str, Any]:
@@ -337,7 +365,7 @@ def choice_table(series: pd.DataFrame, limit: int = 1000) -> dict[str, Any]:
     predicted), as JSON-ready rows: ``{"n_studies": int, "rows": [...], "truncated": bool}``."""
     per_study = series.groupby("study_uid")["predict"].agg(["size", "all"])
     studies = per_study.index[(per_study["size"] > 1) | ~per_study["all"]]
-    shown = series[series["study_uid"].isin(studies)].sort_values(["study_uid", "series_uid"])
+    shown = series[series["study_uid"].isin(studies)].sort_values(["study_uid", "series_uid", "series_id"])
     columns = [c for c in CHOICE_COLUMNS if c in shown]
     rows = shown[columns].head(limit).astype(object).where(shown[columns].head(limit).notna(), None)
     return {"n_studies": len(studies), "rows": rows.to_dict("records"), "truncated": len(shown) > limit}

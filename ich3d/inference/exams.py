@@ -1,9 +1,10 @@
 """Exam-level results: does this exam show a hemorrhage, of which kind, and where (docs/design.md §11).
 
-One row per study of the dataset (``exams.csv`` and ``exams.json``): the series read, the exam's
-probability of each label, its flag (the probability at or above the label's threshold: by default
-the run's operating threshold, docs/design.md §4), the key slice (highest ``any``), the slice ranges
-of each label at or above the threshold, and a status:
+One row per study of the dataset (per patient and StudyInstanceUID: a study UID two patients share
+gives two rows) (``exams.csv`` and ``exams.json``): the series read, the exam's probability of each
+label, its flag (the probability at or above the label's threshold: by default the run's operating
+threshold, docs/design.md §4), the key slice (highest ``any``), the slice ranges of each label at or
+above the threshold, and a status:
 
 * ``ok``                — the study's soft-kernel, non-contrast axial series was read, every slice by
   the model;
@@ -58,10 +59,14 @@ def smoothed_maximum(probs: np.ndarray, width: int = SMOOTHING_SLICES) -> np.nda
     return (summed / counts).max(axis=0)
 
 
-def _exam_series(predictions: pd.DataFrame, series: pd.DataFrame) -> pd.DataFrame:
-    """Per study, the series its exam is read from: the chosen one when predicted, else the first predicted."""
-    read = series[series["predict"]].sort_values(["study_uid", "chosen", "series_uid"], ascending=[True, False, True])
-    return read.drop_duplicates("study_uid").set_index("study_uid")
+_EXAM = ["patient_id", "study_uid"]
+
+
+def _exam_series(series: pd.DataFrame) -> pd.DataFrame:
+    """Per exam (patient, study), the series it is read from: the chosen one when predicted, else the first
+    predicted."""
+    read = series[series["predict"]].sort_values([*_EXAM, "chosen", "series_id"], ascending=[True, True, False, True])
+    return read.drop_duplicates(_EXAM).set_index(_EXAM)
 
 
 def exam_table(predictions: pd.DataFrame, series: pd.DataFrame,
@@ -78,34 +83,41 @@ def exam_table(predictions: pd.DataFrame, series: pd.DataFrame,
             slice counts in the label's slice ranges.
 
     Returns:
-        Columns patient_id, study_uid, status, series_uid, series_description, slice_thickness (mm),
+        Columns patient_id, study_uid, status, series_uid, series_id (the stack read), series_description, slice_thickness (mm),
         convolution_kernel, role, n_images, n_predicted, p_<label> ×6, flag_<label> ×6 (bool; empty
         without a usable series), key_slice_index, key_sop_uid, key_image_id, key_position_mm,
         slices_<label> ×6 (ranges of slice_index at or above the threshold), reason.
     """
     thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(LABELS),))
-    chosen = _exam_series(predictions, series)
-    per_study = series.groupby("study_uid").agg(patient_id=("patient_id", "first"))
-    images = predictions.groupby("study_uid").size()
-    choices = series.groupby("study_uid")["choice"].agg(lambda values: "; ".join(sorted(set(values))))
-    read = predictions[predictions["series_uid"].isin(chosen["series_uid"])].sort_values(["series_uid", "slice_index"])
-    bounds = _group_bounds(read["series_uid"].to_numpy())
+    series, predictions = _exam_keys(series), _exam_keys(predictions)
+    chosen = _exam_series(series)
+    choices = series.groupby(_EXAM)["choice"].agg(lambda values: "; ".join(sorted(set(values))))
+    images = predictions.groupby(_EXAM).size()
+    read = predictions[predictions["series_id"].isin(chosen["series_id"])].sort_values(["series_id", "slice_index"])
+    bounds = _group_bounds(read["series_id"].to_numpy())
     arrays = _ExamArrays.of(read)
     chosen_rows = chosen.to_dict("index")
+    studies = images[images.index.get_level_values("study_uid") != ""].index.union(choices.index)
     rows = []
-    for study, patient in per_study["patient_id"].items():
-        row = {"patient_id": patient, "study_uid": study, "n_images": int(images.get(study, 0))}
-        if study not in chosen.index:
-            rows.append(row | {"status": "no usable series", "n_predicted": 0, "reason": choices[study]})
+    for exam in studies:
+        reason = choices.get(exam, "no image of the study could be placed in a series")
+        row = {"patient_id": exam[0] or None, "study_uid": exam[1] or None, "n_images": int(images.get(exam, 0))}
+        if exam not in chosen_rows:
+            rows.append(row | {"status": "no usable series", "n_predicted": 0, "reason": reason})
             continue
-        series_row = chosen_rows[study]
-        start, stop = bounds[series_row["series_uid"]]
+        series_row = chosen_rows[exam]
+        start, stop = bounds[series_row["series_id"]]
         rows.append(row | _exam(arrays, slice(start, stop), series_row, thresholds))
-    columns = (["patient_id", "study_uid", "status", "series_uid", "series_description", "slice_thickness",
+    columns = (["patient_id", "study_uid", "status", "series_uid", "series_id", "series_description", "slice_thickness",
                 "convolution_kernel", "role", "n_images", "n_predicted", *PROB_COLUMNS, *FLAG_COLUMNS,
                 "key_slice_index", "key_sop_uid", "key_image_id", "key_position_mm"]
                + [f"slices_{name}" for name in LABELS] + ["reason"])
     return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def _exam_keys(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with absent patient IDs and study UIDs as "" (an exam key, never dropped by a groupby)."""
+    return frame.assign(**{column: frame[column].fillna("").astype(str) for column in _EXAM})
 
 
 def _group_bounds(keys: np.ndarray) -> dict[str, tuple[int, int]]:
@@ -118,7 +130,7 @@ def _group_bounds(keys: np.ndarray) -> dict[str, tuple[int, int]]:
 
 
 class _ExamArrays(NamedTuple):
-    """The per-image columns the exam fields read, as arrays in (series_uid, slice_index) order."""
+    """The per-image columns the exam fields read, as arrays in (series_id, slice_index) order."""
 
     probs: np.ndarray  # (N, 6) float64
     slice_index: np.ndarray  # (N,) int64
@@ -153,7 +165,8 @@ def _exam(arrays: _ExamArrays, rows: slice, chosen: dict, thresholds: np.ndarray
     header = {name: None if pd.isna(chosen.get(name)) else chosen.get(name)
               for name in ("series_description", "slice_thickness", "convolution_kernel")}
     return exam | ranges | header | {
-        "status": "partial" if partial else "ok", "series_uid": chosen["series_uid"], "role": chosen["role"],
+        "status": "partial" if partial else "ok", "series_uid": chosen["series_uid"],
+        "series_id": chosen["series_id"], "role": chosen["role"],
         "n_predicted": len(index), "key_slice_index": int(index[key]),
         "key_sop_uid": arrays.sop_uid[rows][key], "key_image_id": arrays.image_id[rows][key],
         "key_position_mm": float(arrays.position[rows][key]), "reason": "; ".join(reason)}

@@ -112,17 +112,17 @@ class Explainer:
         """
         rows = [self.dataset.find_image(image)[0] for image in image_ids]
         for row in rows:
-            if not isinstance(row.get("series_uid"), str):
+            if not isinstance(row.get("series_id"), str):
                 raise InputError(f"{row['image_id']}: not part of a series in {self.dataset.root}, nothing to explain")
         found: dict[str, Explanation] = {}
         with _one_cpu_thread(self.device):
-            for series_uid, group in pd.DataFrame(rows).groupby("series_uid", sort=False):
-                found |= self._explain_series(series_uid, group, tuple(labels))
+            for series_id, group in pd.DataFrame(rows).groupby("series_id", sort=False):
+                found |= self._explain_series(series_id, group, tuple(labels))
         return [found[row["image_id"]] for row in rows]
 
-    def _explain_series(self, series_uid: str, wanted: pd.DataFrame, labels: tuple[str, ...]) -> dict[str, Explanation]:
-        members = self.slices[self.slices["series_uid"] == series_uid].sort_values("slice_index")
-        hu = self.dataset.hu(series_uid)
+    def _explain_series(self, series_id: str, wanted: pd.DataFrame, labels: tuple[str, ...]) -> dict[str, Explanation]:
+        members = self.slices[self.slices["series_id"] == series_id].sort_values("slice_index")
+        hu = self.dataset.hu(series_id)
         readable = (members["status"] == Status.OK).to_numpy()
         targets = wanted["slice_index"].astype(int).tolist()
         probs, maps = [], []

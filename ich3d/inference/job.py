@@ -57,6 +57,7 @@ class PredictOptions:
         allow_missing: fill requested images without a prediction with the prior instead of failing.
         shard: this job's part of the series.
         progress: progress bars.
+        follow_links: when building from DICOM folders, follow symbolic links that lead out of them.
     """
 
     resample: str = "auto"
@@ -67,6 +68,7 @@ class PredictOptions:
     allow_missing: bool = False
     shard: Shard = field(default_factory=Shard)
     progress: bool = False
+    follow_links: bool = False
 
     def __post_init__(self) -> None:
         if self.exam_threshold is not None and not 0 < self.exam_threshold < 1:
@@ -162,7 +164,8 @@ def _build(predictor: Predictor, dicom_dirs: list[Path], dataset: Path, options:
     pixel pass."""
     rules = options.series_rules or SeriesRules(target_thickness=predictor.training_spacing)
     build = BuildOptions(image_size=predictor.image_size, crop=predictor.crop, workers=predictor.options.workers,
-                         shard=options.shard, series_rules=rules, progress=options.progress)
+                         shard=options.shard, series_rules=rules, progress=options.progress,
+                         follow_links=options.follow_links)
     summary = build_series(dicom_dirs, dataset, options=build,  # one pass: the files and the index are logged once
                            before_pixels=lambda slices, series: requested_images(slices, series, requested,
                                                                                  options.allow_missing))

@@ -48,9 +48,9 @@ def requested_images(slices: pd.DataFrame, series: pd.DataFrame, requested: np.n
         raise InputError(f"{len(missing)} requested image(s) have no DICOM file in the input "
                          f"(e.g. {', '.join(missing[:_EXAMPLES])}): add the files, or pass --allow-missing to fill "
                          f"them with the training prevalence")
-    predicted = set(series.loc[series["predict"], "series_uid"])
+    predicted = set(series.loc[series["predict"], "series_id"])
     rows = slices.iloc[known.get_indexer(pd.Index(requested))]
-    skipped = rows[rows["series_uid"].notna() & ~rows["series_uid"].isin(predicted)]
+    skipped = rows[rows["series_id"].notna() & ~rows["series_id"].isin(predicted)]
     if len(skipped):
         raise InputError(f"{len(skipped)} requested image(s) are in series that are not predicted (e.g. "
                          f"{', '.join(skipped['image_id'].head(_EXAMPLES))}): choose their series with --series all "

@@ -28,7 +28,7 @@ from ich3d.metrics import prior_predictions
 
 PROB_COLUMNS = [f"p_{name}" for name in LABELS]
 #: Identifier columns of a per-image row, as the index has them.
-IDENTITY_COLUMNS = ["image_id", "patient_id", "study_uid", "series_uid", "sop_uid", "frame", "relative_path",
+IDENTITY_COLUMNS = ["image_id", "patient_id", "study_uid", "series_uid", "series_id", "sop_uid", "frame", "relative_path",
                     "slice_index", "instance_number", "position", "status", "error"]
 PREDICTED_BY = ("model", "context", "prior", "skipped")
 
@@ -56,16 +56,16 @@ def predicted_rows(table: SeriesTable, probs: np.ndarray, slices: pd.DataFrame, 
 
 def other_rows(slices: pd.DataFrame, series: pd.DataFrame, prior: np.ndarray) -> pd.DataFrame:
     """The rows of every file outside the predicted series: ``prior`` or ``skipped``, with the reason."""
-    predicted = set(series.loc[series["predict"], "series_uid"])
-    outside = ~slices["series_uid"].isin(predicted).to_numpy()
+    predicted = set(series.loc[series["predict"], "series_id"])
+    outside = ~slices["series_id"].isin(predicted).to_numpy()
     rows = np.flatnonzero(outside)
     frame = _identity(slices, rows)
-    choice = series.set_index("series_uid")["choice"]
-    in_series = frame["series_uid"].notna().to_numpy()
+    choice = series.set_index("series_id")["choice"]
+    in_series = frame["series_id"].notna().to_numpy()
     duplicate = (frame["status"] == str(Status.DUPLICATE)).to_numpy()
     non_ct = _non_ct_objects(slices.iloc[rows]) & ~in_series
     skipped = in_series | duplicate | non_ct
-    reason = np.where(in_series, frame["series_uid"].map(choice).to_numpy(object),
+    reason = np.where(in_series, frame["series_id"].map(choice).to_numpy(object),
                       np.where(duplicate, frame["error"].to_numpy(object),
                                np.where(non_ct, "not a CT image", "no series: " + frame["error"].astype(str))))
     frame["predicted_by"] = np.where(skipped, "skipped", "prior")

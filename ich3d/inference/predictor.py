@@ -275,7 +275,7 @@ class Predictor:
             members.append(ensemble.member_probabilities(model, probs, reading.calibrate)[slab_of])
         return ensemble.average(members), reasons
 
-    def predict_series(self, dataset: Dataset, series_uid: str, reading: Reading = Reading()) -> np.ndarray:
+    def predict_series(self, dataset: Dataset, series_id: str, reading: Reading = Reading()) -> np.ndarray:
         """(N, 6) float32 probabilities of one series of an opened dataset, in slice order.
 
         Raises:
@@ -283,9 +283,9 @@ class Predictor:
         """
         from ich3d.data.tables import build_table
 
-        if series_uid not in set(dataset.series["series_uid"]):
-            raise InputError(f"series {series_uid!r} is not in {dataset.root}: see its index/series.parquet")
-        return self.predict_table(build_table(dataset.root, dataset.slices, [series_uid]), reading)[0]
+        if series_id not in set(dataset.series["series_id"]):
+            raise InputError(f"series {series_id!r} is not in {dataset.root}: see its index/series.parquet")
+        return self.predict_table(build_table(dataset.root, dataset.slices, [series_id]), reading)[0]
 
     def predict_dataset(self, dataset: Dataset | Path, out: Path,
                         options: PredictOptions | None = None) -> PredictionResult:

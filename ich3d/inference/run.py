@@ -50,6 +50,7 @@ class InferOptions:
             models' operating thresholds (docs/design.md §4).
         allow_missing: fill requested images without a prediction with the prior instead of failing.
         shard: this job's part of the series.
+        follow_links: when building from DICOM folders, follow symbolic links that lead out of them.
     """
 
     device: str | None = None
@@ -62,6 +63,7 @@ class InferOptions:
     exam_threshold: float | None = None
     allow_missing: bool = False
     shard: Shard = field(default_factory=Shard)
+    follow_links: bool = False
 
     def __post_init__(self) -> None:
         self.runtime()
@@ -79,7 +81,8 @@ class InferOptions:
 
         return PredictOptions(resample=self.resample, calibrate=self.calibrate, series_rules=self.series_rules,
                               exam_threshold=self.exam_threshold, sample_submission=sample_submission,
-                              allow_missing=self.allow_missing, shard=self.shard, progress=progress)
+                              allow_missing=self.allow_missing, shard=self.shard, progress=progress,
+                              follow_links=self.follow_links)
 
 
 def predict(runs: Sequence[Path], out: Path, *, dataset: Path | None = None, dicom_dirs: Sequence[Path] = (),

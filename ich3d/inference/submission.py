@@ -126,6 +126,8 @@ def format_g6(values: np.ndarray) -> np.ndarray:
         (n,) bytes (``S``) array.
     """
     x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:  # nothing to write (no image predicted): numpy's string ops refuse empty reductions
+        return np.empty(x.shape, dtype="S16")
     mag = np.abs(x)
     with np.errstate(divide="ignore", invalid="ignore"):
         guess = 5 - np.floor(np.log10(mag))
@@ -233,7 +235,7 @@ def score_submission(submission: Path, labels: Path, series_of: pd.Series | None
     through the ``predictions.parquet`` beside it.
 
     Args:
-        series_of: image_id → series_uid, for the series-level AUC of ``any`` (optional).
+        series_of: image_id → series_id, for the series-level AUC of ``any`` (optional).
         labels_format: ``rsna`` (long ``ID,Label``) or ``ct-ich``.
 
     Returns:
@@ -278,7 +280,7 @@ def save_score(result: dict[str, Any], path: Path) -> None:
 
 
 def series_lookup(submission: Path, dataset: Path | None) -> pd.Series | None:
-    """image_id → series_uid from a dataset index, or from ``predictions.parquet`` beside the submission."""
+    """image_id → series_id from a dataset index, or from ``predictions.parquet`` beside the submission."""
     if dataset is not None:
         from ich3d.dataset.opened import Dataset
 
@@ -287,6 +289,6 @@ def series_lookup(submission: Path, dataset: Path | None) -> pd.Series | None:
         predictions = InferFolder(Path(submission).parent).predictions
         if not predictions.is_file():
             return None
-        slices = pd.read_parquet(predictions, columns=["image_id", "series_uid"])
-    known = slices.dropna(subset=["series_uid"]).drop_duplicates("image_id")
-    return known.set_index("image_id")["series_uid"]
+        slices = pd.read_parquet(predictions, columns=["image_id", "series_id"])
+    known = slices.dropna(subset=["series_id"]).drop_duplicates("image_id")
+    return known.set_index("image_id")["series_id"]

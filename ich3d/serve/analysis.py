@@ -37,7 +37,8 @@ class StudyAnalysis:
     Attributes:
         status: :data:`ANALYSED` or :data:`NOT_ANALYSED`.
         reason: why not analysed, or notes on an analysed study (unreadable slices...); "" otherwise.
-        reason_code: why not analysed, as a key: ``no-usable-series``, ``contrast``, ``too_short``.
+        reason_code: why not analysed, as a key: ``no-usable-image``, ``no-usable-series``, ``contrast``,
+            ``too_short``.
         probabilities: label → exam probability (empty when not analysed).
         threshold: operating threshold of each label (the finding is ``any`` at or above its own).
         series_uid: the series read.
@@ -108,15 +109,22 @@ class Analyser:
     def analyse(self, study_folder: Path, work: Path) -> StudyAnalysis:
         """Reads the instances in ``study_folder`` as ``ich3d infer --dicom-dir`` does (output in ``work``,
         removed afterwards)."""
+        from ich3d.errors import InputError
+
         shutil.rmtree(work, ignore_errors=True)
         try:
-            result = self.predictor.predict_folder(study_folder, work, self.options)
+            try:
+                result = self.predictor.predict_folder(study_folder, work, self.options)
+            except InputError as exc:  # no file of the study is a usable CT image (dose reports only...)
+                return StudyAnalysis(NOT_ANALYSED, f"no usable CT image ({exc})", {}, self.thresholds,
+                                     reason_code="no-usable-image")
             exams = result.exams.to_dict("records")
             if len(exams) != 1:
                 raise AssertionError(f"{len(exams)} exams in one study's folder")
             analysis = self._answer(exams[0], result.predictions)
             if analysis.finding == "present":
-                analysis = replace(analysis, heatmaps=self._heatmaps(analysis, result.predictions, result.dataset))
+                read = result.predictions[result.predictions["series_id"] == exams[0]["series_id"]]
+                analysis = replace(analysis, heatmaps=self._heatmaps(analysis, read, result.dataset))
             return analysis
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -128,7 +136,7 @@ class Analyser:
         if exam["role"] in _NOT_READ:
             return StudyAnalysis(NOT_ANALYSED, _NOT_READ[exam["role"]], {}, self.thresholds, exam["series_uid"],
                                  reason_code=exam["role"])
-        rows = predictions[predictions["series_uid"] == exam["series_uid"]].sort_values("slice_index")
+        rows = predictions[predictions["series_id"] == exam["series_id"]].sort_values("slice_index")
         probabilities = {name: float(exam[column]) for name, column in zip(LABELS, PROB_COLUMNS)}
         label_keys = {name: str(rows["sop_uid"].iloc[int(rows[column].to_numpy().argmax())])
                       for name, column in zip(LABELS, PROB_COLUMNS)}
@@ -136,14 +144,13 @@ class Analyser:
                              exam["key_sop_uid"], label_keys, tuple(rows["p_any"].astype(float).round(4)))
 
 
-    def _heatmaps(self, analysis: StudyAnalysis, predictions: pd.DataFrame, dataset: Path) -> dict[str, np.ndarray]:
+    def _heatmaps(self, analysis: StudyAnalysis, read: pd.DataFrame, dataset: Path) -> dict[str, np.ndarray]:
         """Grad-CAM of each key slice (:func:`key_slices`) by the warm predictor's members, for the first label
-        it is the key slice of, on the slice's own pixel grid."""
+        it is the key slice of, on the slice's own pixel grid (``read``: the per-image rows of the series read)."""
         from ich3d.inference.explainer import Explainer
 
         keys = key_slices(analysis)
-        rows = predictions[predictions["series_uid"] == analysis.series_uid].drop_duplicates("sop_uid")
-        image_of = dict(zip(rows["sop_uid"], rows["image_id"]))
+        image_of = dict(zip(read["sop_uid"], read["image_id"]))
         labels = tuple(name for name in LABELS if any(name in wanted for wanted in keys.values()))
         explained = Explainer(self.predictor, dataset).explain([image_of[uid] for uid in keys], labels)
         return {uid: explanation.heatmaps[labels.index(wanted[0])]

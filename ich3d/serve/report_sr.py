@@ -29,7 +29,8 @@ _LABEL_MEANING = {"any": "intracranial hemorrhage (any type)", "epidural": "epid
                   "intraparenchymal": "intraparenchymal hemorrhage", "intraventricular": "intraventricular hemorrhage",
                   "subarachnoid": "subarachnoid hemorrhage", "subdural": "subdural hemorrhage"}
 #: Reasons a study is not analysed, as codes of the private scheme (meaning: at most 64 characters).
-NOT_ANALYSED_CODES = {"no-usable-series": ("NA-NO-SERIES", "Not analysed: no axial non-contrast CT series"),
+NOT_ANALYSED_CODES = {"no-usable-image": ("NA-NO-IMAGE", "Not analysed: no usable CT image"),
+                      "no-usable-series": ("NA-NO-SERIES", "Not analysed: no axial non-contrast CT series"),
                       "contrast": ("NA-CONTRAST", "Not analysed: contrast-enhanced series only"),
                       "too_short": ("NA-TOO-SHORT", "Not analysed: series too short to cover the head")}
 

@@ -248,7 +248,7 @@ def _fold_context(dataset: Dataset, slices: pd.DataFrame, series: pd.DataFrame, 
         prepare_output(run.fold(fold).root, "--out")
     log.info("fold %d: %d training series (%d slices), %d validation series", fold, len(train_uids),
              int(train.labeled_readable().sum()), len(valid_uids))
-    spacing = float(series.set_index("series_uid").loc[train_uids, "slice_spacing"].median())
+    spacing = float(series.set_index("series_id").loc[train_uids, "slice_spacing"].median())
     data = FoldData(fold, train, valid, prevalence, spacing if np.isfinite(spacing) else RSNA_SLICE_SPACING_MM)
     return StageContext(config, runtime, data, run.fold(fold), report, progress)
 

@@ -19,12 +19,12 @@ def make_folds(series: pd.DataFrame, n_folds: int, seed: int) -> dict[str, int]:
     dealt round-robin first, then the others, so every fold gets positives when there are enough.
 
     Args:
-        series: series table with ``series_uid``, ``patient_id``, ``n_labeled``, ``n_any``.
+        series: series table with ``series_id``, ``patient_id``, ``n_labeled``, ``n_any``.
         n_folds: number of folds (>= 2).
         seed: shuffling seed; the same seed gives the same folds.
 
     Returns:
-        ``{series_uid: fold}`` for the labeled series.
+        ``{series_id: fold}`` for the labeled series.
 
     Raises:
         InputError: no labeled series, or fewer patients than folds.
@@ -40,7 +40,7 @@ def make_folds(series: pd.DataFrame, n_folds: int, seed: int) -> dict[str, int]:
     ranked = pd.concat([shuffled[shuffled > 0], shuffled[shuffled == 0]])
     patient_fold = pd.Series(np.arange(len(ranked)) % n_folds, index=ranked.index)
     folds = labeled["patient_id"].map(patient_fold)
-    return dict(zip(labeled["series_uid"], folds.astype(int)))
+    return dict(zip(labeled["series_id"], folds.astype(int)))
 
 
 def split_series(fold_of: dict[str, int], fold: int) -> tuple[list[str], list[str]]:
@@ -59,7 +59,7 @@ def split_series(fold_of: dict[str, int], fold: int) -> tuple[list[str], list[st
 
 def save_splits(path: Path, fold_of: dict[str, int], series: pd.DataFrame, seed: int) -> None:
     """Writes ``splits.json``: per fold its patients and series (readable, diffable)."""
-    patient_of = dict(zip(series["series_uid"], series["patient_id"]))
+    patient_of = dict(zip(series["series_id"], series["patient_id"]))
     n_folds = max(fold_of.values()) + 1
     folds = []
     for k in range(n_folds):
@@ -69,6 +69,6 @@ def save_splits(path: Path, fold_of: dict[str, int], series: pd.DataFrame, seed:
 
 
 def load_splits(path: Path) -> dict[str, int]:
-    """Reads ``splits.json`` back into ``{series_uid: fold}``."""
+    """Reads ``splits.json`` back into ``{series_id: fold}``."""
     data = json.loads(path.read_text())
     return {uid: entry["fold"] for entry in data["folds"] for uid in entry["series"]}

@@ -54,7 +54,7 @@ def predictions(trained_run: Path, tiny_dataset: Path, tmp_path_factory: pytest.
     frame = pd.read_parquet(InferFolder(out).predictions)
     if "study_uid" not in frame:
         frame = frame.merge(load_index(tiny_dataset)[0][["image_id", "study_uid"]], on="image_id")
-    key = frame.dropna(subset=["series_uid"]).sort_values("p_any").groupby("study_uid").tail(1)
+    key = frame.dropna(subset=["series_id"]).sort_values("p_any").groupby("study_uid").tail(1)
     key[["study_uid", "image_id", "p_any"]].rename(columns={"image_id": "key_image_id"}).to_csv(
         InferFolder(out).exams_csv, index=False)
     return out
@@ -98,7 +98,7 @@ def test_sections_follow_their_inputs(predictions: Path, tmp_path: Path) -> None
 
 
 def test_pick_series_puts_misses_first_then_false_alarms_then_loss() -> None:
-    frame = pd.DataFrame({"series_uid": ["miss"] * 2 + ["alarm"] * 2 + ["good"] * 2 + ["poor"] * 2,
+    frame = pd.DataFrame({"series_id": ["miss"] * 2 + ["alarm"] * 2 + ["good"] * 2 + ["poor"] * 2,
                           "p_any": [0.2, 0.3, 0.9, 0.1, 0.9, 0.1, 0.6, 0.45]})
     for name in ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural"):
         frame[f"p_{name}"] = 0.01
@@ -108,7 +108,7 @@ def test_pick_series_puts_misses_first_then_false_alarms_then_loss() -> None:
     assert [uid for uid, _ in picked] == ["miss", "alarm", "poor", "good"]
     assert picked[0][1].startswith("false negative") and picked[1][1].startswith("false positive")
     assert [uid for uid, _ in pick_series(frame, None, 2)] == ["alarm", "good"]  # by max p(any) without labels
-    skipped = pd.concat([frame, frame.head(2).assign(series_uid="topogram", p_any=np.nan)], ignore_index=True)
+    skipped = pd.concat([frame, frame.head(2).assign(series_id="topogram", p_any=np.nan)], ignore_index=True)
     assert "topogram" not in [uid for uid, _ in pick_series(skipped, None, 10)]  # never a series that was not read
 
 
@@ -118,7 +118,7 @@ def _strip_series(text: str) -> int:
 
 def _read_series(predictions: Path) -> int:
     frame = pd.read_parquet(InferFolder(predictions).predictions)
-    return frame.loc[frame["predicted_by"] == "model", "series_uid"].nunique()
+    return frame.loc[frame["predicted_by"] == "model", "series_id"].nunique()
 
 
 @pytest.mark.parametrize("labels", ["all", "read"])

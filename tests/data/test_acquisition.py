@@ -112,7 +112,7 @@ def test_unreadable_slices_are_neither_averaged_in_nor_changed() -> None:
 
 def _table(dataset: Path) -> SeriesTable:
     slices, series = load_index(dataset)
-    return build_table(dataset, slices, list(series["series_uid"]))
+    return build_table(dataset, slices, list(series["series_id"]))
 
 
 def test_every_slice_of_a_series_gets_the_same_draw(tiny_dataset: Path) -> None:

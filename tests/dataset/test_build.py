@@ -24,7 +24,7 @@ from ich3d.layout import DatasetFolder
 from ich3d.shard import Shard
 
 SIZE = 32
-CONTRACT_COLUMNS = ["image_id", "sop_uid", "path", "source", "patient_id", "study_uid", "series_uid",
+CONTRACT_COLUMNS = ["image_id", "sop_uid", "path", "source", "patient_id", "study_uid", "series_uid", "series_id",
                     "instance_number", "slice_index", "position", "ipp_x", "ipp_y", "ipp_z", "rows", "cols",
                     "pixel_spacing", "bits_stored", "pixel_representation", "rescale_intercept", "rescale_slope",
                     "window_center", "window_width", "transfer_syntax", "status", "error", *LABEL_COLUMNS]
@@ -65,10 +65,10 @@ def test_index_schema_statuses_and_labels(built: tuple[Path, dict], synthetic_rs
 def test_rows_sorted_by_series_then_slice_and_orphans_last(built: tuple[Path, dict]) -> None:
     slices, series = load_index(built[0])
     in_series = slices["slice_index"].notna()
-    assert in_series.iloc[: in_series.sum()].all() and slices.loc[~in_series, "series_uid"].isna().all()
+    assert in_series.iloc[: in_series.sum()].all() and slices.loc[~in_series, "series_id"].isna().all()
     ordered = slices[in_series]
-    assert ordered["series_uid"].is_monotonic_increasing
-    for uid, rows in ordered.groupby("series_uid"):
+    assert ordered["series_id"].is_monotonic_increasing
+    for uid, rows in ordered.groupby("series_id"):
         assert rows["slice_index"].tolist() == list(range(len(rows)))
         assert rows["position"].is_monotonic_increasing
     assert series["n_slices"].sum() == in_series.sum()
@@ -78,11 +78,11 @@ def test_cache_holds_every_slice_and_missing_ones_are_marked(built: tuple[Path, 
     out = built[0]
     slices, series = load_index(out)
     for row in series.itertuples():
-        volume = load_series(out, row.series_uid)
+        volume = load_series(out, row.series_id)
         assert volume.shape == (row.n_slices, SIZE, SIZE) and volume.dtype == np.int16
         assert (out / row.cache_file).is_file()
     corrupt = slices[slices["status"] == Status.CORRUPT].iloc[0]
-    volume = load_series(out, corrupt["series_uid"])
+    volume = load_series(out, corrupt["series_id"])
     assert (volume[corrupt["slice_index"]] == MISSING_HU).all()
     assert (volume[(corrupt["slice_index"] + 1) % len(volume)] > -900).any()  # a real neighbour: head in HU
 
@@ -116,7 +116,7 @@ def test_resume_after_a_killed_pixel_pass(built: tuple[Path, dict], synthetic_rs
     journal = DatasetFolder(out).journal(0)
     lines = journal.read_text().splitlines()
     journal.write_text("\n".join(lines[:2]) + "\n" + lines[2][:15])
-    unjournaled = [json.loads(line)["series_uid"] + ".npy" for line in lines[2:]]
+    unjournaled = [json.loads(line)["series_id"] + ".npy" for line in lines[2:]]
     for name in unjournaled[1:]:
         (out / "cache" / name).unlink()
     (out / "cache" / f".{unjournaled[0]}.x1y2.tmp").write_bytes(b"half")
@@ -156,10 +156,10 @@ def test_pixel_failures_are_merged_into_the_index(synthetic_rsna: Path, tmp_path
     assert summary["pixel_pass"]["pixel_failures"] == {"corrupt": 1} and summary["n_skipped"] == 3
     merged, series = load_index(out)
     row = merged.set_index("path").loc[victim["path"]]
-    n_ok = series.set_index("series_uid").loc[victim["series_uid"], "n_ok"]
-    assert n_ok == (merged[merged["series_uid"] == victim["series_uid"]]["status"] == Status.OK).sum()
+    n_ok = series.set_index("series_id").loc[victim["series_id"], "n_ok"]
+    assert n_ok == (merged[merged["series_id"] == victim["series_id"]]["status"] == Status.OK).sum()
     assert row["status"] == Status.CORRUPT and "decoder exploded" in row["error"]
-    assert (load_series(out, victim["series_uid"])[victim["slice_index"]] == MISSING_HU).all()
+    assert (load_series(out, victim["series_id"])[victim["slice_index"]] == MISSING_HU).all()
     failures = pd.read_parquet(DatasetFolder(out).failures(0))
     assert failures[["image_id", "status"]].values.tolist() == [[victim["image_id"], "corrupt"]]
 
@@ -177,7 +177,7 @@ def test_new_labels_rebuild_the_index_but_keep_headers_and_cache(
     assert 0 < summary["n_labeled"] < built[1]["n_labeled"]
     rebuilt, _ = load_index(out)
     original, _ = load_index(built[0])
-    same = ["image_id", "series_uid", "slice_index", "position", "status", "pixel_offset"]
+    same = ["image_id", "series_id", "slice_index", "position", "status", "pixel_offset"]
     pd.testing.assert_frame_equal(rebuilt[same], original[same])
 
 

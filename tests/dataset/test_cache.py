@@ -62,13 +62,14 @@ def test_to_cache_dtype_rounds_and_clips() -> None:
 def test_write_atomic_and_load_series(tmp_path: Path) -> None:
     (tmp_path / "cache").mkdir()
     volume = np.arange(2 * 4 * 4, dtype=np.int16).reshape(2, 4, 4)
-    write_atomic(DatasetFolder(tmp_path).cache_file("1.2.3"), volume)
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["1.2.3.npy"]  # no temp file left
-    mapped = load_series(tmp_path, "1.2.3")
+    key = "0123456789abcdef"
+    write_atomic(DatasetFolder(tmp_path).cache_file(key), volume)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [f"{key}.npy"]  # no temp file left
+    mapped = load_series(tmp_path, key)
     assert isinstance(mapped, np.memmap) and not mapped.flags.writeable
-    np.testing.assert_array_equal(load_series(tmp_path, "1.2.3", mmap=False), volume)
+    np.testing.assert_array_equal(load_series(tmp_path, key, mmap=False), volume)
     with pytest.raises(InputError, match="no cache file"):
-        load_series(tmp_path, "9.9")
+        load_series(tmp_path, "fedcba9876543210")
 
 
 def test_cache_file_ok_recognises_damaged_files(tmp_path: Path) -> None:
@@ -84,8 +85,13 @@ def test_cache_file_ok_recognises_damaged_files(tmp_path: Path) -> None:
     assert not cache_file_ok(path, 3, 8)
 
 
-def test_cache_file_names_are_safe(tmp_path: Path) -> None:
-    assert DatasetFolder(tmp_path).cache_file("ID_0a/../x y").name == "ID_0a_.._x_y.npy"
+def test_cache_file_names_are_made_keys_never_uids(tmp_path: Path) -> None:
+    assert DatasetFolder(tmp_path).cache_file("0123456789abcdef").name == "0123456789abcdef.npy"
+    for uid in ("ID_0a/../x y", "1.2.3", "a" * 304, "0123456789ABCDEF"):
+        with pytest.raises(ValueError, match="not a series_id"):
+            DatasetFolder(tmp_path).cache_file(uid)
+    with pytest.raises(InputError, match="not a series_id"):
+        load_series(tmp_path, "1.2.3")
 
 
 def _cache_slice(path: Path, status: str = "ok") -> CacheSlice:

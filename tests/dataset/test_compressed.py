@@ -71,6 +71,7 @@ def _broken_j2k(path: Path) -> Path:
         frame = next(generate_frames(ds.PixelData))
         ds.PixelData = encapsulate([frame[:len(frame) // 3]])
         ds.SOPInstanceUID = "1.2.3.4.5.6.7"
+        ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], ds.ImagePositionPatient[2] + 5]  # the next slice
         ds.save_as(path)
     return path
 

@@ -53,9 +53,9 @@ def test_a_cropped_dataset_records_its_squares(synthetic_rsna: Path, tmp_path: P
     row = slices[slices["status"] == "ok"].iloc[0].to_dict()
     box = cache_box(row)
     assert box.side < max(row["rows"], row["cols"])  # the head fills less than the field of view
-    assert slices.groupby("series_uid")["crop_side"].nunique().max() == 1  # one square per series
+    assert slices.groupby("series_id")["crop_side"].nunique().max() == 1  # one square per series
     assert np.isnan(load_index(padded)[0]["crop_side"]).all()
-    plain = np.asarray(load_series(padded, row["series_uid"]), dtype=np.float32)
-    zoomed = np.asarray(load_series(cropped, row["series_uid"]), dtype=np.float32)
+    plain = np.asarray(load_series(padded, row["series_id"]), dtype=np.float32)
+    zoomed = np.asarray(load_series(cropped, row["series_id"]), dtype=np.float32)
     assert (zoomed > -500).mean() > (plain > -500).mean()  # more of each cached slice is head
     assert resize(crop_square(np.zeros((64, 64)), box, 0.0), 32).shape == (32, 32)

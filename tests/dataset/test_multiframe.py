@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import clean_series
+from conftest import clean_series, series_key
 from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000Lossless
 
@@ -106,4 +106,5 @@ def test_synthetic_series_as_one_file_orders_and_caches_like_its_slices(
     assert series["series_uid"].tolist() == [uid] and (slices["status"] == Status.OK).all()
     assert slices["frame"].tolist() == [shuffled.index(k) + 1 for k in range(len(paths))]  # frames by position
     np.testing.assert_allclose(slices["position"], reference["position"], atol=1e-4)
-    np.testing.assert_array_equal(load_series(tmp_path / "ds", uid), load_series(tiny_dataset, uid))
+    np.testing.assert_array_equal(load_series(tmp_path / "ds", series_key(tmp_path / "ds", uid)),
+                                  load_series(tiny_dataset, series_key(tiny_dataset, uid)))

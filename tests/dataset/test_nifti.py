@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import clean_series
+from conftest import clean_series, series_key
 
 from ich3d.app.cli import main
 from ich3d.constants import LABEL_COLUMNS, Status
@@ -50,7 +50,8 @@ def test_a_volume_caches_like_its_dicom_series(series: tuple[str, list[Path]], t
     assert slices["image_id"].tolist() == [f"{uid}.nii.gz#{k}" for k in range(1, len(paths) + 1)]
     assert slices["patient_id"].unique().tolist() == [uid] and (slices["modality"] == "CT").all()
     np.testing.assert_allclose(slices["position"], reference["position"], atol=1e-3)
-    cached, expected = load_series(tmp_path / "ds", f"{uid}.nii.gz"), load_series(tiny_dataset, uid)
+    cached = load_series(tmp_path / "ds", series_key(tmp_path / "ds", f"{uid}.nii.gz"))
+    expected = load_series(tiny_dataset, series_key(tiny_dataset, uid))
     assert np.abs(cached.astype(int) - expected).max() <= 1  # rounding: rescaled before or after the resize
 
 
@@ -66,7 +67,8 @@ def test_storage_orientation_does_not_change_the_slices(series: tuple[str, list[
     second, _ = _build([tmp_path / "other"], tmp_path / "b")
     assert np.all(np.diff(first["position"]) > 0)  # inferior → superior
     np.testing.assert_allclose(first["position"], second["position"], atol=1e-3)
-    np.testing.assert_array_equal(load_series(tmp_path / "a", "v.nii"), load_series(tmp_path / "b", "v.nii"))
+    np.testing.assert_array_equal(load_series(tmp_path / "a", series_key(tmp_path / "a", "v.nii")),
+                                  load_series(tmp_path / "b", series_key(tmp_path / "b", "v.nii")))
     expected = first["frame"] if not reverse else len(first) + 1 - first["frame"]
     assert second["frame"].tolist() == expected.tolist()
 
@@ -98,7 +100,7 @@ def test_scaled_values_are_hu_and_windowed_volumes_are_noted(tmp_path: Path) -> 
     scaled = slices[slices["series_uid"] == "scaled.nii.gz"]
     assert (scaled["status"] == Status.OK).all() and (scaled["error"] == "").all()
     # RAS voxel axes (i to the right, j to the front) shown as DICOM rows and columns: both reversed
-    np.testing.assert_array_equal(load_series(tmp_path / "ds", "scaled.nii.gz")[0], head[::-1, ::-1, 0].T)
+    np.testing.assert_array_equal(load_series(tmp_path / "ds", series_key(tmp_path / "ds", "scaled.nii.gz"))[0], head[::-1, ::-1, 0].T)
     notes = slices.loc[slices["series_uid"] == "windowed.nii", "error"]
     assert notes.str.contains("do not look like HU").all()
     assert summary["nifti_notes"] == [{"path": str(windowed), "error": notes.iloc[0]}]

@@ -19,7 +19,7 @@ def _series(**overrides: dict) -> pd.DataFrame:
             "series_description": "CT head", "convolution_kernel": "H31s", "contrast_agent": None,
             "slice_thickness": 5.0, "slice_spacing": 5.0, "coverage_mm": 150.0, "axial_cosine": 1.0,
             "mixed_orientation": False, "n_ok": 30, "series_number": 2}
-    rows = [base | {"series_uid": name} | fields for name, fields in overrides.items()]
+    rows = [base | {"series_uid": name, "series_id": name} | fields for name, fields in overrides.items()]
     return pd.DataFrame(rows)
 
 
@@ -105,3 +105,10 @@ def test_rule_files(tmp_path: Path) -> None:
         load_rules(path)
     with pytest.raises(InputError, match="--series every"):
         SeriesRules(mode="every")
+
+
+def test_a_rule_file_with_a_key_given_twice_is_refused(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("target_thickness: 5\ntarget_thickness: 1.25\n")
+    with pytest.raises(InputError, match="given twice"):
+        load_rules(rules)

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ich3d.dataset.series import IOP_COLUMNS, order_slices, series_table, slice_normals
+from ich3d.dataset.geometry import slice_normals
+from ich3d.dataset.series import IOP_COLUMNS, order_slices, series_table
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -90,36 +91,52 @@ def test_feet_first_normal_orders_by_projection_not_by_z() -> None:
     assert ordered_sops(slices) == ["z15", "z10", "z5", "z0"]
 
 
-def test_gap_mixed_orientation_and_mixed_size() -> None:
+def test_gap_a_tilt_change_and_another_image_size() -> None:
+    """A tilt changed by 8 degrees stays in its stack (flagged); a slice of another size is its own stack."""
     gap = [fake(z, i, f"g{i}", series="gap") for i, z in enumerate((0, 5, 10, 25, 30))]
     mixed = [fake(5.0 * i, i, f"m{i}", series="mixed") for i in range(4)]
     mixed[2].ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 0.99, -0.141]
     mixed[3].Rows = mixed[3].Columns = 256
-    table = series_table(order_slices(frame(gap + mixed))).set_index("series_uid")
-    assert table.loc["gap", "has_gaps"] and not table.loc["gap", "mixed_orientation"]
-    assert table.loc["mixed", "mixed_orientation"] and table.loc["mixed", "mixed_size"]
-    assert table.loc["mixed", "rows"] == 512 and table.loc["gap", "n_slices"] == 5
+    table = series_table(order_slices(frame(gap + mixed))).set_index(["series_uid", "stack"])
+    assert table.loc[("gap", 0), "has_gaps"] and not table.loc[("gap", 0), "mixed_orientation"]
+    assert table.loc[("mixed", 0), "mixed_orientation"] and table.loc[("mixed", 0), "n_slices"] == 3
+    assert table.loc[("mixed", 1), "rows"] == 256 and table.loc[("mixed", 1), "n_slices"] == 1
+    assert table.loc[("mixed", 0), "n_stacks"] == 2 and table.loc[("gap", 0), "n_slices"] == 5
+
+
+@pytest.mark.parametrize(("degrees", "n_stacks"), [(0.0, 1), (21.6, 1), (45.0, 2), (90.0, 2)])
+def test_stacks_split_reformats_but_not_tilt_changes(degrees: float, n_stacks: int) -> None:
+    """Within one series UID, planes 21.6 deg apart (cosine 0.93, a real RSNA tilt change) stay one stack."""
+    angle = np.deg2rad(degrees)
+    turned = (1.0, 0.0, 0.0, 0.0, np.cos(angle), -np.sin(angle))
+    slices = [fake(5.0 * i, i, f"a{i}") for i in range(4)] + [fake(5.0 * i, 9 + i, f"t{i}", turned) for i in range(3)]
+    out = order_slices(frame(slices))
+    assert out["series_id"].nunique() == n_stacks and (out["n_stacks"] == n_stacks).all()
+    largest = out.loc[out["stack"] == 0, "sop_uid"]
+    assert len(largest) == (4 if n_stacks == 2 else 7) and largest.str.startswith("a").sum() == 4
 
 
 def test_slices_without_geometry_or_series_are_left_out_and_last() -> None:
     slices = [fake(5.0 * i, i, f"s{i}") for i in range(3)]
-    slices.append(fake(99, 9, "nogeo"))
+    slices.append(fake(99, None, "nogeo"))  # no position and no InstanceNumber: cannot be placed
     slices[-1].ImagePositionPatient = None
     slices.append(fake(7, 1, "noseries", series=None))
     out = order_slices(frame(slices))
     assert out["sop_uid"].tolist()[:3] == ["s0", "s1", "s2"]
     assert out["slice_index"].tolist()[:3] == [0, 1, 2]
     assert out["slice_index"].iloc[3:].isna().all() and np.isnan(out["position"].iloc[3:]).all()
+    assert out["series_id"].iloc[3:].isna().all() and out.set_index("sop_uid").at["nogeo", "series_uid"] == "1.2.3"
     assert series_table(out)["n_slices"].tolist() == [3]
 
 
 def test_one_series_uid_in_two_studies_becomes_two_series() -> None:
     slices = [fake(5.0 * i, i, f"a{i}", study="1.1") for i in range(3)]
     slices += [fake(5.0 * i, i, f"b{i}", study="1.2") for i in range(2)]
-    table = series_table(order_slices(frame(slices)))
-    assert table["series_uid"].tolist() == ["1.2.3", "1.2.3~2"]
+    table = series_table(order_slices(frame(slices))).sort_values("study_uid")
+    assert table["series_uid"].tolist() == ["1.2.3", "1.2.3"]  # verbatim: the keys are made, not renamed
     assert table["n_slices"].tolist() == [3, 2] and table["study_uid"].tolist() == ["1.1", "1.2"]
-    assert table["cache_file"].tolist() == ["cache/1.2.3.npy", "cache/1.2.3~2.npy"]
+    assert table["series_id"].is_unique and table["cache_file"].is_unique
+    assert (table["cache_file"] == "cache/" + table["series_id"] + ".npy").all()
 
 
 def test_series_table_counts_labels_and_ok_slices() -> None:

@@ -19,7 +19,7 @@ from ich3d.metrics import MIN_PER_CLASS_FOR_AUC_CI, wilson_interval
 
 def _series() -> pd.DataFrame:
     return pd.DataFrame({
-        "series_uid": ["thick", "thin", "bone", "topo"], "study_uid": ["s1", "s1", "s1", "s2"],
+        "series_uid": ["thick", "thin", "bone", "topo"], "series_id": ["thick", "thin", "bone", "topo"], "study_uid": ["s1", "s1", "s1", "s2"],
         "patient_id": ["p1", "p1", "p1", "p2"], "series_description": ["CT 5mm", "CT 1.25mm", "CT BONE", "Topogram"],
         "role": ["axial", "axial", "bone_kernel", "localizer"], "chosen": [True, False, False, False],
         "predict": [True, False, False, False],
@@ -30,12 +30,14 @@ def _series() -> pd.DataFrame:
 def _predictions(any_curve: list[float]) -> pd.DataFrame:
     n = len(any_curve)
     frame = pd.DataFrame({"image_id": [f"i{k}" for k in range(n)], "sop_uid": [f"1.2.{k}" for k in range(n)],
-                          "study_uid": "s1", "series_uid": "thick", "slice_index": np.arange(n),
+                          "patient_id": "p1", "study_uid": "s1", "series_uid": "thick", "series_id": "thick",
+                          "slice_index": np.arange(n),
                           "position": np.arange(n) * 5.0, "predicted_by": "model"})
     frame[PROB_COLUMNS] = 0.01
     frame["p_any"] = any_curve
     frame["p_subdural"] = [0.9 if 2 <= k <= 4 else 0.02 for k in range(n)]
-    topo = pd.DataFrame({"image_id": ["t0"], "study_uid": ["s2"], "series_uid": ["topo"], "predicted_by": ["skipped"]})
+    topo = pd.DataFrame({"image_id": ["t0"], "patient_id": ["p2"], "study_uid": ["s2"], "series_uid": ["topo"],
+                         "series_id": ["topo"], "predicted_by": ["skipped"]})
     return pd.concat([frame, topo], ignore_index=True)
 
 

@@ -58,9 +58,9 @@ def test_one_predictor_answers_two_folders_without_reloading(trained_run: Path, 
 def test_a_series_alone_is_predicted_as_in_its_dataset(predictor: Predictor, tiny_dataset: Path, tmp_path: Path) -> None:
     result = predictor.predict_dataset(tiny_dataset, tmp_path / "out")
     rows = result.predictions[result.predictions["predicted_by"].isin(["model", "context"])]
-    uid = rows["series_uid"].iloc[0]
+    uid = rows["series_id"].iloc[0]
     alone = predictor.predict_series(Dataset.open(tiny_dataset), uid)
-    in_dataset = rows[rows["series_uid"] == uid].sort_values("slice_index")[PROB_COLUMNS].to_numpy(np.float32)
+    in_dataset = rows[rows["series_id"] == uid].sort_values("slice_index")[PROB_COLUMNS].to_numpy(np.float32)
     np.testing.assert_allclose(alone, in_dataset, atol=1e-6)
 
 
@@ -79,7 +79,7 @@ def test_identical_members_average_to_one(predictor: Predictor, tiny_dataset: Pa
     from ich3d.data.tables import build_table
 
     dataset = Dataset.open(tiny_dataset)
-    table = build_table(dataset.root, dataset.slices, dataset.series["series_uid"].tolist()[:2])
+    table = build_table(dataset.root, dataset.slices, dataset.series["series_id"].tolist()[:2])
     twice = Predictor(predictor.models * 2, predictor.runtime, predictor.options)
     one, _ = predictor.predict_table(table, Reading(resample="off"))
     two, _ = twice.predict_table(table, Reading(resample="off"))
@@ -108,6 +108,6 @@ def test_a_version_1_checkpoint_predicts_exactly_as_before(predictor: Predictor,
     save_checkpoint(tmp_path / "v1.pt", old)
     upgraded = Predictor.from_runs([tmp_path / "v1.pt"], predictor.options)
     dataset = Dataset.open(tiny_dataset)
-    table = build_table(dataset.root, dataset.slices, dataset.series["series_uid"].tolist())
+    table = build_table(dataset.root, dataset.slices, dataset.series["series_id"].tolist())
     np.testing.assert_array_equal(upgraded.predict_table(table)[0], predictor.predict_table(table)[0])
     assert upgraded.operating.threshold == (0.5,) * 6  # the documented default of version 1

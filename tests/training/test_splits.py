@@ -10,7 +10,7 @@ from ich3d.training.splits import load_splits, make_folds, save_splits, split_se
 
 
 def _series(n_patients: int = 12, per_patient: int = 2) -> pd.DataFrame:
-    rows = [{"series_uid": f"S{p}_{k}", "patient_id": f"P{p}", "n_labeled": 30, "n_any": 5 if p % 3 == 0 else 0}
+    rows = [{"series_id": f"S{p}_{k}", "patient_id": f"P{p}", "n_labeled": 30, "n_any": 5 if p % 3 == 0 else 0}
             for p in range(n_patients) for k in range(per_patient)]
     return pd.DataFrame(rows)
 
@@ -18,11 +18,11 @@ def _series(n_patients: int = 12, per_patient: int = 2) -> pd.DataFrame:
 def test_patients_never_span_folds_and_seed_is_stable(tmp_path) -> None:
     series = _series()
     folds = make_folds(series, 4, seed=3)
-    patient_folds = series.assign(fold=series["series_uid"].map(folds)).groupby("patient_id")["fold"].nunique()
+    patient_folds = series.assign(fold=series["series_id"].map(folds)).groupby("patient_id")["fold"].nunique()
     assert (patient_folds == 1).all()
     assert folds == make_folds(series, 4, seed=3)
     assert folds != make_folds(series, 4, seed=4)
-    positive = series.assign(fold=series["series_uid"].map(folds)).query("n_any > 0")["fold"].nunique()
+    positive = series.assign(fold=series["series_id"].map(folds)).query("n_any > 0")["fold"].nunique()
     assert positive == 4
     save_splits(tmp_path / "splits.json", folds, series, 3)
     assert load_splits(tmp_path / "splits.json") == folds

@@ -27,7 +27,7 @@ CONFIG = load_config("cpu_small", [*TINY_TRAINING, "stages.slice.epochs=1", "sta
 def context(dataset_path: Path, out: Path) -> StageContext:
     """Fold 0: every other series held out."""
     dataset = Dataset.open(dataset_path)
-    uids = dataset.series.loc[dataset.series["build_cache"], "series_uid"].tolist()
+    uids = dataset.series.loc[dataset.series["build_cache"], "series_id"].tolist()
     train = build_table(dataset.root, dataset.slices, uids[1::2])
     valid = build_table(dataset.root, dataset.slices, uids[::2])
     prevalence = np.nanmean(train.labels, axis=0)
