@@ -35,6 +35,7 @@ from ich3d.errors import ConfigError
 from ich3d.folders import FolderLock, prepare_output
 from ich3d.layout import RunFolder
 from ich3d.metrics import evaluate, prior_predictions
+from ich3d.models.encoder import check_encoder_weights
 from ich3d.models.model import check_model_config
 from ich3d.runtime import Runtime, barrier, setup_runtime, teardown_runtime
 from ich3d.training.engine import FoldData, StageContext
@@ -132,6 +133,8 @@ def _resolve_config(run: RunFolder, config: Config | str | Path | None, override
         config = run.config
     resolved = config if isinstance(config, Config) else load_config(config, overrides)
     check_model_config(resolved.to_dict()["model"])  # an unknown encoder fails now, not after files are written
+    if not resume:
+        check_encoder_weights(resolved.to_dict()["model"]["encoder"])  # so do weights that are not on this machine
     if resume and run.config.is_file() and load_config(run.config).to_dict() != resolved.to_dict():
         raise ConfigError(f"--resume: the config differs from the one saved in {run.config}; "
                           f"resume without --config/--set")
