@@ -39,6 +39,7 @@ from ich3d.models.encoder import check_encoder_weights
 from ich3d.models.model import check_model_config
 from ich3d.runtime import Runtime, barrier, setup_runtime, teardown_runtime
 from ich3d.training.engine import FoldData, StageContext
+from ich3d.training.card import write_model_card
 from ich3d.training.folds import train_folds
 from ich3d.training.splits import load_splits, make_folds, save_splits, split_series
 
@@ -93,6 +94,8 @@ def fit(dataset: Path, out: Path, config: Config | str | Path | None = None, ove
             for ctx, state in zip(contexts, states):
                 ctx.completed.extend(state["completed"] if state else [])
             calibration = train_folds(contexts, states)
+            if runtime.is_main:
+                write_model_card(run.root)
             return {"folds": wanted, "mode": "single" if len(wanted) == 1 else "out_of_fold",
                     "calibration": calibration, "metrics": calibration["after"]}
     finally:
