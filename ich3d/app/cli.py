@@ -332,6 +332,24 @@ def merge(ctx: click.Context, out: Path, sample_submission: Path | None, allow_m
 
 
 @main.command()
+@click.argument("runs", nargs=-1, required=True, type=PathArg)
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--out", required=True, type=PathArg, help="Export folder (graphs, export.json, model card).")
+@verbosity_options
+@click.pass_context
+@handle_errors
+def export(ctx: click.Context, runs: tuple[Path, ...], fmt: str, out: Path) -> None:
+    """Export RUN (run folder, fold folder or model.pt; several: an ensemble) as ONNX graphs; run them with
+    `ich3d infer --engine onnxruntime --run OUT`."""
+    from ich3d.inference.export import export_run
+
+    info = export_run(list(runs), out, fmt)
+    worst = max(member["max_abs_diff"] for member in info["members"])
+    _console(ctx).print(f"exported {len(info['members'])} member(s) to {out} (ONNX opset {info['opset']}); "
+                        f"probabilities within {worst:.1e} of PyTorch's on a synthetic series")
+
+
+@main.command()
 @click.argument("predictions", type=click.Path(exists=True, path_type=Path))
 @click.option("--labels", type=ExistingFile, help="Image labels: scores submission.csv (see --labels-format).")
 @click.option("--labels-format", type=click.Choice(["rsna", "ct-ich"]), default="rsna", show_default=True,

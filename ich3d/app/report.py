@@ -3,7 +3,7 @@
 Sections, each present when its inputs are: Summary (scores with bootstrap CIs against the prior,
 how images were predicted, every file that was not), Curves (ROC, precision-recall, reliability),
 Series strips, Error gallery (with Grad-CAM when a run is given), Training (metrics.jsonl, config,
-build.json) and Exams (when ``exams.csv`` exists). Figures are PNGs embedded as ``data:`` URIs; the
+build.json), Model card (the run's ``model_card.md``) and Exams (when ``exams.csv`` exists). Figures are PNGs embedded as ``data:`` URIs; the
 page is written from a ``string.Template`` with every value HTML-escaped; it holds no script.
 """
 
@@ -118,7 +118,7 @@ def write_report(predictions: Path, out: Path | None = None, *, labels: Path | N
     began = time.perf_counter()
     inputs = _load(Path(predictions), labels, list(map(Path, runs)), dataset)
     timings, sections = {"load": time.perf_counter() - began}, []
-    for build in (_summary, _curves, _strips, _gallery, _training, _exams):
+    for build in (_summary, _curves, _strips, _gallery, _training, _model_card, _exams):
         start = time.perf_counter()
         section = build(inputs, options)
         timings[build.__name__.lstrip("_")] = time.perf_counter() - start
@@ -379,6 +379,15 @@ def _training(inputs: _Inputs, options: ReportOptions) -> Section | None:
         body.append(f"<h3>Training data: {html.escape(str(build))}</h3>"
                     + markup.mapping_table(json.loads(build.read_text())))
     return "training", "Training", "\n".join(body)
+
+
+def _model_card(inputs: _Inputs, options: ReportOptions) -> Section | None:
+    """The run's model card (``model_card.md``, written by train, copied by export), as written."""
+    cards = [RunFolder(path).model_card for path in inputs.runs]
+    card = next((path for path in cards if path.is_file()), None)
+    if card is None:
+        return None
+    return ("model-card", "Model card", f"<p>{html.escape(str(card))}</p><pre>{html.escape(card.read_text())}</pre>")
 
 
 def _exams(inputs: _Inputs, options: ReportOptions) -> Section | None:

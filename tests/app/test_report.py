@@ -20,7 +20,7 @@ from ich3d.inference.run import predict
 from ich3d.layout import InferFolder
 from ich3d.app.report import ReportOptions, pick_series, write_report
 
-ALL_SECTIONS = ["summary", "curves", "strips", "gallery", "training", "exams"]
+ALL_SECTIONS = ["summary", "curves", "strips", "gallery", "training", "model-card", "exams"]
 
 
 class _Page(HTMLParser):
@@ -74,7 +74,7 @@ def test_report_holds_every_section_and_its_images_decode(predictions: Path, tra
     text = out.read_text()
     page = _Page(text)
     assert page.sections == ALL_SECTIONS
-    for title in ("Summary", "Curves", "Series strips", "Error gallery", "Training", "Exams"):
+    for title in ("Summary", "Curves", "Series strips", "Error gallery", "Training", "Model card", "Exams"):
         assert f"<h2>{title}</h2>" in text
     assert "script" not in page.tags and not [link for link in page.links if "//" in link.split(",")[0]]
     assert len(page.images) >= 3 + 1 + 2 + 1  # curves, strips, gallery, training (+ exam thumbnails)
@@ -85,6 +85,7 @@ def test_report_holds_every_section_and_its_images_decode(predictions: Path, tra
     failed = frame.loc[frame["status"] != "ok", "image_id"]
     assert len(failed) and all(image in text for image in failed)  # every file that was not read, by name
     assert "weighted log loss" in text and "ROC-AUC [95 % CI" in text and "Grad-CAM" in text
+    assert "## Intended use" in text and "adult non-contrast head CT" in text  # the model card
 
 
 def test_sections_follow_their_inputs(predictions: Path, tmp_path: Path) -> None:
