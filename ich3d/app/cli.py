@@ -289,6 +289,8 @@ def train(ctx: click.Context, dataset: Path, config_path: str | None, out: Path,
 @click.option("--threshold", default=0.5, show_default=True, help="Probability for the exams' slice ranges.")
 @click.option("--calibration/--no-calibration", default=True, show_default=True,
               help="Apply the models' calibration (fitted on held-out predictions).")
+@click.option("--engine", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
+              help="onnxruntime: --run is a folder written by `ich3d export`.")
 @verbosity_options
 @click.pass_context
 @handle_errors
@@ -296,7 +298,8 @@ def infer(ctx: click.Context, runs: tuple[Path, ...], dataset: Path | None, dico
           nifti: tuple[Path, ...], sample_submission: Path | None, out: Path, allow_missing: bool, num_parts: int,
           part_id: int,
           device: str | None, batch_series: int, workers: int | None, amp: bool, resample: str, series_mode: str,
-          series_rules: Path | None, series_uids: tuple[str, ...], threshold: float, calibration: bool) -> None:
+          series_rules: Path | None, series_uids: tuple[str, ...], threshold: float, calibration: bool,
+          engine: str) -> None:
     """Predict every image and every exam: submission.csv, predictions.parquet, exams.csv.
 
     With --dicom-dir the series choice options apply to the dataset built in OUT/dataset (target
@@ -309,7 +312,7 @@ def infer(ctx: click.Context, runs: tuple[Path, ...], dataset: Path | None, dico
     custom = series_mode != "auto" or series_rules is not None or series_uids
     rules = load_rules(series_rules, series_mode, series_uids=series_uids) if custom else None
     options = InferOptions(device=device, batch_series=batch_series, workers=workers, amp=amp, resample=resample,
-                           series_rules=rules, calibrate=calibration, exam_threshold=threshold)
+                           series_rules=rules, calibrate=calibration, exam_threshold=threshold, engine=engine)
     summary = predict(list(runs), out, dataset=dataset, dicom_dirs=[*dicom_dirs, *nifti],
                       sample_submission=sample_submission, allow_missing=allow_missing, num_parts=num_parts,
                       part_id=part_id, options=options, progress=not _quiet(ctx))

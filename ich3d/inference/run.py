@@ -42,6 +42,7 @@ from ich3d.models.calibration import apply_calibration
 
 log = logging.getLogger(__name__)
 RESAMPLE_MODES = ("auto", "off")
+ENGINES = ("torch", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,11 @@ class InferOptions:
     series_rules: SeriesRules | None = None
     calibrate: bool = True
     exam_threshold: float = 0.5
+    engine: str = "torch"
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise InputError(f"--engine {self.engine}: must be one of {', '.join(ENGINES)}")
         if self.batch_series < 1 or (self.workers is not None and self.workers < 1):
             raise InputError(f"--batch {self.batch_series} and --workers {self.workers} must be at least 1")
         if self.resample not in RESAMPLE_MODES:
@@ -128,7 +132,7 @@ def predict(runs: Sequence[Path], out: Path, *, dataset: Path | None = None, dic
         raise InputError("give exactly one of --dataset DATASET or --dicom-dir DIR")
     if not 0 <= part_id < num_parts:
         raise InputError(f"--part-id {part_id} must be in 0..{num_parts - 1}")
-    checkpoints = model_checkpoints(runs)
+    checkpoints = model_checkpoints(runs) if options.engine == "torch" else list(map(Path, runs))
     requested = read_submission_ids(sample_submission) if sample_submission else None
     folder = InferFolder(prepare_output(Path(out), "--out"))
     lock = folder.lock if num_parts == 1 else folder.part_lock(part_id, num_parts)
@@ -146,7 +150,12 @@ def _predict(checkpoints: list[Path], folder: InferFolder, dataset: Path | None,
     num_parts, part_id = parts
     clock = _Clock()
     runtime = setup_runtime(options.device, options.amp)
-    models = [load_model(path, runtime.device) for path in checkpoints]
+    if options.engine == "onnxruntime":
+        from ich3d.inference.onnx_engine import load_export
+
+        models = [member for folder in checkpoints for member in load_export(folder, options.device)]
+    else:
+        models = [load_model(path, runtime.device) for path in checkpoints]
     clock.lap("load_s")
     crop = _members_crop(models)
     if dicom_dirs:

@@ -95,3 +95,34 @@ def test_export_errors_are_one_line(tmp_path: Path, trained_run: Path) -> None:
         export_run([tmp_path / "nowhere"], tmp_path / "b")
     with pytest.raises(InputError, match="written by `ich3d export"):
         load_export(tmp_path)
+
+
+@pytest.mark.slow
+def test_infer_with_onnxruntime_writes_what_torch_writes(fold_ensemble: Path, synthetic_rsna: Path,
+                                                         tmp_path: Path) -> None:
+    """The CLI end to end from a DICOM folder: export, then infer with each engine; same rows, same exams."""
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from ich3d.app.cli import main
+    from ich3d.layout import InferFolder
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["export", str(fold_ensemble), "--format", "onnx", "--out", str(tmp_path / "onnx")])
+    assert result.exit_code == 0, result.output
+    outs = {}
+    for engine, run in (("torch", fold_ensemble), ("onnxruntime", tmp_path / "onnx")):
+        outs[engine] = InferFolder(tmp_path / engine)
+        result = runner.invoke(main, ["infer", "--engine", engine, "--run", str(run), "--dicom-dir",
+                                      str(synthetic_rsna / "stage_2_test"), "--out", str(tmp_path / engine),
+                                      "--device", "cpu", "-q"])
+        assert result.exit_code == 0, result.output
+    torch_rows, ort_rows = (pd.read_csv(outs[e].submission) for e in ("torch", "onnxruntime"))
+    assert list(torch_rows["ID"]) == list(ort_rows["ID"]) and len(torch_rows) > 0
+    assert np.abs(torch_rows["Label"].to_numpy() - ort_rows["Label"].to_numpy()).max() <= TOLERANCE
+    torch_exams, ort_exams = (pd.read_csv(outs[e].exams_csv) for e in ("torch", "onnxruntime"))
+    assert list(torch_exams.columns) == list(ort_exams.columns) and len(torch_exams) == len(ort_exams) > 0
+    numeric = torch_exams.select_dtypes("number").columns
+    assert np.nanmax(np.abs(torch_exams[numeric].to_numpy(float) - ort_exams[numeric].to_numpy(float))) <= TOLERANCE
+    other = [c for c in torch_exams.columns if c not in numeric]
+    assert torch_exams[other].equals(ort_exams[other])  # study keys, slice ranges, flags
