@@ -30,6 +30,25 @@ class SynthFolder:
 
     MASKS = "masks"
 
+    def split(self, split: str) -> Path:
+        """``stage_2_<split>/``: the DICOM files of a split (``train`` or ``test``)."""
+        return self.root / f"stage_2_{split}"
+
+    @property
+    def train_labels(self) -> Path:
+        """``stage_2_train.csv``: the training labels (RSNA long format)."""
+        return self.root / "stage_2_train.csv"
+
+    @property
+    def sample_submission(self) -> Path:
+        """``stage_2_sample_submission.csv``: the rows a test submission must have."""
+        return self.root / "stage_2_sample_submission.csv"
+
+    @property
+    def summary(self) -> Path:
+        """``synth.json``: settings, counts, which series carry which quirk."""
+        return self.root / "synth.json"
+
     @property
     def summary(self) -> Path:
         """``synth.json``: the generator's settings and counts (its presence marks synthetic data)."""
@@ -146,6 +165,26 @@ class FoldFolder:
     def embeddings(self) -> Path:
         """``embeddings/``: the sequence stage's cached slice embeddings (fp16 ``.npy`` files)."""
         return self.root / "embeddings"
+
+    def embedding_set(self, split: str) -> EmbeddingsFolder:
+        """``embeddings/<split>/``: the embeddings of the fold's ``train`` or ``valid`` series."""
+        return EmbeddingsFolder(self.embeddings / split)
+
+
+@dataclass(frozen=True)
+class EmbeddingsFolder:
+    """One set of cached embeddings: a view file per test-time view, and its description written last."""
+
+    root: Path
+
+    @property
+    def meta(self) -> Path:
+        """``meta.json``: what the set was made from; written last, it marks a complete set."""
+        return self.root / "meta.json"
+
+    def view(self, view: int) -> Path:
+        """``view<V>.npy``: (n_slices, F) float16 embeddings of view V (0: plain, 1: flipped)."""
+        return self.root / f"view{view}.npy"
 
 
 @dataclass(frozen=True)
@@ -348,3 +387,59 @@ class ClinicalExportFolder:
     def summary(self) -> Path:
         """``synth.json``: settings, every series with its expected role, every study with its chosen series."""
         return self.root / "synth.json"
+
+
+@dataclass(frozen=True)
+class DemoFolder:
+    """The folder ``ich3d demo`` writes: every step's folder, the report and the summary."""
+
+    root: Path
+
+    @property
+    def data(self) -> SynthFolder:
+        """``rsna/``: the synthetic data in the RSNA layout."""
+        return SynthFolder(self.root / "rsna")
+
+    @property
+    def dataset(self) -> Path:
+        """``dataset/``: the training split built."""
+        return self.root / "dataset"
+
+    @property
+    def run(self) -> RunFolder:
+        return RunFolder(self.root / "run")
+
+    @property
+    def predictions(self) -> InferFolder:
+        """``predictions/``: the test split read from its DICOM folder by the final, calibrated model."""
+        return InferFolder(self.root / "predictions")
+
+    @property
+    def uncalibrated(self) -> InferFolder:
+        return InferFolder(self.root / "predictions_uncalibrated")
+
+    @property
+    def slice_only(self) -> InferFolder:
+        return InferFolder(self.root / "predictions_slice_only")
+
+    @property
+    def prior_submission(self) -> Path:
+        """``predictions/prior_submission.csv``: the training prevalence as every image's prediction."""
+        return self.predictions.root / "prior_submission.csv"
+
+    @property
+    def clinical(self) -> ClinicalExportFolder:
+        return ClinicalExportFolder(self.root / "clinical")
+
+    @property
+    def clinical_predictions(self) -> InferFolder:
+        return InferFolder(self.root / "clinical_predictions")
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def summary(self) -> Path:
+        """``demo.json``: the scores and where everything is."""
+        return self.root / "demo.json"

@@ -43,7 +43,7 @@ from PIL import Image
 from pydicom.uid import JPEG2000Lossless
 
 from ich3d.constants import Status
-from ich3d.dataset.build import build_series
+from ich3d.dataset.build import BuildOptions, build_series
 from ich3d.dataset.dicom import read_header
 from ich3d.dataset.identity import assign_image_ids
 from ich3d.dataset.labels import join_labels
@@ -132,7 +132,8 @@ def time_build(folder: Path, size: int, workers: int) -> tuple[tuple[float, floa
     identity steps of ``make_index`` timed again on this build's header table)."""
     with tempfile.TemporaryDirectory(dir=folder.parent) as temp:
         start = _clock()
-        summary = build_series([folder], Path(temp) / "dataset", image_size=size, workers=workers, progress=False)
+        summary = build_series([folder], Path(temp) / "dataset",
+                               options=BuildOptions(image_size=size, workers=workers, progress=False))
         rates = _rates(summary["n_files"], start)
         summary["selection_s"] = selection_seconds(pd.read_parquet(DatasetFolder(Path(temp) / "dataset").headers))
         return rates, summary

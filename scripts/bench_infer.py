@@ -10,7 +10,7 @@ own phase timings (``timings`` of its summary, also in ``infer.json``) are repor
 
 * read/decode (``read_s``): ``build_series`` of the test folder into ``OUT/dataset`` at the model's
   image size (header pass, index, pixel pass with all cores);
-* model (``model_s``): index load, the table and the ensemble (``predict_table`` with the run's TTA);
+* model (``model_s``): index load, the table and the ensemble (``Predictor.predict_table`` with the run's TTA);
 * writing (``write_s``): the part frame and ``merge`` → ``predictions.parquet`` + ``submission.csv``.
 
 Model loading (``load_s``) is reported apart (paid once per job). The projection to the 121,232 images of the
@@ -32,16 +32,16 @@ from pathlib import Path
 import torch
 from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)
 
-from ich3d.checkpoint import load_checkpoint
 from ich3d.config import load_config
-from ich3d.dataset.build import build_series
+from ich3d.dataset.build import BuildOptions, build_series
 from ich3d.dataset.index import load_index
 from ich3d.inference.run import InferOptions, model_checkpoints, predict
+from ich3d.models.io import load_trained
 from ich3d.layout import RunFolder
 from ich3d.runtime import setup_runtime
 from ich3d.synth.generate import make_synthetic_dataset
 from ich3d.synth.plan import SynthConfig
-from ich3d.training.fit import fit
+from ich3d.training.fit import TrainOptions, fit
 
 SECTION = "## Inference"
 RSNA_STAGE2_TEST_IMAGES = 121_232
@@ -60,8 +60,9 @@ def prepare(data: Path, n_series: int, run: Path | None, device: str | None) -> 
         shutil.rmtree(run, ignore_errors=True)
         began = time.perf_counter()
         build_series([data / "stage_2_train"], data / "train_dataset", labels_csv=data / "stage_2_train.csv",
-                     image_size=load_config("cpu_small").data.image_size, progress=False)
-        fit(data / "train_dataset", run, "cpu_small", TINY_RUN, device=device)
+                     options=BuildOptions(image_size=load_config("cpu_small").data.image_size,
+                                          progress=False))
+        fit(data / "train_dataset", run, "cpu_small", TINY_RUN, TrainOptions(device=device))
         print(f"tiny run trained in {time.perf_counter() - began:.1f} s: {run}")
     return run
 
@@ -74,24 +75,24 @@ def infer_phases(run: Path, test_dir: Path, sample: Path, out: Path, device: str
                       options=InferOptions(device=device, workers=workers), progress=False)
     names = {"load_s": "load model", "read_s": "read/decode", "model_s": "model", "write_s": "writing"}
     timings = {names[k]: v for k, v in summary["timings"].items()}
-    checkpoint = load_checkpoint(model_checkpoints([run])[0])
+    trained = load_trained(model_checkpoints([run])[0])
     slices, _ = load_index(out / "dataset")
-    summary.update(n_files=len(slices), image_size=checkpoint["image_size"], config=checkpoint["config"])
+    summary.update(n_files=len(slices), image_size=trained.image_size, tta=trained.tta, spec=trained.spec)
     return timings, summary
 
 
 def markdown(t: dict[str, float], s: dict, args: argparse.Namespace, device: str) -> str:
     n = s["n_files"]
     total = sum(v for k, v in t.items() if k != "load model")
-    infer_cfg = s["config"]["infer"]
+    tta = s["tta"]
     lines = [SECTION, "",
              f"`python scripts/bench_infer.py --device {device}` — machine: {args.machine}, date {args.date},"
              f" torch {torch.__version__}, python {platform.python_version()}, {torch.get_num_threads()} torch threads,"
              f" build workers {args.workers or os.cpu_count()}. Input: {n} synthetic 512x512 DICOM files"
              f" ({args.series} series, incl. one corrupt and one junk file) → submission.csv with {s['images']} images"
              f" ({s['model']} model, {s['context']} context, {s['prior']} prior). Model: cpu_small"
-             f" (encoder `{s['config']['model']['encoder']['name']}`, head `{s['config']['model']['head']['name']}`,"
-             f" {s['image_size']} px), TTA flip {infer_cfg['tta_flip']}, reverse {infer_cfg['tta_reverse']}.",
+             f" (encoder `{s['spec']['encoder']['name']}`, head `{s['spec']['head']['name']}`,"
+             f" {s['image_size']} px), TTA flip {tta.tta_flip}, reverse {tta.tta_reverse}.",
              "", "| phase | seconds | share | images/s | projected for 121,232 images |", "|---|---|---|---|---|"]
     for name in ("read/decode", "model", "writing"):
         lines.append(f"| {name} | {t[name]:.2f} | {100 * t[name] / total:.0f} % | {n / t[name]:,.1f} |"

@@ -29,6 +29,7 @@ import pandas as pd
 import ich3d
 from ich3d.inference.run import InferOptions
 from ich3d.inference.submission import write_submission
+from ich3d.training.fit import TrainOptions
 from ich3d.layout import InferFolder, RunFolder, SynthFolder
 from ich3d.metrics import prior_predictions
 from ich3d.synth.generate import make_synthetic_dataset
@@ -106,11 +107,11 @@ def main() -> None:
     work = folder / "runs" / name
     dataset = folder / f"dataset-{config.data.image_size}"
     ich3d.build_series([folder / "stage_2_train"], dataset, labels_csv=folder / "stage_2_train.csv",
-                       image_size=config.data.image_size, progress=False)
+                       options=ich3d.BuildOptions(image_size=config.data.image_size, progress=False))
     run = RunFolder(work / "run")
     began = time.perf_counter()
     if not run.info.is_file():
-        ich3d.fit(dataset, run.root, config, folds="all" if args.folds == "all" else None)
+        ich3d.fit(dataset, run.root, config, options=TrainOptions(folds="all" if args.folds == "all" else None))
     seconds = time.perf_counter() - began
     result = evaluate(folder, run, work)
     row = (f"| {args.setting} | {n_train} / {n_test} | {args.config}{' ' + ' '.join(args.overrides) if args.overrides else ''} "

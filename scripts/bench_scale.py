@@ -196,7 +196,7 @@ def step_sequence(inputs: Inputs, meter: Meter, args: argparse.Namespace) -> dic
 
     from ich3d.config import load_config
     from ich3d.data.samplers import batches
-    from ich3d.inference.predictor import sequence_index
+    from ich3d.data.batching import sequence_index
     from ich3d.models.heads import build_head
     from ich3d.training.embeddings import Embeddings
     from ich3d.training.losses import WeightedBCELoss
@@ -245,7 +245,7 @@ def step_infer(inputs: Inputs, meter: Meter, args: argparse.Namespace) -> dict:
     from ich3d.dataset.index import load_index, part_series
     from ich3d.inference.merge import merge_parts, requested_images
     from ich3d.inference.outputs import other_rows, predicted_rows
-    from ich3d.inference.run import InferOptions
+    from ich3d.inference.exams import THRESHOLD
     from ich3d.inference.submission import read_submission_ids
     from ich3d.layout import InferFolder
 
@@ -267,7 +267,7 @@ def step_infer(inputs: Inputs, meter: Meter, args: argparse.Namespace) -> dict:
     meter.lap("part_rows")
     part.to_parquet(folder.part(0, 1), index=False)  # the part and its meta, as _predict writes them
     folder.parts_meta.write_text(json.dumps({"prior": prior.tolist(), "num_parts": 1, "n_index_rows": len(slices),
-                                             "dataset": str(dataset), "exam_threshold": InferOptions().exam_threshold}))
+                                             "dataset": str(dataset), "exam_threshold": [THRESHOLD] * 6}))
     meter.lap("write_part")
     summary = merge_parts(folder, inputs.test.sample, False)
     meter.lap("merge_parts")

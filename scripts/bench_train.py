@@ -37,7 +37,7 @@ from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path 
 
 from ich3d.config import Config, load_config
 from ich3d.data.tables import build_table
-from ich3d.dataset.build import build_series
+from ich3d.dataset.build import BuildOptions, build_series
 from ich3d.dataset.index import load_index
 from ich3d.layout import RunFolder
 from ich3d.runtime import Runtime, derive_seed, seed_everything, setup_runtime
@@ -64,7 +64,7 @@ def prepare_dataset(data: Path, image_size: int, n_series: int, source_size: int
     build = dataset / "build.json"
     if not build.is_file() or f'"image_size": {image_size}' not in build.read_text():
         build_series([data / "stage_2_train"], dataset, labels_csv=data / "stage_2_train.csv",
-                     image_size=image_size, overwrite=True, progress=False)
+                     options=BuildOptions(image_size=image_size, overwrite=True, progress=False))
     return dataset
 
 

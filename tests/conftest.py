@@ -42,11 +42,11 @@ def synthetic_rsna(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dataset(synthetic_rsna: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The training split built at 32 px with labels."""
-    from ich3d.dataset.build import build_series
+    from ich3d.dataset.build import BuildOptions, build_series
 
     out = tmp_path_factory.mktemp("dataset") / "train32"
     build_series([synthetic_rsna / "stage_2_train"], out, labels_csv=synthetic_rsna / "stage_2_train.csv",
-                 image_size=32, workers=2, progress=False)
+                 options=BuildOptions(image_size=32, workers=2, progress=False))
     return out
 
 

@@ -21,9 +21,8 @@ def test_import_is_cheap_and_lists_the_api() -> None:
 
 def test_the_pipeline_through_the_front_door(synthetic_rsna: Path, tmp_path: Path) -> None:
     dataset = tmp_path / "dataset"
-    summary = ich3d.build_series([synthetic_rsna / "stage_2_train"], dataset,
-                                 labels_csv=synthetic_rsna / "stage_2_train.csv", image_size=32, workers=1,
-                                 progress=False)
+    summary = ich3d.build_series([synthetic_rsna / "stage_2_train"], dataset, labels_csv=synthetic_rsna / "stage_2_train.csv",
+                                 options=ich3d.BuildOptions(image_size=32, workers=1, progress=False))
     slices, series = ich3d.load_index(dataset)
     assert summary["n_files"] == len(slices) and summary["n_series"] == len(series)
     config = ich3d.load_config("cpu_small", TINY_TRAINING)

@@ -199,17 +199,18 @@ def build_series_command(ctx: click.Context, dicom_dirs: tuple[Path, ...], nifti
                          assume_intercept: float | None, strict: bool) -> None:
     """Index DICOM files and NIfTI volumes into series, choose the series to read, join labels and cache HU."""
     from ich3d.app.console import print_build_summary
-    from ich3d.dataset.build import build_series
+    from ich3d.dataset.build import BuildOptions, build_series
+    from ich3d.shard import Shard
     from ich3d.dataset.roles import load_rules
 
     if not dicom_dirs and not nifti:
         raise click.UsageError("give --dicom-dir, --nifti or both")
     dicom_dirs += nifti
     rules = load_rules(series_rules, series_mode, target_thickness, series_uids)
-    summary = build_series(list(dicom_dirs), out, labels_csv=labels, image_size=image_size, workers=workers,
-                           overwrite=overwrite, num_parts=num_parts, part_id=part_id, index_only=index_only,
-                           crop=crop, assume_intercept=assume_intercept, series_rules=rules, progress=not _quiet(ctx),
-                           labels_format=labels_format)
+    options = BuildOptions(image_size=image_size, crop=crop, workers=workers, overwrite=overwrite,
+                           index_only=index_only, shard=Shard(num_parts, part_id), assume_intercept=assume_intercept,
+                           series_rules=rules, labels_format=labels_format, progress=not _quiet(ctx))
+    summary = build_series(list(dicom_dirs), out, labels_csv=labels, options=options)
     print_build_summary(summary, _console(ctx))
     usable = summary["n_files"] - summary["n_skipped"]
     if usable == 0:
@@ -256,13 +257,13 @@ def train(ctx: click.Context, dataset: Path, config_path: str | None, out: Path,
           overrides: tuple[str, ...], resume: bool, device: str | None) -> None:
     """Train the CNN encoder and GRU head in stages (launch with torchrun for several GPUs)."""
     from ich3d.app.console import EpochTable
-    from ich3d.training.fit import fit
+    from ich3d.training.fit import TrainOptions, fit
 
     if config_path is None and not resume:
         raise click.UsageError("--config is required (unless --resume)")
     table = EpochTable(_console(ctx))
-    result = fit(dataset, out, config_path, list(overrides), fold=fold, folds=folds, resume=resume, device=device,
-                 report=table.add, progress=not _quiet(ctx))
+    options = TrainOptions(fold=fold, folds=folds, resume=resume, device=device, progress=not _quiet(ctx))
+    result = fit(dataset, out, config_path, list(overrides), options, report=table.add)
     if os.environ.get("RANK", "0") == "0":  # torchrun: only rank 0 reports
         table.final(result, out)
 
@@ -286,7 +287,9 @@ def train(ctx: click.Context, dataset: Path, config_path: str | None, out: Path,
 @click.option("--resample", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
               help="auto: read series under half the training thickness as slabs of it.")
 @series_options
-@click.option("--threshold", default=0.5, show_default=True, help="Probability for the exams' slice ranges.")
+@click.option("--threshold", type=float,
+              help="One probability for every label's exam flag and slice ranges [default: the run's operating "
+                   "thresholds, fitted on held-out exams].")
 @click.option("--calibration/--no-calibration", default=True, show_default=True,
               help="Apply the models' calibration (fitted on held-out predictions).")
 @click.option("--engine", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
@@ -298,7 +301,7 @@ def infer(ctx: click.Context, runs: tuple[Path, ...], dataset: Path | None, dico
           nifti: tuple[Path, ...], sample_submission: Path | None, out: Path, allow_missing: bool, num_parts: int,
           part_id: int,
           device: str | None, batch_series: int, workers: int | None, amp: bool, resample: str, series_mode: str,
-          series_rules: Path | None, series_uids: tuple[str, ...], threshold: float, calibration: bool,
+          series_rules: Path | None, series_uids: tuple[str, ...], threshold: float | None, calibration: bool,
           engine: str) -> None:
     """Predict every image and every exam: submission.csv, predictions.parquet, exams.csv.
 
@@ -308,14 +311,15 @@ def infer(ctx: click.Context, runs: tuple[Path, ...], dataset: Path | None, dico
     from ich3d.app.console import print_infer_summary
     from ich3d.dataset.roles import load_rules
     from ich3d.inference.run import InferOptions, predict
+    from ich3d.shard import Shard
 
     custom = series_mode != "auto" or series_rules is not None or series_uids
     rules = load_rules(series_rules, series_mode, series_uids=series_uids) if custom else None
     options = InferOptions(device=device, batch_series=batch_series, workers=workers, amp=amp, resample=resample,
-                           series_rules=rules, calibrate=calibration, exam_threshold=threshold, engine=engine)
+                           series_rules=rules, calibrate=calibration, exam_threshold=threshold,
+                           allow_missing=allow_missing, shard=Shard(num_parts, part_id), engine=engine)
     summary = predict(list(runs), out, dataset=dataset, dicom_dirs=[*dicom_dirs, *nifti],
-                      sample_submission=sample_submission, allow_missing=allow_missing, num_parts=num_parts,
-                      part_id=part_id, options=options, progress=not _quiet(ctx))
+                      sample_submission=sample_submission, options=options, progress=not _quiet(ctx))
     print_infer_summary(summary, _console(ctx))
 
 
@@ -407,11 +411,12 @@ def demo(ctx: click.Context, out: Path, n_series: int, n_test_series: int, confi
          overrides: tuple[str, ...], seed: int) -> None:
     """synth → build-series → train → infer → score on synthetic data, with the prior for comparison."""
     from ich3d.app.console import EpochTable, print_demo
-    from ich3d.app.demo import run_demo
+    from ich3d.app.demo import DemoOptions, run_demo
 
     console = _console(ctx)
-    result = run_demo(out, n_series, n_test_series, config_name, list(overrides), seed,
-                      progress=not _quiet(ctx), report=EpochTable(console).add)
+    options = DemoOptions(n_series=n_series, n_test_series=n_test_series, config=config_name,
+                          overrides=tuple(overrides), seed=seed)
+    result = run_demo(out, options, progress=not _quiet(ctx), report=EpochTable(console).add)
     print_demo(result, console)
 
 

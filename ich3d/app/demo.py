@@ -5,21 +5,39 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import pandas as pd
 
 from ich3d.atomic import write_json_atomic
 from ich3d.constants import LABELS
-from ich3d.layout import InferFolder, RunFolder
+from ich3d.layout import DemoFolder, RunFolder, SynthFolder
 
 
-def run_demo(out: Path, n_series: int = 60, n_test_series: int = 16, config: str = "cpu_small",
-             overrides: list[str] | None = None, seed: int = 0, progress: bool = True,
-             synth_image_size: int = 256, n_exams: int = 4,
+@dataclass(frozen=True)
+class DemoOptions:
+    """The demo's data and config.
+
+    Attributes:
+        n_series, n_test_series: synthetic training and test series.
+        config: the packaged config (or YAML path) trained; ``overrides`` ``key=value`` on top.
+        seed: the seed of the synthetic data and of the clinical export.
+        synth_image_size: side of the synthetic slices (pixels).
+        n_exams: studies of the PACS-style export read as a user's own exams.
+    """
+
+    n_series: int = 60
+    n_test_series: int = 16
+    config: str = "cpu_small"
+    overrides: tuple[str, ...] = ()
+    seed: int = 0
+    synth_image_size: int = 256
+    n_exams: int = 4
+
+
+def run_demo(out: Path, options: DemoOptions = DemoOptions(), progress: bool = True,
              report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Runs the whole pipeline on freshly generated data with a held-out test split, then on a
     PACS-style export of a few exams.
@@ -38,23 +56,24 @@ def run_demo(out: Path, n_series: int = 60, n_test_series: int = 16, config: str
         of the test predictions, ``OUT/report.html``).
     """
     from ich3d.config import load_config
-    from ich3d.dataset.build import build_series
+    from ich3d.dataset.build import BuildOptions, build_series
     from ich3d.inference.run import InferOptions, predict
     from ich3d.app.report import write_report
-    from ich3d.training.fit import fit
+    from ich3d.training.fit import TrainOptions, fit
 
     began = time.perf_counter()
-    out = Path(out)
-    data, dataset = out / "rsna", out / "dataset"
-    run, pred = RunFolder(out / "run"), InferFolder(out / "predictions")
-    raw, slice_only = InferFolder(out / "predictions_uncalibrated"), InferFolder(out / "predictions_slice_only")
-    resolved = load_config(config, overrides)
-    _synthesize(data, n_series, n_test_series, synth_image_size, seed, progress)
-    build_series([data / "stage_2_train"], dataset, labels_csv=data / "stage_2_train.csv",
-                 image_size=resolved.data.image_size, crop=resolved.data.crop, progress=progress)
-    trained = fit(dataset, run.root, resolved, resume=run.info.is_file(), report=report, progress=progress)
-    sample, labels = data / "stage_2_sample_submission.csv", data / "stage_2_test_labels.csv"
-    predict([run.root], pred.root, dicom_dirs=[data / "stage_2_test"], sample_submission=sample, progress=progress)
+    folder = DemoFolder(Path(out))
+    data, dataset, run, pred = folder.data, folder.dataset, folder.run, folder.predictions
+    raw, slice_only = folder.uncalibrated, folder.slice_only
+    resolved = load_config(options.config, list(options.overrides))
+    _synthesize(data, options, progress)
+    build_series([data.split("train")], dataset, labels_csv=data.train_labels,
+                 options=BuildOptions(image_size=resolved.data.image_size, crop=resolved.data.crop,
+                                      progress=progress))
+    trained = fit(dataset, run.root, resolved, options=TrainOptions(resume=run.info.is_file(), progress=progress),
+                  report=report)
+    sample, labels = data.sample_submission, data.test_labels
+    predict([run.root], pred.root, dicom_dirs=[data.split("test")], sample_submission=sample, progress=progress)
     predict([run.root], raw.root, dataset=pred.dataset, sample_submission=sample,
             options=InferOptions(calibrate=False), progress=progress)
     encoders = [run.fold(k).encoder for k in run.folds_present()]
@@ -62,51 +81,51 @@ def run_demo(out: Path, n_series: int = 60, n_test_series: int = 16, config: str
     result = {
         "score": _score(pred.submission, labels), "raw_score": _score(raw.submission, labels)["weighted_log_loss"],
         "slice_score": _score(slice_only.submission, labels)["weighted_log_loss"],
-        "prior_score": _prior_score(run, sample, labels, pred.root / "prior_submission.csv"),
+        "prior_score": _prior_score(run, sample, labels, folder.prior_submission),
         **_best_validation(run), "calibrated_valid": trained["calibration"]["after"]["weighted_log_loss"],
         "tta_valid": trained["calibration"]["before"]["weighted_log_loss"],
         "calibrated_labels": [name for name, fitted in zip(LABELS, trained["calibration"]["fitted"]) if fitted],
-        "calibration_fitted_on": trained["calibration"]["fitted_on"], "out": str(out),
+        "calibration_fitted_on": trained["calibration"]["fitted_on"], "out": str(folder.root),
     }
-    result |= _clinical_exams(out, run, n_exams, seed, progress)
-    result["report"] = write_report(pred.root, out / "report.html", labels=labels, runs=[run.root])["report"]
+    result |= _clinical_exams(folder, options, progress)
+    result["report"] = write_report(pred.root, folder.report, labels=labels, runs=[run.root])["report"]
     result["seconds"] = time.perf_counter() - began
-    write_json_atomic(out / "demo.json", result)
+    write_json_atomic(folder.summary, result)
     return result
 
 
-def _clinical_exams(out: Path, run: RunFolder, n_exams: int, seed: int, progress: bool) -> dict[str, Any]:
+def _clinical_exams(folder: DemoFolder, options: DemoOptions, progress: bool) -> dict[str, Any]:
     """The exam table of a small PACS-style export read by the run, and its exam-level score."""
     from ich3d.inference.exam_score import score_exams
     from ich3d.inference.run import predict
-    from ich3d.layout import ClinicalExportFolder
     from ich3d.synth.clinical import make_clinical_export
     from ich3d.synth.clinical_plan import ClinicalConfig
 
-    export, exams = ClinicalExportFolder(out / "clinical"), InferFolder(out / "clinical_predictions")
-    config = ClinicalConfig(n_studies=n_exams, image_size=256, seed=seed)
+    export, exams = folder.clinical, folder.clinical_predictions
+    config = ClinicalConfig(n_studies=options.n_exams, image_size=256, seed=options.seed)
     if not export.summary.is_file():
         make_clinical_export(export.root, config, workers=os.cpu_count() or 1)
-    predict([run.root], exams.root, dicom_dirs=[export.export], progress=progress)
+    predict([folder.run.root], exams.root, dicom_dirs=[export.export], progress=progress)
     table = pd.read_csv(exams.exams_csv)
     score = score_exams(exams.exams_csv, export.reads, export.reads_map, n_boot=200)
     return {"exams": json.loads(table.to_json(orient="records")), "exam_score": score, "exams_csv": str(exams.exams_csv)}
 
 
-def _synthesize(data: Path, n_series: int, n_test_series: int, image_size: int, seed: int, progress: bool) -> None:
+def _synthesize(data: SynthFolder, options: DemoOptions, progress: bool) -> None:
     """Writes the synthetic data, or reuses what an earlier demo with the same settings wrote."""
     from ich3d.errors import InputError
     from ich3d.progress import progress_bar
     from ich3d.synth.generate import count_files, make_synthetic_dataset
     from ich3d.synth.plan import SynthConfig
 
-    config = SynthConfig(n_train_series=n_series, n_test_series=n_test_series, image_size=image_size, seed=seed)
-    if (data / "synth.json").is_file():
-        if json.loads((data / "synth.json").read_text())["config"] == json.loads(json.dumps(asdict(config))):
+    config = SynthConfig(n_train_series=options.n_series, n_test_series=options.n_test_series,
+                         image_size=options.synth_image_size, seed=options.seed)
+    if data.summary.is_file():
+        if json.loads(data.summary.read_text())["config"] == json.loads(json.dumps(asdict(config))):
             return
-        raise InputError(f"{data} holds synthetic data made with other settings: use another --out")
+        raise InputError(f"{data.root} holds synthetic data made with other settings: use another --out")
     with progress_bar(progress, "synth", count_files(config)) as advance:
-        make_synthetic_dataset(data, config, progress=advance, workers=os.cpu_count() or 1)
+        make_synthetic_dataset(data.root, config, progress=advance, workers=os.cpu_count() or 1)
 
 
 def _score(submission: Path, labels: Path) -> dict[str, Any]:
@@ -117,11 +136,12 @@ def _score(submission: Path, labels: Path) -> dict[str, Any]:
 
 def _prior_score(run: RunFolder, sample: Path, labels: Path, path: Path) -> float:
     """Test weighted log loss of the training prevalence used as every image's prediction."""
-    from ich3d.checkpoint import load_checkpoint
+    from ich3d.inference.ensemble import prior as ensemble_prior
     from ich3d.inference.submission import read_submission_ids, write_submission
     from ich3d.metrics import prior_predictions
+    from ich3d.models.io import load_trained
 
-    prior = np.mean([load_checkpoint(run.fold(k).model)["prevalence"] for k in run.folds_present()], axis=0)
+    prior = ensemble_prior([load_trained(run.fold(k).model) for k in run.folds_present()])
     ids = read_submission_ids(sample)
     write_submission(path, pd.DataFrame(prior_predictions(prior, len(ids)), index=ids), sample)
     return _score(path, labels)["weighted_log_loss"]

@@ -43,19 +43,16 @@ from torch import nn
 from ich3d.config import DataConfig
 from ich3d.constants import LABELS, WINDOWS, Status
 from ich3d.data.windowing import bsb, scaled_window
-from ich3d.dataset.cache import load_series
 from ich3d.dataset.crop import CacheBox, cache_box
-from ich3d.dataset.index import load_index
+from ich3d.dataset.opened import Dataset
 from ich3d.dataset.pixels import read_pixels, to_hu
 from ich3d.errors import InputError
-from ich3d.inference.predictor import series_input
-from ich3d.inference.run import model_checkpoints
-from ich3d.models.calibration import apply_calibration
-from ich3d.models.io import load_model
+from ich3d.data.batching import series_input
+from ich3d.inference import ensemble
+from ich3d.inference.predictor import Predictor, RuntimeOptions
 from ich3d.models.model import IchModel
 from ich3d.app.report_figures import figure, figure_png, head_box, overlay
-from ich3d.runtime import Runtime, select_device
-from ich3d.app.viz import _find_image
+from ich3d.runtime import Runtime
 
 log = logging.getLogger(__name__)
 WEIGHTINGS = ("layercam", "gradcam")
@@ -146,17 +143,16 @@ def last_feature_map(encoder: nn.Module, min_side: int = 1) -> Iterator[list[tor
 
 
 def series_gradcam(model: IchModel, hu: np.ndarray, readable: np.ndarray, data: DataConfig,
-                   targets: Sequence[int], device: torch.device, settings: CamSettings = CamSettings(),
+                   targets: Sequence[int], settings: CamSettings = CamSettings(),
                    labels: Sequence[int] = tuple(range(len(LABELS)))) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM of slices of one series through the encoder and the sequence head.
 
     Args:
-        model: the model, in eval mode.
+        model: the model, in eval mode, on the device where the maps are computed.
         hu: (N, S0, S0) int16 HU cache of the series.
         readable: (N,) bool, slices whose pixels were read.
         data: the model's input settings (windows, 2.5D context, size).
         targets: slice indices to explain (readable ones).
-        device: where to compute.
         settings: feature map, gradient path and weighting.
         labels: the labels to explain (positions in LABELS); each costs one more series copy per path point.
 
@@ -167,7 +163,7 @@ def series_gradcam(model: IchModel, hu: np.ndarray, readable: np.ndarray, data: 
     Raises:
         InputError: a target slice whose pixels could not be read.
     """
-    runtime = Runtime(device=device)
+    runtime = Runtime(device=next(model.parameters()).device)
     batch = {"hu": torch.from_numpy(np.array(hu))[None], "readable": torch.from_numpy(np.array(readable))[None],
              "mask": torch.ones((1, len(hu)), dtype=torch.bool)}
     x, keep = series_input(batch, data, runtime)
@@ -273,19 +269,19 @@ class Explainer:
     """Grad-CAM of images of a dataset by the models of ``--run`` arguments (averaged over members).
 
     Args:
-        runs: run folders, fold folders or checkpoints (:func:`ich3d.inference.run.model_checkpoints`).
-        dataset: the dataset folder holding the images (index and HU cache).
+        runs: run folders, fold folders or checkpoints (:func:`ich3d.models.io.model_checkpoints`).
+        dataset: the dataset holding the images (index and HU cache), opened or its folder.
         device: "cpu", "cuda", ... or None for the best available.
         settings: feature map, gradient path and weighting (:class:`CamSettings`).
     """
 
-    def __init__(self, runs: Sequence[Path], dataset: Path, device: str | None = None,
+    def __init__(self, runs: Sequence[Path], dataset: Dataset | Path, device: str | None = None,
                  settings: CamSettings = CamSettings()) -> None:
-        self.device = select_device(device)
+        self.predictor = Predictor.from_runs(runs, RuntimeOptions(device=device, amp=False))
+        self.device = self.predictor.runtime.device
         self.settings = settings
-        self.models = [load_model(path, self.device) for path in model_checkpoints(runs)]
-        self.dataset = Path(dataset)
-        self.slices, _ = load_index(self.dataset)
+        self.dataset = Dataset.of(dataset)
+        self.slices = self.dataset.slices
 
     def explain(self, image_ids: Sequence[str], labels: Sequence[str] = LABELS) -> list[Explanation]:
         """Explanations of ``image_ids`` (in that order) for ``labels``; each series is loaded once.
@@ -293,10 +289,10 @@ class Explainer:
         Raises:
             InputError: an image the index does not know, outside a series, or with unreadable pixels.
         """
-        rows = [_find_image(self.slices, image, self.dataset)[0] for image in image_ids]
+        rows = [self.dataset.find_image(image)[0] for image in image_ids]
         for row in rows:
             if not isinstance(row.get("series_uid"), str):
-                raise InputError(f"{row['image_id']}: not part of a series in {self.dataset}, nothing to explain")
+                raise InputError(f"{row['image_id']}: not part of a series in {self.dataset.root}, nothing to explain")
         found: dict[str, Explanation] = {}
         with _one_cpu_thread(self.device):
             for series_uid, group in pd.DataFrame(rows).groupby("series_uid", sort=False):
@@ -305,22 +301,21 @@ class Explainer:
 
     def _explain_series(self, series_uid: str, wanted: pd.DataFrame, labels: tuple[str, ...]) -> dict[str, Explanation]:
         members = self.slices[self.slices["series_uid"] == series_uid].sort_values("slice_index")
-        hu = load_series(self.dataset, series_uid)
+        hu = self.dataset.hu(series_uid)
         readable = (members["status"] == Status.OK).to_numpy()
         targets = wanted["slice_index"].astype(int).tolist()
         probs, maps = [], []
-        for model, checkpoint in self.models:
-            data = DataConfig(**checkpoint["config"]["data"])
-            p, m = series_gradcam(model, hu, readable, data, targets, self.device, self.settings,
+        for member in self.predictor.models:
+            p, m = series_gradcam(member.module, hu, readable, member.data, targets, self.settings,
                                   [LABELS.index(name) for name in labels])
-            probs.append(apply_calibration(p, checkpoint.get("calibration")))  # as ich3d infer reports them
+            probs.append(ensemble.member_probabilities(member, p))  # as ich3d infer reports them
             maps.append(m)
-        out = {}
+        out, mean = {}, ensemble.average(probs)
         for k, row in enumerate(wanted.to_dict("records")):
             box, shape = cache_box(row), (int(row["rows"]), int(row["cols"]))
             heat = np.mean([to_original(m[k], box, *shape) for m in maps], axis=0)
             truth = np.array([row[f"label_{name}"] for name in LABELS], dtype=np.float64)
-            out[row["image_id"]] = Explanation(row["image_id"], np.mean([p[k] for p in probs], axis=0), labels,
+            out[row["image_id"]] = Explanation(row["image_id"], mean[k], labels,
                                                heat.astype(np.float32), _original_hu(row, hu[targets[k]]), truth)
         return out
 

@@ -28,8 +28,7 @@ from ich3d.app import report_html as markup
 from ich3d.atomic import atomic_write
 from ich3d.constants import LABEL_COLUMNS, LABELS, SHORT_NAMES, WINDOWS
 from ich3d.data.windowing import bsb, scaled_window
-from ich3d.dataset.cache import load_series
-from ich3d.dataset.index import load_index
+from ich3d.dataset.opened import Dataset
 from ich3d.dataset.labels import read_labels
 from ich3d.errors import InputError
 from ich3d.layout import DatasetFolder, InferFolder, RunFolder
@@ -80,7 +79,7 @@ class _Inputs:
     predictions: pd.DataFrame  # one row per image, PROBS columns
     truth: np.ndarray | None  # (n_images, 6), NaN = unlabeled
     prior: np.ndarray | None  # (6,)
-    dataset: Path | None
+    dataset: Dataset | None
     runs: list[Path]
     explainer: Any = None
 
@@ -140,7 +139,8 @@ def _load(folder_path: Path, labels: Path | None, runs: list[Path], dataset: Pat
     predictions = pd.read_parquet(folder.predictions)
     if dataset is None and DatasetFolder(folder.dataset).slices.is_file():
         dataset = folder.dataset
-    index = load_index(dataset)[0] if dataset is not None else None
+    opened = Dataset.open(dataset) if dataset is not None else None
+    index = opened.slices if opened is not None else None
     truth = None
     if labels is not None:
         table = read_labels(labels).labels
@@ -150,7 +150,7 @@ def _load(folder_path: Path, labels: Path | None, runs: list[Path], dataset: Pat
     if index is not None and "study_uid" not in predictions:
         predictions = predictions.merge(index[["image_id", "study_uid"]].drop_duplicates("image_id"), on="image_id",
                                         how="left")
-    return _Inputs(folder, predictions, truth, _prior(folder, runs), dataset, runs)
+    return _Inputs(folder, predictions, truth, _prior(folder, runs), opened, runs)
 
 
 def _prior(folder: InferFolder, runs: list[Path]) -> np.ndarray | None:
@@ -184,8 +184,8 @@ def _summary(inputs: _Inputs, options: ReportOptions) -> Section:
     cells = [[markup.text(v) for v in row] for row in failed[columns].itertuples(index=False)]
     parts.append(f"<h3>Files not read as images ({len(failed)})</h3>"
                  + (markup.table(columns, cells) if cells else "<p>None: every file was read.</p>"))
-    if inputs.dataset is not None and DatasetFolder(inputs.dataset).build_summary().is_file():
-        build = json.loads(DatasetFolder(inputs.dataset).build_summary().read_text())
+    if inputs.dataset is not None and inputs.dataset.folder.build_summary().is_file():
+        build = json.loads(inputs.dataset.folder.build_summary().read_text())
         parts.append("<h3>The dataset's build.json</h3>" + markup.mapping_table(build))
     return "summary", "Summary", "\n".join(parts)
 
@@ -303,11 +303,11 @@ def _key_slices(probs: np.ndarray, truth: np.ndarray | None, rows: pd.DataFrame)
     return list(dict.fromkeys(keys))
 
 
-def _cache_thumbnail(dataset: Path | None, series_uid: str, index: int) -> np.ndarray | None:
+def _cache_thumbnail(dataset: Dataset | None, series_uid: str, index: int) -> np.ndarray | None:
     """(h, w) uint8 brain window of a cached slice, cut to the head (None without a dataset or cache file)."""
-    if dataset is None or not DatasetFolder(dataset).cache_file(series_uid).is_file():
+    if dataset is None or not dataset.folder.cache_file(series_uid).is_file():
         return None
-    hu = np.asarray(load_series(dataset, series_uid)[index])
+    hu = np.asarray(dataset.hu(series_uid)[index])
     return scaled_window(hu, *WINDOWS["brain"])[figures.head_box(hu)]
 
 
@@ -345,7 +345,7 @@ def _card(inputs: _Inputs, row: dict[str, Any], explanation: Any) -> str:
     if explanation is not None:
         hu, images = explanation.hu, [_rgb(bsb(explanation.hu)), explanation.overlay("any")]
     else:
-        hu = np.asarray(load_series(inputs.dataset, row["series_uid"])[int(row["slice_index"])])
+        hu = np.asarray(inputs.dataset.hu(row["series_uid"])[int(row["slice_index"])])
         images = [_rgb(bsb(hu))]
     head = figures.head_box(hu)
     pngs = [figures.image_png(figures.shrink(image[head], 256)) for image in images]

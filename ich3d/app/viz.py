@@ -18,9 +18,7 @@ import pandas as pd
 from ich3d.atomic import atomic_write
 from ich3d.constants import LABEL_COLUMNS, LABELS, SHORT_NAMES, WINDOWS, Status
 from ich3d.data.windowing import bsb, scaled_window
-from ich3d.dataset.cache import load_series
-from ich3d.dataset.dicom import read_header
-from ich3d.dataset.index import load_index
+from ich3d.dataset.opened import Dataset
 from ich3d.dataset.pixels import read_pixels, to_hu
 from ich3d.errors import InputError
 
@@ -30,7 +28,7 @@ _POSITIVE, _NEGATIVE, _UNLABELED = "#d62728", "#2b2b2b", "#7f7f7f"
 _DPI = 100
 
 
-def show_image(dataset: Path, image: str, out: Path) -> Path:
+def show_image(dataset: Dataset | Path, image: str, out: Path) -> Path:
     """Draw the seed notebook's panels of one image and write them as a PNG.
 
     Panels: the raw stored values; the header window (WindowCenter/Width, first value when
@@ -39,7 +37,7 @@ def show_image(dataset: Path, image: str, out: Path) -> Path:
     the side text its six labels from the index.
 
     Args:
-        dataset: a dataset folder written by ``ich3d build-series``.
+        dataset: a dataset folder written by ``ich3d build-series``, or it opened.
         image: an image ID (``ID_0a1b2c3d4``) of the index, or the path of a DICOM file.
         out: the PNG to write (folders are created).
 
@@ -49,8 +47,7 @@ def show_image(dataset: Path, image: str, out: Path) -> Path:
     Raises:
         InputError: not a dataset, an image the index does not know, or a file that cannot be read.
     """
-    slices, _ = load_index(dataset)
-    row, labels = _find_image(slices, image, dataset)
+    row, labels = Dataset.of(dataset).find_image(image)
     try:
         raw = read_pixels(SimpleNamespace(**row))
     except OSError as exc:
@@ -72,7 +69,8 @@ def show_image(dataset: Path, image: str, out: Path) -> Path:
     return _save(fig, out)
 
 
-def show_series(dataset: Path, series_uid: str, out: Path, max_slices: int = 36, channels: str = "brain") -> Path:
+def show_series(dataset: Dataset | Path, series_uid: str, out: Path, max_slices: int = 36,
+                channels: str = "brain") -> Path:
     """Draw a montage of one series from the HU cache, slices in sorted order, and write it as a PNG.
 
     Each tile is titled with its slice_index and positive labels (red when ``any`` is positive, grey
@@ -94,13 +92,14 @@ def show_series(dataset: Path, series_uid: str, out: Path, max_slices: int = 36,
     if channels not in ("brain", "bsb") or max_slices < 1:
         raise InputError(f"show_series: channels must be 'brain' or 'bsb' and max_slices >= 1 "
                          f"(got {channels!r}, {max_slices})")  # fmt: skip
-    slices, _ = load_index(dataset)
+    dataset = Dataset.of(dataset)
+    slices = dataset.slices
     rows = slices[slices["series_uid"] == series_uid].sort_values("slice_index")
     if rows.empty:
         known = slices["series_uid"].dropna().unique()
-        raise InputError(f"unknown series {series_uid!r}: not in {Path(dataset) / 'index'} ({len(known)} series, "
+        raise InputError(f"unknown series {series_uid!r}: not in {dataset.folder.series} ({len(known)} series, "
                          f"e.g. {', '.join(map(str, known[:3]))})")  # fmt: skip
-    volume = load_series(dataset, series_uid)
+    volume = dataset.hu(series_uid)
     shown = np.unique(np.linspace(0, len(rows) - 1, min(len(rows), max_slices)).round().astype(int))
     ncols = math.ceil(math.sqrt(len(shown)))
     nrows = math.ceil(len(shown) / ncols)
@@ -119,35 +118,13 @@ def show_series(dataset: Path, series_uid: str, out: Path, max_slices: int = 36,
     return _save(fig, out)
 
 
-def show_series_of_image(dataset: Path, image: str, out: Path, max_slices: int = 36) -> Path:
+def show_series_of_image(dataset: Dataset | Path, image: str, out: Path, max_slices: int = 36) -> Path:
     """:func:`show_series` of the series holding `image` (an image ID or DICOM path of the index)."""
-    slices, _ = load_index(dataset)
-    row, _ = _find_image(slices, image, dataset, need_pixels=False)
+    dataset = Dataset.of(dataset)
+    row, _ = dataset.find_image(image, need_pixels=False)
     if not row.get("series_uid"):
-        raise InputError(f"{image}: not part of a series in {dataset}, nothing to draw")
+        raise InputError(f"{image}: not part of a series in {dataset.root}, nothing to draw")
     return show_series(dataset, row["series_uid"], out, max_slices=max_slices)
-
-
-def _find_image(slices: pd.DataFrame, image: str, dataset: Path,
-                need_pixels: bool = True) -> tuple[dict[str, Any], dict[str, float]]:  # fmt: skip
-    """The index row (or, for a file outside the index, its header) of `image`, and its labels."""
-    path = Path(image)
-    if path.suffix.lower() == ".dcm" or path.is_file():
-        if not path.is_file():
-            raise InputError(f"{image}: no such file")
-        match = slices[slices["path"].isin([str(path), str(path.resolve())])]
-        row = match.iloc[0].to_dict() if len(match) else read_header(path)
-    else:
-        match = slices[slices["image_id"] == image]
-        if match.empty:
-            example = slices["image_id"].iloc[0] if len(slices) else "ID_0a1b2c3d4"
-            raise InputError(f"unknown image {image!r}: not in the index of {dataset} ({len(slices)} images); "
-                             f"give an image ID such as {example} or the path of a .dcm file")  # fmt: skip
-        row = match.iloc[0].to_dict()
-    if need_pixels and row["status"] != Status.OK:
-        raise InputError(f"{image}: cannot draw it, its file is {row['status']}: {row['error']}")
-    labels = {name: float(row.get(column, np.nan)) for name, column in zip(LABELS, LABEL_COLUMNS)}
-    return row, labels
 
 
 def _header_window(row: dict[str, Any]) -> tuple[float, float, str]:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -34,7 +34,7 @@ from ich3d import __version__
 from ich3d.atomic import write_json_atomic
 from ich3d.constants import LABEL_COLUMNS, Status
 from ich3d.dataset.cache import cache_file_ok
-from ich3d.dataset.crop import CROP_COLUMNS, CROP_MODES
+from ich3d.dataset.crop import CROP_COLUMNS
 from ich3d.dataset.pixel_pass import CacheJournal, cache_series
 from ich3d.dataset.files import InputFiles, collect_files
 from ich3d.dataset.index import (
@@ -45,8 +45,9 @@ from ich3d.dataset.index import (
     write_parquet,
 )
 from ich3d.dataset.nifti import NIFTI_SYNTAX
-from ich3d.dataset.roles import SeriesRules, choice_table
-from ich3d.errors import Ich3dError, InputError
+from ich3d.dataset.options import BuildOptions
+from ich3d.dataset.roles import choice_table
+from ich3d.errors import Ich3dError
 from ich3d.folders import FolderLock, prepare_output
 from ich3d.layout import DatasetFolder
 from ich3d.progress import progress_bar
@@ -55,14 +56,20 @@ from ich3d.workers import process_pool
 log = logging.getLogger(__name__)
 
 
-def _pixel_pass(folder: DatasetFolder, slices: pd.DataFrame, series: pd.DataFrame, size: int, crop: str,
-                parts: tuple[int, int], overwrite: bool, files_id: str, pool: Executor | None, workers: int,
-                progress: bool) -> dict:
+class _Pool(NamedTuple):
+    """The build's process pool (None: this process) and its number of workers."""
+
+    executor: Executor | None
+    workers: int
+
+
+def _pixel_pass(folder: DatasetFolder, slices: pd.DataFrame, series: pd.DataFrame, files_id: str, pool: _Pool,
+                options: BuildOptions) -> dict:
     """Builds this part's missing or damaged cache files; writes its failures and crops parquets; returns counts."""
-    num_parts, part_id = parts
-    mine = part_series(series[series["build_cache"]], num_parts, part_id)
+    size, crop, part_id = options.image_size, options.crop, options.shard.part_id
+    mine = part_series(series[series["build_cache"]], options.shard.num_parts, part_id)
     journal = CacheJournal(folder, part_id, files_id, size, crop)
-    done = {} if overwrite else journal.finished()
+    done = {} if options.overwrite else journal.finished()
     length = dict(zip(series["series_uid"], series["n_slices"].astype(int)))
     damaged = [uid for uid in mine if uid in done and folder.cache_file(uid).exists()
                and not cache_file_ok(folder.cache_file(uid), length[uid], size)]
@@ -72,8 +79,8 @@ def _pixel_pass(folder: DatasetFolder, slices: pd.DataFrame, series: pd.DataFram
     todo.sort(key=lambda uid: -length[uid])  # longest first: no long series left for the end
     folder.cache.mkdir(parents=True, exist_ok=True)
     try:
-        with progress_bar(progress, "pixels", sum(length[u] for u in todo)) as advance:
-            done |= cache_series(folder, slices, todo, size, journal, pool, 4 * workers, advance)
+        with progress_bar(options.progress, "pixels", sum(length[u] for u in todo)) as advance:
+            done |= cache_series(folder, slices, todo, journal, pool.executor, 4 * pool.workers, advance)
     except BrokenProcessPool as exc:
         raise Ich3dError(f"{folder.root}: a worker process died (out of memory?); rerun the same command to resume "
                          f"(finished series are kept)") from exc
@@ -93,54 +100,16 @@ def _pixel_pass(folder: DatasetFolder, slices: pd.DataFrame, series: pd.DataFram
             "pixel_failures": failures["status"].value_counts().to_dict()}
 
 
-def _check_arguments(image_size: int, workers: int, num_parts: int, part_id: int, crop: str) -> None:
-    if crop not in CROP_MODES:
-        raise InputError(f"--crop {crop}: must be one of {', '.join(CROP_MODES)}")
-    if image_size < 1:
-        raise InputError(f"--image-size {image_size}: must be a positive number of pixels")
-    if workers < 1:
-        raise InputError(f"--workers {workers}: must be at least 1")
-    if num_parts < 1 or not 0 <= part_id < num_parts:
-        raise InputError(f"--part-id {part_id} must be in 0..{num_parts - 1} (--num-parts {num_parts})")
-
-
-def build_series(
-    dicom_dirs: Sequence[Path],
-    out: Path,
-    labels_csv: Path | None = None,
-    image_size: int = 256,
-    workers: int | None = None,
-    overwrite: bool = False,
-    num_parts: int = 1,
-    part_id: int = 0,
-    index_only: bool = False,
-    crop: str = "head",
-    assume_intercept: float | None = None,
-    series_rules: SeriesRules = SeriesRules(),
-    progress: bool = True,
-    labels_format: str = "rsna",
-) -> dict[str, Any]:
+def build_series(dicom_dirs: Sequence[Path], out: Path, labels_csv: Path | None = None,
+                 options: BuildOptions = BuildOptions()) -> dict[str, Any]:
     """Indexes DICOM folders (and NIfTI volumes) into series, joins labels and caches Hounsfield units.
 
     Args:
         dicom_dirs: folders searched recursively, or NIfTI files (see
             :func:`ich3d.dataset.files.collect_files`).
         out: the dataset folder (created).
-        labels_csv: labels in ``labels_format``, or None.
-        image_size: side S of the cached slices (pixels).
-        workers: processes (default: all cores); 1 runs in this process.
-        overwrite: rebuild this part's cache files even if they are finished.
-        num_parts, part_id: this job's share of the pixel pass (the index is shared).
-        index_only: stop after writing the index.
-        crop: ``head`` crops each series to a square around the head before resizing
-            (:mod:`ich3d.dataset.crop`); ``none`` resizes the whole (padded) image.
-        assume_intercept: the RescaleIntercept of slices that lack it (None: they are
-            ``missing_rescale`` and not used).
-        series_rules: which series to predict (:mod:`ich3d.dataset.roles`); the cache holds those
-            and the labeled axial CT series.
-        progress: show rich progress bars.
-        labels_format: ``rsna`` (long ``ID,Label``) or ``ct-ich`` (PhysioNet CT-ICH per-slice CSV,
-            joined to NIfTI slices by file stem and slice number).
+        labels_csv: labels in ``options.labels_format``, or None.
+        options: size, crop, workers, shard, series rules... (:class:`BuildOptions`).
 
     Returns:
         The summary written to ``build.json`` (``build-part-<I>.json`` when num_parts > 1): counts by
@@ -152,8 +121,8 @@ def build_series(
             cannot be written or is in use by another job.
     """
     began = time.perf_counter()
-    workers = workers or os.cpu_count() or 1
-    _check_arguments(image_size, workers, num_parts, part_id, crop)
+    workers = options.workers or os.cpu_count() or 1
+    num_parts, part_id, progress = options.shard.num_parts, options.shard.part_id, options.progress
     folder = DatasetFolder(prepare_output(Path(out), "--out"))
     with process_pool(workers) as pool:
         with FolderLock(folder.lock, f"dataset folder {folder.root}", wait=True):
@@ -163,20 +132,16 @@ def build_series(
             for path, error in files.unreadable:
                 log.warning("cannot read %s (%s): its files are left out", path, error)
             timings = {"collect_s": time.perf_counter() - began}
-            slices, series, meta = index_for(folder, files, labels_csv, pool, progress, assume_intercept,
-                                             series_rules, labels_format)
+            slices, series, meta = index_for(folder, files, labels_csv, pool, options)
             timings["index_s"] = time.perf_counter() - began - timings["collect_s"]  # header pass included
         with FolderLock(folder.part_lock(part_id), f"part {part_id} of dataset folder {folder.root}"):
-            pixels = {} if index_only else _pixel_pass(folder, slices, series, image_size, crop, (num_parts, part_id),
-                                                       overwrite, files.files_id, pool, workers, progress)
+            pixels = {} if options.index_only else _pixel_pass(folder, slices, series, files.files_id,
+                                                               _Pool(pool, workers), options)
             timings["total_s"] = time.perf_counter() - began
             timings["pixel_s"] = timings["total_s"] - timings["index_s"] - timings["collect_s"]
             timings["header_s"] = 0.0 if meta["reused"] else meta["header_s"]
             summary = _summary(dicom_dirs, labels_csv, files, slices, series, meta, pixels, timings)
-            summary["settings"] = {"image_size": image_size, "workers": workers, "overwrite": overwrite,
-                                   "num_parts": num_parts, "part_id": part_id, "index_only": index_only, "crop": crop,
-                                   "assume_intercept": assume_intercept, "series_rules": series_rules.to_dict(),
-                                   "labels_format": labels_format}
+            summary["settings"] = options.settings(workers)
             write_json_atomic(folder.build_summary(num_parts, part_id), summary)
     return summary
 

@@ -31,6 +31,7 @@ from ich3d.dataset.files import InputFiles, file_id
 from ich3d.dataset.identity import assign_image_ids
 from ich3d.dataset.labels import LabelTable, join_labels, read_label_file
 from ich3d.dataset.nifti import relative_ids
+from ich3d.dataset.options import BuildOptions
 from ich3d.dataset.roles import AXIAL_LIKE, SeriesRules, assign_roles, choose_series
 from ich3d.dataset.rows import read_rows
 from ich3d.dataset.series import order_slices, series_table
@@ -128,8 +129,7 @@ def read_meta(path: Path) -> dict | None:
 
 
 def index_for(folder: DatasetFolder, files: InputFiles, labels_csv: Path | None, pool: Executor | None,
-              progress: bool, assume_intercept: float | None = None, rules: SeriesRules = SeriesRules(),
-              labels_format: str = "rsna") -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+              options: BuildOptions) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """The index of ``files``: reused when it matches the inputs, labels and rules; rebuilt from the stored
     header rows when only the labels or the series rules changed; else built from a header pass.
 
@@ -137,6 +137,7 @@ def index_for(folder: DatasetFolder, files: InputFiles, labels_csv: Path | None,
         (slices, series, meta): meta holds the layout version, fingerprints, the label report, the
         rules, ``header_s`` and ``reused``.
     """
+    assume_intercept, rules, labels_format = options.assume_intercept, options.series_rules, options.labels_format
     files_meta = {"version": INDEX_VERSION, "files_id": files.files_id, "header_options":
                   {"assume_intercept": assume_intercept, "header_version": HEADER_VERSION}}
     meta = files_meta | {"labels_id": file_id(labels_csv), "labels_format": labels_format,
@@ -152,7 +153,7 @@ def index_for(folder: DatasetFolder, files: InputFiles, labels_csv: Path | None,
         log.info("%s: same files, new labels or series rules: headers reused", folder.slices)
         header = pd.read_parquet(folder.headers)
     else:
-        header = header_pass(files, pool, progress, assume_intercept)
+        header = header_pass(files, pool, options.progress, assume_intercept)
         folder.headers.parent.mkdir(parents=True, exist_ok=True)
         write_parquet(header, folder.headers, files_meta)
     header_s = time.perf_counter() - began

@@ -100,8 +100,8 @@ def _run_series(pool: Executor | None, uids: Sequence[str], task: Callable[[str]
             yield pending.pop(future), SeriesCache(*future.result())
 
 
-def cache_series(dataset: DatasetFolder, slices: pd.DataFrame, series_uids: Sequence[str], size: int,
-                 journal: CacheJournal, pool: Executor | None = None, in_flight: int = 8,
+def cache_series(dataset: DatasetFolder, slices: pd.DataFrame, series_uids: Sequence[str], journal: CacheJournal,
+                 pool: Executor | None = None, in_flight: int = 8,
                  advance: Callable[[int], None] = lambda n: None) -> dict[str, SeriesCache]:
     """Builds the cache files of ``series_uids`` (in this order), journaling each finished series.
 
@@ -112,8 +112,7 @@ def cache_series(dataset: DatasetFolder, slices: pd.DataFrame, series_uids: Sequ
         dataset: the dataset folder (files go to its ``cache/``).
         slices: the index, sorted by series then slice_index (as written by ``build_series``).
         series_uids: the series to build.
-        size: output side S.
-        journal: where finished series are recorded.
+        journal: where finished series are recorded; its key holds the output side S and the crop.
         pool: process pool, or None to work in this process.
         in_flight: series submitted to the pool at a time (a few per worker keeps every worker busy).
         advance: called with each finished series' number of slices (progress).
@@ -129,7 +128,8 @@ def cache_series(dataset: DatasetFolder, slices: pd.DataFrame, series_uids: Sequ
 
     done = {}
     with journal.writer() as append:
-        for uid, result in _run_series(pool, series_uids, task, dataset, size, journal.key["crop"], in_flight):
+        for uid, result in _run_series(pool, series_uids, task, dataset, journal.key["size"], journal.key["crop"],
+                                       in_flight):
             append(uid, result)
             done[uid] = result
             advance(blocks[uid][1] - blocks[uid][0])

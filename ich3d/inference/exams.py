@@ -1,8 +1,9 @@
 """Exam-level results: does this exam show a hemorrhage, of which kind, and where (docs/design.md §11).
 
 One row per study of the dataset (``exams.csv`` and ``exams.json``): the series read, the exam's
-probability of each label, the key slice (highest ``any``), the slice ranges of each label above the
-threshold, and a status:
+probability of each label, its flag (the probability at or above the label's threshold: by default
+the run's operating threshold, docs/design.md §4), the key slice (highest ``any``), the slice ranges
+of each label at or above the threshold, and a status:
 
 * ``ok``                — the study's soft-kernel, non-contrast axial series was read, every slice by
   the model;
@@ -21,6 +22,7 @@ bleed over the whole head.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -31,8 +33,9 @@ from ich3d.inference.outputs import PROB_COLUMNS
 
 #: Slices of the moving average the exam probability takes its maximum over.
 SMOOTHING_SLICES = 3
-#: Default probability above which a slice counts for a label's slice ranges.
+#: Default probability at which an exam is flagged and a slice counts for a label's slice ranges.
 THRESHOLD = 0.5
+FLAG_COLUMNS = [f"flag_{name}" for name in LABELS]
 STATUSES = ("ok", "partial", "no usable series")
 PARTIAL_ROLES = ("contrast", "too_short")
 
@@ -61,7 +64,8 @@ def _exam_series(predictions: pd.DataFrame, series: pd.DataFrame) -> pd.DataFram
     return read.drop_duplicates("study_uid").set_index("study_uid")
 
 
-def exam_table(predictions: pd.DataFrame, series: pd.DataFrame, threshold: float = THRESHOLD) -> pd.DataFrame:
+def exam_table(predictions: pd.DataFrame, series: pd.DataFrame,
+               threshold: float | Sequence[float] = THRESHOLD) -> pd.DataFrame:
     """One row per study (see the module docstring).
 
     The rows of every read series are sorted and turned into arrays once; each exam is then a slice
@@ -70,13 +74,16 @@ def exam_table(predictions: pd.DataFrame, series: pd.DataFrame, threshold: float
     Args:
         predictions: the per-image rows (:mod:`ich3d.inference.outputs`).
         series: the dataset's series table (roles and choice).
-        threshold: probability above which a slice counts in a label's slice ranges.
+        threshold: per label (or one for all), the probability at which an exam is flagged and a
+            slice counts in the label's slice ranges.
 
     Returns:
         Columns patient_id, study_uid, status, series_uid, series_description, role, n_images,
-        n_predicted, p_<label> ×6, key_slice_index, key_sop_uid, key_image_id, key_position_mm,
-        slices_<label> ×6 (ranges of slice_index above ``threshold``), reason.
+        n_predicted, p_<label> ×6, flag_<label> ×6 (bool; empty without a usable series),
+        key_slice_index, key_sop_uid, key_image_id, key_position_mm, slices_<label> ×6 (ranges of
+        slice_index at or above the threshold), reason.
     """
+    thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(LABELS),))
     chosen = _exam_series(predictions, series)
     per_study = series.groupby("study_uid").agg(patient_id=("patient_id", "first"))
     images = predictions.groupby("study_uid").size()
@@ -93,9 +100,9 @@ def exam_table(predictions: pd.DataFrame, series: pd.DataFrame, threshold: float
             continue
         series_row = chosen_rows[study]
         start, stop = bounds[series_row["series_uid"]]
-        rows.append(row | _exam(arrays, slice(start, stop), series_row, threshold))
+        rows.append(row | _exam(arrays, slice(start, stop), series_row, thresholds))
     columns = (["patient_id", "study_uid", "status", "series_uid", "series_description", "role", "n_images",
-                "n_predicted", *PROB_COLUMNS, "key_slice_index", "key_sop_uid", "key_image_id", "key_position_mm"]
+                "n_predicted", *PROB_COLUMNS, *FLAG_COLUMNS, "key_slice_index", "key_sop_uid", "key_image_id", "key_position_mm"]
                + [f"slices_{name}" for name in LABELS] + ["reason"])
     return pd.DataFrame(rows).reindex(columns=columns)
 
@@ -128,7 +135,7 @@ class _ExamArrays(NamedTuple):
                    rows["image_id"].to_numpy(object), rows["position"].to_numpy(np.float64))
 
 
-def _exam(arrays: _ExamArrays, rows: slice, chosen: dict, threshold: float) -> dict:
+def _exam(arrays: _ExamArrays, rows: slice, chosen: dict, thresholds: np.ndarray) -> dict:
     """The exam fields of one study read from the series ``chosen`` (its series-table row; ``rows``: its
     rows in ``arrays``)."""
     probs, index = arrays.probs[rows], arrays.slice_index[rows]
@@ -138,8 +145,9 @@ def _exam(arrays: _ExamArrays, rows: slice, chosen: dict, threshold: float) -> d
     n_context = int(arrays.by_context[rows].sum())
     if n_context:
         reason.append(f"{n_context} unreadable slices predicted from their neighbours")
-    exam = dict(zip(PROB_COLUMNS, smoothed_maximum(probs)))
-    ranges = {f"slices_{name}": _ranges(index[probs[:, j] > threshold])
+    exam_probs = smoothed_maximum(probs)
+    exam = dict(zip(PROB_COLUMNS, exam_probs)) | dict(zip(FLAG_COLUMNS, (exam_probs >= thresholds).tolist()))
+    ranges = {f"slices_{name}": _ranges(index[probs[:, j] >= thresholds[j]])
               for j, name in enumerate(LABELS)}
     description = chosen.get("series_description")
     return exam | ranges | {

@@ -91,8 +91,7 @@ def export_run(runs: Sequence[Path], out: Path, fmt: str = "onnx") -> dict[str, 
         InputError: an unknown format, no trained model, an output folder in use, or a graph whose
             probabilities differ from PyTorch's by more than :data:`TOLERANCE`.
     """
-    from ich3d.inference.run import model_checkpoints
-    from ich3d.models.io import load_model
+    from ich3d.models.io import load_trained, model_checkpoints, read_payload
 
     if fmt not in EXPORT_FORMATS:
         raise InputError(f"--format {fmt}: ich3d exports {', '.join(EXPORT_FORMATS)}")
@@ -101,8 +100,8 @@ def export_run(runs: Sequence[Path], out: Path, fmt: str = "onnx") -> dict[str, 
     with FolderLock(folder.lock, f"export folder {folder.root}"):
         members = []
         for i, path in enumerate(checkpoints):
-            model, checkpoint = load_model(path, torch.device("cpu"))
-            members.append(_export_member(model, checkpoint, folder, i) | {"source": str(Path(path).resolve())})
+            model = load_trained(path).module
+            members.append(_export_member(model, read_payload(path), folder, i) | {"source": str(Path(path).resolve())})
         _copy_model_card(runs, folder)
         info = _describe(members)
         write_json_atomic(folder.info, info)
@@ -110,7 +109,11 @@ def export_run(runs: Sequence[Path], out: Path, fmt: str = "onnx") -> dict[str, 
 
 
 def _export_member(model: IchModel, checkpoint: dict[str, Any], folder: ExportFolder, member: int) -> dict[str, Any]:
-    """Writes one member's two graphs and checks them against PyTorch; its entry of ``export.json``."""
+    """Writes one member's two graphs and checks them against PyTorch; its entry of ``export.json``.
+
+    Args:
+        checkpoint: the member's payload without its state dict (:func:`ich3d.models.io.read_payload`).
+    """
     data = DataConfig(**checkpoint["config"]["data"])
     folder.encoder(member).parent.mkdir(parents=True, exist_ok=True)
     images = torch.rand(2, data.in_channels, data.image_size, data.image_size)
@@ -131,10 +134,9 @@ def _export_member(model: IchModel, checkpoint: dict[str, Any], folder: ExportFo
     if not difference <= TOLERANCE:
         raise InputError(f"the ONNX graphs of member {member} give probabilities {difference:.2e} away from "
                          f"PyTorch's (more than {TOLERANCE:g}): report this with the run's config")
-    facts = {key: value for key, value in checkpoint.items() if key != "state_dict"}
     return {"encoder": str(folder.encoder(member).relative_to(folder.root)),
             "head": str(folder.head(member).relative_to(folder.root)), "fold": checkpoint.get("fold"),
-            "features": model.out_features, "max_abs_diff": difference, "checkpoint": _json_ready(facts)}
+            "features": model.out_features, "max_abs_diff": difference, "checkpoint": _json_ready(checkpoint)}
 
 
 def synthetic_series(data: DataConfig, n_slices: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,6 +223,9 @@ def _describe(members: list[dict[str, Any]]) -> dict[str, Any]:
             "tta": "per member: mean of the sigmoid over the flip (encoder input flipped left-right) and reverse "
                    "(series order reversed) views its config enables (members[i].checkpoint.config.infer)",
             "calibration": "per member and label: sigmoid(a * logit(p) + b) (members[i].checkpoint.calibration)",
+            "thresholds": "exam flags: the exam probability (a study's maximum over its chosen series' slices) at or "
+                          "above the label's operating threshold, the members' mean "
+                          "(members[i].checkpoint.operating_points, with the sensitivity/specificity measured)",
             "ensemble": "mean of the members' calibrated probabilities",
             "thin_series": "series thinner than half a member's slice_spacing are read as slabs of it",
         },

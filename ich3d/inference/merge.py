@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ich3d.atomic import atomic_write, write_json_atomic
-from ich3d.dataset.index import load_index
+from ich3d.dataset.opened import Dataset
 from ich3d.errors import InputError
 from ich3d.inference.exams import exam_table
 from ich3d.inference.outputs import PROB_COLUMNS, check_rows
@@ -68,7 +68,7 @@ def merge_parts(folder: InferFolder, sample: Path | None, allow_missing: bool) -
         predictions.to_parquet(file, index=False)
     scored = predictions[predictions[PROB_COLUMNS[0]].notna()]
     write_submission(folder.submission, scored.set_index("image_id")[PROB_COLUMNS], sample)
-    exams = exam_table(predictions, load_index(Path(meta["dataset"]))[1], meta.get("exam_threshold", 0.5))
+    exams = exam_table(predictions, Dataset.open(meta["dataset"]).series, meta.get("exam_threshold", 0.5))
     with atomic_write(folder.exams_csv) as file:
         exams.to_csv(file, index=False)
     write_json_atomic(folder.exams_json, json.loads(exams.to_json(orient="records")))

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ich3d.errors import InputError
 from ich3d.layout import ExportFolder
+
+if TYPE_CHECKING:
+    from ich3d.models.io import TrainedModel
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -101,17 +104,21 @@ class OnnxMember:
         return self
 
 
-def load_export(folder: Path, device: str | None = None, threads: int | None = None) -> list[tuple[OnnxMember, dict[str, Any]]]:
-    """The members of an export folder with their checkpoint facts (config, prevalence, calibration...).
+def load_exported(folder: Path, device: str | None = None, threads: int | None = None) -> list[TrainedModel]:
+    """The members of an export folder as :class:`~ich3d.models.io.TrainedModel` objects whose ``module``
+    is an :class:`OnnxMember` (their config, prevalence, calibration and thresholds from ``export.json``).
 
     Raises:
         InputError: not an export folder (no ``export.json``), or unreadable graphs.
     """
+    from ich3d.models.io import trained_model
+
     export = ExportFolder(Path(folder))
     if not export.info.is_file():
         raise InputError(f"--engine onnxruntime --run {folder}: no {export.info.name} there: give a folder written "
                          f"by `ich3d export RUN --format onnx --out {folder}`")
     info = json.loads(export.info.read_text())
     providers = execution_providers(device)
-    return [(OnnxMember(export.root / entry["encoder"], export.root / entry["head"], providers, threads),
-             entry["checkpoint"]) for entry in info["members"]]
+    return [trained_model(entry["checkpoint"], OnnxMember(export.root / entry["encoder"], export.root / entry["head"],
+                                                          providers, threads), export.info)
+            for entry in info["members"]]

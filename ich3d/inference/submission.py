@@ -18,6 +18,7 @@ from ich3d.atomic import atomic_write, write_json_atomic
 from ich3d.constants import LABELS
 from ich3d.dataset.labels import patient_slice_keys, read_label_file, read_long
 from ich3d.errors import InputError
+from ich3d.layout import InferFolder
 from ich3d.metrics import evaluate
 
 
@@ -233,7 +234,7 @@ def score_submission(submission: Path, labels: Path, series_of: pd.Series | None
 def _by_image_id(labels: pd.DataFrame, submission: Path) -> pd.DataFrame:
     """CT-ICH labels (index ``<patient>#<slice>``) re-indexed by the image keys of the predictions
     beside ``submission``; labels of slices that were not predicted are dropped."""
-    predictions = Path(submission).with_name("predictions.parquet")
+    predictions = InferFolder(Path(submission).parent).predictions
     if not predictions.is_file():
         raise InputError(f"{submission}: CT-ICH labels are joined through the predictions.parquet beside the "
                          f"submission; none in {predictions.parent}")
@@ -252,11 +253,11 @@ def save_score(result: dict[str, Any], path: Path) -> None:
 def series_lookup(submission: Path, dataset: Path | None) -> pd.Series | None:
     """image_id → series_uid from a dataset index, or from ``predictions.parquet`` beside the submission."""
     if dataset is not None:
-        from ich3d.dataset.index import load_index
+        from ich3d.dataset.opened import Dataset
 
-        slices, _ = load_index(dataset)
+        slices = Dataset.open(dataset).slices
     else:
-        predictions = Path(submission).with_name("predictions.parquet")
+        predictions = InferFolder(Path(submission).parent).predictions
         if not predictions.is_file():
             return None
         slices = pd.read_parquet(predictions, columns=["image_id", "series_uid"])

@@ -47,6 +47,22 @@ _PIXEL_TAGS = {"signed": (16, 1, "-1024"), "unsigned": (16, 0, "-1024"), "unsign
                "wrapped12": (12, 0, "1")}  # fmt: skip
 
 
+def decode(stored: np.ndarray, bits_stored: int, pixel_representation: int, intercept: float) -> np.ndarray:
+    """The HU :func:`encoder` encoded, from its own tag table: the generator's truth, computed without the
+    reader (a bug in :func:`ich3d.dataset.pixels.to_hu` must show against it, not hide in it).
+
+    Args:
+        stored: stored pixel values as written; the tags are those :func:`template` wrote.
+
+    Returns:
+        Same shape, float64 HU (pixels padded at -2000 outside the reconstruction circle give -3024).
+    """
+    values = stored.astype(np.float64)
+    if (bits_stored, pixel_representation, f"{intercept:g}") == _PIXEL_TAGS["wrapped12"]:
+        return np.where(values > 3095, values - 4096, values)  # stored = HU mod 4096, HU in [-1000, 3095]
+    return values - 1024.0  # slope 1, intercept -1024 for every other representation
+
+
 def _el(tag: int, vr: str, value: object) -> DataElement:
     """A data element (made, like the files, without value validation: RSNA's "ID_..." UIDs are invalid)."""
     return DataElement(tag, vr, value)

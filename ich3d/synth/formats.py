@@ -3,7 +3,10 @@ multi-frame CT file, a NIfTI volume (docs/design.md §12).
 
 Each writer takes the single-frame files of one series, as :mod:`ich3d.synth.series` writes them,
 and stores the same images another way, so tests can check that every encoding gives the same
-index order, cache and predictions. The generator itself (``ich3d synth``) is unchanged.
+index order, cache and predictions. The generator itself (``ich3d synth``) is unchanged. The truth
+written here (the NIfTI volume's HU, the slice order and spacing) is computed from the generator's own
+pixel encoding (:func:`ich3d.synth.dicom_writer.decode`) and geometry, never with the reader's
+``to_hu`` / ``slice_normals``: a bug there must show in the tests that compare the two.
 """
 
 from __future__ import annotations
@@ -20,8 +23,7 @@ from pydicom.config import disable_value_validation
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from ich3d.dataset.pixels import to_hu
-from ich3d.dataset.series import slice_normals
+from ich3d.synth.dicom_writer import decode
 
 T = TypeVar("T")
 _FLIP_XY = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS <-> RAS
@@ -47,8 +49,7 @@ def read_series(paths: Sequence[Path]) -> list[Dataset]:
     """The slices of one series (single-frame files), sorted along their normal (inferior → superior
     for axial slices)."""
     datasets = [pydicom.dcmread(path) for path in paths]
-    geometry = np.array([[*ds.ImageOrientationPatient] for ds in datasets], dtype=np.float64)
-    normal = slice_normals(geometry)[0]
+    normal = _normal(datasets[0])
     return sorted(datasets, key=lambda ds: float(np.dot(np.asarray(ds.ImagePositionPatient, float), normal)))
 
 
@@ -143,8 +144,8 @@ def write_nifti(paths: Sequence[Path], out: Path, orientation: str = "LPS", reve
     import nibabel
 
     slices = read_series(paths)
-    hu = np.stack([np.rint(to_hu(ds.pixel_array, float(ds.RescaleSlope), float(ds.RescaleIntercept),
-                                 int(ds.BitsStored), int(ds.PixelRepresentation))) for ds in slices])
+    hu = np.stack([decode(ds.pixel_array, int(ds.BitsStored), int(ds.PixelRepresentation), float(ds.RescaleIntercept))
+                   for ds in slices])
     data = np.transpose(hu - intercept, (2, 1, 0)).astype(np.int16)  # (columns, rows, slices)
     orientation_cosines = np.asarray(slices[0].ImageOrientationPatient, float)
     row_cos, col_cos = orientation_cosines[:3], orientation_cosines[3:]
@@ -166,6 +167,13 @@ def write_nifti(paths: Sequence[Path], out: Path, orientation: str = "LPS", reve
     return out
 
 
+def _normal(ds: Dataset) -> np.ndarray:
+    """(3,) the unit normal of a slice (row cosine × column cosine), computed here, not by the reader."""
+    cosines = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
+    normal = np.cross(cosines[:3], cosines[3:])
+    return normal / np.linalg.norm(normal)
+
+
 def _item(**values: object) -> Dataset:
     item = Dataset()
     for keyword, value in values.items():
@@ -175,6 +183,6 @@ def _item(**values: object) -> Dataset:
 
 def _spacing(slices: list[Dataset]) -> float:
     """The median distance (mm) between neighbouring slices along their normal."""
-    normal = slice_normals(np.array([[*slices[0].ImageOrientationPatient]], dtype=np.float64))[0]
+    normal = _normal(slices[0])
     positions = np.array([np.dot(np.asarray(ds.ImagePositionPatient, float), normal) for ds in slices])
     return round(float(np.median(np.diff(positions))), 4) if len(slices) > 1 else 1.0

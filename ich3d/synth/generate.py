@@ -56,12 +56,13 @@ def make_synthetic_dataset(out: Path, config: SynthConfig, progress: Callable[[i
     if workers < 1:
         raise ConfigError(f"workers must be >= 1 (got {workers}).")
     out = Path(out)
+    layout = SynthFolder(out)
     for split in SPLITS:
-        folder = out / f"stage_2_{split}"
+        folder = layout.split(split)
         if out.is_file() or (folder.is_dir() and any(folder.iterdir())):
             raise InputError(f"{folder} already holds files: choose an empty --out folder or delete it first.")
         folder.mkdir(parents=True, exist_ok=True)
-    SynthFolder(out).masks.mkdir(exist_ok=True)
+    layout.masks.mkdir(exist_ok=True)
     start = time.perf_counter()
     plans, extras = plan_dataset(config)
     labels: dict[str, dict[str, tuple[int, ...]]] = {split: {} for split in SPLITS}
@@ -70,14 +71,14 @@ def make_synthetic_dataset(out: Path, config: SynthConfig, progress: Callable[[i
         labels[plan.split].update(series_labels)
         infos.append(info)
     for split, (corrupt, junk) in extras.items():
-        truncate_pixels(out / f"stage_2_{split}" / f"{corrupt}.dcm")
+        truncate_pixels(layout.split(split) / f"{corrupt}.dcm")
         junk_rng = np.random.default_rng([config.seed, SPLITS.index(split), 99])
-        (out / f"stage_2_{split}" / f"{junk}.dcm").write_bytes(b"not a DICOM file\n" + junk_rng.bytes(2048))
+        (layout.split(split) / f"{junk}.dcm").write_bytes(b"not a DICOM file\n" + junk_rng.bytes(2048))
         if progress is not None:
             progress(1)  # the junk file (the corrupt one is a slice of a series)
     summary = _summary(config, plans, infos, labels, extras)
     _write_csvs(out, config, labels, extras)
-    (out / "synth.json").write_text(json.dumps(summary, indent=1) + "\n")
+    layout.summary.write_text(json.dumps(summary, indent=1) + "\n")
     n_files = sum(s["files"] for s in summary["splits"].values())
     log.info("wrote %d files in %.1f s to %s", n_files, time.perf_counter() - start, out)
     return summary
@@ -93,7 +94,7 @@ def _write_all_series(out: Path, plans: list[SeriesPlan], config: SynthConfig,
                       progress: Callable[[int], None] | None, workers: int) -> list[tuple[dict, dict]]:  # fmt: skip
     """write_series for every plan, in `workers` processes; results in plan order."""
     report = progress or (lambda n: None)
-    folders = [out / f"stage_2_{plan.split}" for plan in plans]
+    folders = [SynthFolder(out).split(plan.split) for plan in plans]
     masks = [SynthFolder(out).mask_file(plan.series_uid) for plan in plans]
     if workers == 1:
         results = []
@@ -144,14 +145,15 @@ def _write_csvs(out: Path, config: SynthConfig, labels: dict[str, dict[str, tupl
     if config.quirks:
         for image in rng.choice(train, size=max(1, len(train) // 400), replace=False):
             train.insert(int(rng.integers(len(train) + 1)), str(image))
-    _write_long(out / "stage_2_train.csv", [(i, labels["train"][i]) for i in train])
+    layout = SynthFolder(out)
+    _write_long(layout.train_labels, [(i, labels["train"][i]) for i in train])
     test = list(rng.permutation(list(labels["test"])))
     junk = [extras["test"][1]] if "test" in extras else []
     # Like RSNA's, the truth covers every image the sample asks for: the junk file shows no hemorrhage.
     truth = [(i, labels["test"][i]) for i in test] + [(i, (0,) * len(LABELS)) for i in junk]
-    _write_long(out / "stage_2_test_labels.csv", truth)
+    _write_long(layout.test_labels, truth)
     submission = test + junk
-    _write_long(out / "stage_2_sample_submission.csv", [(i, None) for i in rng.permutation(submission)])
+    _write_long(layout.sample_submission, [(i, None) for i in rng.permutation(submission)])
 
 
 def _write_long(path: Path, rows: list[tuple[str, tuple[int, ...] | None]]) -> None:

@@ -21,14 +21,12 @@ import numpy as np
 import torch
 
 from ich3d.atomic import write_json_atomic
-from ich3d.config import DataConfig
 from ich3d.data.tables import SeriesTable
 from ich3d.errors import ConfigError
-from ich3d.inference.predictor import encode_table
-from ich3d.models.model import IchModel
-from ich3d.runtime import Runtime, barrier
+from ich3d.inference.predictor import Predictor
+from ich3d.layout import EmbeddingsFolder
+from ich3d.runtime import barrier
 
-_META = "meta.json"
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,7 @@ class Embeddings:
 
         Args:
             view: (B,) int, the view each series is taken from.
-            index: (B, N) int64 flat slice rows (as :func:`ich3d.inference.predictor.sequence_index`).
+            index: (B, N) int64 flat slice rows (as :func:`ich3d.data.batching.sequence_index`).
 
         Returns:
             (B, N, F) float32 CPU tensor.
@@ -95,7 +93,8 @@ class OutOfFold:
         return torch.from_numpy(out)
 
 
-def out_of_fold(train: SeriesTable, valid_tables: dict[int, SeriesTable], folders: dict[int, Path]) -> OutOfFold:
+def out_of_fold(train: SeriesTable, valid_tables: dict[int, SeriesTable],
+                folders: dict[int, EmbeddingsFolder]) -> OutOfFold:
     """The :class:`OutOfFold` embeddings of ``train`` from the validation embeddings in ``folders``.
 
     Args:
@@ -119,7 +118,7 @@ def out_of_fold(train: SeriesTable, valid_tables: dict[int, SeriesTable], folder
     return OutOfFold(tuple(open_embeddings(folders[f], valid_tables[f]) for f in folds), part, row)
 
 
-def open_embeddings(folder: Path, table: SeriesTable) -> Embeddings:
+def open_embeddings(folder: EmbeddingsFolder, table: SeriesTable) -> Embeddings:
     """A complete set of :func:`cached_embeddings` made for ``table``, memory-mapped.
 
     Raises:
@@ -127,8 +126,8 @@ def open_embeddings(folder: Path, table: SeriesTable) -> Embeddings:
     """
     meta = _read_meta(folder)
     if meta is None or meta.get("table") != _table_id(table):
-        raise ConfigError(f"{folder}: no embeddings of this fold's series (rerun `ich3d train --resume`)")
-    return Embeddings(tuple(np.load(folder / f"view{v}.npy", mmap_mode="r") for v in range(len(meta["flips"]))))
+        raise ConfigError(f"{folder.root}: no embeddings of this fold's series (rerun `ich3d train --resume`)")
+    return Embeddings(tuple(np.load(folder.view(v), mmap_mode="r") for v in range(len(meta["flips"]))))
 
 
 def fingerprint(path: Path) -> str:
@@ -144,55 +143,56 @@ def _table_id(table: SeriesTable) -> str:
     return digest.hexdigest()[:16]
 
 
-def cached_embeddings(model: IchModel, table: SeriesTable, folder: Path, key: dict[str, Any], data: DataConfig,
-                      runtime: Runtime, flips: tuple[bool, ...], num_workers: int = 0) -> Embeddings:
+def cached_embeddings(predictor: Predictor, table: SeriesTable, folder: EmbeddingsFolder, key: dict[str, Any],
+                      flips: tuple[bool, ...]) -> Embeddings:
     """The embeddings of every slice of ``table``, computed once into ``folder`` and memory-mapped.
 
     Args:
-        model: the model whose encoder embeds (eval mode is set while embedding).
+        predictor: its first member's encoder embeds, with its input settings; each rank of its
+            runtime embeds its share of the series into the shared files.
         table: the series to embed.
         folder: where the set lives (created); a set made from something else is replaced.
         key: what the set depends on besides the table (fold, encoder fingerprint, ...), stored in
             ``meta.json`` and compared on reuse.
-        data: input settings (window mode, size).
-        runtime: each rank embeds its share of the series into the shared files.
         flips: the views (False: plain, True: flipped).
 
     Returns:
         The :class:`Embeddings`.
     """
-    meta = {**key, "table": _table_id(table), "n_slices": table.n_slices, "features": model.out_features,
-            "flips": list(flips), "data": vars(data).copy(), "dtype": "float16"}
-    paths = [folder / f"view{v}.npy" for v in range(len(flips))]
+    member = predictor.models[0]
+    meta = {**key, "table": _table_id(table), "n_slices": table.n_slices, "features": member.module.out_features,
+            "flips": list(flips), "data": vars(member.data).copy(), "dtype": "float16"}
+    paths = [folder.view(v) for v in range(len(flips))]
     if _read_meta(folder) != meta:
-        _write(model, table, folder, meta, paths, data, runtime, flips, num_workers)
+        _write(predictor, table, folder, meta, paths, flips)
     return Embeddings(tuple(np.load(path, mmap_mode="r") for path in paths))
 
 
-def _read_meta(folder: Path) -> dict[str, Any] | None:
+def _read_meta(folder: EmbeddingsFolder) -> dict[str, Any] | None:
     try:
-        return json.loads((folder / _META).read_text())
+        return json.loads(folder.meta.read_text())
     except (OSError, ValueError):
         return None
 
 
-def _write(model: IchModel, table: SeriesTable, folder: Path, meta: dict[str, Any], paths: list[Path],
-           data: DataConfig, runtime: Runtime, flips: tuple[bool, ...], num_workers: int) -> None:
+def _write(predictor: Predictor, table: SeriesTable, folder: EmbeddingsFolder, meta: dict[str, Any], paths: list[Path],
+           flips: tuple[bool, ...]) -> None:
     """Rank 0 creates zero-filled files; every rank fills its series' rows; rank 0 writes meta.json."""
+    runtime = predictor.runtime
     if runtime.is_main:
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
+        shutil.rmtree(folder.root, ignore_errors=True)
+        folder.root.mkdir(parents=True)
         for path in paths:
             np.lib.format.open_memmap(path, mode="w+", dtype=np.float16,
-                                      shape=(table.n_slices, model.out_features)).flush()
+                                      shape=(table.n_slices, meta["features"])).flush()
     barrier(runtime)
     maps = [np.lib.format.open_memmap(path, mode="r+") for path in paths]
     mine = np.arange(runtime.rank, len(table.series_uids), runtime.world_size)
-    encode_table(model, table, data, runtime, mine, flips, num_workers=num_workers, out=maps)
+    predictor.embed_table(0, table, mine, flips, out=maps)
     for array in maps:
         array.flush()
     del maps
     barrier(runtime)
     if runtime.is_main:
-        write_json_atomic(folder / _META, meta)
+        write_json_atomic(folder.meta, meta)
     barrier(runtime)

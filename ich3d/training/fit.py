@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,7 +31,7 @@ from ich3d.checkpoint import load_checkpoint
 from ich3d.config import Config, load_config, save_config
 from ich3d.constants import LABELS, RSNA_SLICE_SPACING_MM
 from ich3d.data.tables import SeriesTable, build_table
-from ich3d.dataset.index import dataset_crop, index_fingerprint, load_index
+from ich3d.dataset.opened import Dataset
 from ich3d.errors import ConfigError
 from ich3d.folders import FolderLock, prepare_output
 from ich3d.layout import RunFolder
@@ -46,25 +47,39 @@ from ich3d.training.splits import load_splits, make_folds, save_splits, split_se
 log = logging.getLogger(__name__)
 
 
-def fit(dataset: Path, out: Path, config: Config | str | Path | None = None, overrides: list[str] | None = None,
-        fold: int | None = None, folds: str | Sequence[int] | None = None, resume: bool = False,
-        device: str | None = None, report: Callable[[dict[str, Any]], None] | None = None,
-        progress: bool = False) -> dict[str, Any]:
-    """Trains the configured stages on one fold, or on every fold out of fold, of a built dataset.
+@dataclass(frozen=True)
+class TrainOptions:
+    """What ``ich3d train`` is asked besides the data and the config.
 
-    Args:
-        dataset: a folder written by ``ich3d build-series`` (with labels).
-        out: the run folder (created; must not hold another run unless ``resume``).
-        config: a :class:`Config`, a YAML path or packaged name; with ``resume`` None means the run's own.
-        overrides: ``key=value`` strings applied on top of the config.
+    Attributes:
         fold: train this validation fold.
         folds: ``"all"`` (or every fold number) trains every fold with an out-of-fold sequence
             stage (:mod:`ich3d.training.folds`). With neither, the config's ``train_folds``.
-        resume: continue the run in ``out`` from its folds' ``last.pt``; a ``fold``/``folds`` that is
-            not the run's is an error.
+        resume: continue the run from its folds' ``last.pt``; a ``fold``/``folds`` that is not the
+            run's is an error.
         device: "cpu", "cuda", ... or None for automatic.
-        report: called on the main process with each epoch's record (for progress tables).
         progress: show per-step progress bars.
+    """
+
+    fold: int | None = None
+    folds: str | Sequence[int] | None = None
+    resume: bool = False
+    device: str | None = None
+    progress: bool = False
+
+
+def fit(dataset: Dataset | Path, out: Path, config: Config | str | Path | None = None, overrides: list[str] | None = None,
+        options: TrainOptions = TrainOptions(),
+        report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Trains the configured stages on one fold, or on every fold out of fold, of a built dataset.
+
+    Args:
+        dataset: a folder written by ``ich3d build-series`` (with labels), or it opened.
+        out: the run folder (created; must not hold another run unless ``options.resume``).
+        config: a :class:`Config`, a YAML path or packaged name; with ``resume`` None means the run's own.
+        overrides: ``key=value`` strings applied on top of the config.
+        options: fold(s), resume, device, progress bars (:class:`TrainOptions`).
+        report: called on the main process with each epoch's record (for progress tables).
 
     Returns:
         ``folds`` (trained), ``mode`` (``single`` or ``out_of_fold``), ``calibration`` (its report)
@@ -75,14 +90,15 @@ def fit(dataset: Path, out: Path, config: Config | str | Path | None = None, ove
         InputError: an unusable dataset or output folder.
     """
     run = RunFolder(Path(out))
+    resume, progress = options.resume, options.progress
     config = _resolve_config(run, config, overrides, resume)
-    dataset = Path(dataset)
-    asked = requested_folds(fold, folds, config.folds)
+    dataset = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
+    asked = requested_folds(options.fold, options.folds, config.folds)
     if asked is None and not resume:  # neither --fold nor --folds: the config's train_folds
         asked = requested_folds(None, config.train_folds, config.folds)
     wanted = _check_run(run, dataset, asked, resume)
     _check_crop(dataset, config)
-    runtime = setup_runtime(device, config.amp)
+    runtime = setup_runtime(options.device, config.amp)
     try:
         if runtime.is_main:
             prepare_output(run.root, "--out")
@@ -95,11 +111,20 @@ def fit(dataset: Path, out: Path, config: Config | str | Path | None = None, ove
                 ctx.completed.extend(state["completed"] if state else [])
             calibration = train_folds(contexts, states)
             if runtime.is_main:
+                _record_operating_points(run, calibration)
                 write_model_card(run.root)
             return {"folds": wanted, "mode": "single" if len(wanted) == 1 else "out_of_fold",
                     "calibration": calibration, "metrics": calibration["after"]}
     finally:
         teardown_runtime()
+
+
+def _record_operating_points(run: RunFolder, report: dict[str, Any]) -> None:
+    """Adds the operating thresholds (per label: threshold, target and measured sensitivity, specificity)
+    to ``run.json``."""
+    info = json.loads(run.info.read_text())
+    info["operating_points"] = report.get("operating_points")
+    write_json_atomic(run.info, info)
 
 
 def requested_folds(fold: int | None, folds: str | Sequence[int] | None, n_folds: int) -> list[int] | None:
@@ -144,14 +169,14 @@ def _resolve_config(run: RunFolder, config: Config | str | Path | None, override
     return resolved
 
 
-def _check_run(run: RunFolder, dataset: Path, folds: list[int] | None, resume: bool) -> list[int]:
+def _check_run(run: RunFolder, dataset: Dataset, folds: list[int] | None, resume: bool) -> list[int]:
     """The folds to train; checks the run folder against the request before anything is written.
 
     Raises:
         ConfigError: a new run into a folder holding one, or a resume that does not match the run
             (version, folds, dataset).
     """
-    fingerprint = index_fingerprint(dataset)  # also checks that the dataset is one
+    fingerprint = dataset.fingerprint
     if not resume:
         if run.info.exists() or run.folds_present():
             raise ConfigError(f"{run.root} already holds a training run: pass --resume to continue it, "
@@ -171,28 +196,28 @@ def _check_run(run: RunFolder, dataset: Path, folds: list[int] | None, resume: b
                           f"train into a new --out")
     if info.get("dataset_fingerprint") != fingerprint:
         raise ConfigError(f"--resume: {run.root} was trained on {info.get('dataset')} (index {info.get('dataset_fingerprint')}), "
-                          f"--dataset {dataset} is another (index {fingerprint}); resume with the run's dataset")
+                          f"--dataset {dataset.root} is another (index {fingerprint}); resume with the run's dataset")
     if not any(run.fold(k).last.is_file() for k in stored):
         raise ConfigError(f"--resume: no {run.fold(stored[0]).last}: nothing to resume (start without --resume)")
     return stored
 
 
-def _check_crop(dataset: Path, config: Config) -> None:
+def _check_crop(dataset: Dataset, config: Config) -> None:
     """The dataset's cache must be cropped as the config says (the model would read other images).
 
     Raises:
         ConfigError: another crop.
     """
-    crop = dataset_crop(dataset)
+    crop = dataset.crop
     if crop is not None and crop != config.data.crop:
-        raise ConfigError(f"--dataset {dataset} was built with --crop {crop}, the config says data.crop={config.data.crop}: "
+        raise ConfigError(f"--dataset {dataset.root} was built with --crop {crop}, the config says data.crop={config.data.crop}: "
                           f"rebuild with --crop {config.data.crop}, or --set data.crop={crop}")
 
 
-def _prepare(dataset: Path, run: RunFolder, config: Config, folds: list[int], resume: bool, runtime: Runtime,
+def _prepare(dataset: Dataset, run: RunFolder, config: Config, folds: list[int], resume: bool, runtime: Runtime,
              report: Callable, progress: bool) -> list[StageContext]:
     """Writes config, splits and run.json (new runs) and builds every fold's tables and context."""
-    slices, series = load_index(dataset)
+    slices, series = dataset.slices, dataset.series
     series = series[series["build_cache"]]  # the labeled series of a clinical export that have a cache
     fold_of = load_splits(run.splits) if resume else make_folds(series, config.folds, config.seed)
     contexts = [_fold_context(dataset, slices, series, fold_of, run, config, k, runtime, report, progress)
@@ -201,18 +226,18 @@ def _prepare(dataset: Path, run: RunFolder, config: Config, folds: list[int], re
         save_config(config, run.config)
         save_splits(run.splits, fold_of, series, config.seed)
         write_json_atomic(run.info, {
-            "ich3d_version": __version__, "dataset": str(dataset.resolve()),
-            "dataset_fingerprint": index_fingerprint(dataset), "folds": folds,
+            "ich3d_version": __version__, "dataset": str(dataset.root.resolve()),
+            "dataset_fingerprint": dataset.fingerprint, "folds": folds,
             "mode": "single" if len(folds) == 1 else "out_of_fold",
             "per_fold": {str(ctx.data.fold): _fold_info(ctx) for ctx in contexts}})
     barrier(runtime)
     return contexts
 
 
-def _fold_context(dataset: Path, slices: pd.DataFrame, series: pd.DataFrame, fold_of: dict[str, int], run: RunFolder,
+def _fold_context(dataset: Dataset, slices: pd.DataFrame, series: pd.DataFrame, fold_of: dict[str, int], run: RunFolder,
                   config: Config, fold: int, runtime: Runtime, report: Callable, progress: bool) -> StageContext:
     train_uids, valid_uids = split_series(fold_of, fold)
-    train, valid = build_table(dataset, slices, train_uids), build_table(dataset, slices, valid_uids)
+    train, valid = build_table(dataset.root, slices, train_uids), build_table(dataset.root, slices, valid_uids)
     prevalence = train.labels[train.labeled_readable()].mean(axis=0)
     if runtime.is_main:
         prepare_output(run.fold(fold).root, "--out")

@@ -23,15 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from ich3d.checkpoint import load_checkpoint, save_checkpoint
 from ich3d.data.tables import SeriesTable
-from ich3d.inference.predictor import predict_table
+from ich3d.inference.exams import smoothed_maximum
+from ich3d.inference.predictor import Predictor
 from ich3d.metrics import evaluate
 from ich3d.models.calibration import apply_calibration, fit_calibration
-from ich3d.models.io import load_model
+from ich3d.models.io import load_trained, read_calibration_report, store_fitted
+from ich3d.models.operating import OperatingPoints, fit_operating_points
 from ich3d.runtime import barrier, gather_objects
 from ich3d.training.engine import StageContext, run_stage, save_resume_state
-from ich3d.training.stages import STAGES, embed_validation
+from ich3d.training.stages import STAGES, embed_validation, stage_runtime
 
 CALIBRATION = "calibration"
 
@@ -75,10 +76,9 @@ def train_folds(contexts: list[StageContext], states: list[dict[str, Any] | None
 def _held_out_predictions(ctx: StageContext) -> tuple[np.ndarray, SeriesTable]:
     """The fold model's probabilities of its validation series, with the inference TTA (each rank a share)."""
     runtime, valid = ctx.runtime, ctx.data.valid
-    model, _ = load_model(ctx.folder.model, runtime.device)
+    predictor = Predictor([load_trained(ctx.folder.model, runtime.device)], runtime, stage_runtime(ctx))
     mine = np.arange(runtime.rank, len(valid.series_uids), runtime.world_size)
-    parts = gather_objects(predict_table(model, valid, ctx.config.data, runtime, mine, ctx.config.infer,
-                                         num_workers=ctx.config.num_workers), runtime)
+    parts = gather_objects(predictor.predict_member(0, valid, mine), runtime)
     probs = parts[0]
     for part in parts[1:]:
         probs = np.where(np.isnan(probs), part, probs)
@@ -91,10 +91,10 @@ def calibrate(contexts: list[StageContext]) -> dict[str, Any]:
     Already calibrated folds (``calibration`` in their completed steps) are not fitted again.
     """
     if all(CALIBRATION in ctx.completed for ctx in contexts):
-        return load_checkpoint(contexts[0].folder.model)["calibration_report"]
+        return read_calibration_report(contexts[0].folder.model)
+    held_out = [_held_out_predictions(ctx) for ctx in contexts]
     probs, labels, series = [], [], []
-    for ctx in contexts:
-        p, valid = _held_out_predictions(ctx)
+    for p, valid in held_out:
         usable = valid.labeled_readable()
         probs.append(p[usable])
         labels.append(valid.labels[usable])
@@ -103,13 +103,33 @@ def calibrate(contexts: list[StageContext]) -> dict[str, Any]:
     calibration = fit_calibration(probs, labels, series)
     fitted_on = (f"validation fold {contexts[0].data.fold}" if len(contexts) == 1 else
                  f"out-of-fold predictions of folds {[ctx.data.fold for ctx in contexts]}")
+    operating = _operating_points(held_out, calibration, fitted_on)
     report = {"fitted_on": fitted_on, "n_slices": len(probs), "before": evaluate(labels, probs, series),
-              "after": evaluate(labels, apply_calibration(probs, calibration), series), **calibration}
+              "after": evaluate(labels, apply_calibration(probs, calibration), series), **calibration,
+              "operating_points": operating.by_label()}
     for ctx in contexts:
         if ctx.runtime.is_main:
-            checkpoint = load_checkpoint(ctx.folder.model)
-            save_checkpoint(ctx.folder.model, checkpoint | {"calibration": calibration, "calibration_report": report})
+            store_fitted(ctx.folder.model, calibration, report, operating)
         barrier(ctx.runtime)
         ctx.completed.append(CALIBRATION)
         save_resume_state(ctx, {"stage": None})
     return report
+
+
+def _operating_points(held_out: list[tuple[np.ndarray, SeriesTable]], calibration: dict[str, Any],
+                      fitted_on: str) -> OperatingPoints:
+    """Per-label thresholds reaching the target sensitivities on the held-out series, scored as exams are
+    (the smoothed maximum of the calibrated slice probabilities, :mod:`ich3d.inference.exams`); a series'
+    truth is the maximum of its labeled slices' labels."""
+    scores, truth = [], []
+    for probs, valid in held_out:
+        for s in range(len(valid.series_uids)):
+            rows = slice(valid.offsets[s], valid.offsets[s + 1])
+            labels = valid.labels[rows]
+            if rows.stop == rows.start or np.isnan(labels).all():
+                continue
+            scores.append(smoothed_maximum(apply_calibration(probs[rows], calibration)))
+            truth.append(np.fmax.reduce(labels, axis=0))  # NaN where the whole series is unlabeled
+    if not scores:
+        return fit_operating_points(np.zeros((0, 6)), np.zeros((0, 6)), fitted_on)
+    return fit_operating_points(np.stack(scores), np.stack(truth), f"{len(scores)} series of the {fitted_on}")

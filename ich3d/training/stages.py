@@ -17,20 +17,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ich3d.checkpoint import load_checkpoint
-from ich3d.config import FinetuneStageConfig, SequenceStageConfig, SliceStageConfig
+from ich3d.config import FinetuneStageConfig, InferConfig, SequenceStageConfig, SliceStageConfig
+from ich3d.data.batching import sequence_index, series_input, series_loader
 from ich3d.data.datasets import SliceDataset
 from ich3d.data.samplers import batches, sample_slices, sampling_logit_offset
 from ich3d.data.tables import SeriesTable
 from ich3d.data.transforms import sample_augment, to_input
-from ich3d.inference.predictor import (
-    predict_from_embeddings,
-    predict_table,
-    sequence_index,
-    series_input,
-    series_loader,
-)
-from ich3d.models.io import load_model, model_spec, save_model
+from ich3d.inference.predictor import Predictor, RuntimeOptions
+from ich3d.models.io import Provenance, TrainedFacts, TrainedModel, load_trained, load_weights, model_spec, save_model
 from ich3d.models.model import IchModel, build_model
 from ich3d.runtime import derive_seed, seed_everything
 from ich3d.training.embeddings import Embeddings, OutOfFold, cached_embeddings, fingerprint, out_of_fold
@@ -67,20 +61,26 @@ class _Stage:
 
     def _save(self, path: Any, record: dict[str, Any]) -> None:
         data = self.ctx.data
-        save_model(path, self.model, self.spec, self.ctx.config, prevalence=data.prevalence.tolist(), fold=data.fold,
-                   slice_spacing=data.slice_spacing, stage=record["stage"], epoch=record["epoch"],
-                   metrics=record["valid"])
+        origin = Provenance(fold=data.fold, stage=record["stage"], epoch=record["epoch"], metrics=record["valid"])
+        save_model(path, self.model, self.ctx.config, TrainedFacts(self.spec, data.prevalence, data.slice_spacing,
+                                                                   origin))
+
+    def predictor(self) -> Predictor:
+        """The model being trained as a one-member :class:`Predictor` (no TTA, no calibration): what
+        validation and the embedding caches run."""
+        trained = TrainedModel(self.model, self.spec, self.ctx.config.data, InferConfig(tta_flip=False, tta_reverse=False),
+                               self.ctx.data.prevalence, self.ctx.data.slice_spacing)
+        return Predictor([trained], self.runtime, stage_runtime(self.ctx))
 
     def _predict_table(self, series_ids: np.ndarray) -> np.ndarray:
-        return predict_table(self.model, self.ctx.data.valid, self.ctx.config.data, self.runtime, series_ids,
-                             num_workers=self.ctx.config.num_workers)
+        return self.predictor().predict_member(0, self.ctx.data.valid, series_ids)
 
     def model_from_encoder(self, spec: dict[str, Any]) -> IchModel:
         """The series model of ``spec``, with the slice stage's encoder weights (and classifier, as the
         projection of ``model.features: logits``)."""
         seed_everything(derive_seed(self.ctx.config.seed, "sequence", "init"))
         model = build_model(spec, self.ctx.config.data.in_channels, load_weights=False)
-        trained = load_checkpoint(self.ctx.folder.encoder)["state_dict"]
+        trained = load_weights(self.ctx.folder.encoder)
         model.encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in trained.items()
                                        if k.startswith("encoder.")})
         if model.projection is not None:  # the slice head's classifier (and its sampling correction)
@@ -140,6 +140,11 @@ class SliceStage(_Stage):
             self._save(self.ctx.folder.model, record)
 
 
+def stage_runtime(ctx: StageContext) -> RuntimeOptions:
+    """The batch size and loader workers training's predictions run with."""
+    return RuntimeOptions(batch_series=4, loader_workers=ctx.config.num_workers)
+
+
 def _embedding_key(ctx: StageContext) -> dict[str, Any]:
     return {"fold": ctx.data.fold, "encoder": fingerprint(ctx.folder.encoder)}
 
@@ -150,10 +155,11 @@ def embed_validation(ctx: StageContext, model: IchModel | None = None) -> Embedd
     Out-of-fold training computes them for every fold before any sequence stage: they are also the
     training features of the other folds' sequence heads.
     """
-    if model is None:
-        model = _Stage(ctx).model_from_encoder(model_spec(ctx.config))
-    return cached_embeddings(model, ctx.data.valid, ctx.folder.embeddings / "valid", _embedding_key(ctx),
-                             ctx.config.data, ctx.runtime, (False, True), ctx.config.num_workers)
+    stage = _Stage(ctx)
+    stage.spec = model_spec(ctx.config)
+    stage.model = stage.model_from_encoder(stage.spec) if model is None else model
+    return cached_embeddings(stage.predictor(), ctx.data.valid, ctx.folder.embedding_set("valid"), _embedding_key(ctx),
+                             (False, True))
 
 
 def crop_starts(table: SeriesTable, crop_len: int, rng: np.random.Generator) -> np.ndarray:
@@ -191,11 +197,10 @@ class SequenceStage(_Stage):
         self.valid_embeddings = embed_validation(ctx, self.model)
         if ctx.other_folds is None:
             self.train_embeddings: Embeddings | OutOfFold = cached_embeddings(
-                self.model, ctx.data.train, ctx.folder.embeddings / "train", _embedding_key(ctx), ctx.config.data,
-                self.runtime, (False, True), ctx.config.num_workers)
+                self.predictor(), ctx.data.train, ctx.folder.embedding_set("train"), _embedding_key(ctx), (False, True))
         else:  # each training series embedded by the encoder of the fold that held it out
             self.train_embeddings = out_of_fold(ctx.data.train, {j: table for j, (table, _) in ctx.other_folds.items()},
-                                                {j: folder.embeddings / "valid" for j, (_, folder) in
+                                                {j: folder.embedding_set("valid") for j, (_, folder) in
                                                  ctx.other_folds.items()})
         self.trainable = wrap_ddp(self.model.head, self.runtime)
 
@@ -228,8 +233,7 @@ class SequenceStage(_Stage):
         return self.criterion(logits, labels.to(device), (readable & mask).to(device))
 
     def predict_valid(self, series_ids: np.ndarray) -> np.ndarray:
-        return predict_from_embeddings(self.model, self.ctx.data.valid, list(self.valid_embeddings.views),
-                                       self.runtime, series_ids)
+        return self.predictor().head_table(0, self.ctx.data.valid, self.valid_embeddings.views, series_ids)
 
     def save(self, record: dict[str, Any]) -> None:
         self._save(self.ctx.folder.model, record)
@@ -248,8 +252,8 @@ class FinetuneStage(_Stage):
         super().__init__(ctx)
         self.cfg: FinetuneStageConfig = ctx.config.stages.finetune
         if ctx.folder.model.is_file():
-            model, checkpoint = load_model(ctx.folder.model, self.runtime.device)
-            self.model, self.spec = self._place(model), checkpoint["model"]
+            trained = load_trained(ctx.folder.model, self.runtime.device)
+            self.model, self.spec = self._place(trained.module), trained.spec
         else:
             self.spec = model_spec(ctx.config)
             self.model = self.model_from_encoder(self.spec)

@@ -44,14 +44,14 @@ def test_maps_cover_the_original_grid_for_registry_encoders(encoder: str, data: 
     hu = rng.integers(-1000, 100, size=(5, 64, 64)).astype(np.int16)
     readable = np.array([True, True, False, True, True])
     model = _model(encoder, data.in_channels)
-    probs, maps = series_gradcam(model, hu, readable, data, [0, 3], torch.device("cpu"))
+    probs, maps = series_gradcam(model, hu, readable, data, [0, 3])
     assert probs.shape == (2, len(LABELS)) and ((probs > 0) & (probs < 1)).all()
     assert maps.shape[:2] == (2, len(LABELS)) and min(maps.shape[2:]) >= 2
     assert np.isfinite(maps).all() and (maps >= 0).all() and maps.sum() > 0
     original = to_original(maps[0, 0], cache_box({"rows": 48, "cols": 64}), 48, 64)  # a 48 x 64 slice, padded
     assert original.shape == (48, 64) and np.isfinite(original).all()
     with pytest.raises(InputError, match="could not be read"):
-        series_gradcam(model, hu, readable, data, [2], torch.device("cpu"))
+        series_gradcam(model, hu, readable, data, [2])
 
 
 @pytest.mark.parametrize("encoder, kwargs, side", [("timm/test_resnet", {}, 16), ("timm/test_convnext", {}, 16),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,11 +16,12 @@ import ich3d.dataset.build
 import ich3d.dataset.cache
 import ich3d.dataset.index
 from ich3d.constants import LABEL_COLUMNS, MISSING_HU, Status
-from ich3d.dataset.build import build_series
+from ich3d.dataset.build import BuildOptions, build_series
 from ich3d.dataset.cache import load_series
 from ich3d.dataset.index import load_index, part_series
 from ich3d.errors import InputError
 from ich3d.layout import DatasetFolder
+from ich3d.shard import Shard
 
 SIZE = 32
 CONTRACT_COLUMNS = ["image_id", "sop_uid", "path", "source", "patient_id", "study_uid", "series_uid",
@@ -28,9 +30,10 @@ CONTRACT_COLUMNS = ["image_id", "sop_uid", "path", "source", "patient_id", "stud
                     "window_center", "window_width", "transfer_syntax", "status", "error", *LABEL_COLUMNS]
 
 
-def build(synthetic_rsna: Path, out: Path, **kwargs) -> dict:
-    options = {"labels_csv": synthetic_rsna / "stage_2_train.csv", "image_size": SIZE, "workers": 1, "progress": False}
-    return build_series([synthetic_rsna / "stage_2_train"], out, **(options | kwargs))
+def build(synthetic_rsna: Path, out: Path, labels_csv: Path | None = None, **kwargs: Any) -> dict:
+    options = BuildOptions(**({"image_size": SIZE, "workers": 1, "progress": False} | kwargs))
+    return build_series([synthetic_rsna / "stage_2_train"], out, labels_csv or synthetic_rsna / "stage_2_train.csv",
+                        options)
 
 
 def cache_bytes(dataset: Path) -> dict[str, bytes]:
@@ -127,7 +130,7 @@ def test_two_parts_give_the_same_cache_as_one(built: tuple[Path, dict], syntheti
     out = tmp_path / "parts"
     first = build(synthetic_rsna, out, index_only=True)
     assert first["pixel_pass"] == {} and not (out / "cache").exists()
-    summaries = [build(synthetic_rsna, out, num_parts=2, part_id=i) for i in (0, 1)]
+    summaries = [build(synthetic_rsna, out, shard=Shard(2, i)) for i in (0, 1)]
     assert all(s["index_reused"] for s in summaries)
     _, series = load_index(out)
     assert [s["pixel_pass"]["series_in_part"] for s in summaries] == [len(part_series(series, 2, i)) for i in (0, 1)]
@@ -183,15 +186,15 @@ def test_input_errors(tmp_path: Path, synthetic_rsna: Path) -> None:
     empty.mkdir()
     (empty / "notes.csv").write_text("a,b\n")
     with pytest.raises(InputError, match="no image files found"):
-        build_series([empty], tmp_path / "out", progress=False)
+        build_series([empty], tmp_path / "out", options=BuildOptions(progress=False))
     with pytest.raises(InputError, match="not a folder"):
-        build_series([tmp_path / "nowhere"], tmp_path / "out", progress=False)
+        build_series([tmp_path / "nowhere"], tmp_path / "out", options=BuildOptions(progress=False))
     bad = tmp_path / "bad.csv"
     bad.write_text("Image,Label\nx,1\n")
     with pytest.raises(InputError, match="ID,Label"):
         build(synthetic_rsna, tmp_path / "out", labels_csv=bad)
     with pytest.raises(InputError, match="part-id"):
-        build(synthetic_rsna, tmp_path / "out", num_parts=2, part_id=2)
+        build(synthetic_rsna, tmp_path / "out", shard=Shard(2, 2))
 
 
 def test_load_index_errors(tmp_path: Path, built: tuple[Path, dict]) -> None:
@@ -211,7 +214,7 @@ def test_a_folder_of_junk_gives_an_index_without_series(tmp_path: Path) -> None:
     junk.mkdir()
     (junk / "a.dcm").write_bytes(b"not dicom")
     (junk / "b").write_bytes(b"\0" * 300)
-    summary = build_series([junk], tmp_path / "out", workers=1, progress=False)
+    summary = build_series([junk], tmp_path / "out", options=BuildOptions(workers=1, progress=False))
     assert summary["counts"] == {"not_dicom": 2} and summary["n_series"] == 0 and summary["n_skipped"] == 2
     slices, series = load_index(tmp_path / "out")
     assert len(slices) == 2 and series.empty and slices["slice_index"].isna().all()

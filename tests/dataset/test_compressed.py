@@ -18,7 +18,7 @@ from pydicom.encaps import encapsulate, generate_frames
 
 from ich3d.constants import Status
 from ich3d.dataset import codecs, pixels
-from ich3d.dataset.build import build_series
+from ich3d.dataset.build import BuildOptions, build_series
 from ich3d.dataset.dicom import read_header
 from ich3d.dataset.index import load_index
 from ich3d.dataset.pixels import read_pixels, to_hu
@@ -81,7 +81,8 @@ def test_broken_codestream_is_corrupt_with_the_decoders_message_and_the_build_go
     shutil.copy(_data("693_J2KR.dcm"), inputs / "good.dcm")
     broken = _broken_j2k(inputs / "broken.dcm")
     assert read_header(broken)["status"] == Status.OK  # the header is fine: only decoding tells
-    summary = build_series([inputs], tmp_path / "ds", image_size=32, workers=1, progress=False)
+    summary = build_series([inputs], tmp_path / "ds",
+                           options=BuildOptions(image_size=32, workers=1, progress=False))
     assert summary["counts"] == {"corrupt": 1, "ok": 1}
     slices, _ = load_index(tmp_path / "ds")
     row = slices.set_index("path").loc[str(broken)]
@@ -105,7 +106,8 @@ def test_decoding_happens_in_the_workers(tmp_path: Path, monkeypatch: pytest.Mon
         return decode(*args)
 
     monkeypatch.setattr(pixels, "_decode", logged)
-    summary = build_series([inputs], tmp_path / "ds", image_size=32, workers=2, progress=False)
+    summary = build_series([inputs], tmp_path / "ds",
+                           options=BuildOptions(image_size=32, workers=2, progress=False))
     assert summary["counts"] == {"ok": 3}
     pids = log.read_text().split()
     assert len(pids) == 3 and str(os.getpid()) not in pids

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ich3d.dataset.build import build_series
+from ich3d.dataset.build import BuildOptions, build_series
 from ich3d.dataset.cache import load_series, resize
 from ich3d.dataset.crop import CacheBox, cache_box, crop_square, head_box, head_mask, padding_box
 from ich3d.dataset.index import dataset_crop, load_index
@@ -46,7 +46,8 @@ def test_the_head_box_spans_every_slice_and_ignores_the_table() -> None:
 def test_a_cropped_dataset_records_its_squares(synthetic_rsna: Path, tmp_path: Path) -> None:
     padded, cropped = tmp_path / "none", tmp_path / "head"
     for out, crop in ((padded, "none"), (cropped, "head")):
-        build_series([synthetic_rsna / "stage_2_test"], out, image_size=32, workers=1, crop=crop, progress=False)
+        build_series([synthetic_rsna / "stage_2_test"], out,
+                     options=BuildOptions(image_size=32, workers=1, crop=crop, progress=False))
     assert (dataset_crop(padded), dataset_crop(cropped)) == ("none", "head")
     slices, series = load_index(cropped)
     row = slices[slices["status"] == "ok"].iloc[0].to_dict()

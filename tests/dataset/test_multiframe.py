@@ -15,7 +15,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000Lossless
 
 from ich3d.constants import Status
-from ich3d.dataset.build import build_series
+from ich3d.dataset.build import BuildOptions, build_series
 from ich3d.dataset.cache import load_series
 from ich3d.dataset.dicom import read_header
 from ich3d.dataset.index import load_index
@@ -59,7 +59,8 @@ def test_enhanced_ct_gives_one_row_per_frame_from_its_functional_groups() -> Non
 def test_enhanced_ct_is_a_series_of_images_keyed_by_frame(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "ect.dcm").write_bytes(_ect().read_bytes())
-    build_series([tmp_path / "in"], tmp_path / "ds", image_size=32, workers=1, progress=False, series_rules=ALL)
+    build_series([tmp_path / "in"], tmp_path / "ds",
+                 options=BuildOptions(image_size=32, workers=1, progress=False, series_rules=ALL))
     slices, series = load_index(tmp_path / "ds")
     sop = read_rows(_ect())[0]["sop_uid"]
     # IOP (-1, 0, 0), (0, 1, 0): the normal points to -z, so frame 2 (z = -149) comes first
@@ -97,7 +98,8 @@ def test_synthetic_series_as_one_file_orders_and_caches_like_its_slices(
     (tmp_path / "in").mkdir()
     write_enhanced(paths, tmp_path / "in" / "series.dcm", frame_order=shuffled, per_frame_rescale=per_frame_rescale,
                    **options)
-    build_series([tmp_path / "in"], tmp_path / "ds", image_size=32, workers=1, progress=False, series_rules=ALL)
+    build_series([tmp_path / "in"], tmp_path / "ds",
+                 options=BuildOptions(image_size=32, workers=1, progress=False, series_rules=ALL))
     slices, series = load_index(tmp_path / "ds")
     reference, _ = load_index(tiny_dataset)
     reference = reference[reference["series_uid"] == uid].sort_values("slice_index")

@@ -17,7 +17,7 @@ from conftest import clean_series
 from ich3d.app.cli import main
 from ich3d.constants import LABEL_COLUMNS, Status
 from ich3d.dataset import nifti
-from ich3d.dataset.build import build_series
+from ich3d.dataset.build import BuildOptions, build_series
 from ich3d.dataset.cache import load_series
 from ich3d.dataset.index import load_index
 from ich3d.dataset.roles import SeriesRules
@@ -33,7 +33,8 @@ def series(tiny_dataset: Path) -> tuple[str, list[Path]]:
 
 
 def _build(inputs: list[Path], out: Path, **options: object) -> tuple[pd.DataFrame, pd.DataFrame]:
-    build_series(inputs, out, image_size=32, workers=1, progress=False, series_rules=ALL, **options)
+    build_series(inputs, out, options=BuildOptions(**({"image_size": 32, "workers": 1, "progress": False,
+                                                       "series_rules": ALL} | options)))
     return load_index(out)
 
 
@@ -91,8 +92,8 @@ def test_scaled_values_are_hu_and_windowed_volumes_are_noted(tmp_path: Path) -> 
     head[6, 6] = 1200
     _volume(tmp_path / "in" / "scaled.nii.gz", ((head + 1000) // 2).astype(np.int16), slope=2.0, inter=-1000.0)
     windowed = _volume(tmp_path / "in" / "windowed.nii", np.clip((head.astype(np.int32) + 20) * 255 // 120, 0, 255).astype(np.uint8))
-    summary = build_series([tmp_path / "in"], tmp_path / "ds", image_size=16, workers=1, progress=False,
-                           series_rules=ALL, crop="none")  # the cache then shows the whole slice, as stored
+    summary = build_series([tmp_path / "in"], tmp_path / "ds", options=BuildOptions(
+        image_size=16, workers=1, progress=False, series_rules=ALL, crop="none"))  # the cache shows the whole slice
     slices, _ = load_index(tmp_path / "ds")
     scaled = slices[slices["series_uid"] == "scaled.nii.gz"]
     assert (scaled["status"] == Status.OK).all() and (scaled["error"] == "").all()
@@ -110,7 +111,8 @@ def test_a_volume_is_decompressed_once_per_series(tmp_path: Path, monkeypatch: p
     load = nifti._load
     monkeypatch.setattr(nifti, "_load", lambda path: loads.append(path) or load(path))
     nifti._volume.cache_clear()
-    build_series([tmp_path / "in"], tmp_path / "ds", image_size=8, workers=1, progress=False, series_rules=ALL)
+    build_series([tmp_path / "in"], tmp_path / "ds",
+                 options=BuildOptions(image_size=8, workers=1, progress=False, series_rules=ALL))
     assert len(loads) == 2  # the header pass, then the pixel pass for all 6 slices
 
 
@@ -120,7 +122,8 @@ def test_unreadable_and_4d_files_are_reported(tmp_path: Path) -> None:
     _volume(tmp_path / "in" / "t.nii.gz", np.zeros((4, 4, 3, 2), np.int16))
     _volume(tmp_path / "in" / "ok.nii.gz", np.full((8, 8, 4), -1000, np.int16))
     (tmp_path / "in" / "notes.txt.gz").write_bytes(b"ignored")
-    summary = build_series([tmp_path / "in"], tmp_path / "ds", image_size=8, workers=1, progress=False)
+    summary = build_series([tmp_path / "in"], tmp_path / "ds",
+                           options=BuildOptions(image_size=8, workers=1, progress=False))
     assert summary["counts"] == {"corrupt": 1, "ok": 4, "unsupported_image": 1} and summary["n_ignored_files"] == 1
     slices, _ = load_index(tmp_path / "ds")
     assert "3-D volume" in slices.set_index("relative_path").at["t.nii.gz", "error"]

@@ -12,11 +12,10 @@ import pytest
 import torch
 from conftest import TINY_TRAINING
 
-from ich3d.config import DataConfig
 from ich3d.errors import InputError
 from ich3d.inference.export import TOLERANCE, export_run, max_difference, synthetic_series
 from ich3d.layout import ExportFolder, RunFolder
-from ich3d.models.io import load_model
+from ich3d.models.io import load_trained
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -25,20 +24,19 @@ pytest.importorskip("onnx")
 @pytest.fixture(scope="module")
 def fold_ensemble(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two folds trained out of fold on the slice stage's logits, with 2.5D input and a timm-free encoder."""
-    from ich3d.training.fit import fit
+    from ich3d.training.fit import TrainOptions, fit
 
     out = tmp_path_factory.mktemp("runs") / "ensemble"
     fit(tiny_dataset, out, "cpu_small", TINY_TRAINING + ["folds=2", "model.features=logits", "data.input=bsb25d"],
-        folds="all")
+        options=TrainOptions(folds="all"))
     return out
 
 
 def _member_probabilities(export: ExportFolder, run: Path, fold: int, member: int) -> float:
     from ich3d.inference.onnx_engine import OnnxMember
 
-    model, checkpoint = load_model(RunFolder(run).fold(fold).model, torch.device("cpu"))
-    data = DataConfig(**checkpoint["config"]["data"])
-    return max_difference(model, OnnxMember(export.encoder(member), export.head(member)), data)
+    trained = load_trained(RunFolder(run).fold(fold).model)
+    return max_difference(trained.module, OnnxMember(export.encoder(member), export.head(member)), trained.data)
 
 
 def test_one_fold_exports_graphs_equal_to_pytorch(trained_run: Path, tmp_path: Path) -> None:
@@ -66,8 +64,8 @@ def test_graphs_take_any_number_of_slices(trained_run: Path, tmp_path: Path) -> 
 
     export_run([trained_run], tmp_path / "onnx")
     member = OnnxMember(ExportFolder(tmp_path / "onnx").encoder(0), ExportFolder(tmp_path / "onnx").head(0))
-    model, checkpoint = load_model(RunFolder(trained_run).fold(0).model, torch.device("cpu"))
-    data = DataConfig(**checkpoint["config"]["data"])
+    trained = load_trained(RunFolder(trained_run).fold(0).model)
+    model, data = trained.module, trained.data
     for n in (1, 5, 40):
         images, readable = synthetic_series(data, n_slices=n, seed=n)
         readable[:] = True
@@ -87,14 +85,14 @@ def test_graphs_take_any_number_of_slices(trained_run: Path, tmp_path: Path) -> 
 
 
 def test_export_errors_are_one_line(tmp_path: Path, trained_run: Path) -> None:
-    from ich3d.inference.onnx_engine import load_export
+    from ich3d.inference.onnx_engine import load_exported
 
     with pytest.raises(InputError, match="--format torchscript"):
         export_run([trained_run], tmp_path / "a", fmt="torchscript")
     with pytest.raises(InputError, match="no trained model"):
         export_run([tmp_path / "nowhere"], tmp_path / "b")
     with pytest.raises(InputError, match="written by `ich3d export"):
-        load_export(tmp_path)
+        load_exported(tmp_path)
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from ich3d.errors import InputError
-from ich3d.inference.run import merge, predict
+from ich3d.inference.run import InferOptions, merge, predict
+from ich3d.shard import Shard
 
 
 def test_submission_matches_sample_including_unreadable(trained_run: Path, synthetic_rsna: Path, tmp_path: Path) -> None:
@@ -27,20 +28,22 @@ def test_submission_matches_sample_including_unreadable(trained_run: Path, synth
 
 
 def test_raw_folder_equals_built_dataset_and_shards_merge(trained_run: Path, synthetic_rsna: Path, tmp_path: Path) -> None:
-    from ich3d.dataset.build import build_series
+    from ich3d.dataset.build import BuildOptions, build_series
 
     test_dir = synthetic_rsna / "stage_2_test"
     raw = tmp_path / "raw"
     predict([trained_run], raw, dicom_dirs=[test_dir], progress=False)
     dataset = tmp_path / "dataset"
-    from ich3d.checkpoint import load_checkpoint
+    from ich3d.models.io import load_trained
 
-    build_series([test_dir], dataset, image_size=load_checkpoint(trained_run / "fold_0" / "model.pt")["image_size"], progress=False)
+    build_series([test_dir], dataset,
+                 options=BuildOptions(image_size=load_trained(trained_run / "fold_0" / "model.pt").image_size,
+                                      progress=False))
     built = tmp_path / "built"
     predict([trained_run], built, dataset=dataset, progress=False)
     sharded = tmp_path / "sharded"
     for part in range(2):
-        predict([trained_run], sharded, dataset=dataset, num_parts=2, part_id=part, progress=False)
+        predict([trained_run], sharded, dataset=dataset, options=InferOptions(shard=Shard(2, part)), progress=False)
     merge(sharded)
     frames = [pd.read_csv(p / "submission.csv").sort_values("ID").reset_index(drop=True) for p in (raw, built, sharded)]
     for other in frames[1:]:
@@ -57,7 +60,7 @@ def test_missing_images_are_errors_unless_allowed(trained_run: Path, synthetic_r
     args = dict(dicom_dirs=[synthetic_rsna / "stage_2_test"], sample_submission=tmp_path / "sample.csv", progress=False)
     with pytest.raises(InputError, match="1 requested image.*ID_ffffffff0.*--allow-missing"):
         predict([trained_run], tmp_path / "a", **args)
-    summary = predict([trained_run], tmp_path / "b", allow_missing=True, **args)
+    summary = predict([trained_run], tmp_path / "b", options=InferOptions(allow_missing=True), **args)
     assert summary["missing"] == 1
     written = pd.read_csv(tmp_path / "b" / "submission.csv").set_index("ID")["Label"]
     assert 0 < written["ID_ffffffff0_any"] < 0.5  # the training prevalence, not 0.5 or 0

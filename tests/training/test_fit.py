@@ -16,7 +16,7 @@ from conftest import TINY_TRAINING as TINY
 from ich3d.checkpoint import load_checkpoint
 from ich3d.errors import ConfigError, InputError
 from ich3d.layout import RunFolder
-from ich3d.training.fit import fit
+from ich3d.training.fit import TrainOptions, fit
 
 
 def _records(run: Path, fold: int = 0) -> list[dict]:
@@ -77,7 +77,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny_dataset: Path, tmp
     with pytest.raises(Killed):
         fit(tiny_dataset, killed, "cpu_small", TINY, report=_kill_at(*kill_at))
     assert not _model(killed).exists()
-    fit(tiny_dataset, killed, resume=True)
+    fit(tiny_dataset, killed, options=TrainOptions(resume=True))
     a = load_checkpoint(_model(full))["state_dict"]
     b = load_checkpoint(_model(killed))["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -88,9 +88,9 @@ def test_run_folder_errors(tiny_dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError):
         fit(tmp_path / "not-a-dataset", tmp_path / "r0", "cpu_small", TINY)
     with pytest.raises(ConfigError, match="fold 7 does not exist"):
-        fit(tiny_dataset, tmp_path / "r1", "cpu_small", TINY, fold=7)
+        fit(tiny_dataset, tmp_path / "r1", "cpu_small", TINY, options=TrainOptions(fold=7))
     with pytest.raises(ConfigError, match="nothing to resume"):
-        fit(tiny_dataset, tmp_path / "r2", "cpu_small", TINY, resume=True)
+        fit(tiny_dataset, tmp_path / "r2", "cpu_small", TINY, options=TrainOptions(resume=True))
     with pytest.raises(ConfigError, match="unknown encoder 'resnet9'"):
         fit(tiny_dataset, tmp_path / "r3", "cpu_small", TINY + ["model.encoder.name=resnet9"])
     assert not (tmp_path / "r3").exists()  # rejected before anything was written
@@ -99,30 +99,31 @@ def test_run_folder_errors(tiny_dataset: Path, tmp_path: Path) -> None:
 def test_the_fold_belongs_to_the_run(tiny_dataset: Path, tmp_path: Path) -> None:
     run = tmp_path / "fold1"
     with pytest.raises(Killed):
-        fit(tiny_dataset, run, "cpu_small", TINY, fold=1, report=_kill_at("slice", 0))
+        fit(tiny_dataset, run, "cpu_small", TINY, options=TrainOptions(fold=1), report=_kill_at("slice", 0))
     with pytest.raises(ConfigError, match="trains fold 1, not --fold 0"):
-        fit(tiny_dataset, run, fold=0, resume=True)
+        fit(tiny_dataset, run, options=TrainOptions(fold=0, resume=True))
     with pytest.raises(ConfigError, match="already holds a training run"):
-        fit(tiny_dataset, run, "cpu_small", TINY, fold=0)
-    result = fit(tiny_dataset, run, resume=True)  # no --fold: the stored one
+        fit(tiny_dataset, run, "cpu_small", TINY, options=TrainOptions(fold=0))
+    result = fit(tiny_dataset, run, options=TrainOptions(resume=True))  # no --fold: the stored one
     assert result["folds"] == [1] and RunFolder(run).folds_present() == [1]
     assert load_checkpoint(_model(run, 1))["fold"] == 1
     splits = json.loads(RunFolder(run).splits.read_text())["folds"][1]["series"]
     assert sorted(load_checkpoint(_model(run, 1))["metrics"]) and len(splits) > 0
-    assert sorted(json.loads((RunFolder(run).fold(1).embeddings / "valid" / "meta.json").read_text())) and \
-        json.loads((RunFolder(run).fold(1).embeddings / "valid" / "meta.json").read_text())["fold"] == 1
+    assert sorted(json.loads(RunFolder(run).fold(1).embedding_set("valid").meta.read_text())) and \
+        json.loads(RunFolder(run).fold(1).embedding_set("valid").meta.read_text())["fold"] == 1
 
 
 def test_resume_with_another_dataset_is_refused(tiny_dataset: Path, synthetic_rsna: Path, tmp_path: Path) -> None:
-    from ich3d.dataset.build import build_series
+    from ich3d.dataset.build import BuildOptions, build_series
 
     run = tmp_path / "run"
     with pytest.raises(Killed):
         fit(tiny_dataset, run, "cpu_small", TINY, report=_kill_at("slice", 0))
     other = tmp_path / "other"
-    build_series([synthetic_rsna / "stage_2_train"], other, image_size=32, workers=1, progress=False)  # no labels
+    build_series([synthetic_rsna / "stage_2_train"], other,
+                 options=BuildOptions(image_size=32, workers=1, progress=False))  # no labels
     with pytest.raises(ConfigError, match="resume with the run's dataset"):
-        fit(other, run, resume=True)
+        fit(other, run, options=TrainOptions(resume=True))
 
 
 def _free_port() -> int:
@@ -165,7 +166,7 @@ def test_out_of_fold_features_never_come_from_an_encoder_that_saw_the_series(tin
     from ich3d.training.splits import load_splits, split_series
 
     run = RunFolder(tmp_path / "oof")
-    result = fit(tiny_dataset, run.root, "cpu_small", OOF, folds="all")
+    result = fit(tiny_dataset, run.root, "cpu_small", OOF, options=TrainOptions(folds="all"))
     assert result["mode"] == "out_of_fold" and result["folds"] == [0, 1, 2] and run.folds_present() == [0, 1, 2]
     calibrations = [load_checkpoint(run.fold(k).model)["calibration"] for k in range(3)]
     assert calibrations[0] == calibrations[1] == calibrations[2]
@@ -177,7 +178,7 @@ def test_out_of_fold_features_never_come_from_an_encoder_that_saw_the_series(tin
         train = build_table(tiny_dataset, slices, split_series(fold_of, k)[0])
         others = [j for j in range(3) if j != k]
         features = out_of_fold(train, {j: tables[j] for j in others},
-                               {j: run.fold(j).embeddings / "valid" for j in others})
+                               {j: run.fold(j).embedding_set("valid") for j in others})
         for s, uid in enumerate(train.series_uids):
             rows = slice(train.offsets[s], train.offsets[s + 1])
             source = others[int(features.part_of[rows][0])]
@@ -185,19 +186,20 @@ def test_out_of_fold_features_never_come_from_an_encoder_that_saw_the_series(tin
             assert source == fold_of[uid] != k  # held out by the fold that embedded it ...
             assert uid not in split_series(fold_of, source)[0]  # ... whose encoder never trained on it
         for j in others:
-            meta = json.loads((run.fold(j).embeddings / "valid" / "meta.json").read_text())
+            meta = json.loads(run.fold(j).embedding_set("valid").meta.read_text())
             assert meta["fold"] == j and meta["encoder"] == fingerprint(run.fold(j).encoder)
 
 
 def test_a_killed_multi_fold_run_resumes_at_its_fold_and_epoch(tiny_dataset: Path, tmp_path: Path) -> None:
     full, killed = tmp_path / "full", tmp_path / "killed"
-    fit(tiny_dataset, full, "cpu_small", OOF, folds="all")
+    fit(tiny_dataset, full, "cpu_small", OOF, options=TrainOptions(folds="all"))
     with pytest.raises(Killed):
-        fit(tiny_dataset, killed, "cpu_small", OOF, folds="all", report=_kill_in_fold(1, "sequence", 1))
+        fit(tiny_dataset, killed, "cpu_small", OOF, options=TrainOptions(folds="all"),
+            report=_kill_in_fold(1, "sequence", 1))
     assert _model(killed, 0).is_file() and not _model(killed, 1).exists()
     with pytest.raises(ConfigError, match="trains folds \\[0, 1, 2\\], not --fold 1"):
-        fit(tiny_dataset, killed, fold=1, resume=True)
-    fit(tiny_dataset, killed, resume=True)
+        fit(tiny_dataset, killed, options=TrainOptions(fold=1, resume=True))
+    fit(tiny_dataset, killed, options=TrainOptions(resume=True))
     for k in range(3):
         a, b = load_checkpoint(_model(full, k)), load_checkpoint(_model(killed, k))
         assert all(torch.equal(a["state_dict"][name], b["state_dict"][name]) for name in a["state_dict"])
