@@ -66,7 +66,7 @@ def test_timm_backbones_explain_through_their_stages(encoder: str, kwargs: dict,
     model = build_model(spec, 9).eval()
     hu = np.random.default_rng(0).integers(-1000, 100, size=(4, 64, 64)).astype(np.int16)
     data = DataConfig(image_size=64, input="bsb25d", context=1)
-    probs, maps = series_gradcam(model, hu, np.ones(4, dtype=bool), data, [1, 2], torch.device("cpu"))
+    probs, maps = series_gradcam(model, hu, np.ones(4, dtype=bool), data, [1, 2])
     assert maps.shape[:2] == (2, len(LABELS)) and maps.shape[2:] == (side, side)
     assert np.isfinite(maps).all() and (maps >= 0).all() and (maps.sum(axis=(2, 3)) > 0).any(axis=1).all()
 
