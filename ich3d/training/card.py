@@ -147,15 +147,16 @@ def _operating_rows(points: dict[str, Any] | None) -> list[str]:
     rows = [f"Fitted on: {points.get('fitted_on')}.", "", "| label | threshold | sensitivity | specificity |",
             "|---|---|---|---|"]
     for j, name in enumerate(LABELS):
-        rows.append(f"| {name} | {_number(points['threshold'][j])} | {_number(points['sensitivity'][j])} "
-                    f"| {_number(points['specificity'][j])} |")
+        fitted = points["sensitivity"][j] is not None
+        rows.append(f"| {name} | {_number(points['threshold'][j])}{'' if fitted else ' (default: too few positives)'} "
+                    f"| {_number(points['sensitivity'][j])} | {_number(points['specificity'][j])} |")
     return rows
 
 
 def render_model_card(facts: dict[str, Any]) -> str:
     """``model_card.md`` from :func:`model_card_facts`."""
     data, recipe, metrics = facts["data"], facts["recipe"], facts["metrics"]
-    encoder = facts["model"]["encoder"]
+    encoder, data_in = facts["model"]["encoder"], recipe["input"]
     prevalence = ", ".join(f"{k} {v:.3f}" for k, v in (data.get("prevalence") or {}).items())
     stages = "; ".join(f"{name}: {s['epochs']} epochs, batch {s['batch_size']}, lr {s['lr']:g}"
                        for name, s in recipe["stages"].items())
@@ -174,7 +175,9 @@ def render_model_card(facts: dict[str, Any]) -> str:
         f"({data.get('n_labelled_images', '?')} labelled); label prevalence: {prevalence or 'n/a'}", "",
         "## Recipe", "",
         f"- {recipe['mode']} training, folds {recipe['folds']} of {recipe['n_folds']}, seed {recipe['seed']}",
-        f"- Input: {recipe['input']}", f"- Stages: {stages}", "",
+        f"- Input: {data_in['image_size']} px, {data_in['input']}"
+        + (f" (context {data_in['context']})" if data_in["input"] == "bsb25d" else "") + f", crop {data_in['crop']}",
+        f"- Stages: {stages}", "",
         "## Metrics", "", f"Held out: {metrics.get('held_out') or 'n/a'}.", "",
         *_metrics_rows(per_fold | {"held out, before calibration": metrics.get("before_calibration"),
                                    "held out, after calibration": metrics.get("after_calibration")}), "",
