@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ich3d import __version__
+from ich3d.provenance import provenance
 from ich3d.atomic import atomic_write
 from ich3d.errors import ConfigError, InputError
 
@@ -58,7 +59,8 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 
     The payload is checked first (nothing is written when it fails); numpy scalars become Python
     numbers. ``ich3d_version`` and ``format_version`` are added (overwritten when already present,
-    e.g. when re-saving a loaded checkpoint). The parent folder is created when missing.
+    e.g. when re-saving a loaded checkpoint), and :func:`ich3d.provenance.provenance` when the payload
+    has none. The parent folder is created when missing.
 
     Args:
         path: destination file, e.g. ``<run>/model.pt``.
@@ -75,6 +77,7 @@ def save_checkpoint(path: Path, payload: dict) -> None:
         raise TypeError(f"checkpoint payload keys must be str, got {bad_keys!r}")
     data = {k: _plain(v, k) for k, v in payload.items()}
     data.update(ich3d_version=__version__, format_version=FORMAT_VERSION)
+    data.setdefault("provenance", provenance())  # versions, commit, machine (save_model adds device and workers)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, fsync=True) as handle:
         torch.save(data, handle)

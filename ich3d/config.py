@@ -1,8 +1,8 @@
 """Typed training/inference configuration, loaded from YAML with strict validation.
 
-A config is a tree of frozen dataclasses. YAML files hold only plain values; unknown keys, wrong types
-and out-of-range values are :class:`~ich3d.errors.ConfigError` naming the dotted key. The resolved
-config of a run is written back as ``RUN/config.yaml`` and stored (as a plain dict) in checkpoints.
+A config is a tree of frozen dataclasses. YAML files hold only plain values; unknown or duplicate
+keys, wrong types and out-of-range values are :class:`~ich3d.errors.ConfigError` naming the dotted
+key. The resolved config of a run is written back as ``RUN/config.yaml`` and stored (as a plain dict) in checkpoints.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from typing import Any, ClassVar, Union
 import yaml
 
 from ich3d.atomic import write_text_atomic
+from ich3d.constants import MAX_IMAGE_SIZE
 from ich3d.errors import ConfigError
+from ich3d.yaml_unique import DuplicateKeyError, safe_load_unique
 
 INPUT_MODES = ("bsb", "bsb25d")
 HEADS = ("gru", "slice")
@@ -48,7 +50,7 @@ class DataConfig:
     crop: str = "head"
 
     def __post_init__(self) -> None:
-        _check(self.image_size >= 16, "data.image_size", "must be >= 16")
+        _check(16 <= self.image_size <= MAX_IMAGE_SIZE, "data.image_size", f"must be 16 to {MAX_IMAGE_SIZE} pixels")
         _check(self.input in INPUT_MODES, "data.input", f"must be one of {INPUT_MODES}")
         _check(self.context >= 1, "data.context", "must be >= 1")
         _check(self.crop in ("head", "none"), "data.crop", "must be head or none")
@@ -408,7 +410,9 @@ def load_config(source: str | Path | dict[str, Any] | None = None, overrides: li
     else:
         path = resolve_config_path(source)
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = safe_load_unique(path.read_text(encoding="utf-8")) or {}
+        except DuplicateKeyError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not a valid YAML text file: {' '.join(str(exc).split())}") from None
         except OSError as exc:

@@ -36,6 +36,10 @@ BSB_WINDOWS: tuple[str, ...] = ("brain", "subdural", "soft_tissue")
 #: Slice spacing (mm) of RSNA's series: the training thickness assumed where none is recorded.
 RSNA_SLICE_SPACING_MM: float = 5.0
 
+#: The largest side (pixels) of a cached slice or a network input: twice a CT's usual 512, and a bound
+#: checked before anything is allocated (a (S, S) float32 slice of 100,000 pixels would need 40 GB).
+MAX_IMAGE_SIZE: int = 1024
+
 #: Value written into the HU cache for a slice whose pixels could not be read.
 #: Such slices are always flagged in the index and never used as if they were real.
 MISSING_HU: int = -1024

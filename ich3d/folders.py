@@ -5,7 +5,9 @@ and written (:func:`prepare_output`), so a typo or a read-only disk is a one-lin
 not a traceback after an hour of compute. It then holds an advisory lock on a file in the folder
 (:class:`FolderLock`, ``fcntl.flock``): a second job writing the same folder is refused with the
 holder's pid. The kernel releases the lock when its holder dies, so a lock file left behind by a
-killed job is recognised as stale and taken over.
+killed job is recognised as stale and taken over. A job that fails before writing anything removes
+the folder it created (:func:`missing_folder`, :func:`remove_unused`): no empty output folder, or
+one holding only a lock file, is left behind.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import socket
 from pathlib import Path
 from types import TracebackType
@@ -48,6 +51,33 @@ def prepare_output(path: Path, what: str) -> Path:
     except OSError as exc:
         raise InputError(f"{what} {path}: cannot write there ({exc.strerror or exc}); choose a writable folder") from None
     return path
+
+
+def missing_folder(path: Path | None) -> Path | None:
+    """The top-most folder of ``path`` that does not exist yet (what a job writing there creates), or None."""
+    if path is None or os.path.lexists(path):
+        return None
+    top = Path(path).absolute()
+    while not os.path.lexists(top.parent):
+        top = top.parent
+    return top
+
+
+def remove_unused(folder: Path | None) -> None:
+    """Removes ``folder`` when it holds nothing but folders and released (empty) lock files.
+
+    Called when a job that created ``folder`` (:func:`missing_folder`) fails; a lock file a live job
+    holds names its holder, so it is never empty and the folder stays.
+    """
+    if folder is None or not folder.is_dir() or folder.is_symlink():
+        return
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = Path(root, name)
+            if not (name.startswith(".ich3d") and name.endswith(".lock")) or path.is_symlink() or path.stat().st_size:
+                return
+    shutil.rmtree(folder, ignore_errors=True)
+    log.debug("removed %s: the failed job wrote nothing there", folder)
 
 
 class FolderLock:

@@ -237,6 +237,44 @@ def bootstrap_auc(y_true: np.ndarray, y_score: np.ndarray, groups: np.ndarray | 
     return auc, float(lower), float(upper)
 
 
+#: Fewest positives and fewest negatives (exams; series for image-level scores) for which an AUC interval is
+#: stated. Below it a bootstrap interval collapses onto the point estimate (8 exams with AUC 1.000 gave
+#: "1.000-1.000": no resample can hold a misranked pair that the sample lacks), so none is given and the
+#: output says why.
+MIN_PER_CLASS_FOR_AUC_CI = 10
+
+
+def auc_interval_allowed(n_positive: int, n_negative: int) -> bool:
+    """Whether an AUC interval is stated for these class counts (:data:`MIN_PER_CLASS_FOR_AUC_CI`)."""
+    return min(n_positive, n_negative) >= MIN_PER_CLASS_FOR_AUC_CI
+
+
+def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (e.g. sensitivity = TP / (TP + FN)).
+
+    Unlike the normal-approximation interval it never collapses to a point at 0 or 1 and stays inside
+    [0, 1]: 4 of 4 gives about (0.51, 1.00), not (1.00, 1.00).
+
+    Args:
+        successes: the count of successes, 0 <= successes <= n.
+        n: the number of trials.
+        level: coverage of the interval.
+
+    Returns:
+        (lower, upper); (NaN, NaN) when ``n`` is 0.
+    """
+    from statistics import NormalDist
+
+    if n <= 0:
+        return math.nan, math.nan
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    share = successes / n
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
+    lower, upper = max(0.0, centre - half), min(1.0, centre + half)
+    return (0.0 if successes == 0 else lower), (1.0 if successes == n else upper)  # exact at the ends
+
+
 def average_precision(y_true: np.ndarray, y_score: np.ndarray) -> float:
     """Average precision (area under the precision-recall curve, scikit-learn's step definition) over
     the labeled rows; NaN without a positive."""

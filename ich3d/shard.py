@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ich3d.errors import InputError
+from ich3d.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -12,7 +12,7 @@ class Shard:
     """Part ``part_id`` of ``num_parts``: the rows i with i % num_parts == part_id.
 
     Raises:
-        InputError: num_parts < 1 or part_id outside 0..num_parts - 1.
+        UsageError: num_parts < 1 or part_id outside 0..num_parts - 1.
     """
 
     num_parts: int = 1
@@ -20,9 +20,9 @@ class Shard:
 
     def __post_init__(self) -> None:
         if self.num_parts < 1:
-            raise InputError(f"--num-parts {self.num_parts} must be at least 1")
+            raise UsageError(f"--num-parts {self.num_parts} must be at least 1")
         if not 0 <= self.part_id < self.num_parts:
-            raise InputError(f"--part-id {self.part_id} must be in 0..{self.num_parts - 1} (--num-parts {self.num_parts})")
+            raise UsageError(f"--part-id {self.part_id} must be in 0..{self.num_parts - 1} (--num-parts {self.num_parts})")
 
     @property
     def whole(self) -> bool:

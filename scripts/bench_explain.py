@@ -34,7 +34,8 @@ from benchmarks_md import write_section  # scripts/ is on sys.path when run
 
 from ich3d.constants import LABELS
 from ich3d.dataset.labels import read_labels
-from ich3d.app.explain import CamSettings, Explainer, dilate, pointing_game
+from ich3d.app.explain import Explainer, dilate, pointing_game
+from ich3d.inference.gradcam import CamSettings
 from ich3d.layout import SynthFolder
 from ich3d.synth.lesions import MASK_BITS
 from ich3d.synth.series import load_mask

@@ -246,6 +246,7 @@ def step_infer(inputs: Inputs, meter: Meter, args: argparse.Namespace) -> dict:
     from ich3d.inference.merge import merge_parts, requested_images
     from ich3d.inference.outputs import other_rows, predicted_rows
     from ich3d.inference.exams import THRESHOLD
+    from ich3d.shard import Shard
     from ich3d.inference.submission import read_submission_ids
     from ich3d.layout import InferFolder
 
@@ -260,7 +261,7 @@ def step_infer(inputs: Inputs, meter: Meter, args: argparse.Namespace) -> dict:
     folder.parts.mkdir(parents=True, exist_ok=True)
     meter.loaded()
     requested_images(slices, series, requested, False)
-    table = build_table(dataset, slices, part_series(predicted, 1, 0))
+    table = build_table(dataset, slices, part_series(predicted, Shard()))
     meter.lap("build_table")
     part = predicted_rows(table, probs, slices, np.full(table.n_slices, "", dtype=object))
     part = pd.concat([part, other_rows(slices, series, prior)], ignore_index=True)

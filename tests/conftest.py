@@ -146,3 +146,14 @@ def clean_series(dataset: Path) -> dict[str, list[Path]]:
     clean = series.loc[series["n_ok"] == series["n_slices"], "series_uid"]
     rows = slices[slices["series_uid"].isin(clean)].sort_values(["series_uid", "slice_index"])
     return {uid: [Path(p) for p in group["path"]] for uid, group in rows.groupby("series_uid", sort=True)}
+
+
+@pytest.fixture(scope="session")
+def clinical_predictions(trained_run: Path, clinical_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``ich3d infer`` of the clinical export: 4 studies, topograms, bone kernels, thin and contrast series and
+    dose reports skipped, one series per study read (OUT/dataset holds its index and cache)."""
+    from ich3d.inference.run import predict
+
+    out = tmp_path_factory.mktemp("clinical_predictions") / "pred"
+    predict([trained_run], out, dicom_dirs=[clinical_export / "export"], progress=False)
+    return out

@@ -74,3 +74,18 @@ def test_stages_run_in_their_fixed_order() -> None:
     config = load_config({"stages": {"finetune": {}, "slice": {}, "sequence": {"crop_len": 8}}})
     assert config.stages.names() == ["slice", "sequence", "finetune"]
     assert config.stages.sequence.crop_len == 8 and config.stages.finetune.drop_slices == 0
+
+
+def test_a_duplicate_yaml_key_is_an_error_naming_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("seed: 0\nstages:\n  slice:\n    lr: 0.001\n    epochs: 2\n    lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"key 'stages.slice.lr' is given twice \(lines 4 and 6\)"):
+        load_config(path)
+    path.write_text("seed: 0\nstages:\n  slice:\n    lr: 0.001\n  sequence:\n    lr: 0.1\n")  # same name, two places
+    assert load_config(path).stages.slice.lr == 0.001
+
+
+@pytest.mark.parametrize("size", [100_000, 1025, 15])
+def test_an_absurd_image_size_is_refused_before_allocation(size: int) -> None:
+    with pytest.raises(ConfigError, match="config key 'data.image_size': must be 16 to 1024 pixels"):
+        load_config("cpu_small", [f"data.image_size={size}"])

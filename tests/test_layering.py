@@ -15,7 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ich3d"
 LAYERS = {"core": 0, "dataset": 1, "data": 2, "models": 2, "inference": 3, "training": 4, "synth": 1, "app": 5,
           "serve": 5}
 #: Core modules that must not import torch (fast CLI start, usable without torch).
-TORCH_FREE = {"constants", "errors", "layout", "atomic", "folders", "workers", "progress", "metrics", "config"}
+TORCH_FREE = {"constants", "errors", "layout", "atomic", "folders", "workers", "progress", "metrics", "config",
+              "spreadsheet", "yaml_unique"}
 
 
 def _part(module: str) -> str:

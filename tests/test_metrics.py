@@ -23,6 +23,7 @@ from ich3d.metrics import (
     reliability,
     series_auc_any,
     weighted_log_loss,
+    wilson_interval,
 )
 
 
@@ -175,3 +176,12 @@ def test_average_precision() -> None:
     true, score = np.array([0, 1, 1, 0, np.nan]), np.array([0.1, 0.9, 0.4, 0.5, 0.2])
     assert average_precision(true, score) == pytest.approx(average_precision_score(true[:4], score[:4]))
     assert np.isnan(average_precision(np.zeros(3), np.arange(3)))
+
+
+def test_wilson_interval_matches_the_formula_and_brackets_the_share() -> None:
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+    low, high = wilson_interval(5, 10)
+    assert (round(low, 4), round(high, 4)) == (0.2366, 0.7634)  # the textbook value for 5 / 10
+    for k in range(0, 21):
+        low, high = wilson_interval(k, 20)
+        assert 0 <= low <= k / 20 <= high <= 1 and high - low > 0.05

@@ -1,8 +1,10 @@
 """The ``ich3d`` command line: thin click wrappers over the typed API (heavy imports inside commands).
 
 Every command turns the failures a user can meet (ich3d's own errors, file-system faults, a bad
-device) into one line on stderr, ``error: what, which file, what to do``, with exit code 1; click's
-usage errors exit with 2. ``-q/--quiet`` and ``-v/--verbose`` are accepted before or after the command.
+device, a full disk) into one line on stderr, ``error: what, which file, what to do``, with exit code
+1; usage errors (click's, and the API's :class:`~ich3d.errors.UsageError`) exit with 2, and an output
+folder the failed command created and left empty is removed. ``-q/--quiet`` and ``-v/--verbose`` are
+accepted before or after the command.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -17,14 +20,20 @@ from typing import Any, Callable
 import click
 
 from ich3d import __version__
-from ich3d.constants import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PARTIAL
-from ich3d.errors import Ich3dError
+from ich3d.atomic import FULL_DISK, disk_full, full_disk_message
+from ich3d.constants import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PARTIAL, MAX_IMAGE_SIZE
+from ich3d.errors import Ich3dError, UsageError
+from ich3d.folders import missing_folder, remove_unused
 
 log = logging.getLogger("ich3d")
 PathArg = click.Path(path_type=Path)
 ExistingDir = click.Path(exists=True, file_okay=False, path_type=Path)
 ExistingFile = click.Path(exists=True, dir_okay=False, path_type=Path)
 ExistingPath = click.Path(exists=True, path_type=Path)
+#: Numbers of things (series, processes, parts, figures); the API checks them too, the CLI makes them usage errors.
+Count, Positive = click.IntRange(min=0), click.IntRange(min=1)
+ImageSize = click.IntRange(min=1, max=MAX_IMAGE_SIZE)
+Probability = click.FloatRange(0, 1, min_open=True, max_open=True)
 
 
 def _os_error_message(exc: OSError) -> str:
@@ -32,26 +41,45 @@ def _os_error_message(exc: OSError) -> str:
     where = exc.filename or "a file"
     if exc.filename2:
         where = f"{where} -> {exc.filename2}"
+    if exc.errno in FULL_DISK:
+        return full_disk_message(where if exc.filename else None, exc)
     reason = exc.strerror or type(exc).__name__
     return f"{where}: {reason}; check that the path exists, is the right kind (file or folder) and is writable"
 
 
+def _failure_message(exc: Exception) -> str | None:
+    """The one line of a failure the user can fix, or None for a programming error (its traceback is shown)."""
+    if isinstance(exc, Ich3dError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return _os_error_message(exc)
+    if isinstance(exc, MemoryError):
+        return "out of memory; use a smaller --batch or --image-size, fewer --workers, or a machine with more memory"
+    full = disk_full(exc)  # e.g. torch's RuntimeError raised from an ENOSPC
+    return None if full is None else _os_error_message(full)
+
+
 def handle_errors(command: Callable) -> Callable:
-    """Turns user-fixable failures into a one-line message and exit code 1 (130 when interrupted)."""
+    """Turns user-fixable failures into a one-line message and exit code 1 (2 for usage errors, 130 when
+    interrupted); an output folder the failed command created and left empty is removed."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        created = missing_folder(kwargs.get("out"))
         try:
             return command(*args, **kwargs)
-        except Ich3dError as exc:
-            message = str(exc)
-        except OSError as exc:
-            message = _os_error_message(exc)
-        except MemoryError:
-            message = "out of memory; use fewer --workers, a smaller --batch or a machine with more memory"
+        except UsageError as exc:
+            remove_unused(created)
+            raise click.UsageError(" ".join(str(exc).split()), click.get_current_context(silent=True)) from None
         except KeyboardInterrupt:
+            remove_unused(created)
             click.echo("interrupted: finished work is kept; rerun the same command to resume", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except Exception as exc:
+            remove_unused(created)
+            message = _failure_message(exc)
+            if message is None:
+                raise
         click.echo(f"error: {' '.join(message.split())}", err=True)
         sys.exit(EXIT_ERROR)
 
@@ -96,6 +124,21 @@ def series_options(command: Callable) -> Callable:
     return command
 
 
+def _check_overrides(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    """``--set`` values must look like ``key.sub=value``."""
+    for value in values:
+        if "=" not in value or not value.split("=", 1)[0].strip():
+            raise click.BadParameter(f"{value!r} must look like key.sub=value", ctx, param)
+    return values
+
+
+def _check_folds(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--folds`` is ``all`` or fold numbers such as ``0,1,2``."""
+    if value is not None and value != "all" and not re.fullmatch(r"\d+(,\d+)*", value.replace(" ", "")):
+        raise click.BadParameter(f"{value!r}: give 'all' or fold numbers such as 0,1,2", ctx, param)
+    return value
+
+
 def _quiet(ctx: click.Context) -> bool:
     return bool(ctx.find_root().obj["quiet"])
 
@@ -127,11 +170,15 @@ def main(ctx: click.Context, quiet: bool, verbose: bool) -> None:
 @click.option("--layout", "layout_name", type=click.Choice(["rsna", "clinical"]), default="rsna", show_default=True,
               help="rsna: the RSNA 2019 layout; clinical: a PACS-style export (study/series folders, "
                    "CQ500-style exam reads).")
-@click.option("--n-series", default=40, show_default=True, help="Training series (rsna) or studies (clinical).")
-@click.option("--n-test-series", default=10, show_default=True, help="Test series (rsna; ignored by clinical).")
-@click.option("--image-size", default=512, show_default=True, help="Slice size in pixels.")
+@click.option("--n-series", default=40, show_default=True, type=Positive,
+              help="Training series (rsna) or studies (clinical).")
+@click.option("--n-test-series", default=10, show_default=True, type=Positive,
+              help="Test series (rsna; ignored by clinical).")
+@click.option("--image-size", default=512, show_default=True, type=click.IntRange(32, MAX_IMAGE_SIZE),
+              help="Slice size in pixels.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--workers", default=1, show_default=True, help="Processes writing series (studies) in parallel.")
+@click.option("--workers", default=1, show_default=True, type=Positive,
+              help="Processes writing series (studies) in parallel.")
 @verbosity_options
 @click.pass_context
 @handle_errors
@@ -173,18 +220,18 @@ def synth(ctx: click.Context, out: Path, layout_name: str, n_series: int, n_test
               help="rsna: long format ID,Label; ct-ich: PhysioNet CT-ICH hemorrhage_diagnosis_raw_ct.csv "
                    "(PatientNumber = NIfTI file stem, SliceNumber).")
 @click.option("--out", required=True, type=PathArg, help="Dataset folder to write.")
-@click.option("--image-size", default=256, show_default=True, help="Side of the cached HU slices.")
-@click.option("--workers", type=int, help="Worker processes [default: all cores].")
+@click.option("--image-size", default=256, show_default=True, type=ImageSize, help="Side of the cached HU slices.")
+@click.option("--workers", type=Positive, help="Worker processes [default: all cores].")
 @click.option("--overwrite", is_flag=True,
               help="Rebuild this part's cache files even if finished (the index is rebuilt whenever the inputs change).")
-@click.option("--num-parts", default=1, show_default=True,
+@click.option("--num-parts", default=1, show_default=True, type=Positive,
               help="Split the pixel pass over this many jobs (they share one index).")
-@click.option("--part-id", default=0, show_default=True, help="This job's part (0-based).")
+@click.option("--part-id", default=0, show_default=True, type=Count, help="This job's part (0-based).")
 @click.option("--index-only", is_flag=True, help="Stop after the header index.")
 @click.option("--crop", type=click.Choice(["head", "none"]), default="head", show_default=True,
               help="head: cache each series cropped to a square around the head; none: the whole image.")
 @series_options
-@click.option("--target-thickness", type=float, default=5.0, show_default=True,
+@click.option("--target-thickness", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True,
               help="Slice thickness (mm) --series auto prefers: the model's training thickness.")
 @click.option("--assume-intercept", type=float,
               help="RescaleIntercept of CT slices that lack it (e.g. -1024) [default: such slices are not used].")
@@ -199,7 +246,7 @@ def build_series_command(ctx: click.Context, dicom_dirs: tuple[Path, ...], nifti
                          assume_intercept: float | None, strict: bool) -> None:
     """Index DICOM files and NIfTI volumes into series, choose the series to read, join labels and cache HU."""
     from ich3d.app.console import print_build_summary
-    from ich3d.dataset.build import BuildOptions, build_series
+    from ich3d.dataset.build import BuildOptions, build_series, require_usable
     from ich3d.shard import Shard
     from ich3d.dataset.roles import load_rules
 
@@ -212,10 +259,7 @@ def build_series_command(ctx: click.Context, dicom_dirs: tuple[Path, ...], nifti
                            series_rules=rules, labels_format=labels_format, progress=not _quiet(ctx))
     summary = build_series(list(dicom_dirs), out, labels_csv=labels, options=options)
     print_build_summary(summary, _console(ctx))
-    usable = summary["n_files"] - summary["n_skipped"]
-    if usable == 0:
-        raise Ich3dError(f"none of the {summary['n_files']} files under {', '.join(map(str, dicom_dirs))} is a usable "
-                         f"CT image ({summary['counts']}); see {out}/build.json for each file's reason")
+    require_usable(summary, out)
     if summary["n_skipped"]:
         log.warning("%d of %d files were not usable (reasons in %s/build.json and the index)", summary["n_skipped"],
                     summary["n_files"], out)
@@ -245,9 +289,10 @@ def show(ctx: click.Context, image: str, dataset: Path, out: Path, series_montag
 @click.option("--dataset", required=True, type=ExistingDir, help="Dataset folder from build-series.")
 @click.option("--config", "config_path", help="YAML config or packaged name (cpu_small, rsna_256).")
 @click.option("--out", required=True, type=PathArg, help="Run folder.")
-@click.option("--fold", type=int, help="Train this validation fold [default: 0; with --resume: the run's folds].")
-@click.option("--folds", help="all: train every fold, the sequence head on out-of-fold features, one ensemble.")
-@click.option("--set", "overrides", multiple=True, help="Override a config value: key.sub=value (repeatable).")
+@click.option("--fold", type=Count, help="Train this validation fold [default: 0; with --resume: the run's folds].")
+@click.option("--folds", callback=_check_folds, help="all: train every fold, the sequence head on out-of-fold features, one ensemble.")
+@click.option("--set", "overrides", multiple=True, callback=_check_overrides,
+              help="Override a config value: key.sub=value (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--device", help="cpu, cuda, cuda:1 ... [default: cuda if available]")
 @verbosity_options
@@ -261,6 +306,8 @@ def train(ctx: click.Context, dataset: Path, config_path: str | None, out: Path,
 
     if config_path is None and not resume:
         raise click.UsageError("--config is required (unless --resume)")
+    if fold is not None and folds is not None:
+        raise click.UsageError("give --fold K (one fold) or --folds all (every fold), not both")
     table = EpochTable(_console(ctx))
     options = TrainOptions(fold=fold, folds=folds, resume=resume, device=device, progress=not _quiet(ctx))
     result = fit(dataset, out, config_path, list(overrides), options, report=table.add)
@@ -278,16 +325,17 @@ def train(ctx: click.Context, dataset: Path, config_path: str | None, out: Path,
 @click.option("--sample-submission", type=ExistingFile, help="Rows and order the submission must have.")
 @click.option("--out", required=True, type=PathArg)
 @click.option("--allow-missing", is_flag=True, help="Fill requested images without a file with the prior.")
-@click.option("--num-parts", default=1, show_default=True)
-@click.option("--part-id", default=0, show_default=True)
+@click.option("--num-parts", default=1, show_default=True, type=Positive)
+@click.option("--part-id", default=0, show_default=True, type=Count)
 @click.option("--device", help="cpu, cuda, cuda:1 ... [default: cuda if available]")
-@click.option("--batch", "batch_series", default=8, show_default=True, help="Series per encoder batch.")
-@click.option("--workers", type=int, help="Processes reading DICOM [default: all cores] and loader workers [default: 1].")
+@click.option("--batch", "batch_series", default=8, show_default=True, type=Positive,
+              help="Series per encoder batch.")
+@click.option("--workers", type=Positive, help="Processes reading DICOM [default: all cores] and loader workers [default: 1].")
 @click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision on CUDA.")
 @click.option("--resample", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
               help="auto: read series under half the training thickness as slabs of it.")
 @series_options
-@click.option("--threshold", type=float,
+@click.option("--threshold", type=Probability,
               help="One probability for every label's exam flag and slice ranges [default: the run's operating "
                    "thresholds, fitted on held-out exams].")
 @click.option("--calibration/--no-calibration", default=True, show_default=True,
@@ -364,7 +412,8 @@ def export(ctx: click.Context, runs: tuple[Path, ...], fmt: str, out: Path) -> N
 @click.option("--exams", "exam_labels", type=ExistingFile,
               help="Exam labels (CQ500 reads or study_uid + labels): scores exams.csv.")
 @click.option("--exam-map", type=ExistingFile, help="name,study_uid: joins CQ500 read names to studies.")
-@click.option("--threshold", default=0.5, show_default=True, help="Exam probability counted as positive.")
+@click.option("--threshold", default=0.5, show_default=True, type=Probability,
+              help="Exam probability counted as positive.")
 @click.option("--dataset", type=ExistingDir, help="Dataset index for the series-level AUC.")
 @click.option("--out", type=PathArg, help="JSON file for the score [default: score.json next to the predictions].")
 @verbosity_options
@@ -399,10 +448,10 @@ def score(ctx: click.Context, predictions: Path, labels: Path | None, labels_for
 
 @main.command()
 @click.option("--out", default="ich3d-demo", show_default=True, type=PathArg)
-@click.option("--n-series", default=60, show_default=True, help="Synthetic training series.")
-@click.option("--n-test-series", default=16, show_default=True)
+@click.option("--n-series", default=60, show_default=True, type=Positive, help="Synthetic training series.")
+@click.option("--n-test-series", default=16, show_default=True, type=Positive)
 @click.option("--config", "config_name", default="cpu_small", show_default=True)
-@click.option("--set", "overrides", multiple=True, help="Config overrides key=value.")
+@click.option("--set", "overrides", multiple=True, callback=_check_overrides, help="Config overrides key=value.")
 @click.option("--seed", default=0, show_default=True)
 @verbosity_options
 @click.pass_context
@@ -427,8 +476,8 @@ def demo(ctx: click.Context, out: Path, n_series: int, n_test_series: int, confi
               help="The run (training curves, config) and models for Grad-CAM in the gallery; repeatable.")
 @click.option("--dataset", type=ExistingDir, help="Dataset holding the images [default: PREDICTIONS/dataset].")
 @click.option("--out", type=PathArg, help="HTML file to write [default: PREDICTIONS/report.html].")
-@click.option("--max-series", default=24, show_default=True, help="Series strips (the most informative series).")
-@click.option("--gallery", default=4, show_default=True, help="False positives and false negatives shown, each.")
+@click.option("--max-series", default=24, show_default=True, type=Count, help="Series strips (the most informative series).")
+@click.option("--gallery", default=4, show_default=True, type=Count, help="False positives and false negatives shown, each.")
 @click.option("--device", help="Where Grad-CAM runs: cpu, cuda, cuda:1 ... [default: cuda if available]")
 @verbosity_options
 @click.pass_context

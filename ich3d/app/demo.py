@@ -14,6 +14,7 @@ import pandas as pd
 from ich3d.atomic import write_json_atomic
 from ich3d.constants import LABELS
 from ich3d.layout import DemoFolder, RunFolder, SynthFolder
+from ich3d.spreadsheet import read_table
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def _clinical_exams(folder: DemoFolder, options: DemoOptions, progress: bool) ->
     if not export.summary.is_file():
         make_clinical_export(export.root, config, workers=os.cpu_count() or 1)
     predict([folder.run.root], exams.root, dicom_dirs=[export.export], progress=progress)
-    table = pd.read_csv(exams.exams_csv)
+    table = read_table(exams.exams_csv)
     score = score_exams(exams.exams_csv, export.reads, export.reads_map, n_boot=200)
     return {"exams": json.loads(table.to_json(orient="records")), "exam_score": score, "exams_csv": str(exams.exams_csv)}
 

@@ -183,7 +183,7 @@ def strip_png(probs: np.ndarray, truth: np.ndarray | None, marks: Sequence[int])
     for index in marks:
         ax.axvline(index, color="#555555", lw=0.8, ls=":")
     ax.set_xlim(-0.5, n - 0.5)
-    ax.set_ylim(-0.18, 1.02)
+    ax.set_ylim(-0.18 if truth is not None else -0.02, 1.02)  # room for the label squares
     ax.set_xlabel("slice", fontsize=8, labelpad=1)
     ax.set_ylabel("probability", fontsize=8)
     ax.tick_params(labelsize=8)

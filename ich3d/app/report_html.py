@@ -19,12 +19,13 @@ PAGE = string.Template("""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>ich3d report: $title</title>
 <style>
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#222;
-  max-width:1160px;margin:0 auto;padding:0 16px 48px}
+  max-width:1340px;margin:0 auto;padding:0 16px 48px}
 header{border-bottom:1px solid #ddd;margin-bottom:8px}
+h1{font-size:26px;margin:14px 0 4px}
 nav a{margin-right:14px}
 h2{margin-top:36px;border-bottom:1px solid #eee}
 table{border-collapse:collapse;font-size:13px;margin:6px 0 16px}
-th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
+th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
 th{background:#f3f3f3}
 img{max-width:100%;height:auto}
 pre{background:#f7f7f7;padding:8px;font-size:12px;overflow:auto;max-height:420px}
@@ -37,6 +38,16 @@ td img{max-width:none}
 figure{margin:0;max-width:530px}
 figcaption{font-size:12px;color:#555}
 .note{color:#555;font-size:13px}
+table.exams{width:100%}
+table.exams td:first-child{white-space:nowrap;width:150px}
+table.exams td img{margin-right:4px;height:72px;width:auto}
+tr.flagged td{background:#fdecea}
+.uid{font-family:ui-monospace,monospace;font-size:12px}
+details code{font-size:11px;word-break:break-all}
+details summary{cursor:pointer}
+.facts{display:flex;flex-wrap:wrap;gap:0 18px;align-items:flex-start}
+.facts table{margin-top:2px}
+.facts h4{margin:8px 0 0;font-size:13px}
 </style></head>
 <body><header><h1>ich3d report</h1><p class="note">$meta</p><nav>$nav</nav></header>
 $sections
@@ -66,9 +77,26 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], escape: bool = T
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def mapping_table(mapping: dict[str, Any]) -> str:
-    """Two columns: each key, and its value (nested mappings and lists written compactly)."""
-    return table(["key", "value"], [[key, text(value)] for key, value in mapping.items()])
+def facts(mapping: dict[str, Any]) -> str:
+    """A JSON summary (build.json, run.json) as tables: the plain values in one table, each mapping in
+    its own small table, each list of records as a table with a column per key; side by side."""
+    plain = [[key, text(value)] for key, value in mapping.items() if not isinstance(value, dict)
+             and not _records(value)]
+    blocks = [table(["key", "value"], plain)] if plain else []
+    for key, value in mapping.items():
+        if isinstance(value, dict) and value:
+            blocks.append(f"<div><h4>{html.escape(key)}</h4>"
+                          + table(["key", "value"], [[k, text(v)] for k, v in value.items()]) + "</div>")
+        elif _records(value):
+            columns = list(dict.fromkeys(k for record in value for k in record))
+            rows = [[text(record.get(c)) for c in columns] for record in value[:50]]
+            blocks.append(f"<div><h4>{html.escape(key)} ({len(value)})</h4>" + table(columns, rows) + "</div>")
+    return "<div class='facts'>" + "".join(blocks) + "</div>"
+
+
+def _records(value: Any) -> bool:
+    """Whether ``value`` is a non-empty list of mappings."""
+    return isinstance(value, list) and bool(value) and all(isinstance(item, dict) for item in value)
 
 
 def text(value: Any) -> str:

@@ -64,7 +64,7 @@ def show_image(dataset: Dataset | Path, image: str, out: Path) -> Path:
     _panel(axes[2], scaled_window(hu, center, width), "Scaled window (0-255)", "uint8", cmap="bone", vmin=0, vmax=255)
     _panel(axes[3], np.moveaxis(bsb(hu), 0, -1), "Brain / subdural / soft tissue", "BSB windows as RGB")
     where = f"series {row.get('series_uid') or '?'}, slice {_text(row.get('slice_index'))}"
-    fig.suptitle(f"{row['image_id']}  ({where})", fontsize=14, x=0.435)
+    fig.suptitle(f"{row['image_id']}\n{where}", fontsize=13, x=0.01, ha="left")  # long UIDs: two left-aligned lines
     _label_table(fig, labels)
     return _save(fig, out)
 
@@ -103,19 +103,32 @@ def show_series(dataset: Dataset | Path, series_uid: str, out: Path, max_slices:
     shown = np.unique(np.linspace(0, len(rows) - 1, min(len(rows), max_slices)).round().astype(int))
     ncols = math.ceil(math.sqrt(len(shown)))
     nrows = math.ceil(len(shown) / ncols)
-    fig = _figure(2.0 * ncols, 2.15 * nrows + 0.7)
+    fig = _figure(max(2.0 * ncols, 6.0), 2.15 * nrows + 0.9)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, gridspec_kw={"wspace": 0.03, "hspace": 0.18, "left": 0.005,
                                                                   "right": 0.995, "bottom": 0.005,
-                                                                  "top": 1 - 0.7 / (2.15 * nrows + 0.7)}))  # fmt: skip
+                                                                  "top": 1 - 0.9 / (2.15 * nrows + 0.9)}))  # fmt: skip
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, i in zip(axes.flat, shown):
         _tile(ax, volume[i], rows.iloc[i], channels)
-    n_any = int((rows["label_any"] == 1).sum())
-    sampled = f", {len(shown)} shown" if len(shown) < len(rows) else ""
-    fig.suptitle(f"series {series_uid}: {len(rows)} slices{sampled}, {n_any} with hemorrhage "
-                 f"({'brain window' if channels == 'brain' else 'BSB'})", fontsize=12)  # fmt: skip
+    fig.suptitle(montage_title(series_uid, rows, len(shown), channels), fontsize=12, x=0.01, ha="left")
     return _save(fig, out)
+
+
+def montage_title(series_uid: str, rows: pd.DataFrame, n_shown: int, channels: str) -> str:
+    """The montage's title: the series, its slices, and what its labels say (``unlabeled`` when none
+    is labeled, the count of labeled slices when only some are)."""
+    labelled = rows["label_any"].notna()
+    n_any = int((rows["label_any"] == 1).sum())
+    if not labelled.any():
+        labels = "unlabeled"
+    elif labelled.all():
+        labels = f"{n_any} with hemorrhage"
+    else:
+        labels = f"{n_any} with hemorrhage of {int(labelled.sum())} labeled"
+    sampled = f", {n_shown} shown" if n_shown < len(rows) else ""
+    return (f"series {series_uid}\n{len(rows)} slices{sampled}, {labels} "
+            f"({'brain window' if channels == 'brain' else 'BSB'})")
 
 
 def show_series_of_image(dataset: Dataset | Path, image: str, out: Path, max_slices: int = 36) -> Path:
@@ -199,6 +212,7 @@ def _save(fig: Any, out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out) as file:
-        fig.savefig(file, format="png", dpi=_DPI, facecolor="white")
+        # "tight": the canvas is grown or cut to every title and label, so nothing is clipped at an edge
+        fig.savefig(file, format="png", dpi=_DPI, facecolor="white", bbox_inches="tight", pad_inches=0.15)
     log.info("wrote %s", out)
     return out

@@ -21,7 +21,7 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -47,7 +47,7 @@ from ich3d.dataset.index import (
 from ich3d.dataset.nifti import NIFTI_SYNTAX
 from ich3d.dataset.options import BuildOptions
 from ich3d.dataset.roles import choice_table
-from ich3d.errors import Ich3dError
+from ich3d.errors import Ich3dError, InputError
 from ich3d.folders import FolderLock, prepare_output
 from ich3d.layout import DatasetFolder
 from ich3d.progress import progress_bar
@@ -67,7 +67,7 @@ def _pixel_pass(folder: DatasetFolder, slices: pd.DataFrame, series: pd.DataFram
                 options: BuildOptions) -> dict:
     """Builds this part's missing or damaged cache files; writes its failures and crops parquets; returns counts."""
     size, crop, part_id = options.image_size, options.crop, options.shard.part_id
-    mine = part_series(series[series["build_cache"]], options.shard.num_parts, part_id)
+    mine = part_series(series[series["build_cache"]], options.shard)
     journal = CacheJournal(folder, part_id, files_id, size, crop)
     done = {} if options.overwrite else journal.finished()
     length = dict(zip(series["series_uid"], series["n_slices"].astype(int)))
@@ -78,6 +78,7 @@ def _pixel_pass(folder: DatasetFolder, slices: pd.DataFrame, series: pd.DataFram
         log.warning("%d damaged cache files are rebuilt, e.g. %s", len(damaged), folder.cache_file(damaged[0]))
     todo.sort(key=lambda uid: -length[uid])  # longest first: no long series left for the end
     folder.cache.mkdir(parents=True, exist_ok=True)
+    _log_pixel_scope(slices, series, mine, todo)
     try:
         with progress_bar(options.progress, "pixels", sum(length[u] for u in todo)) as advance:
             done |= cache_series(folder, slices, todo, journal, pool.executor, 4 * pool.workers, advance)
@@ -100,8 +101,24 @@ def _pixel_pass(folder: DatasetFolder, slices: pd.DataFrame, series: pd.DataFram
             "pixel_failures": failures["status"].value_counts().to_dict()}
 
 
+def _log_pixel_scope(slices: pd.DataFrame, series: pd.DataFrame, mine: list[str], todo: list[str]) -> None:
+    """One line saying which of the files the pixel pass reads and where the others went, so that its
+    count (images of the series to cache) adds up to the number of files."""
+    cached = slices["series_uid"].isin(series.loc[series["build_cache"], "series_uid"])
+    in_part = slices["series_uid"].isin(mine)
+    others = {"already cached": int(slices["series_uid"].isin(set(mine) - set(todo)).sum()),
+              "in other parts": int((cached & ~in_part).sum()),
+              "in series not read (other role or not chosen)": int((~cached & (slices["status"] == Status.OK)).sum()),
+              **slices.loc[~cached & (slices["status"] != Status.OK), "status"].astype(str).value_counts().to_dict()}
+    n_todo = int(slices["series_uid"].isin(todo).sum())
+    rest = ", ".join(f"{n} {what}" for what, n in others.items() if n)
+    log.info("pixels: %d of %d images to cache (%d series)%s", n_todo, len(slices), len(todo),
+             f"; the other {len(slices) - n_todo}: {rest}" if rest else "")
+
+
 def build_series(dicom_dirs: Sequence[Path], out: Path, labels_csv: Path | None = None,
-                 options: BuildOptions = BuildOptions()) -> dict[str, Any]:
+                 options: BuildOptions = BuildOptions(), *,
+                 before_pixels: Callable[[pd.DataFrame, pd.DataFrame], None] | None = None) -> dict[str, Any]:
     """Indexes DICOM folders (and NIfTI volumes) into series, joins labels and caches Hounsfield units.
 
     Args:
@@ -110,6 +127,8 @@ def build_series(dicom_dirs: Sequence[Path], out: Path, labels_csv: Path | None 
         out: the dataset folder (created).
         labels_csv: labels in ``options.labels_format``, or None.
         options: size, crop, workers, shard, series rules... (:class:`BuildOptions`).
+        before_pixels: called with the index (slices, series) once it is written, before the pixel
+            pass (``infer`` refuses requested images without a file there, before any pixel is read).
 
     Returns:
         The summary written to ``build.json`` (``build-part-<I>.json`` when num_parts > 1): counts by
@@ -124,8 +143,9 @@ def build_series(dicom_dirs: Sequence[Path], out: Path, labels_csv: Path | None 
     workers = options.workers or os.cpu_count() or 1
     num_parts, part_id, progress = options.shard.num_parts, options.shard.part_id, options.progress
     folder = DatasetFolder(prepare_output(Path(out), "--out"))
-    with process_pool(workers) as pool:
-        with FolderLock(folder.lock, f"dataset folder {folder.root}", wait=True):
+    part = f"part {part_id} of dataset folder {folder.root}" if num_parts > 1 else f"dataset folder {folder.root}"
+    with process_pool(workers) as pool, FolderLock(folder.part_lock(part_id), part):  # a second build is refused
+        with FolderLock(folder.lock, f"dataset folder {folder.root}", wait=True):  # parts take turns on the index
             files = collect_files(dicom_dirs, exclude=folder.root)
             log.info("%d candidate files in %d folders (%d ignored)", len(files.paths), len(dicom_dirs),
                      files.n_ignored)
@@ -134,16 +154,33 @@ def build_series(dicom_dirs: Sequence[Path], out: Path, labels_csv: Path | None 
             timings = {"collect_s": time.perf_counter() - began}
             slices, series, meta = index_for(folder, files, labels_csv, pool, options)
             timings["index_s"] = time.perf_counter() - began - timings["collect_s"]  # header pass included
-        with FolderLock(folder.part_lock(part_id), f"part {part_id} of dataset folder {folder.root}"):
-            pixels = {} if options.index_only else _pixel_pass(folder, slices, series, files.files_id,
-                                                               _Pool(pool, workers), options)
-            timings["total_s"] = time.perf_counter() - began
-            timings["pixel_s"] = timings["total_s"] - timings["index_s"] - timings["collect_s"]
-            timings["header_s"] = 0.0 if meta["reused"] else meta["header_s"]
-            summary = _summary(dicom_dirs, labels_csv, files, slices, series, meta, pixels, timings)
-            summary["settings"] = options.settings(workers)
-            write_json_atomic(folder.build_summary(num_parts, part_id), summary)
+        if before_pixels is not None:
+            before_pixels(slices, series)
+        pixels = {} if options.index_only else _pixel_pass(folder, slices, series, files.files_id,
+                                                           _Pool(pool, workers), options)
+        timings["total_s"] = time.perf_counter() - began
+        timings["pixel_s"] = timings["total_s"] - timings["index_s"] - timings["collect_s"]
+        timings["header_s"] = 0.0 if meta["reused"] else meta["header_s"]
+        summary = _summary(dicom_dirs, labels_csv, files, slices, series, meta, pixels, timings)
+        summary["settings"] = options.settings(workers)
+        write_json_atomic(folder.build_summary(num_parts, part_id), summary)
     return summary
+
+
+def require_usable(summary: dict[str, Any], out: Path) -> None:
+    """Refuses a build in which no file is a usable CT image (a folder of junk, reports or scouts only).
+
+    Args:
+        summary: :func:`build_series`'s summary.
+        out: the dataset folder (its ``build.json`` says why each file is not used).
+
+    Raises:
+        InputError: no usable file.
+    """
+    if summary["n_files"] == summary["n_skipped"]:
+        report = DatasetFolder(Path(out)).build_summary(summary["settings"]["num_parts"], summary["settings"]["part_id"])
+        raise InputError(f"none of the {summary['n_files']} files under {', '.join(summary['inputs'])} is a usable CT "
+                         f"image ({summary['counts']}); see {report} for each file's reason")
 
 
 def _summary(dicom_dirs: Sequence[Path], labels_csv: Path | None, files: InputFiles, slices: pd.DataFrame,

@@ -38,6 +38,7 @@ from ich3d.dataset.series import order_slices, series_table
 from ich3d.errors import InputError
 from ich3d.layout import DatasetFolder
 from ich3d.progress import progress_bar
+from ich3d.shard import Shard
 
 log = logging.getLogger(__name__)
 
@@ -165,11 +166,9 @@ def index_for(folder: DatasetFolder, files: InputFiles, labels_csv: Path | None,
     return slices, series, meta | {"reused": False}
 
 
-def part_series(series: pd.DataFrame, num_parts: int, part_id: int) -> list[str]:
-    """Series UIDs of part ``part_id`` of ``num_parts``: rows i of series.parquet with i % K == I, in order."""
-    if not 0 <= part_id < num_parts:
-        raise InputError(f"--part-id {part_id} must be in 0..{num_parts - 1} (--num-parts {num_parts})")
-    return series["series_uid"].iloc[part_id::num_parts].tolist()
+def part_series(series: pd.DataFrame, shard: Shard) -> list[str]:
+    """Series UIDs of a shard: rows i of series.parquet with i % num_parts == part_id, in order."""
+    return series["series_uid"].iloc[shard.part_id::shard.num_parts].tolist()
 
 
 def _checked_meta(folder: DatasetFolder) -> dict:

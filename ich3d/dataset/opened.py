@@ -17,7 +17,6 @@ import pandas as pd
 
 from ich3d.constants import LABEL_COLUMNS, LABELS, Status
 from ich3d.dataset.cache import load_series
-from ich3d.dataset.dicom import read_header
 from ich3d.dataset.index import dataset_crop, index_fingerprint, load_index
 from ich3d.errors import InputError
 from ich3d.layout import DatasetFolder
@@ -72,11 +71,11 @@ class Dataset:
         return load_series(self.root, series_uid, mmap=mmap)
 
     def find_image(self, image: str, need_pixels: bool = True) -> tuple[dict[str, Any], dict[str, float]]:
-        """The index row of an image ID or a DICOM path (for a file outside the index, its header), and
-        its labels by name (NaN: unlabeled).
+        """The index row of an image ID or the path of one of the dataset's files, and its labels by name
+        (NaN: unlabeled).
 
         Raises:
-            InputError: an unknown image ID or missing file; with ``need_pixels``, an image whose pixels
+            InputError: an unknown image ID, a missing file or one the index does not list; with ``need_pixels``, an image whose pixels
                 could not be read.
         """
         slices, path = self.slices, Path(image)
@@ -84,7 +83,11 @@ class Dataset:
             if not path.is_file():
                 raise InputError(f"{image}: no such file")
             match = slices[slices["path"].isin([str(path), str(path.resolve())])]
-            row = match.iloc[0].to_dict() if len(match) else read_header(path)
+            if match.empty:
+                raise InputError(f"{image}: not a file of the dataset {self.root} (its index lists {len(slices)} "
+                                 f"images); give a file or image ID of this dataset, or build one holding the file "
+                                 f"with `ich3d build-series`")
+            row = match.iloc[0].to_dict()
         else:
             match = slices[slices["image_id"] == image]
             if match.empty:

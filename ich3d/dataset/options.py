@@ -7,7 +7,8 @@ from typing import Any
 
 from ich3d.dataset.crop import CROP_MODES
 from ich3d.dataset.roles import SeriesRules
-from ich3d.errors import InputError
+from ich3d.constants import MAX_IMAGE_SIZE
+from ich3d.errors import UsageError
 from ich3d.shard import Shard
 
 
@@ -32,7 +33,7 @@ class BuildOptions:
         progress: show rich progress bars.
 
     Raises:
-        InputError: an unknown crop, a size or a number of workers below 1.
+        UsageError: an unknown crop, a size outside 1..MAX_IMAGE_SIZE, a number of workers below 1.
     """
 
     image_size: int = 256
@@ -48,11 +49,11 @@ class BuildOptions:
 
     def __post_init__(self) -> None:
         if self.crop not in CROP_MODES:
-            raise InputError(f"--crop {self.crop}: must be one of {', '.join(CROP_MODES)}")
-        if self.image_size < 1:
-            raise InputError(f"--image-size {self.image_size}: must be a positive number of pixels")
+            raise UsageError(f"--crop {self.crop}: must be one of {', '.join(CROP_MODES)}")
+        if not 1 <= self.image_size <= MAX_IMAGE_SIZE:  # checked before anything is allocated
+            raise UsageError(f"--image-size {self.image_size}: must be 1 to {MAX_IMAGE_SIZE} pixels")
         if self.workers is not None and self.workers < 1:
-            raise InputError(f"--workers {self.workers}: must be at least 1")
+            raise UsageError(f"--workers {self.workers}: must be at least 1")
 
     def settings(self, workers: int) -> dict[str, Any]:
         """The settings recorded in ``build.json``."""

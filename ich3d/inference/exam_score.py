@@ -10,9 +10,12 @@ Two formats of exam labels are read:
   that lists them.
 * a plain table: ``study_uid`` and one 0/1 column per label (``any`` ... ``subdural``).
 
-Per label: ROC-AUC with a bootstrap 95 % interval (exams resampled), sensitivity, specificity and
-the confusion counts at a threshold. Exams without a usable series have no probability: they are
-counted apart, not scored as negatives.
+Per label: ROC-AUC, sensitivity, specificity and the confusion counts at a threshold, with 95 %
+intervals that stay honest on a handful of exams: Wilson score intervals for sensitivity and
+specificity (4 of 4 detected is 0.51-1.00, not 1.00-1.00), and a bootstrap AUC interval (exams
+resampled) only with at least :data:`~ich3d.metrics.MIN_PER_CLASS_FOR_AUC_CI` positive and negative
+exams; with fewer, ``auc_low``/``auc_high`` are None and ``auc_note`` says why. Exams without a
+usable series have no probability: they are counted apart, not scored as negatives.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import pandas as pd
 
 from ich3d.constants import LABELS
 from ich3d.errors import InputError
-from ich3d.metrics import bootstrap_auc
+from ich3d.metrics import MIN_PER_CLASS_FOR_AUC_CI, auc_interval_allowed, bootstrap_auc, wilson_interval
+from ich3d.spreadsheet import restore_formulas
 
 #: CQ500 finding → ich3d label.
 CQ500_FINDINGS = {"ICH": "any", "EDH": "epidural", "IPH": "intraparenchymal", "IVH": "intraventricular",
@@ -115,10 +119,11 @@ def score_exams(exams_csv: Path, labels: Path, mapping: Path | None = None, thre
 
     Returns:
         ``{"n_exams", "n_unscored", "threshold", "labels": {label: {"auc", "auc_low", "auc_high",
-        "sensitivity", "specificity", "tp", "fp", "tn", "fn", "n_positive", "n_negative"}}}``
-        (None where undefined).
+        "auc_note", "sensitivity", "sensitivity_low", "sensitivity_high", "specificity",
+        "specificity_low", "specificity_high", "tp", "fp", "tn", "fn", "n_positive", "n_negative"}}}``
+        (None where undefined; the intervals are 95 %, see the module docstring).
     """
-    exams = _read_csv(exams_csv, "exams table")
+    exams = restore_formulas(_read_csv(exams_csv, "exams table"))  # the values, as spreadsheet.write_table wrote them
     truth = read_exam_labels(labels, exams, mapping)
     probs = exams.set_index("study_uid")[[f"p_{name}" for name in LABELS]].apply(pd.to_numeric, errors="coerce")
     probs = probs.reindex(truth.index)
@@ -132,17 +137,25 @@ def score_exams(exams_csv: Path, labels: Path, mapping: Path | None = None, thre
 
 
 def _label_scores(y: np.ndarray, p: np.ndarray, threshold: float, n_boot: int) -> dict[str, Any]:
-    auc, low, high = bootstrap_auc(y, p, n_boot=n_boot)
     call = p > threshold
     tp, fp = int((call & (y == 1)).sum()), int((call & (y == 0)).sum())
     fn, tn = int((~call & (y == 1)).sum()), int((~call & (y == 0)).sum())
-
-    def share(a: int, b: int) -> float | None:
-        return a / (a + b) if a + b else None
+    auc, low, high = bootstrap_auc(y, p, n_boot=n_boot)
+    note = None
+    if not math.isnan(auc) and not auc_interval_allowed(tp + fn, tn + fp):
+        low = high = math.nan
+        note = (f"no interval: {tp + fn} positive and {tn + fp} negative exams (one is given from "
+                f"{MIN_PER_CLASS_FOR_AUC_CI} of each)")
 
     def value(x: float) -> float | None:
         return None if math.isnan(x) else float(x)
 
-    return {"auc": value(auc), "auc_low": value(low), "auc_high": value(high), "sensitivity": share(tp, fn),
-            "specificity": share(tn, fp), "tp": tp, "fp": fp, "tn": tn, "fn": fn, "n_positive": tp + fn,
-            "n_negative": tn + fp}
+    def share(a: int, b: int) -> float | None:
+        return a / (a + b) if a + b else None
+
+    sens_low, sens_high = wilson_interval(tp, tp + fn)
+    spec_low, spec_high = wilson_interval(tn, tn + fp)
+    return {"auc": value(auc), "auc_low": value(low), "auc_high": value(high), "auc_note": note,
+            "sensitivity": share(tp, fn), "sensitivity_low": value(sens_low), "sensitivity_high": value(sens_high),
+            "specificity": share(tn, fp), "specificity_low": value(spec_low), "specificity_high": value(spec_high),
+            "tp": tp, "fp": fp, "tn": tn, "fn": fn, "n_positive": tp + fn, "n_negative": tn + fp}

@@ -78,10 +78,10 @@ def exam_table(predictions: pd.DataFrame, series: pd.DataFrame,
             slice counts in the label's slice ranges.
 
     Returns:
-        Columns patient_id, study_uid, status, series_uid, series_description, role, n_images,
-        n_predicted, p_<label> ×6, flag_<label> ×6 (bool; empty without a usable series),
-        key_slice_index, key_sop_uid, key_image_id, key_position_mm, slices_<label> ×6 (ranges of
-        slice_index at or above the threshold), reason.
+        Columns patient_id, study_uid, status, series_uid, series_description, slice_thickness (mm),
+        convolution_kernel, role, n_images, n_predicted, p_<label> ×6, flag_<label> ×6 (bool; empty
+        without a usable series), key_slice_index, key_sop_uid, key_image_id, key_position_mm,
+        slices_<label> ×6 (ranges of slice_index at or above the threshold), reason.
     """
     thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(LABELS),))
     chosen = _exam_series(predictions, series)
@@ -101,8 +101,9 @@ def exam_table(predictions: pd.DataFrame, series: pd.DataFrame,
         series_row = chosen_rows[study]
         start, stop = bounds[series_row["series_uid"]]
         rows.append(row | _exam(arrays, slice(start, stop), series_row, thresholds))
-    columns = (["patient_id", "study_uid", "status", "series_uid", "series_description", "role", "n_images",
-                "n_predicted", *PROB_COLUMNS, *FLAG_COLUMNS, "key_slice_index", "key_sop_uid", "key_image_id", "key_position_mm"]
+    columns = (["patient_id", "study_uid", "status", "series_uid", "series_description", "slice_thickness",
+                "convolution_kernel", "role", "n_images", "n_predicted", *PROB_COLUMNS, *FLAG_COLUMNS,
+                "key_slice_index", "key_sop_uid", "key_image_id", "key_position_mm"]
                + [f"slices_{name}" for name in LABELS] + ["reason"])
     return pd.DataFrame(rows).reindex(columns=columns)
 
@@ -149,10 +150,10 @@ def _exam(arrays: _ExamArrays, rows: slice, chosen: dict, thresholds: np.ndarray
     exam = dict(zip(PROB_COLUMNS, exam_probs)) | dict(zip(FLAG_COLUMNS, (exam_probs >= thresholds).tolist()))
     ranges = {f"slices_{name}": _ranges(index[probs[:, j] >= thresholds[j]])
               for j, name in enumerate(LABELS)}
-    description = chosen.get("series_description")
-    return exam | ranges | {
-        "status": "partial" if partial else "ok", "series_uid": chosen["series_uid"],
-        "series_description": None if pd.isna(description) else description, "role": chosen["role"],
+    header = {name: None if pd.isna(chosen.get(name)) else chosen.get(name)
+              for name in ("series_description", "slice_thickness", "convolution_kernel")}
+    return exam | ranges | header | {
+        "status": "partial" if partial else "ok", "series_uid": chosen["series_uid"], "role": chosen["role"],
         "n_predicted": len(index), "key_slice_index": int(index[key]),
         "key_sop_uid": arrays.sop_uid[rows][key], "key_image_id": arrays.image_id[rows][key],
         "key_position_mm": float(arrays.position[rows][key]), "reason": "; ".join(reason)}

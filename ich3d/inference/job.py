@@ -15,26 +15,26 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from ich3d.atomic import atomic_write, write_json_atomic
 from ich3d.constants import LABELS
 from ich3d.data.tables import build_table
-from ich3d.dataset.build import BuildOptions, build_series
-from ich3d.dataset.index import load_index, part_series
+from ich3d.dataset.build import BuildOptions, build_series, require_usable
+from ich3d.dataset.index import part_series
 from ich3d.dataset.opened import Dataset
 from ich3d.dataset.roles import SeriesRules
-from ich3d.errors import InputError
+from ich3d.errors import InputError, UsageError
 from ich3d.folders import FolderLock, prepare_output
-from ich3d.inference.merge import merge_parts, requested_images
+from ich3d.inference.merge import merge_parts, requested_images, write_part
 from ich3d.inference.outputs import other_rows, predicted_rows
 from ich3d.inference.submission import read_submission_ids
 from ich3d.layout import InferFolder
+from ich3d.provenance import provenance
 from ich3d.shard import Shard
 
 if TYPE_CHECKING:
@@ -102,7 +102,10 @@ def run_job(predictor: Predictor, out: Path, options: PredictOptions, *, dataset
             dicom_dirs: list[Path] | None = None) -> PredictionResult:
     """Predicts ``dataset`` (opened or a folder) or ``dicom_dirs`` into ``out`` (see the module docstring)."""
     if (dataset is None) == (not dicom_dirs):
-        raise InputError("give exactly one of --dataset DATASET or --dicom-dir DIR")
+        raise UsageError("give exactly one of --dataset DATASET or --dicom-dir DIR")
+    if dataset is not None and options.series_rules is not None:
+        raise UsageError("--series, --series-rules and --series-uid choose the series of --dicom-dir; a --dataset is "
+                         "predicted as it was built: rebuild it with those options, or give --dicom-dir")
     shard = options.shard
     requested = read_submission_ids(options.sample_submission) if options.sample_submission else None
     folder = InferFolder(prepare_output(Path(out), "--out"))
@@ -132,7 +135,7 @@ def _predict_parts(predictor: Predictor, folder: InferFolder, dataset: Dataset, 
     shard = options.shard
     slices, series = dataset.slices, dataset.series
     requested_images(slices, series, requested, options.allow_missing)
-    table = build_table(dataset.root, slices, part_series(dataset.predicted, shard.num_parts, shard.part_id))
+    table = build_table(dataset.root, slices, part_series(dataset.predicted, shard))
     with progress_bar(options.progress, "predict", len(table.series_uids) * len(predictor.models)) as advance:
         probs, reasons = predictor.predict_table(table, options.reading(), advance)
     clock.lap("model_s")
@@ -140,15 +143,13 @@ def _predict_parts(predictor: Predictor, folder: InferFolder, dataset: Dataset, 
     part = predicted_rows(table, probs, slices, reasons)
     if shard.part_id == 0:
         part = pd.concat([part, other_rows(slices, series, prior)], ignore_index=True)
-    folder.parts.mkdir(exist_ok=True)
-    with atomic_write(folder.part(shard.part_id, shard.num_parts)) as file:
-        part.to_parquet(file, index=False)
     operating = predictor.operating
     thresholds = (list(operating.threshold) if options.exam_threshold is None
                   else [options.exam_threshold] * len(LABELS))
-    write_json_atomic(folder.parts_meta, {"prior": prior.tolist(), "num_parts": shard.num_parts,
-                                          "n_index_rows": len(slices), "dataset": str(dataset.root.resolve()),
-                                          "exam_threshold": thresholds, "operating_points": operating.to_dict()})
+    facts = provenance(predictor.runtime.device, predictor.options.workers)
+    write_part(folder, part, shard, dataset.root, {"prior": prior.tolist(), "n_index_rows": len(slices),
+                                                   "exam_threshold": thresholds,
+                                                   "operating_points": operating.to_dict(), "provenance": facts})
     summary = merge_parts(folder, options.sample_submission, options.allow_missing) if shard.whole else {
         "part": str(folder.part(shard.part_id, shard.num_parts)), "images": len(part)}
     clock.lap("write_s")
@@ -162,9 +163,10 @@ def _build(predictor: Predictor, dicom_dirs: list[Path], dataset: Path, options:
     rules = options.series_rules or SeriesRules(target_thickness=predictor.training_spacing)
     build = BuildOptions(image_size=predictor.image_size, crop=predictor.crop, workers=predictor.options.workers,
                          shard=options.shard, series_rules=rules, progress=options.progress)
-    build_series(dicom_dirs, dataset, options=replace(build, index_only=True))
-    requested_images(*load_index(dataset), requested, options.allow_missing)
-    build_series(dicom_dirs, dataset, options=build)
+    summary = build_series(dicom_dirs, dataset, options=build,  # one pass: the files and the index are logged once
+                           before_pixels=lambda slices, series: requested_images(slices, series, requested,
+                                                                                 options.allow_missing))
+    require_usable(summary, dataset)
 
 
 class _Clock:

@@ -1,8 +1,11 @@
 """Joining inference parts: ``predictions.parquet``, ``submission.csv``, ``exams.csv``/``exams.json``, ``infer.json``.
 
-Every file of the dataset's index is one row of ``predictions.parquet`` (asserted); the submission
-holds the rows with probabilities (the sample submission's rows and order when one is given); the
-exams come from the predictions and the dataset's series choice (:mod:`ich3d.inference.exams`).
+Every part carries the fingerprint of the dataset it predicted (:func:`write_part`); parts of
+different datasets, or of a dataset rebuilt since, are refused. Every file of the dataset's index is
+one row of ``predictions.parquet`` (asserted); the submission holds the rows with probabilities (the
+sample submission's rows and order when one is given); the exams come from the predictions and the
+dataset's series choice (:mod:`ich3d.inference.exams`), written spreadsheet-safe
+(:mod:`ich3d.spreadsheet`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ich3d.atomic import atomic_write, write_json_atomic
+from ich3d.dataset.index import index_fingerprint, read_meta, write_parquet
 from ich3d.dataset.opened import Dataset
 from ich3d.errors import InputError
 from ich3d.inference.exams import exam_table
@@ -22,6 +26,8 @@ from ich3d.inference.outputs import PROB_COLUMNS, check_rows
 from ich3d.inference.submission import read_submission_ids, write_submission
 from ich3d.layout import InferFolder
 from ich3d.metrics import prior_predictions
+from ich3d.shard import Shard
+from ich3d.spreadsheet import write_table
 
 _EXAMPLES = 10
 
@@ -51,8 +57,47 @@ def requested_images(slices: pd.DataFrame, series: pd.DataFrame, requested: np.n
                          f"or --series-uid, or pass --allow-missing")
 
 
+def write_part(folder: InferFolder, part: pd.DataFrame, shard: Shard, dataset: Path, meta: dict[str, Any]) -> None:
+    """Writes one part's rows, marked with the dataset they predict, and the parts' shared ``meta``.
+
+    Args:
+        meta: the job's ``prior``, ``n_index_rows``, exam thresholds and operating points.
+    """
+    source = {"dataset": str(Path(dataset).resolve()), "dataset_fingerprint": index_fingerprint(dataset)}
+    folder.parts.mkdir(exist_ok=True)
+    write_parquet(part, folder.part(shard.part_id, shard.num_parts), source)
+    write_json_atomic(folder.parts_meta, meta | source | {"num_parts": shard.num_parts})
+
+
+def _check_sources(paths: list[Path], meta: dict[str, Any]) -> None:
+    """All parts predict one dataset, the one ``meta`` names, whose index has not changed since.
+
+    Raises:
+        InputError: parts without a fingerprint, of different datasets, or of a dataset rebuilt since.
+    """
+    sources = [read_meta(path) or {} for path in paths]
+    unmarked = [str(path) for path, source in zip(paths, sources) if "dataset_fingerprint" not in source]
+    if unmarked:
+        raise InputError(f"inference part(s) {', '.join(unmarked)} do not say which dataset they predict (written "
+                         f"by an older ich3d): rerun those --part-id jobs")
+    found = {source["dataset_fingerprint"]: source["dataset"] for source in sources}
+    if len(found) > 1:
+        listing = "; ".join(f"{dataset} (index {fingerprint})" for fingerprint, dataset in found.items())
+        raise InputError(f"the parts in {paths[0].parent} predict different datasets: {listing}; rerun every "
+                         f"--part-id job with one --dataset (or --dicom-dir), into a new --out")
+    fingerprint, dataset = found.popitem()
+    if index_fingerprint(Path(meta["dataset"])) != fingerprint:
+        raise InputError(f"the dataset {dataset} was rebuilt since the parts were predicted (its index is now "
+                         f"{index_fingerprint(Path(meta['dataset']))}, the parts' {fingerprint}): rerun the parts")
+
+
 def merge_parts(folder: InferFolder, sample: Path | None, allow_missing: bool) -> dict[str, Any]:
-    """Joins the parts of ``folder`` and writes every output (see the module docstring)."""
+    """Joins the parts of ``folder`` and writes every output (see the module docstring).
+
+    Raises:
+        InputError: no parts, missing parts, parts of different datasets, requested images without a
+            prediction (unless ``allow_missing``).
+    """
     if not folder.parts_meta.is_file():
         raise InputError(f"{folder.root} holds no inference parts: run `ich3d infer --out {folder.root}` first")
     meta = json.loads(folder.parts_meta.read_text())
@@ -60,6 +105,7 @@ def merge_parts(folder: InferFolder, sample: Path | None, allow_missing: bool) -
     absent = [str(p) for p in paths if not p.is_file()]
     if absent:
         raise InputError(f"missing inference part(s): {', '.join(absent)}: run those --part-id jobs first")
+    _check_sources(paths, meta)
     predictions = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
     check_rows(predictions, meta["n_index_rows"])
     requested = read_submission_ids(sample) if sample else None
@@ -69,15 +115,15 @@ def merge_parts(folder: InferFolder, sample: Path | None, allow_missing: bool) -
     scored = predictions[predictions[PROB_COLUMNS[0]].notna()]
     write_submission(folder.submission, scored.set_index("image_id")[PROB_COLUMNS], sample)
     exams = exam_table(predictions, Dataset.open(meta["dataset"]).series, meta.get("exam_threshold", 0.5))
-    with atomic_write(folder.exams_csv) as file:
-        exams.to_csv(file, index=False)
+    write_table(folder.exams_csv, exams)
     write_json_atomic(folder.exams_json, json.loads(exams.to_json(orient="records")))
     counts = predictions["predicted_by"].value_counts()
     summary = {"images": int(len(requested) if requested is not None else len(scored)),
                **{by: int(counts.get(by, 0)) for by in ("model", "context", "prior", "skipped")},
                "missing": n_missing, "exams": len(exams), "exams_by_status": exams["status"].value_counts().to_dict(),
                "submission": str(folder.submission), "predictions": str(folder.predictions),
-               "exams_csv": str(folder.exams_csv)}
+               "exams_csv": str(folder.exams_csv), "exam_threshold": meta.get("exam_threshold", 0.5),
+               "provenance": meta.get("provenance")}
     summary["prior"] -= n_missing
     write_json_atomic(folder.summary, summary)
     return summary

@@ -94,9 +94,12 @@ class Reading:
             raise InputError(f"--resample {self.resample}: must be one of auto, off")
 
 
-@dataclass
+@dataclass(eq=False)
 class Predictor:
     """One or more trained models on one device, with the machine settings to run them.
+
+    Built once, asked many times; one call at a time (a server with several workers holds one
+    Predictor per worker, or serialises its calls).
 
     Args:
         models: the ensemble's members (their probabilities are averaged).
@@ -132,9 +135,8 @@ class Predictor:
             models = [model for run in runs for model in load_exported(Path(run), options.device)]
         else:
             models = [load_trained(path, runtime.device) for path in model_checkpoints(runs)]
-        predictor = cls(models, runtime, options)
-        predictor.crop  # noqa: B018 -- members must share a crop: fail now, not at the first study
-        return predictor
+        ensemble.shared_crop(models)  # members must share a crop: fail now, not at the first study
+        return cls(models, runtime, options)
 
     # --- what the members agree on ---
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ich3d.dataset.roles import SeriesRules
-from ich3d.errors import InputError
+from ich3d.errors import UsageError
 from ich3d.folders import FolderLock
 from ich3d.inference.merge import merge_parts
 from ich3d.inference.submission import read_submission_ids
@@ -110,7 +110,7 @@ def predict(runs: Sequence[Path], out: Path, *, dataset: Path | None = None, dic
     from ich3d.inference.predictor import Predictor
 
     if (dataset is None) == (not dicom_dirs):
-        raise InputError("give exactly one of --dataset DATASET or --dicom-dir DIR")
+        raise UsageError("give exactly one of --dataset DATASET or --dicom-dir DIR")
     if options.engine == "torch":
         model_checkpoints(runs)  # a run without a model fails before anything else
     if sample_submission:

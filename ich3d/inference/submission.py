@@ -22,9 +22,29 @@ from ich3d.layout import InferFolder
 from ich3d.metrics import evaluate
 
 
+def read_sample(path: Path) -> pd.DataFrame:
+    """The rows of a sample submission (:func:`ich3d.dataset.labels.read_long`), each ID once.
+
+    Raises:
+        InputError: an unreadable file, or an ID listed twice: a submission with the repeats would be
+            rejected by the scorer (``ich3d score`` and Kaggle's), and which of two rows was meant cannot be
+            known, so the file is refused rather than silently de-duplicated.
+    """
+    rows = read_long(path, "sample submission")
+    repeated = rows["ID"][rows["ID"].duplicated()].unique()
+    if len(repeated):
+        raise InputError(f"{path}: {len(repeated)} ID(s) are listed more than once ({_listing(repeated)}); a sample "
+                         f"submission lists each ID once: remove the repeated rows")
+    return rows
+
+
 def read_submission_ids(path: Path) -> np.ndarray:
-    """The image IDs a sample submission asks for, in order of first appearance."""
-    return pd.unique(read_long(path, "sample submission")["image_id"])
+    """The image IDs a sample submission asks for, in order of first appearance.
+
+    Raises:
+        InputError: as :func:`read_sample`.
+    """
+    return pd.unique(read_sample(path)["image_id"])
 
 
 def write_submission(path: Path, probs: pd.DataFrame, sample: Path | None = None) -> None:
@@ -35,11 +55,11 @@ def write_submission(path: Path, probs: pd.DataFrame, sample: Path | None = None
         sample: when given, exactly its rows in its order; otherwise every image in ``probs`` order.
 
     Raises:
-        InputError: the sample asks for images that ``probs`` lacks.
+        InputError: the sample asks for images that ``probs`` lacks, or lists an ID twice.
     """
     values = probs.to_numpy(np.float64)
     if sample is not None:
-        rows = read_long(sample, "sample submission")
+        rows = read_sample(sample)
         position = probs.index.get_indexer(rows["image_id"])
         if (position < 0).any():
             absent = pd.unique(rows["image_id"][position < 0])
@@ -59,19 +79,24 @@ def _long_ids(images: pd.Index) -> pa.Array:
     return pc.binary_join_element_wise(image, pc.take(pa.array(LABELS), row % len(LABELS)), "_")
 
 
-#: Characters that make the CSV writer quote a field.
+#: Characters that make the CSV writer quote a field (RFC 4180: the separator, the quote, CR and LF).
 _NEEDS_QUOTES = '[,"\r\n]'
 
 
 def _write_rows(file: BinaryIO, ids: pa.Array, labels: np.ndarray) -> None:
-    """The ``ID,Label`` CSV of ``ids`` and formatted ``labels`` (bytes), as pandas' ``to_csv`` writes it.
+    """The ``ID,Label`` CSV of ``ids`` and formatted ``labels`` (bytes): LF line ends, no quotes, as
+    Kaggle's sample submission.
 
-    pyarrow writes it unquoted in one pass; IDs that need quoting (a comma, a quote or a line break:
-    never in RSNA) go through pandas, which quotes just those fields.
+    pyarrow writes it in one pass. An ID that holds a comma, a quote, a CR or a LF (never in RSNA; a
+    damaged header can hold one) is quoted, its quotes doubled (RFC 4180), so every image keeps its six
+    rows: pandas' ``to_csv`` would leave a lone CR unquoted, and a reader would see a new row there.
     """
     text = pa.array(labels, type=pa.binary()).cast(pa.string())
-    if pc.any(pc.match_substring_regex(ids, _NEEDS_QUOTES)).as_py():
-        pd.DataFrame({"ID": ids.to_pandas(), "Label": text.to_pandas()}).to_csv(file, index=False)
+    needs = pc.match_substring_regex(ids, _NEEDS_QUOTES)
+    if pc.any(needs).as_py():
+        quoted = pc.binary_join_element_wise('"', pc.replace_substring(ids, '"', '""'), '"', "")
+        lines = pc.binary_join_element_wise(pc.if_else(needs, quoted, ids), text, ",")
+        file.write("".join(["ID,Label\n", "\n".join(lines.to_pylist()), "\n"]).encode("utf-8"))
         return
     file.write(b"ID,Label\n")  # pyarrow quotes a header even in quoting style "none"
     pacsv.write_csv(pa.table({"ID": ids, "Label": text}), file,
@@ -80,6 +105,8 @@ def _write_rows(file: BinaryIO, ids: pa.Array, labels: np.ndarray) -> None:
 
 #: 10**k for k = 0..22: exact doubles.
 _POW10 = np.array([float(10 ** k) for k in range(23)])
+#: The zeros after the point of 0.000ddd (``np.strings.multiply`` fails on an empty selection).
+_ZEROS = np.array([b"0" * k for k in range(4)])
 #: A scaled value whose fraction is closer than this to 0.5 is rounded by Python's ``%`` instead.
 _TIE = 1e-7
 
@@ -124,7 +151,7 @@ def format_g6(values: np.ndarray) -> np.ndarray:
     tail = np.strings.slice(kept[point], exponent[point] + 1, 6)
     text[point] = np.strings.add(head, np.where(tail == b"", b"", np.strings.add(b".", tail)))
     small = (exponent < 0) & (exponent >= -4)  # 0.000ddd
-    text[small] = np.strings.add(np.strings.add(b"0.", np.strings.multiply(b"0", -exponent[small] - 1)), kept[small])
+    text[small] = np.strings.add(np.strings.add(b"0.", _ZEROS[-exponent[small] - 1]), kept[small])
     scientific = ~(point | small)  # d.ddde-05, d.ddde+06
     first, rest = np.strings.slice(kept[scientific], 0, 1), np.strings.slice(kept[scientific], 1, 6)
     mantissa = np.strings.add(first, np.where(rest == b"", b"", np.strings.add(b".", rest)))

@@ -29,6 +29,7 @@ from ich3d.layout import RunFolder
 from ich3d.models.calibration import identity
 from ich3d.models.model import IchModel, build_model
 from ich3d.models.operating import OperatingPoints, default_points
+from ich3d.provenance import provenance  # the machine and versions; Provenance below is the training origin
 
 #: Version of the model payload (the keys below); ``checkpoint.FORMAT_VERSION`` is the container's.
 #: 1: before operating thresholds (no ``model_version`` key); 2: ``operating_points``, every field present.
@@ -118,6 +119,7 @@ def save_model(path: Path, model: IchModel, config: Config, facts: TrainedFacts)
         "slice_spacing": float(facts.slice_spacing), "fold": facts.origin.fold, "stage": facts.origin.stage,
         "epoch": facts.origin.epoch, "metrics": facts.origin.metrics, "calibration": identity(),
         "calibration_report": None, "operating_points": default_points().to_dict(),
+        "provenance": provenance(next(model.parameters()).device, config.num_workers),
     })
 
 

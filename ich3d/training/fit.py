@@ -38,6 +38,7 @@ from ich3d.layout import RunFolder
 from ich3d.metrics import evaluate, prior_predictions
 from ich3d.models.encoder import check_encoder_weights
 from ich3d.models.model import check_model_config
+from ich3d.provenance import provenance
 from ich3d.runtime import Runtime, barrier, setup_runtime, teardown_runtime
 from ich3d.training.engine import FoldData, StageContext
 from ich3d.training.card import write_model_card
@@ -178,9 +179,11 @@ def _check_run(run: RunFolder, dataset: Dataset, folds: list[int] | None, resume
     """
     fingerprint = dataset.fingerprint
     if not resume:
-        if run.info.exists() or run.folds_present():
+        if _has_checkpoint(run):
             raise ConfigError(f"{run.root} already holds a training run: pass --resume to continue it, "
                               f"or choose a new --out")
+        if run.info.exists() or run.folds_present():
+            log.warning("%s holds a run killed before its first checkpoint: starting it over", run.root)
         return folds or [0]
     if not run.info.is_file():
         raise ConfigError(f"--resume: {run.root} holds no {run.info.name}: nothing to resume (start without --resume)")
@@ -197,9 +200,15 @@ def _check_run(run: RunFolder, dataset: Dataset, folds: list[int] | None, resume
     if info.get("dataset_fingerprint") != fingerprint:
         raise ConfigError(f"--resume: {run.root} was trained on {info.get('dataset')} (index {info.get('dataset_fingerprint')}), "
                           f"--dataset {dataset.root} is another (index {fingerprint}); resume with the run's dataset")
-    if not any(run.fold(k).last.is_file() for k in stored):
-        raise ConfigError(f"--resume: no {run.fold(stored[0]).last}: nothing to resume (start without --resume)")
+    if not _has_checkpoint(run):
+        log.warning("--resume: %s was killed before its first checkpoint: its folds start from the beginning",
+                    run.root)
     return stored
+
+
+def _has_checkpoint(run: RunFolder) -> bool:
+    """Whether any fold of ``run`` saved a checkpoint (a run killed before its first one holds nothing to keep)."""
+    return any(run.fold(k).last.is_file() or run.fold(k).model.is_file() for k in run.folds_present())
 
 
 def _check_crop(dataset: Dataset, config: Config) -> None:
@@ -229,7 +238,8 @@ def _prepare(dataset: Dataset, run: RunFolder, config: Config, folds: list[int],
             "ich3d_version": __version__, "dataset": str(dataset.root.resolve()),
             "dataset_fingerprint": dataset.fingerprint, "folds": folds,
             "mode": "single" if len(folds) == 1 else "out_of_fold",
-            "per_fold": {str(ctx.data.fold): _fold_info(ctx) for ctx in contexts}})
+            "per_fold": {str(ctx.data.fold): _fold_info(ctx) for ctx in contexts},
+            "provenance": provenance(runtime.device, config.num_workers)})
     barrier(runtime)
     return contexts
 

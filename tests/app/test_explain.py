@@ -18,15 +18,8 @@ from ich3d.dataset.cache import resize
 from ich3d.dataset.crop import CacheBox, cache_box, crop_square, padding_box
 from ich3d.dataset.index import load_index
 from ich3d.errors import InputError
-from ich3d.app.explain import (
-    CamSettings,
-    Explainer,
-    _logit_gradients,
-    dilate,
-    pointing_game,
-    series_gradcam,
-    to_original,
-)
+from ich3d.app.explain import Explainer, dilate, pointing_game
+from ich3d.inference.gradcam import CamSettings, _logit_gradients, series_gradcam, to_original
 from ich3d.models.model import build_model
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
+import pandas as pd
 import pytest
 
 from ich3d.dataset.index import load_index
 from ich3d.errors import InputError
-from ich3d.app.viz import show_image, show_series, show_series_of_image
+from ich3d.app.viz import montage_title, show_image, show_series, show_series_of_image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -56,3 +58,21 @@ def test_bad_requests_raise_input_errors(tiny_dataset: Path, tmp_path: Path) -> 
     with pytest.raises(InputError, match="not a dataset folder"):
         show_image(tmp_path, "ID_000000000", tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_titles_are_inside_the_figure(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Nothing is cut at the edges: the outermost pixel columns of the panel figure are background."""
+    slices, _ = load_index(tiny_dataset)
+    image = slices[slices["status"] == "ok"]["image_id"].iloc[0]
+    pixels = matplotlib.image.imread(show_image(tiny_dataset, image, tmp_path / "panel.png"))[..., :3]
+    for edge in (pixels[:, :5], pixels[:, -5:], pixels[:5], pixels[-5:]):
+        assert edge.min() > 0.95  # white margins all round: titles and the label column end inside
+
+
+def test_montage_title_says_what_the_labels_say() -> None:
+    rows = pd.DataFrame({"label_any": [np.nan] * 4})
+    assert "unlabeled" in montage_title("1.2.3", rows, 4, "brain") and "hemorrhage" not in montage_title(
+        "1.2.3", rows, 4, "brain")
+    assert "1 with hemorrhage (brain" in montage_title("1.2.3", rows.assign(label_any=[0, 1, 0, 0]), 4, "brain")
+    assert "1 with hemorrhage of 2 labeled" in montage_title("1.2.3", rows.assign(label_any=[0, 1, np.nan, np.nan]),
+                                                              2, "bsb")

@@ -133,7 +133,7 @@ def test_two_parts_give_the_same_cache_as_one(built: tuple[Path, dict], syntheti
     summaries = [build(synthetic_rsna, out, shard=Shard(2, i)) for i in (0, 1)]
     assert all(s["index_reused"] for s in summaries)
     _, series = load_index(out)
-    assert [s["pixel_pass"]["series_in_part"] for s in summaries] == [len(part_series(series, 2, i)) for i in (0, 1)]
+    assert [s["pixel_pass"]["series_in_part"] for s in summaries] == [len(part_series(series, Shard(2, i))) for i in (0, 1)]
     assert cache_bytes(out) == cache_bytes(built[0])
     assert (out / "build-part-1.json").is_file()
 

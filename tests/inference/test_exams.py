@@ -14,6 +14,7 @@ from ich3d.errors import InputError
 from ich3d.inference.exam_score import majority_reads, score_exams
 from ich3d.inference.exams import _ranges, exam_table, smoothed_maximum
 from ich3d.inference.outputs import PROB_COLUMNS
+from ich3d.metrics import MIN_PER_CLASS_FOR_AUC_CI, wilson_interval
 
 
 def _series() -> pd.DataFrame:
@@ -96,7 +97,11 @@ def test_exam_scores_equal_a_hand_computation(tmp_path: Path) -> None:
     for j, label in enumerate(LABELS):
         scores = result["labels"][label]
         assert scores["auc"] == pytest.approx(roc_auc_score(truth[:-1, j], probs[:-1, j]))
-        assert scores["auc_low"] <= scores["auc"] <= scores["auc_high"]
+        if min(scores["n_positive"], scores["n_negative"]) >= MIN_PER_CLASS_FOR_AUC_CI:
+            assert scores["auc_low"] <= scores["auc"] <= scores["auc_high"]
+        else:
+            assert scores["auc_low"] is None and "no interval" in scores["auc_note"]
+        assert scores["sensitivity_low"] <= scores["sensitivity"] <= scores["sensitivity_high"]
         call = probs[:-1, j] > 0.5
         assert scores["tp"] == int((call & (truth[:-1, j] == 1)).sum())
         assert scores["sensitivity"] == pytest.approx(scores["tp"] / (scores["tp"] + scores["fn"]))
@@ -122,3 +127,23 @@ def test_majority_of_readers() -> None:
     reads = pd.DataFrame({"name": ["a"], **{f"R{r}:{f}": [v] for r, v in ((1, 1), (2, 0), (3, 1))
                                           for f in ("ICH", "IPH", "IVH", "SDH", "EDH", "SAH")}})
     assert majority_reads(reads, Path("r.csv")).loc["a"].tolist() == [1.0] * 6
+
+
+def test_small_sample_intervals_are_not_degenerate(tmp_path: Path) -> None:
+    """8 exams, perfectly ranked: no AUC interval is claimed, and the sensitivity / specificity
+    intervals (Wilson) stay wide instead of collapsing to 1.000-1.000."""
+    truth = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    probs = np.where(truth[:, None] == 1, 0.9, 0.1) * np.ones((8, 6))
+    exams = pd.DataFrame(probs, columns=PROB_COLUMNS).assign(study_uid=[f"1.2.{k}" for k in range(8)])
+    exams.to_csv(tmp_path / "exams.csv", index=False)
+    plain = pd.DataFrame(np.repeat(truth[:, None], 6, axis=1), columns=list(LABELS)).assign(
+        study_uid=exams["study_uid"])
+    plain.to_csv(tmp_path / "labels.csv", index=False)
+    scores = score_exams(tmp_path / "exams.csv", tmp_path / "labels.csv", n_boot=200)["labels"]["any"]
+    assert scores["auc"] == 1.0
+    assert scores["auc_low"] is None and scores["auc_high"] is None
+    assert scores["auc_note"] == "no interval: 4 positive and 4 negative exams (one is given from 10 of each)"
+    assert scores["sensitivity"] == 1.0 and scores["sensitivity_high"] == 1.0
+    assert 0.4 < scores["sensitivity_low"] < 0.6  # Wilson 95 % for 4 of 4: 0.510
+    assert scores["specificity_low"] == pytest.approx(wilson_interval(4, 4)[0])
+

@@ -96,3 +96,18 @@ def test_a_threshold_overrides_the_operating_points(predictor: Predictor, tiny_d
     flags = exams[[f"flag_{name}" for name in ("any", "epidural")]].to_numpy(bool)
     probs = exams[["p_any", "p_epidural"]].to_numpy(float)
     np.testing.assert_array_equal(flags, probs >= 0.01)
+
+
+def test_a_version_1_checkpoint_predicts_exactly_as_before(predictor: Predictor, trained_run: Path,
+                                                           tiny_dataset: Path, tmp_path: Path) -> None:
+    from ich3d.checkpoint import load_checkpoint, save_checkpoint
+    from ich3d.data.tables import build_table
+
+    payload = load_checkpoint(predictor.models[0].path)
+    old = {k: v for k, v in payload.items() if k not in ("model_version", "operating_points", "calibration_report")}
+    save_checkpoint(tmp_path / "v1.pt", old)
+    upgraded = Predictor.from_runs([tmp_path / "v1.pt"], predictor.options)
+    dataset = Dataset.open(tiny_dataset)
+    table = build_table(dataset.root, dataset.slices, dataset.series["series_uid"].tolist())
+    np.testing.assert_array_equal(upgraded.predict_table(table)[0], predictor.predict_table(table)[0])
+    assert upgraded.operating.threshold == (0.5,) * 6  # the documented default of version 1

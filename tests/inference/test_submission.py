@@ -126,3 +126,38 @@ def test_write_refuses_a_sample_image_without_prediction(tmp_path: Path) -> None
     probs = pd.DataFrame(np.full((1, 6), 0.1), index=["ID_a"])
     with pytest.raises(InputError, match="1 image.*no prediction: ID_b"):
         write_submission(tmp_path / "sub.csv", probs, sample)
+
+
+def test_an_id_holding_a_line_break_keeps_its_six_rows_and_is_scored(tmp_path: Path) -> None:
+    images = ["ID_plain", "ID_cr\rx", "ID_lf\nx", "ID_crlf\r\nx", 'ID_comma,"quote"']
+    y = np.zeros((len(images), 6))
+    y[1:3] = 1
+    probs = pd.DataFrame(np.full((len(images), 6), 0.25), index=images)
+    write_submission(tmp_path / "submission.csv", probs)
+    write_submission(tmp_path / "labels.csv", pd.DataFrame(y, index=images))
+    rows = pd.read_csv(tmp_path / "submission.csv", dtype=str)
+    assert len(rows) == 6 * len(images)  # 30 rows: a CR or LF never starts a row
+    assert list(pd.unique(rows["ID"].str.rsplit("_", n=1).str[0])) == images
+    result = score_submission(tmp_path / "submission.csv", tmp_path / "labels.csv")  # ich3d accepts its own file
+    assert result["weighted_log_loss"] > 0
+    text = (tmp_path / "submission.csv").read_bytes()
+    assert text.startswith(b"ID,Label\nID_plain_any,0.25\n")  # the other rows stay in the Kaggle format
+    assert b'"ID_cr\rx_any",0.25\n' in text and b'"ID_comma,""quote""_any",0.25\n' in text
+
+
+def test_a_sample_submission_listing_an_id_twice_is_refused(tmp_path: Path) -> None:
+    sample = _long(tmp_path / "sample.csv", ["ID_a", "ID_b"], np.full((2, 6), 0.5))
+    text = sample.read_text()
+    sample.write_text(text + text.splitlines()[1] + "\n")  # ID_a_any again
+    with pytest.raises(InputError, match=r"1 ID\(s\) are listed more than once \(ID_a_any\)"):
+        read_submission_ids(sample)
+    probs = pd.DataFrame(np.full((2, 6), 0.1), index=["ID_a", "ID_b"])
+    with pytest.raises(InputError, match="listed more than once"):
+        write_submission(tmp_path / "submission.csv", probs, sample)
+    assert not (tmp_path / "submission.csv").exists()
+
+
+@pytest.mark.parametrize("values", [[0.0, 1.0, 1.0], [0.5, 2.5e-5], [0.001], []])
+def test_format_g6_of_values_without_one_of_its_forms(values: list[float]) -> None:
+    """A submission of only 0/1 (or with no 0.000ddd value) used to fail on an empty selection."""
+    assert format_g6(np.array(values)).tolist() == [(b"%.6g" % v) for v in values]
