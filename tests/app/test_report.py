@@ -140,7 +140,8 @@ def test_report_of_a_pacs_export_with_labels(clinical_predictions: Path, clinica
     assert result.exit_code == 0, result.output
     text = out.read_text()
     page = _Page(text)
-    assert page.sections == ["exams", "summary", "choice", "curves", "strips", "gallery", "training", "build"]
+    assert page.sections == ["exams", "summary", "choice", "curves", "strips", "gallery", "training", "build",
+                             "model-card"]
     assert _strip_series(text) == _read_series(clinical_predictions) == 4
     assert "max p(any) nan" not in text and ">nan<" not in text
     assert ("labelled images of series that were not read left out" in text) == (labels == "all")
@@ -152,7 +153,7 @@ def test_report_without_labels_speaks_of_risk_only(clinical_predictions: Path, t
     out = tmp_path / "report.html"
     result = write_report(clinical_predictions, out, runs=[trained_run], options=ReportOptions(gallery=1, heat_maps=2))
     text = out.read_text()
-    assert result["sections"] == ["exams", "summary", "choice", "strips", "gallery", "training", "build"]
+    assert result["sections"] == ["exams", "summary", "choice", "strips", "gallery", "training", "build", "model-card"]
     for wording in ("false negative", "false positive", "False negatives", "max p(any) nan", "labelled any"):
         assert wording not in text
     assert _strip_series(text) == _read_series(clinical_predictions)  # no empty strips of unread series
