@@ -26,6 +26,7 @@ from ich3d.yaml_unique import DuplicateKeyError, safe_load_unique
 INPUT_MODES = ("bsb", "bsb25d")
 HEADS = ("gru", "slice")
 FEATURES = ("embedding", "logits")
+PRETRAINED = ("none", "cache", "hub")
 STAGE_ORDER = ("slice", "sequence", "finetune")
 
 
@@ -68,11 +69,23 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """2D CNN encoder, built by name from :data:`ich3d.models.encoder.ENCODERS`."""
+    """2D CNN encoder, built by name from :data:`ich3d.models.encoder.ENCODERS` or ``timm/<model>``.
+
+    Attributes:
+        name: a registry name (``small``, ``resnet18``...) or ``timm/<model>``.
+        weights: a local weights file (state dict or safetensors), the first choice.
+        pretrained: for timm backbones without ``weights``: ``none`` (random weights), ``cache`` (the
+            local Hugging Face cache) or ``hub`` (the cache, else a download unless HF_HUB_OFFLINE).
+        kwargs: passed to the builder.
+    """
 
     name: str = "small"
     weights: Union[str, None] = None
+    pretrained: str = "none"
     kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(self.pretrained in PRETRAINED, "model.encoder.pretrained", f"must be one of {PRETRAINED}")
 
 
 @dataclass(frozen=True)

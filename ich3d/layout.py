@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+MODEL_CARD = "model_card.md"
+MODEL_CARD_JSON = "model_card.json"
 _SERIES_ID = re.compile(r"[0-9a-f]{16,64}")
 
 
@@ -52,6 +54,11 @@ class SynthFolder:
     @property
     def summary(self) -> Path:
         """``synth.json``: settings, counts, which series carry which quirk."""
+        return self.root / "synth.json"
+
+    @property
+    def summary(self) -> Path:
+        """``synth.json``: the generator's settings and counts (its presence marks synthetic data)."""
         return self.root / "synth.json"
 
     @property
@@ -217,6 +224,16 @@ class RunFolder:
         return self.root / "oof"
 
     @property
+    def model_card(self) -> Path:
+        """``model_card.md``: what the model was trained on, how well it did, what it is for (written by train)."""
+        return self.root / MODEL_CARD
+
+    @property
+    def model_card_json(self) -> Path:
+        """``model_card.json``: the model card's facts, machine-readable."""
+        return self.root / MODEL_CARD_JSON
+
+    @property
     def lock(self) -> Path:
         return self.root / ".ich3d.lock"
 
@@ -227,6 +244,40 @@ class RunFolder:
         """Folds with a folder in the run, in order."""
         found = (re.fullmatch(r"fold_(\d+)", p.name) for p in self.root.glob("fold_*") if p.is_dir())
         return sorted(int(m.group(1)) for m in found if m)
+
+
+@dataclass(frozen=True)
+class ExportFolder:
+    """The folder ``ich3d export`` writes (docs/design.md §6b): portable graphs of a run's members."""
+
+    root: Path
+
+    @property
+    def info(self) -> Path:
+        """``export.json``: what the graphs expect (windows, size, crop, TTA, calibration, thresholds, labels)."""
+        return self.root / "export.json"
+
+    def encoder(self, member: int) -> Path:
+        """``member_<i>/encoder.onnx``: (M, C, S, S) windowed slices -> (M, F) features."""
+        return self.root / f"member_{member}" / "encoder.onnx"
+
+    def head(self, member: int) -> Path:
+        """``member_<i>/head.onnx``: (B, N, F) features and (B, N) readable of whole series -> (B, N, 6) logits."""
+        return self.root / f"member_{member}" / "head.onnx"
+
+    @property
+    def model_card(self) -> Path:
+        """``model_card.md``, copied from the run."""
+        return self.root / MODEL_CARD
+
+    @property
+    def model_card_json(self) -> Path:
+        """``model_card.json``, copied from the run."""
+        return self.root / MODEL_CARD_JSON
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".ich3d.lock"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Benchmark the registered slice encoders on this machine: train-step and inference images/s.
 
 For every encoder in ``ich3d.models.encoder.ENCODERS`` (plus MONAI's default ResNet-18 stem, to show
-what the 2-D stem saves) and every image size: parameters, inference images/s in the default
+what the 2-D stem saves), or the ``timm/<model>`` backbones given with ``--encoders``, and every image size: parameters, inference images/s in the default
 (NCHW) and channels_last memory formats, and train-step images/s (forward, weighted BCE on a
 linear head, backward, AdamW step) in the faster of the two formats. Each figure runs one warm-up
 iteration, then steps until ``--seconds`` have passed (at least one), so slow networks get fewer; the figure is
@@ -11,6 +11,8 @@ Run (glibc tunables as in docs/design.md §7, they must be set before Python sta
 
     MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456 MALLOC_TOP_PAD_=67108864 \\
         python scripts/bench_encoders.py --write BENCHMARKS.md
+    python scripts/bench_encoders.py --encoders timm/resnet18 timm/tf_efficientnet_b0 \
+        --section "## Encoders: timm backbones" --write BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ich3d.constants import LABELS
-from ich3d.models.encoder import ENCODERS, build_encoder
+from ich3d.models.encoder import ENCODERS, build_encoder, check_encoder_name
 from ich3d.training.losses import WeightedBCELoss
 
 MALLOC_TUNABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
@@ -172,7 +174,7 @@ def markdown_section(results: list[Result], args: argparse.Namespace, elapsed: f
     tunables = all(os.environ.get(name) for name in MALLOC_TUNABLES)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     lines = [
-        SECTION, "",
+        args.section, "",
         f"`scripts/bench_encoders.py` on {platform.processor() or platform.machine()}, {args.threads} threads, "
         f"CPU, torch {torch.__version__}, batch {args.batch}, {args.channels} channels, random input; "
         f"glibc malloc tunables {'set' if tunables else 'NOT set'}; {args.seconds:g} s per figure after one "
@@ -183,7 +185,8 @@ def markdown_section(results: list[Result], args: argparse.Namespace, elapsed: f
         f"well below 1 means other processes competed for the cores and the row is too low (rows under "
         f"{args.min_cpu_share:g} were re-measured up to {args.retries} times, keeping the least disturbed).",
         "ResNets are built with the 2-D torchvision stem (7x7 conv with `conv1_t_stride=2`, max pool); the "
-        "row with MONAI's default stride-1 stem is there for reference. All encoders: `pretrained=False`.", "",
+        "row with MONAI's default stride-1 stem is there for reference. All encoders: random weights (timm backbones "
+        "include the input normalisation their pretrained weights expect).", "",
         "| encoder | params (M) | F | size | infer NCHW | infer channels_last | train | train format | CPU share |",
         "|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
@@ -195,7 +198,7 @@ def markdown_section(results: list[Result], args: argparse.Namespace, elapsed: f
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=list(ENCODERS))
+    parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), help="registry names or timm/<model>")
     parser.add_argument("--sizes", nargs="+", type=int, default=[128, 256])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--channels", type=int, default=3)
@@ -205,8 +208,12 @@ def parse_args() -> argparse.Namespace:
                         help="re-measure a row whose CPU share is below this (other processes competed)")
     parser.add_argument("--retries", type=int, default=2, help="re-measurements per disturbed row")
     parser.add_argument("--no-monai-default", action="store_true", help="skip the stride-1 ResNet-18 row")
-    parser.add_argument("--write", type=Path, help="write/replace the '## Encoders' section of this Markdown file")
-    return parser.parse_args()
+    parser.add_argument("--write", type=Path, help="write/replace the --section of this Markdown file")
+    parser.add_argument("--section", default=SECTION, help="the '## ' heading of the section written")
+    args = parser.parse_args()
+    for name in args.encoders:
+        check_encoder_name(name)
+    return args
 
 
 def main() -> None:
@@ -227,7 +234,7 @@ def main() -> None:
     console.print(render(results))
     if args.write:
         write_section(markdown_section(results, args, time.perf_counter() - start), args.write)
-        console.print(f"wrote the {SECTION!r} section of {args.write}")
+        console.print(f"wrote the {args.section!r} section of {args.write}")
 
 
 if __name__ == "__main__":

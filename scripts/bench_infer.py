@@ -16,6 +16,13 @@ own phase timings (``timings`` of its summary, also in ``infer.json``) are repor
 Model loading (``load_s``) is reported apart (paid once per job). The projection to the 121,232 images of the
 RSNA stage-2 test set scales the measured per-image time linearly.
 --write appends (or replaces) the "## Inference" section at the end of BENCHMARKS.md.
+
+``--engines`` instead compares the engines on the same data, one run each: the tiny cpu_small run (the
+demo's model, 128 px) and a tiny run of ``--encoder`` (default ``timm/resnet18``) at 256 px are exported
+with ``ich3d export``, and ``ich3d.predict`` of the test set's dataset (built once per size) runs with
+``--engine torch`` (eager PyTorch) and ``--engine onnxruntime``: images/s end to end (index → submission,
+exams; model loading apart) and of the model phase, and their ratio. --write puts the
+"## ONNX Runtime vs PyTorch" section into BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -106,6 +113,71 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h ({seconds / 60:,.0f} min)"
 
 
+ENGINES_SECTION = "## ONNX Runtime vs PyTorch"
+
+
+def engine_run(data: Path, encoder: str, size: int, device: str | None) -> Path:
+    """A tiny run of ``encoder`` at ``size`` px (trained once), for the engine comparison."""
+    run = data / f"run_{encoder.replace('/', '_')}_{size}"
+    if not RunFolder(run).fold(0).model.is_file():
+        shutil.rmtree(run, ignore_errors=True)
+        train = data / f"train_dataset_{size}"
+        build_series([data / "stage_2_train"], train, labels_csv=data / "stage_2_train.csv",
+                     options=BuildOptions(image_size=size, progress=False))
+        fit(train, run, "cpu_small", TINY_RUN + [f"model.encoder.name={encoder}", f"data.image_size={size}"],
+            TrainOptions(device=device))
+    return run
+
+
+def compare_engines(run: Path, data: Path, device: str | None) -> dict:
+    """``predict`` of the test set's dataset with each engine (the dataset built once at the run's size)."""
+    from ich3d.inference.export import export_run
+
+    trained = load_trained(model_checkpoints([run])[0])
+    dataset = data / f"test_dataset_{trained.image_size}"
+    if not (dataset / "build.json").is_file():
+        build_series([data / "stage_2_test"], dataset, options=BuildOptions(image_size=trained.image_size,
+                                                                           progress=False))
+    export = data / f"export_{run.name}"
+    shutil.rmtree(export, ignore_errors=True)
+    export_run([run], export)
+    n_files = len(load_index(dataset)[0])
+    row = {"encoder": trained.spec["encoder"]["name"], "size": trained.image_size, "files": n_files,
+           "tta": trained.tta}
+    for engine, source in (("torch", run), ("onnxruntime", export)):
+        out = data / f"out_{engine}"
+        shutil.rmtree(out, ignore_errors=True)
+        summary = predict([source], out, dataset=dataset, progress=False,
+                          options=InferOptions(device=device, engine=engine))
+        t = summary["timings"]
+        row[engine] = {"total": sum(v for k, v in t.items() if k != "load_s"), "model": t["model_s"],
+                       "load": t["load_s"]}
+    return row
+
+
+def engines_markdown(rows: list[dict], args: argparse.Namespace) -> str:
+    import onnxruntime
+
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    lines = [ENGINES_SECTION, "",
+             f"`nice -n 10 python scripts/bench_infer.py --engines --device cpu --encoder {args.encoder}` — machine: "
+             f"{args.machine}, {os.cpu_count()} cores, date {args.date}, torch {torch.__version__} "
+             f"({torch.get_num_threads()} threads, eager), onnxruntime {onnxruntime.__version__} (CPU execution "
+             f"provider, its default intra-op threads: one per core), python {platform.python_version()}; load "
+             f"average at the end {load} (a shared VM: other jobs ran). One run each. End to end = `ich3d.predict` "
+             "of a built dataset (index → per-image rows, submission.csv, exams), model loading apart; model = "
+             "its model phase. Each run's own TTA (flip + reverse) in both engines.", "",
+             "| model | encoder | size | images | PyTorch img/s (end to end / model) "
+             "| ONNX Runtime img/s (end to end / model) | ratio end to end | ratio model |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row, label in zip(rows, ("demo (cpu_small)", "tiny run")):
+        n, eager, ort = row["files"], row["torch"], row["onnxruntime"]
+        lines.append(f"| {label} | `{row['encoder']}` | {row['size']} | {n} | {n / eager['total']:.1f} / "
+                     f"{n / eager['model']:.1f} | {n / ort['total']:.1f} / {n / ort['model']:.1f} | "
+                     f"{eager['total'] / ort['total']:.2f}x | {eager['model'] / ort['model']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("/tmp/ich3d-bench-infer"))
@@ -116,9 +188,20 @@ def main() -> None:
     parser.add_argument("--machine", default="2-core CPU VM")
     parser.add_argument("--date", default=datetime.date.today().isoformat())
     parser.add_argument("--write", action="store_true", help="write the '## Inference' section of BENCHMARKS.md")
+    parser.add_argument("--engines", action="store_true", help="compare PyTorch and ONNX Runtime (docstring)")
+    parser.add_argument("--encoder", default="timm/resnet18", help="--engines: the 256 px model's encoder")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     run = prepare(args.data, args.series, args.run, args.device)
+    if args.engines:
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+        rows = [compare_engines(r, args.data, args.device)
+                for r in (run, engine_run(args.data, args.encoder, 256, args.device))]
+        text = engines_markdown(rows, args)
+        print(text)
+        if args.write:
+            write_section(text)
+        return
     t, summary = infer_phases(run, args.data / "stage_2_test", args.data / "stage_2_sample_submission.csv",
                               args.data / "out", args.device, args.workers)
     text = markdown(t, summary, args, str(setup_runtime(args.device, amp=True).device.type))

@@ -343,6 +343,8 @@ def train(ctx: click.Context, dataset: Path, config_path: str | None, out: Path,
                    "thresholds, fitted on held-out exams].")
 @click.option("--calibration/--no-calibration", default=True, show_default=True,
               help="Apply the models' calibration (fitted on held-out predictions).")
+@click.option("--engine", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
+              help="onnxruntime: --run is a folder written by `ich3d export`.")
 @verbosity_options
 @click.pass_context
 @handle_errors
@@ -351,7 +353,7 @@ def infer(ctx: click.Context, runs: tuple[Path, ...], dataset: Path | None, dico
           part_id: int,
           device: str | None, batch_series: int, workers: int | None, amp: bool, resample: str, series_mode: str,
           series_rules: Path | None, series_uids: tuple[str, ...], follow_links: bool, threshold: float | None,
-          calibration: bool) -> None:
+          calibration: bool, engine: str) -> None:
     """Predict every image and every exam: submission.csv, predictions.parquet, exams.csv.
 
     With --dicom-dir the series choice options apply to the dataset built in OUT/dataset (target
@@ -366,7 +368,8 @@ def infer(ctx: click.Context, runs: tuple[Path, ...], dataset: Path | None, dico
     rules = load_rules(series_rules, series_mode, series_uids=series_uids) if custom else None
     options = InferOptions(device=device, batch_series=batch_series, workers=workers, amp=amp, resample=resample,
                            series_rules=rules, calibrate=calibration, exam_threshold=threshold,
-                           allow_missing=allow_missing, shard=Shard(num_parts, part_id), follow_links=follow_links)
+                           allow_missing=allow_missing, shard=Shard(num_parts, part_id), follow_links=follow_links,
+                           engine=engine)
     summary = predict(list(runs), out, dataset=dataset, dicom_dirs=[*dicom_dirs, *nifti],
                       sample_submission=sample_submission, options=options, progress=not _quiet(ctx))
     print_infer_summary(summary, _console(ctx))
@@ -385,6 +388,24 @@ def merge(ctx: click.Context, out: Path, sample_submission: Path | None, allow_m
     from ich3d.inference.run import merge as merge_parts
 
     print_infer_summary(merge_parts(out, sample_submission, allow_missing), _console(ctx))
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=PathArg)
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--out", required=True, type=PathArg, help="Export folder (graphs, export.json, model card).")
+@verbosity_options
+@click.pass_context
+@handle_errors
+def export(ctx: click.Context, runs: tuple[Path, ...], fmt: str, out: Path) -> None:
+    """Export RUN (run folder, fold folder or model.pt; several: an ensemble) as ONNX graphs; run them with
+    `ich3d infer --engine onnxruntime --run OUT`."""
+    from ich3d.inference.export import export_run
+
+    info = export_run(list(runs), out, fmt)
+    worst = max(member["max_abs_diff"] for member in info["members"])
+    _console(ctx).print(f"exported {len(info['members'])} member(s) to {out} (ONNX opset {info['opset']}); "
+                        f"probabilities within {worst:.1e} of PyTorch's on a synthetic series")
 
 
 @main.command()

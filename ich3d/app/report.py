@@ -5,8 +5,8 @@ Exams (one row per study from ``exams.csv``, flagged studies first, key image an
 (scores with honest intervals against the prior, how images were predicted, every file that was
 not), Series choice (study, series, role, read, why), Curves (ROC, precision-recall, reliability),
 Series strips (series that were read, positives and highest risk first), Error gallery (with
-Grad-CAM when a run is given), Training (metrics.jsonl, run.json, config) and Build (build.json as
-tables). A section is a function ``(inputs, options) -> (id, title, html) | None``: a new one is a
+Grad-CAM when a run is given), Training (metrics.jsonl, run.json, config), Build (build.json as
+tables) and Model card (the run's ``model_card.md``). A section is a function ``(inputs, options) -> (id, title, html) | None``: a new one is a
 function added to :data:`SECTIONS`. Figures are PNGs embedded as ``data:`` URIs; the page is written
 from a ``string.Template`` with every value HTML-escaped; it holds no script.
 
@@ -341,6 +341,15 @@ def _training(inputs: _Inputs, options: ReportOptions) -> Section | None:
     return "training", "Training", "\n".join(body)
 
 
+def _model_card(inputs: _Inputs, options: ReportOptions) -> Section | None:
+    """The run's model card (``model_card.md``, written by train, copied by export), as written."""
+    cards = [RunFolder(path).model_card for path in inputs.runs]
+    card = next((path for path in cards if path.is_file()), None)
+    if card is None:
+        return None
+    return ("model-card", "Model card", f"<p>{html.escape(str(card))}</p><pre>{html.escape(card.read_text())}</pre>")
+
+
 def _build(inputs: _Inputs, options: ReportOptions) -> Section | None:
     """The dataset's build.json as tables (the series choice has its own section)."""
     if inputs.dataset is None or not inputs.dataset.folder.build_summary().is_file():
@@ -360,4 +369,4 @@ def _page(inputs: _Inputs, sections: list[Section]) -> str:
 
 #: The page's sections in order; each builder returns (id, title, html) or None. The exam answer first.
 SECTIONS = (exam_markup.exams_section, _summary, exam_markup.choice_section, _curves, strips_section, _gallery,
-            _training, _build)
+            _training, _build, _model_card)

@@ -11,7 +11,7 @@ Three choices, each measured on the synthetic lesion masks (BENCHMARKS.md, "Grad
 
 * the feature map: the encoder's last activation of at least ``min_side`` x ``min_side`` cells (found
   with forward hooks, so every encoder of the registry works; the last one with more than one cell
-  when none is that large). The final 4 x 4 map of the small net at 128 px cannot point at a lesion;
+  when none is that large; a timm backbone's candidates are its ``feature_info`` stages). The final 4 x 4 map of the small net at 128 px cannot point at a lesion;
 * the gradient: integrated along the straight path in embedding space from the model's missing-slice
   embedding (what the head sees when a slice has no pixels) to the slice's embedding (``steps``
   points), so the map shows what the pixels add to the context's prediction; the local gradient of a
@@ -30,7 +30,7 @@ This module is the model mathematics; drawing and the per-image command are :mod
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,17 +74,30 @@ def last_feature_map(encoder: nn.Module, min_side: int = 1) -> Iterator[list[tor
     """Records, during a forward pass of ``encoder``, its last 4-D activation of at least
     ``min_side`` x ``min_side`` pixels (or, when none is that large, its last one with more than one pixel).
 
+    A timm backbone's candidates are its stages (``feature_info``), whose outputs (NCHW, NHWC or
+    transformer tokens) become maps (:meth:`ich3d.models.timm_encoder.TimmEncoder.feature_map`);
+    any other encoder's are the outputs of all its modules.
+
     Yields:
         A list that holds, after the forward pass, that (M, K, h, w) activation (still in the graph).
     """
     found: list[torch.Tensor] = []
     fallback: list[torch.Tensor] = []
 
-    def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-        if isinstance(output, torch.Tensor) and output.ndim == 4 and output.shape[-1] * output.shape[-2] > 1:
-            (found if min(output.shape[-2:]) >= min_side else fallback)[:] = [output]
+    def record(fmap: Any) -> None:
+        if isinstance(fmap, torch.Tensor) and fmap.ndim == 4 and fmap.shape[-1] * fmap.shape[-2] > 1:
+            (found if min(fmap.shape[-2:]) >= min_side else fallback)[:] = [fmap]
 
-    handles = [module.register_forward_hook(hook) for module in encoder.modules()]
+    def stage_hook(channels: int) -> Callable[..., Any]:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
+            fmap, output = encoder.feature_map(output, channels)
+            record(fmap)
+            return output
+        return hook
+
+    stages = encoder.feature_modules() if hasattr(encoder, "feature_modules") else []
+    handles = ([module.register_forward_hook(stage_hook(channels)) for module, channels in stages] if stages else
+               [module.register_forward_hook(lambda m, i, output: record(output)) for module in encoder.modules()])
     try:
         yield found
     finally:

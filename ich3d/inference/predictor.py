@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ich3d.dataset.opened import Dataset
     from ich3d.inference.job import PredictionResult, PredictOptions
 
+ENGINES = ("torch", "onnxruntime")
 _TORCH_DTYPES = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}
 Advance = Callable[[int], None]
 
@@ -50,6 +51,8 @@ class RuntimeOptions:
         batch_series: series per encoder batch.
         workers: processes reading DICOM when a folder is built (None: every core).
         loader_workers: data-loader processes feeding the encoder (None: ``workers``, or 1).
+        engine: what runs the networks: ``torch``, or ``onnxruntime`` for folders written by ``ich3d
+            export`` (:mod:`ich3d.inference.onnx_engine`: the same pipeline, other network calls).
     """
 
     device: str | None = None
@@ -57,10 +60,13 @@ class RuntimeOptions:
     batch_series: int = 8
     workers: int | None = None
     loader_workers: int | None = None
+    engine: str = "torch"
 
     def __post_init__(self) -> None:
         if self.batch_series < 1 or (self.workers is not None and self.workers < 1):
             raise InputError(f"--batch {self.batch_series} and --workers {self.workers} must be at least 1")
+        if self.engine not in ENGINES:
+            raise InputError(f"--engine {self.engine}: must be one of {', '.join(ENGINES)}")
 
     @property
     def loaders(self) -> int:
@@ -112,7 +118,8 @@ class Predictor:
 
     @classmethod
     def from_runs(cls, runs: Sequence[Path], options: RuntimeOptions = RuntimeOptions()) -> Predictor:
-        """Loads every model of ``runs`` (run folders: each fold's ``model.pt``; fold folders; checkpoints).
+        """Loads every model of ``runs`` (run folders: each fold's ``model.pt``; fold folders; checkpoints;
+        with ``options.engine`` ``onnxruntime``: export folders).
 
         Raises:
             InputError: an argument without a trained model, an unreadable or too new checkpoint,
@@ -122,7 +129,12 @@ class Predictor:
         from ich3d.runtime import setup_runtime
 
         runtime = setup_runtime(options.device, options.amp)
-        models = [load_trained(path, runtime.device) for path in model_checkpoints(runs)]
+        if options.engine == "onnxruntime":
+            from ich3d.inference.onnx_engine import load_exported
+
+            models = [model for run in runs for model in load_exported(Path(run), options.device)]
+        else:
+            models = [load_trained(path, runtime.device) for path in model_checkpoints(runs)]
         ensemble.shared_crop(models)  # members must share a crop: fail now, not at the first study
         return cls(models, runtime, options)
 

@@ -51,6 +51,7 @@ class InferOptions:
         allow_missing: fill requested images without a prediction with the prior instead of failing.
         shard: this job's part of the series.
         follow_links: when building from DICOM folders, follow symbolic links that lead out of them.
+        engine: ``torch``, or ``onnxruntime`` with ``--run`` folders written by ``ich3d export``.
     """
 
     device: str | None = None
@@ -64,6 +65,7 @@ class InferOptions:
     allow_missing: bool = False
     shard: Shard = field(default_factory=Shard)
     follow_links: bool = False
+    engine: str = "torch"
 
     def __post_init__(self) -> None:
         self.runtime()
@@ -73,7 +75,8 @@ class InferOptions:
         """The machine settings of the :class:`~ich3d.inference.predictor.Predictor`."""
         from ich3d.inference.predictor import RuntimeOptions
 
-        return RuntimeOptions(device=self.device, amp=self.amp, batch_series=self.batch_series, workers=self.workers)
+        return RuntimeOptions(device=self.device, amp=self.amp, batch_series=self.batch_series, workers=self.workers,
+                              engine=self.engine)
 
     def job(self, sample_submission: Path | None = None, progress: bool = False) -> PredictOptions:
         """The per-job settings of :meth:`~ich3d.inference.predictor.Predictor.predict_dataset`."""
@@ -111,11 +114,12 @@ def predict(runs: Sequence[Path], out: Path, *, dataset: Path | None = None, dic
 
     if (dataset is None) == (not dicom_dirs):
         raise UsageError("give exactly one of --dataset DATASET or --dicom-dir DIR")
-    checkpoints = model_checkpoints(runs)
+    if options.engine == "torch":
+        model_checkpoints(runs)  # a run without a model fails before anything else
     if sample_submission:
         read_submission_ids(sample_submission)  # a bad file fails before the models load
     began = time.perf_counter()
-    predictor = Predictor.from_runs(checkpoints, options.runtime())
+    predictor = Predictor.from_runs(list(map(Path, runs)), options.runtime())
     load_s = round(time.perf_counter() - began, 4)
     job = options.job(sample_submission, progress)
     if dataset is not None:

@@ -1,11 +1,12 @@
-"""2D CNN slice encoders built by name: a small CPU-sized net and MONAI networks with 2-D settings.
+"""2D CNN slice encoders built by name: a small CPU-sized net, MONAI networks with 2-D settings, timm backbones.
 
 Every encoder maps (M, C, S, S) float images to (M, F) embeddings and has an ``out_features`` (F)
 attribute. MONAI encoders are the MONAI modules themselves with their classifier replaced by
 ``nn.Identity``, so their state-dict keys stay MONAI's (the 2-D ResNets use torchvision's key names
-and shapes by design: ``conv1``, ``bn1``, ``layerK.I.downsample.0``, bias-free shortcuts). Nothing is
-ever downloaded: ``pretrained=False`` everywhere; local weights load from a file. ``monai`` is imported
-inside the builders only (the import takes seconds).
+and shapes by design: ``conv1``, ``bn1``, ``layerK.I.downsample.0``, bias-free shortcuts); their
+local weights load from a file. ``timm/<model>`` names any timm backbone, with its pretrained weights
+from a file, the Hugging Face cache or (asked for explicitly) the hub (:mod:`ich3d.models.timm_encoder`).
+``monai`` and ``timm`` are imported inside the builders only (the imports take seconds).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from ich3d.errors import ConfigError
+from ich3d.models.timm_encoder import build_timm_encoder, check_timm_name, is_timm_name, timm_weights_file
 
 logger = logging.getLogger(__name__)
 
@@ -140,15 +142,50 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def check_encoder_name(name: str) -> None:
+    """Checks an encoder name: a key of :data:`ENCODERS` or ``timm/<model>`` of the installed timm.
+
+    Raises:
+        ConfigError: an unknown name (the message lists the known ones), timm missing.
+    """
+    if is_timm_name(name):
+        check_timm_name(name)
+    elif name not in ENCODERS:
+        raise ConfigError(f"unknown encoder {name!r} (model.encoder.name); known encoders: {', '.join(ENCODERS)} "
+                          f"and timm/<model> (any timm backbone)")
+
+
+def check_encoder_weights(encoder_cfg: Mapping[str, Any]) -> Path | None:
+    """Finds the pretrained weights a ``model.encoder`` section asks for, before anything is trained.
+
+    Returns:
+        The local weights file (``weights``, or a timm backbone's file in the Hugging Face cache, or
+        just downloaded with ``pretrained: hub``); None for random weights.
+
+    Raises:
+        ConfigError: a missing file, or timm weights that are not on this machine (one line saying
+            which file to get and where to put it).
+    """
+    name, weights = encoder_cfg["name"], encoder_cfg.get("weights")
+    if is_timm_name(name):
+        return timm_weights_file(name, weights, encoder_cfg.get("pretrained", "none"))
+    if weights is not None and not Path(weights).is_file():
+        raise ConfigError(f"encoder weights not found: {weights} (model.encoder.weights): give an existing file")
+    return None if weights is None else Path(weights)
+
+
 def build_encoder(
-    name: str, in_channels: int, pretrained_weights: str | Path | None = None, **kwargs: Any
+    name: str, in_channels: int, pretrained_weights: str | Path | None = None, pretrained_source: str = "none",
+    **kwargs: Any
 ) -> nn.Module:
     """Build a slice encoder by name.
 
     Args:
-        name: a key of :data:`ENCODERS`.
+        name: a key of :data:`ENCODERS`, or ``timm/<model>``.
         in_channels: C of the (M, C, S, S) input (3 for BSB, 9 for BSB 2.5D with one neighbour a side).
         pretrained_weights: optional local state-dict file (see :func:`load_encoder_weights`).
+        pretrained_source: for timm backbones, where else weights may come from: ``none``, ``cache``, ``hub``
+            (:func:`ich3d.models.timm_encoder.build_timm_encoder`).
         **kwargs: passed to the builder (e.g. ``widths`` for ``small``, ``conv1_t_stride`` for ResNets).
 
     Returns:
@@ -157,8 +194,12 @@ def build_encoder(
     Raises:
         ConfigError: unknown name, bad keyword arguments, ``pretrained`` asked for, unusable weights.
     """
-    if name not in ENCODERS:
-        raise ConfigError(f"unknown encoder {name!r} (model.encoder.name); known encoders: {', '.join(ENCODERS)}")
+    check_encoder_name(name)
+    if is_timm_name(name):
+        return build_timm_encoder(name, in_channels, pretrained_weights, pretrained_source, **kwargs)
+    if pretrained_source != "none":
+        raise ConfigError(f"model.encoder.pretrained {pretrained_source!r} is for timm/<model> encoders: for {name!r} "
+                          f"save a state dict locally and set model.encoder.weights to its path")
     if "pretrained" in kwargs:
         raise ConfigError(
             "model.encoder.kwargs.pretrained is not supported: ich3d never downloads weights; "

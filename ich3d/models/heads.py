@@ -89,6 +89,11 @@ class SliceHead(nn.Module):
         logits = self.out(self.dropout(x))
         return logits if self.training else logits - self.logit_offset.to(logits.dtype)
 
+    def whole_series(self, embeddings: torch.Tensor, readable: torch.Tensor) -> torch.Tensor:
+        """(B, N, F) embeddings of B whole series of N slices (no padding), (B, N) bool readable ->
+        (B, N, 6) logits: :meth:`forward` with every slice real (an exportable graph)."""
+        return self(embeddings, torch.ones_like(readable), readable)
+
 
 class GRUHead(nn.Module):
     """Bidirectional GRU over each series, with a skip from the slice embedding to the classifier.
@@ -148,6 +153,26 @@ class GRUHead(nn.Module):
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         out, _ = self.gru(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        return self._classify(out, x, filled)
+
+    def whole_series(self, embeddings: torch.Tensor, readable: torch.Tensor) -> torch.Tensor:
+        """Per-slice logits of B whole series of N slices each (no padding, so no packing): equal to
+        :meth:`forward` with an all-True mask, as one graph that ``torch.onnx.export`` maps to ONNX's GRU.
+
+        Args:
+            embeddings: (B, N, F) float slice embeddings.
+            readable: (B, N) bool, False = a slice whose pixels failed.
+
+        Returns:
+            (B, N, 6) logits.
+        """
+        filled = fill_embeddings(embeddings, torch.ones_like(readable), readable, self.missing_embedding)
+        x = self.norm(filled)
+        out, _ = self.gru(x)
+        return self._classify(out, x, filled)
+
+    def _classify(self, out: torch.Tensor, x: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
+        """(B, N, 6) logits from the GRU output, its (normalised) input and the filled embeddings."""
         features = torch.cat([out, x.to(out.dtype)], dim=-1) if self.skip else out
         logits = self.out(self.dropout(features))
         return logits + filled.to(logits.dtype) if self.residual else logits

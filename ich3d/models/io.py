@@ -163,14 +163,32 @@ def load_trained(path: Path, device: torch.device | str = "cpu") -> TrainedModel
     checkpoint = _read(path)
     module = build_model(checkpoint["model"], checkpoint["in_channels"], load_weights=False)
     module.load_state_dict(checkpoint["state_dict"])
+    return trained_model(checkpoint, module.to(device).eval(), Path(path))
+
+
+def read_payload(path: Path) -> dict[str, Any]:
+    """A model checkpoint's payload at :data:`MODEL_VERSION`, without its state dict (plain data:
+    what an export records next to its graphs).
+
+    Raises:
+        InputError: as :func:`load_trained`.
+    """
+    return {key: value for key, value in _read(path).items() if key != "state_dict"}
+
+
+def trained_model(checkpoint: dict[str, Any], module: Any, path: Path | None = None) -> TrainedModel:
+    """The :class:`TrainedModel` of a model payload (any known version) around ``module``: the rebuilt
+    network, or another engine's stand-in with its ``encode`` and ``head``
+    (:class:`ich3d.inference.onnx_engine.OnnxMember`)."""
+    checkpoint = upgrade(checkpoint, path or "checkpoint")
     config = checkpoint["config"]
     return TrainedModel(
-        module=module.to(device).eval(), spec=checkpoint["model"], data=DataConfig(**config["data"]),
+        module=module, spec=checkpoint["model"], data=DataConfig(**config["data"]),
         tta=InferConfig(**config["infer"]), prevalence=np.asarray(checkpoint["prevalence"], dtype=np.float64),
         slice_spacing=float(checkpoint["slice_spacing"]), calibration=checkpoint["calibration"],
         operating=OperatingPoints.from_dict(checkpoint["operating_points"]), fold=checkpoint["fold"],
         stage=checkpoint["stage"], epoch=checkpoint["epoch"], metrics=checkpoint["metrics"] or {},
-        calibration_report=checkpoint["calibration_report"], path=Path(path))
+        calibration_report=checkpoint["calibration_report"], path=path)
 
 
 def model_checkpoints(runs: Sequence[Path]) -> list[Path]:

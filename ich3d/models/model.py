@@ -10,7 +10,7 @@ from torch import nn
 
 from ich3d.constants import LABELS
 from ich3d.errors import ConfigError
-from ich3d.models.encoder import ENCODERS, build_encoder
+from ich3d.models.encoder import build_encoder, check_encoder_name
 from ich3d.models.heads import HEADS, build_head
 
 
@@ -85,11 +85,12 @@ def build_model(model_cfg: Mapping[str, Any], in_channels: int, load_weights: bo
     """Build the model from the config's plain-dict ``model`` section.
 
     Args:
-        model_cfg: ``{"encoder": {"name": str, "weights": str | None, "kwargs": dict},
+        model_cfg: ``{"encoder": {"name": str, "weights": str | None, "pretrained": str, "kwargs": dict},
             "head": {"name": "gru" | "slice", "hidden": int, "num_layers": int, "dropout": float}}``.
         in_channels: C of the encoder input.
-        load_weights: load ``encoder.weights`` when set; pass False when a checkpoint's state dict
-            is loaded next (inference needs no access to the original pretrained file).
+        load_weights: load ``encoder.weights`` (or, for timm, ``encoder.pretrained``) when set; pass
+            False when a checkpoint's state dict is loaded next (inference needs no access to the
+            original pretrained file).
 
     Raises:
         ConfigError: missing sections, unknown encoder/head or settings, unusable weights file.
@@ -97,7 +98,8 @@ def build_model(model_cfg: Mapping[str, Any], in_channels: int, load_weights: bo
     check_model_config(model_cfg)
     encoder_cfg = model_cfg["encoder"]
     weights = encoder_cfg.get("weights") if load_weights else None
-    encoder = build_encoder(encoder_cfg["name"], in_channels, weights, **(encoder_cfg.get("kwargs") or {}))
+    pretrained = encoder_cfg.get("pretrained", "none") if load_weights else "none"
+    encoder = build_encoder(encoder_cfg["name"], in_channels, weights, pretrained, **(encoder_cfg.get("kwargs") or {}))
     logits = model_cfg.get("features", "embedding") == "logits" and model_cfg["head"]["name"] != "slice"
     projection = LogitProjection(encoder.out_features, len(LABELS)) if logits else None
     features = projection.out_features if projection is not None else encoder.out_features
@@ -115,14 +117,11 @@ def check_model_config(model_cfg: Mapping[str, Any]) -> None:
         if not isinstance(model_cfg.get(section), Mapping):
             raise ConfigError(f"config key 'model.{section}' is missing or not a mapping")
     encoder_cfg = dict(model_cfg["encoder"])
-    unknown = sorted(set(encoder_cfg) - {"name", "weights", "kwargs"})
+    unknown = sorted(set(encoder_cfg) - {"name", "weights", "pretrained", "kwargs"})
     if unknown or "name" not in encoder_cfg:
-        raise ConfigError(
-            f"config key 'model.encoder' needs 'name' and allows 'weights', 'kwargs'; got {sorted(encoder_cfg)}"
-        )
-    if encoder_cfg["name"] not in ENCODERS:
-        raise ConfigError(f"unknown encoder {encoder_cfg['name']!r} (model.encoder.name); "
-                          f"known encoders: {', '.join(ENCODERS)}")
+        raise ConfigError(f"config key 'model.encoder' needs 'name' and allows 'weights', 'pretrained', 'kwargs'; "
+                          f"got {sorted(encoder_cfg)}")
+    check_encoder_name(encoder_cfg["name"])
     if model_cfg["head"].get("name") not in HEADS:
         raise ConfigError(f"unknown head {model_cfg['head'].get('name')!r} (model.head.name); "
                           f"known heads: {', '.join(HEADS)}")

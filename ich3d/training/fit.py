@@ -36,10 +36,12 @@ from ich3d.errors import ConfigError
 from ich3d.folders import FolderLock, prepare_output
 from ich3d.layout import RunFolder
 from ich3d.metrics import evaluate, prior_predictions
+from ich3d.models.encoder import check_encoder_weights
 from ich3d.models.model import check_model_config
 from ich3d.provenance import provenance
 from ich3d.runtime import Runtime, barrier, setup_runtime, teardown_runtime
 from ich3d.training.engine import FoldData, StageContext
+from ich3d.training.card import write_model_card
 from ich3d.training.folds import train_folds
 from ich3d.training.splits import load_splits, make_folds, save_splits, split_series
 
@@ -111,6 +113,7 @@ def fit(dataset: Dataset | Path, out: Path, config: Config | str | Path | None =
             calibration = train_folds(contexts, states)
             if runtime.is_main:
                 _record_operating_points(run, calibration)
+                write_model_card(run.root)
             return {"folds": wanted, "mode": "single" if len(wanted) == 1 else "out_of_fold",
                     "calibration": calibration, "metrics": calibration["after"]}
     finally:
@@ -159,6 +162,8 @@ def _resolve_config(run: RunFolder, config: Config | str | Path | None, override
         config = run.config
     resolved = config if isinstance(config, Config) else load_config(config, overrides)
     check_model_config(resolved.to_dict()["model"])  # an unknown encoder fails now, not after files are written
+    if not resume:
+        check_encoder_weights(resolved.to_dict()["model"]["encoder"])  # so do weights that are not on this machine
     if resume and run.config.is_file() and load_config(run.config).to_dict() != resolved.to_dict():
         raise ConfigError(f"--resume: the config differs from the one saved in {run.config}; "
                           f"resume without --config/--set")

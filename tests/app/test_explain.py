@@ -48,6 +48,23 @@ def test_maps_cover_the_original_grid_for_registry_encoders(encoder: str, data: 
         series_gradcam(model, hu, readable, data, [2])
 
 
+@pytest.mark.parametrize("encoder, kwargs, side", [("timm/test_resnet", {}, 16), ("timm/test_convnext", {}, 16),
+                                                   ("timm/test_efficientnet", {}, 16), ("timm/test_vit", {"img_size": 64}, 4)])
+def test_timm_backbones_explain_through_their_stages(encoder: str, kwargs: dict, side: int) -> None:
+    """CNN stages (NCHW) and ViT tokens (the input of the last block: the class token reads only that
+    block's attention) become maps the logits depend on."""
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    spec = {"encoder": {"name": encoder, "kwargs": kwargs},
+            "head": {"name": "gru", "hidden": 8, "num_layers": 1, "dropout": 0.0}}
+    model = build_model(spec, 9).eval()
+    hu = np.random.default_rng(0).integers(-1000, 100, size=(4, 64, 64)).astype(np.int16)
+    data = DataConfig(image_size=64, input="bsb25d", context=1)
+    probs, maps = series_gradcam(model, hu, np.ones(4, dtype=bool), data, [1, 2])
+    assert maps.shape[:2] == (2, len(LABELS)) and maps.shape[2:] == (side, side)
+    assert np.isfinite(maps).all() and (maps >= 0).all() and (maps.sum(axis=(2, 3)) > 0).any(axis=1).all()
+
+
 @pytest.mark.parametrize("steps, labels", [(0, (0, 1, 2, 3, 4, 5)), (4, (0, 1, 2, 3, 4, 5)), (3, (5, 0))])
 def test_batched_gradients_equal_one_backward_per_label(steps: int, labels: tuple[int, ...]) -> None:
     model = _model("small")

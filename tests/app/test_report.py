@@ -22,7 +22,7 @@ from ich3d.app.report import ReportOptions, write_report
 from ich3d.app.report_strips import pick_series
 
 #: The sections of a labelled RSNA-layout dataset (one series per study: no series choice to show).
-ALL_SECTIONS = ["exams", "summary", "curves", "strips", "gallery", "training", "build"]
+ALL_SECTIONS = ["exams", "summary", "curves", "strips", "gallery", "training", "build", "model-card"]
 
 
 class _Page(HTMLParser):
@@ -76,7 +76,7 @@ def test_report_holds_every_section_and_its_images_decode(predictions: Path, tra
     text = out.read_text()
     page = _Page(text)
     assert page.sections == ALL_SECTIONS
-    for title in ("Summary", "Curves", "Series strips", "Error gallery", "Training", "Exams", "Build"):
+    for title in ("Summary", "Curves", "Series strips", "Error gallery", "Training", "Exams", "Build", "Model card"):
         assert f"<h2>{title}</h2>" in text
     assert "script" not in page.tags and not [link for link in page.links if "//" in link.split(",")[0]]
     assert len(page.images) >= 3 + 1 + 2 + 1  # curves, strips, gallery, training (+ exam thumbnails)
@@ -87,6 +87,7 @@ def test_report_holds_every_section_and_its_images_decode(predictions: Path, tra
     failed = frame.loc[frame["status"] != "ok", "image_id"]
     assert len(failed) and all(image in text for image in failed)  # every file that was not read, by name
     assert "weighted log loss" in text and "ROC-AUC [95 % CI" in text and "Grad-CAM" in text
+    assert "## Intended use" in text and "adult non-contrast head CT" in text  # the model card
 
 
 def test_sections_follow_their_inputs(predictions: Path, tmp_path: Path) -> None:
@@ -139,7 +140,8 @@ def test_report_of_a_pacs_export_with_labels(clinical_predictions: Path, clinica
     assert result.exit_code == 0, result.output
     text = out.read_text()
     page = _Page(text)
-    assert page.sections == ["exams", "summary", "choice", "curves", "strips", "gallery", "training", "build"]
+    assert page.sections == ["exams", "summary", "choice", "curves", "strips", "gallery", "training", "build",
+                             "model-card"]
     assert _strip_series(text) == _read_series(clinical_predictions) == 4
     assert "max p(any) nan" not in text and ">nan<" not in text
     assert ("labelled images of series that were not read left out" in text) == (labels == "all")
@@ -151,7 +153,7 @@ def test_report_without_labels_speaks_of_risk_only(clinical_predictions: Path, t
     out = tmp_path / "report.html"
     result = write_report(clinical_predictions, out, runs=[trained_run], options=ReportOptions(gallery=1, heat_maps=2))
     text = out.read_text()
-    assert result["sections"] == ["exams", "summary", "choice", "strips", "gallery", "training", "build"]
+    assert result["sections"] == ["exams", "summary", "choice", "strips", "gallery", "training", "build", "model-card"]
     for wording in ("false negative", "false positive", "False negatives", "max p(any) nan", "labelled any"):
         assert wording not in text
     assert _strip_series(text) == _read_series(clinical_predictions)  # no empty strips of unread series

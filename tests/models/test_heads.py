@@ -113,3 +113,19 @@ def test_a_residual_head_starts_as_the_slice_model_and_learns_a_correction() -> 
     assert not torch.allclose(head(logits, mask)[mask], logits[mask])
     with pytest.raises(ConfigError, match="label logits"):
         GRUHead(F, residual=True)
+
+
+@pytest.mark.parametrize("head", [GRUHead(8, hidden=6, num_layers=2, dropout=0.0), GRUHead(6, hidden=4, residual=True),
+                                  SliceHead(8)])
+def test_whole_series_equals_forward_with_every_slice_real(head: torch.nn.Module) -> None:
+    """The exportable path (no packing) gives the packed path's logits on unpadded series."""
+    torch.manual_seed(0)
+    if isinstance(head, GRUHead) and head.residual:
+        torch.nn.init.normal_(head.out.weight)
+    head.eval()
+    features = head.missing_embedding.shape[0]
+    embeddings = torch.randn(3, 9, features)
+    readable = torch.rand(3, 9) > 0.2
+    with torch.no_grad():
+        expected = head(embeddings, torch.ones(3, 9, dtype=torch.bool), readable)
+        assert torch.allclose(head.whole_series(embeddings, readable), expected, atol=1e-6)
