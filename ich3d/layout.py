@@ -53,12 +53,7 @@ class SynthFolder:
 
     @property
     def summary(self) -> Path:
-        """``synth.json``: settings, counts, which series carry which quirk."""
-        return self.root / "synth.json"
-
-    @property
-    def summary(self) -> Path:
-        """``synth.json``: the generator's settings and counts (its presence marks synthetic data)."""
+        """``synth.json``: settings, counts, which series carry which quirk (its presence marks synthetic data)."""
         return self.root / "synth.json"
 
     @property

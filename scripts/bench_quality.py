@@ -28,18 +28,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 import ich3d
 from ich3d.inference.run import InferOptions
-from ich3d.inference.submission import write_submission
 from ich3d.training.fit import TrainOptions
 from ich3d.layout import InferFolder, RunFolder, SynthFolder
-from ich3d.metrics import prior_predictions
 from ich3d.synth.generate import make_synthetic_dataset
 from ich3d.synth.plan import SynthConfig
 
 from benchmarks_md import BENCHMARKS, write_section  # noqa: E402  (scripts/ is on sys.path when run)
+from shift_matrix import prior_submission  # noqa: E402
 
 SECTION = "## Model quality"
 SETTINGS = {
@@ -79,12 +77,7 @@ def evaluate(folder: Path, run: RunFolder, work: Path) -> dict[str, float]:
                   options=InferOptions(calibrate=False), progress=False)
     encoders = [run.fold(k).encoder for k in run.folds_present()]
     ich3d.predict(encoders, slices.root, dataset=calibrated.dataset, sample_submission=sample, progress=False)
-    prior = json.loads(run.info.read_text())["per_fold"]
-    mean_prior = np.mean([list(fold["prevalence"].values()) for fold in prior.values()], axis=0)
-    ids = pd.unique(pd.read_csv(sample)["ID"].str.rsplit("_", n=1).str[0])
-    prior_path = InferFolder(work / "prior")
-    prior_path.root.mkdir(parents=True, exist_ok=True)
-    write_submission(prior_path.submission, pd.DataFrame(prior_predictions(mean_prior, len(ids)), index=ids), sample)
+    prior_path = prior_submission(run, sample, InferFolder(work / "prior"))
     out = {}
     for name, where in (("prior", prior_path), ("slice", slices), ("gru", raw), ("gru_cal", calibrated)):
         out[name], out[f"{name}_ece"] = score(where, labels)

@@ -67,18 +67,23 @@ def built(folder: Path, split: str, image_size: int) -> Path:
     return dataset
 
 
+def prior_submission(run: RunFolder, sample: Path, out: InferFolder) -> InferFolder:
+    """``out`` holding the submission of the run's training prevalence (mean over folds) for ``sample``'s images."""
+    per_fold = json.loads(run.info.read_text())["per_fold"]
+    prevalence = np.mean([list(fold["prevalence"].values()) for fold in per_fold.values()], axis=0)
+    ids = pd.unique(pd.read_csv(sample)["ID"].str.rsplit("_", n=1).str[0])
+    out.root.mkdir(parents=True, exist_ok=True)
+    write_submission(out.submission, pd.DataFrame(prior_predictions(prevalence, len(ids)), index=ids), sample)
+    return out
+
+
 def score_cell(run: RunFolder, test: Path, test_dataset: Path, work: Path) -> dict[str, float]:
     """Test weighted log loss of a run and of its training prevalence prior on one setting's test split."""
     sample, labels = test / "stage_2_sample_submission.csv", SynthFolder(test).test_labels
     out = InferFolder(work / "pred")
     if not out.submission.is_file():
         ich3d.predict([run.root], out.root, dataset=test_dataset, sample_submission=sample, progress=False)
-    per_fold = json.loads(run.info.read_text())["per_fold"]
-    prevalence = np.mean([list(fold["prevalence"].values()) for fold in per_fold.values()], axis=0)
-    ids = pd.unique(pd.read_csv(sample)["ID"].str.rsplit("_", n=1).str[0])
-    prior = InferFolder(work / "prior")
-    prior.root.mkdir(parents=True, exist_ok=True)
-    write_submission(prior.submission, pd.DataFrame(prior_predictions(prevalence, len(ids)), index=ids), sample)
+    prior = prior_submission(run, sample, InferFolder(work / "prior"))
     model = ich3d.score_submission(out.submission, labels)["weighted_log_loss"]
     base = ich3d.score_submission(prior.submission, labels)["weighted_log_loss"]
     return {"wll": model, "prior": base, "ratio": model / base}

@@ -141,7 +141,7 @@ def build_series(dicom_dirs: Sequence[Path], out: Path, labels_csv: Path | None 
     """
     began = time.perf_counter()
     workers = options.workers or os.cpu_count() or 1
-    num_parts, part_id, progress = options.shard.num_parts, options.shard.part_id, options.progress
+    num_parts, part_id = options.shard.num_parts, options.shard.part_id
     folder = DatasetFolder(prepare_output(Path(out), "--out"))
     part = f"part {part_id} of dataset folder {folder.root}" if num_parts > 1 else f"dataset folder {folder.root}"
     with process_pool(workers) as pool, FolderLock(folder.part_lock(part_id), part):  # a second build is refused

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ich3d.dataset.roles import SeriesRules
 from ich3d.errors import UsageError
@@ -28,6 +28,10 @@ from ich3d.inference.submission import read_submission_ids
 from ich3d.layout import InferFolder
 from ich3d.models.io import model_checkpoints
 from ich3d.shard import Shard
+
+if TYPE_CHECKING:  # imported where used: the predictor pulls in torch
+    from ich3d.inference.job import PredictOptions
+    from ich3d.inference.predictor import RuntimeOptions
 
 __all__ = ["InferOptions", "merge", "model_checkpoints", "predict"]
 
