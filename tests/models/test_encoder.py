@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,9 @@ def test_unusable_weights_are_config_errors(tmp_path: Path) -> None:
     torch.save({"lr": 0.1}, tmp_path / "nostate.pt")
     with pytest.raises(ConfigError, match="no state dict"):
         build_encoder("small", 3, pretrained_weights=tmp_path / "nostate.pt")
+
+
+def test_a_timm_encoder_without_timm_installed_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "timm", None)  # `import timm` raises ImportError, as where it is not installed
+    with pytest.raises(ConfigError, match=r"pip install 'ich3d\[timm\]'"):
+        build_encoder("timm/resnet18", 3)
