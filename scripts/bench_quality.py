@@ -2,10 +2,10 @@
 
 Usage: python scripts/bench_quality.py --data /tmp/ich3d-quality [--setting shifted] [--size 40/12]
        [--config cpu_small] [--folds single|all] [--set key=value ...] [--write]
-       python scripts/bench_quality.py --matrix [--settings tuned shifted sharp] [--recipe NAME=k=v,...] ...
+       python scripts/bench_quality.py --matrix [--settings tuned shifted sharp smooth] [--recipe NAME=k=v,...] ...
 
 For a generator setting (``tuned``: the defaults ich3d was developed on; ``shifted``: another seed and
-other noise, lesion contrast and size, head size and slice spacings, see SETTINGS) and a size
+other noise, lesion contrast and size, head size and slice spacings, see MATRIX_SETTINGS in scripts/shift_matrix.py) and a size
 (training/test series), a synthetic RSNA-layout set is written once into --data, its training split
 built and trained with the given config through the public API (``ich3d.fit``), and its test split
 predicted from the raw DICOM folder (``ich3d.predict``) by the slice-only model(s), the sequence
@@ -13,8 +13,9 @@ model without and with calibration, and the prevalence prior. Test weighted log 
 and the mean expected calibration error over labels are reported; --write adds the row to the
 "## Model quality" table of BENCHMARKS.md.
 
---matrix trains on each of several settings and scores on all of them, for the recipe without and with
-the acquisition augmentations (scripts/shift_matrix.py); --write replaces "## Shift matrix".
+--matrix trains on each of several settings and scores on all of them, for the config as it is, without
+its acquisition augmentations and as it was before them (scripts/shift_matrix.py); --write replaces
+"## Shift matrix".
 """
 
 from __future__ import annotations
@@ -37,14 +38,9 @@ from ich3d.synth.generate import make_synthetic_dataset
 from ich3d.synth.plan import SynthConfig
 
 from benchmarks_md import BENCHMARKS, write_section  # noqa: E402  (scripts/ is on sys.path when run)
-from shift_matrix import prior_submission  # noqa: E402
+from shift_matrix import MATRIX_SETTINGS, prior_submission  # noqa: E402
 
 SECTION = "## Model quality"
-SETTINGS = {
-    "tuned": {},
-    "shifted": {"seed": 11, "noise_sd": (5.0, 9.0), "lesion_contrast": 0.7, "lesion_size": 0.8, "head_size": 0.9,
-                "slice_spacings": (3.0, 4.0, 5.0)},
-}
 HEADER = ("| setting | train / test series | config | folds | prior | slice-only | GRU | GRU + calibration | "
           "GRU + cal. / prior | ECE GRU → calibrated | train s |")
 
@@ -54,7 +50,7 @@ def synthesize(data: Path, setting: str, n_train: int, n_test: int, image_size: 
     folder = data / f"{setting}-{n_train}-{n_test}"
     if not (folder / "synth.json").is_file():
         config = SynthConfig(n_train_series=n_train, n_test_series=n_test, image_size=image_size,
-                             **({"seed": 0} | SETTINGS[setting]))
+                             **({"seed": 0} | MATRIX_SETTINGS[setting]))
         make_synthetic_dataset(folder, config, workers=2)
     return folder
 
@@ -87,7 +83,7 @@ def evaluate(folder: Path, run: RunFolder, work: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("/tmp/ich3d-quality"))
-    parser.add_argument("--setting", choices=list(SETTINGS), default="shifted")
+    parser.add_argument("--setting", choices=list(MATRIX_SETTINGS), default="shifted")
     parser.add_argument("--size", default="40/12", help="training/test series")
     parser.add_argument("--image-size", type=int, default=256, help="pixel size of the synthetic DICOMs")
     parser.add_argument("--config", default="cpu_small")
@@ -96,9 +92,9 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="a name for the run folder (several runs of one set)")
     parser.add_argument("--write", action="store_true", help="add the row to BENCHMARKS.md")
     parser.add_argument("--matrix", action="store_true", help="the shift matrix (train on each setting, score on all)")
-    parser.add_argument("--settings", nargs="+", default=["tuned", "shifted", "sharp"], help="--matrix settings")
+    parser.add_argument("--settings", nargs="+", default=list(MATRIX_SETTINGS), help="--matrix settings")
     parser.add_argument("--recipe", action="append", default=[],
-                        help="--matrix: another recipe NAME=key=value,... (augmented-*: on top of augmented)")
+                        help="--matrix: another recipe NAME=key=value,... (overrides of the config)")
     parser.add_argument("--train-settings", nargs="+", help="--matrix: train only on these (ablation rows)")
     parser.add_argument("--only-recipes", action="store_true", help="--matrix: only the --recipe ones")
     args = parser.parse_args()
@@ -144,7 +140,7 @@ def add_row(row: str) -> None:
     intro = (f"`python scripts/bench_quality.py --setting S --size N/M --config C --folds F --write` on a 2-core "
              f"CPU VM (updated {datetime.date.today().isoformat()}). Test weighted log loss (lower is better) of "
              f"synthetic sets: `tuned` is the generator ich3d was developed on, `shifted` another seed with other "
-             f"noise, lesion contrast and size, head size and slice spacings (SETTINGS in the script). ECE: mean "
+             f"noise, lesion contrast and size, head size and slice spacings (MATRIX_SETTINGS in scripts/shift_matrix.py). ECE: mean "
              f"expected calibration error over the labels.")
     write_section("\n".join([SECTION, "", intro, "", HEADER, "|" + "---|" * (HEADER.count("|") - 1), *rows]) + "\n")
 

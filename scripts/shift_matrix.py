@@ -1,11 +1,13 @@
 """The shift matrix of ``bench_quality.py --matrix``: train on each generator setting, score on every one.
 
-For each recipe (the config plus overrides: ``baseline`` with every acquisition augmentation off,
-``augmented`` with them on, and any ``--recipe NAME=key=value,...``) and each training setting, the
-model is trained on that setting's training split and predicts (GRU + calibration, as ``ich3d
-predict``) the test split of every setting; each cell is the test weighted log loss divided by that of
-the training set's prevalence prior on the same test set. The diagonal is the recipe on data like its
-training data; the off-diagonal cells are scanner/population shifts. Every cell is appended to
+For each recipe (overrides on top of the config: ``recipe``, the config as it is; ``no-acquisition``,
+the same with every acquisition augmentation off; ``before``, the recipe before the acquisition
+augmentations and the longer slice stage of issue 22; and any ``--recipe NAME=key=value,...``, e.g. an
+ablation ``no-kernel=augment.kernel.p=0``) and each training setting, the model is trained on that
+setting's training split and predicts (GRU + calibration, as ``ich3d predict``) the test split of
+every setting; each cell is the test weighted log loss divided by that of the training set's
+prevalence prior on the same test set. The diagonal is the recipe on data like its training data;
+the off-diagonal cells are scanner/population shifts. Every cell is appended to
 ``DATA/matrix/cells.jsonl`` as soon as it is scored, and a rerun skips finished cells and runs.
 """
 
@@ -21,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 import ich3d
+from ich3d.augment_config import ACQUISITION
 from ich3d.inference.submission import write_submission
 from ich3d.layout import InferFolder, RunFolder, SynthFolder
 from ich3d.metrics import prior_predictions
@@ -39,11 +42,12 @@ MATRIX_SETTINGS: dict[str, dict[str, Any]] = {
     "smooth": {"seed": 37, "kernel": 1.0, "noise_sd": (6.0, 10.0), "lesion_contrast": 1.2, "head_size": 0.85,
                "slice_spacings": (5.0, 6.0)},
 }
-_ACQUISITION = ("noise", "kernel", "calibration", "thickness", "resolution", "nonuniformity")
-#: The recipes every matrix run compares: acquisition augmentations all off, and all on (p = 0.5).
+_NO_ACQUISITION = [f"augment.{name}.p=0" for name in ACQUISITION]
+#: The recipes every matrix run compares, as overrides of the config.
 RECIPES: dict[str, list[str]] = {
-    "baseline": [f"augment.{name}.p=0" for name in _ACQUISITION],
-    "augmented": [f"augment.{name}.p=0.5" for name in _ACQUISITION],
+    "recipe": [],
+    "no-acquisition": _NO_ACQUISITION,
+    "before": ["stages.slice.epochs=6", *_NO_ACQUISITION],
 }
 SECTION = "## Shift matrix"
 
@@ -129,11 +133,9 @@ def run_matrix(args: Any) -> None:
 
 
 def parse_recipe(text: str) -> tuple[str, list[str]]:
-    """``NAME=key=value,key=value`` → (NAME, overrides); the overrides go on top of ``augmented``'s when
-    NAME starts with ``augmented-`` (ablations: ``augmented-no-noise=augment.noise.p=0``)."""
+    """``NAME=key=value,key=value`` → (NAME, overrides of the config)."""
     name, _, rest = text.partition("=")
-    overrides = [item for item in rest.split(",") if item]
-    return name, (RECIPES["augmented"] + overrides if name.startswith("augmented-") else overrides)
+    return name, [item for item in rest.split(",") if item]
 
 
 def _diagonal(group: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
@@ -152,24 +154,25 @@ def read_cells(path: Path) -> list[dict[str, Any]]:
 
 
 def matrix_tables(cells: list[dict[str, Any]], args: Any) -> str:
-    """The BENCHMARKS section: a summary row per recipe, then each recipe's matrix of ratios."""
+    """The BENCHMARKS section: a summary row per recipe (set against ``before`` on the same rows), then
+    each recipe's matrix of ratios."""
     frame = pd.DataFrame([c for c in cells if c["train"] in args.settings and c["test"] in args.settings])
     lines = [SECTION, "", f"`python scripts/bench_quality.py --matrix --size {args.size} --image-size "
-             f"{args.image_size} --config {args.config}{''.join(' --set ' + o for o in args.overrides)}` on a "
-             f"2-core CPU VM shared with other jobs (updated {datetime.date.today().isoformat()}). Each cell: test "
-             f"weighted log loss of the model trained on the row's generator setting, scored on the column's "
-             f"test split, divided by that of the training prevalence prior (lower is better; settings in "
-             f"scripts/shift_matrix.py). Diagonal: same setting; off-diagonal: shifted.", "",
-             "| recipe | trained on | diagonal (mean) | off-diagonal mean | off-diagonal worst | "
-             "off-diagonal mean of baseline / augmented on the same rows | train s (mean) |",
-             "|---|---|---|---|---|---|---|"]
+             f"{args.image_size} --config {args.config}{''.join(' --set ' + o for o in args.overrides)}"
+             f" --settings {' '.join(args.settings)}` on a 2-core CPU VM (updated {datetime.date.today().isoformat()}). "
+             f"Each cell: test weighted log loss of the model trained on the row's generator setting, scored on "
+             f"the column's test split, divided by that of the training prevalence prior (lower is better; "
+             f"settings in scripts/shift_matrix.py). Diagonal: same setting; off-diagonal: shifted.", "",
+             "| recipe | trained on | diagonal mean | off-diagonal mean | off-diagonal median | off-diagonal worst | "
+             "off-diagonal mean vs `before` on the same rows | train s (mean) |",
+             "|---|---|---|---|---|---|---|---|"]
     for recipe, group in frame.groupby("recipe", sort=False):
         rows = [s for s in args.settings if s in set(group["train"])]
         same, other = _diagonal(group)
-        reference = " / ".join(f"{_diagonal(frame[(frame['recipe'] == r) & frame['train'].isin(rows)])[1].mean():.3f}"
-                               for r in ("baseline", "augmented"))
-        lines.append(f"| {recipe} | {', '.join(rows)} | {same.mean():.3f} | **{other.mean():.3f}** | {other.max():.3f} | "
-                     f"{reference} | {group['train_s'].mean():.0f} |")
+        before = _diagonal(frame[(frame["recipe"] == "before") & frame["train"].isin(rows)])[1].mean()
+        change = f"{other.mean() / before - 1:+.0%}" if before == before and recipe != "before" else "–"
+        lines.append(f"| {recipe} | {', '.join(rows)} | {same.mean():.3f} | **{other.mean():.3f}** | "
+                     f"{other.median():.3f} | {other.max():.3f} | {change} | {group['train_s'].mean():.0f} |")
     for recipe, group in frame.groupby("recipe", sort=False):
         grid = group.pivot(index="train", columns="test", values="ratio")
         cols = [s for s in args.settings if s in grid.columns]

@@ -65,9 +65,9 @@ class SliceDataset(Dataset):
         if self.acquisition is None:
             hu = np.array(self._reader(uid)[window])
         else:
-            block, lo = _acquire(self.acquisition, self._reader(uid), uid, (int(window.min()), int(window.max()) + 1),
-                                 readable, start)
-            hu = block[window - lo]
+            first = int(window.min())
+            hu = _acquire(self.acquisition, self._reader(uid), uid, (first, int(window.max()) + 1), readable,
+                          start)[window - first]
         return torch.from_numpy(hu), torch.from_numpy(self.table.labels[flat])
 
 
@@ -99,9 +99,8 @@ class SeriesDataset(Dataset):
         if self.acquisition is None:
             hu = np.array(self._series_hu(s)[first:last])
         else:
-            block, lo = _acquire(self.acquisition, self._series_hu(s), self.table.series_uids[s], (first, last),
-                                 self.table.readable[start:stop], start)
-            hu = block[first - lo:last - lo]
+            hu = _acquire(self.acquisition, self._series_hu(s), self.table.series_uids[s], (first, last),
+                          self.table.readable[start:stop], start)
         return {
             "hu": torch.from_numpy(hu),
             "labels": torch.from_numpy(self.table.labels[start + first:start + last]),
@@ -122,7 +121,7 @@ class SeriesDataset(Dataset):
 
 
 def _acquire(acquisition: Acquisition, volume: np.ndarray, series_uid: str, span: tuple[int, int],
-             readable: np.ndarray, offset: int) -> tuple[np.ndarray, int]:
+             readable: np.ndarray, offset: int) -> np.ndarray:
     """Slices ``span`` = [first, last) of a series with the epoch's draw of it applied, read with
     ``acquisition.margin`` more on each side (as far as the series goes) for thickness averaging.
 
@@ -131,12 +130,11 @@ def _acquire(acquisition: Acquisition, volume: np.ndarray, series_uid: str, span
         offset: flat index of the series' first slice (keys each slice's noise).
 
     Returns:
-        (hi - lo, S, S) int16 slices lo..hi-1, lo = max(0, first - margin), hi = min(n, last + margin); lo.
+        (last - first, S, S) int16 slices first..last-1.
     """
     lo, hi = max(0, span[0] - acquisition.margin), min(len(volume), span[1] + acquisition.margin)
-    block = acquisition.apply(np.asarray(volume[lo:hi]), acquisition.draw(series_uid), np.arange(lo, hi) + offset,
-                              readable[lo:hi])
-    return block, lo
+    return acquisition.apply(np.asarray(volume[lo:hi]), series_uid, np.arange(lo, hi) + offset, readable[lo:hi],
+                             (span[0] - lo, span[1] - lo))
 
 
 def pad_series(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

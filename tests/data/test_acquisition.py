@@ -11,7 +11,7 @@ from conftest import TINY_TRAINING
 import ich3d
 from ich3d.config import ACQUISITION, load_config
 from ich3d.constants import HU_MAX, HU_MIN
-from ich3d.data.acquisition import Acquisition, SeriesDraw, epoch_acquisition
+from ich3d.data.acquisition import Acquisition, SeriesDraw, apply_draw, epoch_acquisition
 from ich3d.data.datasets import SeriesDataset, SliceDataset
 from ich3d.data.tables import SeriesTable, build_table
 from ich3d.dataset.index import load_index
@@ -46,7 +46,7 @@ def test_each_augmentation_keeps_hu_in_range_and_changes_the_image(name: str) ->
     changed = 0
     for uid in ("1.2.3", "1.2.4", "1.2.5", "1.2.6"):
         draw = acquisition.draw(uid)
-        out = acquisition.apply(hu, draw, np.arange(len(hu)))
+        out = apply_draw(hu, draw, np.arange(len(hu)))
         assert out.dtype == np.int16 and out.shape == hu.shape
         assert HU_MIN <= out.min() and out.max() <= HU_MAX
         changed += not np.array_equal(out, hu)
@@ -61,7 +61,7 @@ def test_off_by_default_and_p_zero_leaves_the_cache_untouched() -> None:
     draws = [acquisition.draw(f"1.2.{i}") for i in range(40)]
     untouched = [d for d in draws if d.noise_sd == 0]
     assert 5 < len(untouched) < 35  # p = 0.5 applies to about half the series
-    assert np.array_equal(acquisition.apply(hu, untouched[0], np.arange(5)), hu)
+    assert np.array_equal(apply_draw(hu, untouched[0], np.arange(5)), hu)
 
 
 def test_draw_depends_on_seed_epoch_and_series_only() -> None:
@@ -71,7 +71,7 @@ def test_draw_depends_on_seed_epoch_and_series_only() -> None:
     assert a.draw("1.2.3") != _acquisition(ALL_ON, seed=3, epoch=2).draw("1.2.3")
     assert a.draw("1.2.3") != _acquisition(ALL_ON, seed=4, epoch=1).draw("1.2.3")
     hu = _phantom()
-    np.testing.assert_array_equal(a.apply(hu, a.draw("1.2.3"), np.arange(5)), b.apply(hu, b.draw("1.2.3"), np.arange(5)))
+    np.testing.assert_array_equal(a.apply(hu, "1.2.3", np.arange(5)), b.apply(hu, "1.2.3", np.arange(5)))
 
 
 def test_switching_one_augmentation_off_keeps_the_others_draws() -> None:
@@ -82,31 +82,39 @@ def test_switching_one_augmentation_off_keeps_the_others_draws() -> None:
 
 def test_physics_of_each_transform() -> None:
     flat = np.full((3, 32, 32), 40, dtype=np.int16)
-    calibrated = Acquisition.apply(None, flat, SeriesDraw(key=0, scale=1.02, offset=-10.0), np.arange(3))  # type: ignore[arg-type]
+    calibrated = apply_draw(flat, SeriesDraw(key=0, scale=1.02, offset=-10.0), np.arange(3))
     assert (calibrated == round(40 * 1.02 - 10)).all()
-    noisy = Acquisition.apply(None, flat, SeriesDraw(key=1, noise_sd=20.0, noise_sigma=1.0), np.arange(3))  # type: ignore[arg-type]
+    noisy = apply_draw(flat, SeriesDraw(key=1, noise_sd=20.0, noise_sigma=1.0), np.arange(3))
     assert 17 < noisy.astype(float).std() < 23 and abs(noisy.mean() - 40) < 2
     fields = np.corrcoef(noisy[0].ravel()[:-1], noisy[0].ravel()[1:])[0, 1]
     assert fields > 0.5  # correlated between neighbouring pixels, not white
     assert not np.array_equal(noisy[0], noisy[1])  # each slice its own noise
     bright = np.zeros((5, 8, 8), dtype=np.int16)
     bright[2] = 300
-    slab = Acquisition.apply(None, bright, SeriesDraw(key=0, thickness=3.0), np.arange(5))  # type: ignore[arg-type]
+    slab = apply_draw(bright, SeriesDraw(key=0, thickness=3.0), np.arange(5))
     assert slab[:, 0, 0].tolist() == [0, 100, 100, 100, 0]  # partial volume over three slices
     edge = np.zeros((1, 32, 32), dtype=np.int16)
     edge[:, :, 16:] = 100
-    sharp = Acquisition.apply(None, edge, SeriesDraw(key=0, kernel=-1.0), np.arange(1))  # type: ignore[arg-type]
-    smooth = Acquisition.apply(None, edge, SeriesDraw(key=0, kernel=1.0), np.arange(1))  # type: ignore[arg-type]
-    low = Acquisition.apply(None, edge, SeriesDraw(key=0, resolution=0.25), np.arange(1))  # type: ignore[arg-type]
+    sharp = apply_draw(edge, SeriesDraw(key=0, kernel=-1.0), np.arange(1))
+    smooth = apply_draw(edge, SeriesDraw(key=0, kernel=1.0), np.arange(1))
+    low = apply_draw(edge, SeriesDraw(key=0, resolution=0.25), np.arange(1))
     assert sharp.max() > 100 and sharp.min() < 0  # overshoot at the edge
     assert 0 < smooth[0, 5, 15] < 100 and 0 < low[0, 5, 15] < 100  # a blurred edge
+
+
+def test_a_span_is_the_same_pixels_as_the_whole_block() -> None:
+    """The slice stage applies a draw to one slice and its thickness neighbours only."""
+    hu = _phantom(n=7)
+    draw = _acquisition(ALL_ON + ["augment.thickness.factor=3"]).draw("1.2.3")
+    whole = apply_draw(hu, draw, np.arange(7))
+    np.testing.assert_array_equal(apply_draw(hu, draw, np.arange(7), span=(2, 5)), whole[2:5])
 
 
 def test_unreadable_slices_are_neither_averaged_in_nor_changed() -> None:
     hu = np.full((3, 8, 8), 100, dtype=np.int16)
     hu[1] = HU_MIN  # an unreadable slice in the cache
     draw = SeriesDraw(key=0, thickness=3.0, offset=5.0)
-    out = Acquisition.apply(None, hu, draw, np.arange(3), np.array([True, False, True]))  # type: ignore[arg-type]
+    out = apply_draw(hu, draw, np.arange(3), np.array([True, False, True]))
     assert (out[0] == 105).all() and (out[2] == 105).all() and (out[1] == HU_MIN).all()
 
 
