@@ -29,13 +29,18 @@ def _text_columns(frame: pd.DataFrame) -> list[str]:
     return list(frame.select_dtypes(include=["object", "string"]).columns)
 
 
+def _starts_with(values: pd.Series, prefix: str | tuple[str, ...]) -> pd.Series:
+    """(n,) bool: the cells of ``values`` that are text starting with ``prefix``."""
+    text = values.map(lambda value: isinstance(value, str))
+    return text & values.where(text, "").astype(str).str.startswith(prefix)
+
+
 def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
     """A copy of ``frame`` whose text cells starting with :data:`FORMULA_START` get :data:`ESCAPE` in front."""
     out = frame.copy()
     for column in _text_columns(frame):
         values = out[column]
-        text = values.map(lambda value: isinstance(value, str))
-        risky = text & values.where(text, "").astype(str).str.startswith(FORMULA_START)
+        risky = _starts_with(values, FORMULA_START)
         out.loc[risky, column] = ESCAPE + values[risky].astype(str)
     return out
 
@@ -45,8 +50,7 @@ def restore_formulas(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     for column in _text_columns(frame):
         values = out[column]
-        text = values.map(lambda value: isinstance(value, str))
-        escaped = text & values.where(text, "").astype(str).str.startswith(ESCAPE)
+        escaped = _starts_with(values, ESCAPE)
         out.loc[escaped, column] = values[escaped].astype(str).str[len(ESCAPE):]
     return out
 
