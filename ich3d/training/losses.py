@@ -15,20 +15,25 @@ class WeightedBCELoss(nn.Module):
     """Binary cross-entropy with label weights (``any`` = 2), averaged like the RSNA metric.
 
     loss = sum_{i,j valid} w_j BCE(logit_ij, y_ij) / sum_{i,j valid} w_j, where an entry is valid when
-    its slice is unmasked and its target is not NaN (unlabeled). With every entry valid this is the
-    mean over slices of sum_j w_j BCE_ij / sum_j w_j, i.e. ``ich3d.metrics.weighted_log_loss`` of
-    ``sigmoid(logits)`` (without the metric's 1e-7 clipping). Computed in float32 under autocast.
+    its slice is unmasked and its target is not NaN (unlabeled). With every entry valid and no smoothing
+    this is the mean over slices of sum_j w_j BCE_ij / sum_j w_j, i.e. ``ich3d.metrics.weighted_log_loss``
+    of ``sigmoid(logits)`` (without the metric's 1e-7 clipping). Computed in float32 under autocast.
 
     Args:
         weights: (6,) label weights in ``LABELS`` order.
+        label_smoothing: e in [0, 0.5): each target y becomes y(1 - e) + e/2 before the cross-entropy,
+            so the loss is smallest at sigmoid(logit) = 1 - e/2 rather than at an infinite logit.
     """
 
     weights: torch.Tensor
 
-    def __init__(self, weights: Sequence[float] = LABEL_WEIGHTS) -> None:
+    def __init__(self, weights: Sequence[float] = LABEL_WEIGHTS, label_smoothing: float = 0.0) -> None:
         super().__init__()
         if len(weights) != len(LABELS):
             raise ValueError(f"expected {len(LABELS)} label weights, got {len(weights)}")
+        if not 0 <= label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+        self.label_smoothing = label_smoothing
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
 
     def forward(
@@ -51,7 +56,7 @@ class WeightedBCELoss(nn.Module):
             valid = valid & mask.unsqueeze(-1)
         # Zero invalid entries first so that garbage (NaN) there reaches neither the loss nor the gradient.
         logits = torch.where(valid, logits.float(), 0.0)
-        targets = torch.where(valid, targets.float(), 0.0)
+        targets = torch.where(valid, targets.float(), 0.0) * (1 - self.label_smoothing) + self.label_smoothing / 2
         bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
         weights = self.weights.to(logits.device) * valid
         total = (bce * weights).sum()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ich3d.config import FinetuneStageConfig, InferConfig, SequenceStageConfig, SliceStageConfig
+from ich3d.config import FinetuneStageConfig, InferConfig, SequenceStageConfig, SliceStageConfig, StageConfig
 from ich3d.data.acquisition import epoch_acquisition
 from ich3d.data.batching import sequence_index, series_input
 from ich3d.data.datasets import SeriesDataset, SliceDataset, pad_series
@@ -38,10 +38,11 @@ class _Stage:
 
     name = ""
 
-    def __init__(self, ctx: StageContext) -> None:
+    def __init__(self, ctx: StageContext, cfg: StageConfig) -> None:
         self.ctx = ctx
+        self.cfg = cfg
         self.runtime = ctx.runtime
-        self.criterion = WeightedBCELoss()
+        self.criterion = WeightedBCELoss(label_smoothing=cfg.label_smoothing)
 
     def _place(self, model: IchModel) -> IchModel:
         """The model on the run's device, in channels_last memory format when configured."""
@@ -97,10 +98,10 @@ class SliceStage(_Stage):
     """
 
     name = "slice"
+    cfg: SliceStageConfig
 
     def __init__(self, ctx: StageContext) -> None:
-        super().__init__(ctx)
-        self.cfg: SliceStageConfig = ctx.config.stages.slice
+        super().__init__(ctx, ctx.config.stages.slice)
         self.spec = model_spec(ctx.config, head="slice")
         seed_everything(derive_seed(ctx.config.seed, "slice", "init"))
         model = build_model(self.spec, ctx.config.data.in_channels)
@@ -157,7 +158,7 @@ def embed_validation(ctx: StageContext, model: IchModel | None = None) -> Embedd
     Out-of-fold training computes them for every fold before any sequence stage: they are also the
     training features of the other folds' sequence heads.
     """
-    stage = _Stage(ctx)
+    stage = _Stage(ctx, ctx.config.stages.slice)  # for its model placement and predictor; it trains nothing
     stage.spec = model_spec(ctx.config)
     stage.model = stage.model_from_encoder(stage.spec) if model is None else model
     return cached_embeddings(stage.predictor(), ctx.data.valid, ctx.folder.embedding_set("valid"), _embedding_key(ctx),
@@ -187,10 +188,10 @@ class SequenceStage(_Stage):
     """
 
     name = "sequence"
+    cfg: SequenceStageConfig
 
     def __init__(self, ctx: StageContext) -> None:
-        super().__init__(ctx)
-        self.cfg: SequenceStageConfig = ctx.config.stages.sequence
+        super().__init__(ctx, ctx.config.stages.sequence)
         self.spec = model_spec(ctx.config)
         self.model = self.model_from_encoder(self.spec)
         self.model.encoder.requires_grad_(False)
@@ -249,10 +250,10 @@ class FinetuneStage(_Stage):
     """
 
     name = "finetune"
+    cfg: FinetuneStageConfig
 
     def __init__(self, ctx: StageContext) -> None:
-        super().__init__(ctx)
-        self.cfg: FinetuneStageConfig = ctx.config.stages.finetune
+        super().__init__(ctx, ctx.config.stages.finetune)
         if ctx.folder.model.is_file():
             trained = load_trained(ctx.folder.model, self.runtime.device)
             self.model, self.spec = self._place(trained.module), trained.spec

@@ -67,3 +67,20 @@ def test_gradients_finite_and_zero_when_nothing_valid() -> None:
 def test_shape_mismatch_raises() -> None:
     with pytest.raises(ValueError):
         WeightedBCELoss()(torch.zeros(2, 6), torch.zeros(2, 5))
+
+
+def test_label_smoothing_is_the_loss_of_softened_targets_with_its_minimum_at_one_minus_half_e() -> None:
+    logits, targets = _case()
+    soft = targets * 0.9 + 0.05
+    assert WeightedBCELoss(label_smoothing=0.1)(logits, targets).item() == pytest.approx(
+        WeightedBCELoss()(logits, soft).item(), rel=1e-6)
+    positive = torch.ones(1, 6)
+    best = math.log(0.95 / 0.05)  # the logit of 1 - e/2
+    losses = [WeightedBCELoss(label_smoothing=0.1)(torch.full((1, 6), best + d), positive).item() for d in (-0.5, 0, 0.5)]
+    assert losses[1] < losses[0] and losses[1] < losses[2]
+
+
+@pytest.mark.parametrize("smoothing", [-0.1, 0.5, float("nan")])
+def test_label_smoothing_out_of_range_is_refused(smoothing: float) -> None:
+    with pytest.raises(ValueError, match="label_smoothing"):
+        WeightedBCELoss(label_smoothing=smoothing)
