@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,19 @@ def _diagonal(group: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     return group[same]["ratio"], group[~same]["ratio"]
 
 
+def _change(frame: pd.DataFrame, group: pd.DataFrame, reference: str, rows: list[str]) -> str:
+    """A recipe's diagonal and off-diagonal means against ``reference``'s on the same training rows and
+    seed (a recipe named ``...-s1`` is set against ``reference-s1``): relative changes, "–" for the
+    reference itself or where it has no cells."""
+    seed = re.search(r"-s\d+$", group["recipe"].iloc[0])
+    reference += seed.group() if seed else ""
+    same, other = _diagonal(group)
+    base_same, base_other = _diagonal(frame[(frame["recipe"] == reference) & frame["train"].isin(rows)])
+    if group["recipe"].iloc[0] == reference or base_other.empty:
+        return "–"
+    return f"{same.mean() / base_same.mean() - 1:+.0%}, {other.mean() / base_other.mean() - 1:+.0%}"
+
+
 def read_cells(path: Path) -> list[dict[str, Any]]:
     """The scored cells so far."""
     if not path.is_file():
@@ -164,15 +178,15 @@ def matrix_tables(cells: list[dict[str, Any]], args: Any) -> str:
              f"the column's test split, divided by that of the training prevalence prior (lower is better; "
              f"settings in scripts/shift_matrix.py). Diagonal: same setting; off-diagonal: shifted.", "",
              "| recipe | trained on | diagonal mean | off-diagonal mean | off-diagonal median | off-diagonal worst | "
-             "off-diagonal mean vs `before` on the same rows | train s (mean) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "diagonal, off-diagonal mean vs `before` (same rows and seed) | vs `recipe` | train s (mean) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for recipe, group in frame.groupby("recipe", sort=False):
         rows = [s for s in args.settings if s in set(group["train"])]
         same, other = _diagonal(group)
-        before = _diagonal(frame[(frame["recipe"] == "before") & frame["train"].isin(rows)])[1].mean()
-        change = f"{other.mean() / before - 1:+.0%}" if before == before and recipe != "before" else "–"
+        changes = [_change(frame, group, reference, rows) for reference in ("before", "recipe")]
         lines.append(f"| {recipe} | {', '.join(rows)} | {same.mean():.3f} | **{other.mean():.3f}** | "
-                     f"{other.median():.3f} | {other.max():.3f} | {change} | {group['train_s'].mean():.0f} |")
+                     f"{other.median():.3f} | {other.max():.3f} | {' | '.join(changes)} | "
+                     f"{group['train_s'].mean():.0f} |")
     for recipe, group in frame.groupby("recipe", sort=False):
         grid = group.pivot(index="train", columns="test", values="ratio")
         cols = [s for s in args.settings if s in grid.columns]
