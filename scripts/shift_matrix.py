@@ -1,13 +1,14 @@
 """The shift matrix of ``bench_quality.py --matrix``: train on each generator setting, score on every one.
 
-For each recipe (overrides on top of the config: ``recipe``, the config as it is; ``no-acquisition``,
-the same with every acquisition augmentation off; ``before``, the recipe before the acquisition
-augmentations and the longer slice stage of issue 22; and any ``--recipe NAME=key=value,...``, e.g. an
-ablation ``no-kernel=augment.kernel.p=0``) and each training setting, the model is trained on that
-setting's training split and predicts (GRU + calibration, as ``ich3d predict``) the test split of
-every setting; each cell is the test weighted log loss divided by that of the training set's
-prevalence prior on the same test set. The diagonal is the recipe on data like its training data;
-the off-diagonal cells are scanner/population shifts. Every cell is appended to
+For each recipe (overrides on top of the config: ``smoothing``, the config as it is; ``recipe``, the
+same with the slice stage's label smoothing off (the acquisition recipe of issue 22);
+``no-acquisition``, that with every acquisition augmentation off; ``before``, the recipe before the
+acquisition augmentations and the longer slice stage; and any ``--recipe NAME=key=value,...``, e.g. an
+ablation ``minus-kernel=augment.kernel.p=0,stages.slice.label_smoothing=0``) and each training
+setting, the model is trained on that setting's training split and predicts (GRU + calibration, as
+``ich3d predict``) the test split of every setting; each cell is the test weighted log loss divided by
+that of the training set's prevalence prior on the same test set. The diagonal is the recipe on data
+like its training data; the off-diagonal cells are scanner/population shifts. Every cell is appended to
 ``DATA/matrix/cells.jsonl`` as soon as it is scored, and a rerun skips finished cells and runs.
 """
 
@@ -44,11 +45,13 @@ MATRIX_SETTINGS: dict[str, dict[str, Any]] = {
                "slice_spacings": (5.0, 6.0)},
 }
 _NO_ACQUISITION = [f"augment.{name}.p=0" for name in ACQUISITION]
-#: The recipes every matrix run compares, as overrides of the config.
+_PLAIN_TARGETS = ["stages.slice.label_smoothing=0"]
+#: The recipes every matrix run compares, as overrides of the config (cpu_small: the cells of BENCHMARKS.md).
 RECIPES: dict[str, list[str]] = {
-    "recipe": [],
-    "no-acquisition": _NO_ACQUISITION,
-    "before": ["stages.slice.epochs=6", *_NO_ACQUISITION],
+    "smoothing": [],
+    "recipe": _PLAIN_TARGETS,
+    "no-acquisition": [*_NO_ACQUISITION, *_PLAIN_TARGETS],
+    "before": ["stages.slice.epochs=6", *_NO_ACQUISITION, *_PLAIN_TARGETS],
 }
 SECTION = "## Shift matrix"
 
