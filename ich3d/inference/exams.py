@@ -3,7 +3,7 @@
 One row per study of the dataset (per patient and StudyInstanceUID: a study UID two patients share
 gives two rows) (``exams.csv`` and ``exams.json``): the series read, the exam's probability of each
 label, its flag (the probability at or above the label's threshold: by default the run's operating
-threshold, docs/design.md §4), the key slice (highest ``any``), the slice ranges of each label at or
+threshold, docs/design.md §4; a subtype only on an exam flagged for ``any``), the key slice (highest ``any``), the slice ranges of each label at or
 above the threshold, and a status:
 
 * ``ok``                — the study's soft-kernel, non-contrast axial series was read, every slice by
@@ -148,6 +148,19 @@ class _ExamArrays(NamedTuple):
                    rows["image_id"].to_numpy(object), rows["position"].to_numpy(np.float64))
 
 
+def exam_flags(exam_probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """(6,) bool: the labels an exam is flagged for. ``any`` at or above its threshold is the finding; a
+    subtype is flagged at or above its own threshold on a positive exam only, as the DICOM node answers
+    (an exam is never flagged for a subdural and not for a hemorrhage).
+
+    Args:
+        exam_probs: (6,) exam probabilities in ``LABELS`` order.
+        thresholds: (6,) operating thresholds.
+    """
+    flags = exam_probs >= thresholds
+    return flags & np.r_[True, np.repeat(flags[0], len(LABELS) - 1)]
+
+
 def _exam(arrays: _ExamArrays, rows: slice, chosen: dict, thresholds: np.ndarray) -> dict:
     """The exam fields of one study read from the series ``chosen`` (its series-table row; ``rows``: its
     rows in ``arrays``)."""
@@ -159,7 +172,7 @@ def _exam(arrays: _ExamArrays, rows: slice, chosen: dict, thresholds: np.ndarray
     if n_context:
         reason.append(f"{n_context} unreadable slices predicted from their neighbours")
     exam_probs = smoothed_maximum(probs)
-    exam = dict(zip(PROB_COLUMNS, exam_probs)) | dict(zip(FLAG_COLUMNS, (exam_probs >= thresholds).tolist()))
+    exam = dict(zip(PROB_COLUMNS, exam_probs)) | dict(zip(FLAG_COLUMNS, exam_flags(exam_probs, thresholds).tolist()))
     ranges = {f"slices_{name}": _ranges(index[probs[:, j] >= thresholds[j]])
               for j, name in enumerate(LABELS)}
     header = {name: None if pd.isna(chosen.get(name)) else chosen.get(name)

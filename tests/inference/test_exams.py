@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 from ich3d.constants import LABELS
 from ich3d.errors import InputError
 from ich3d.inference.exam_score import majority_reads, score_exams
-from ich3d.inference.exams import _ranges, exam_table, smoothed_maximum
+from ich3d.inference.exams import _ranges, exam_flags, exam_table, smoothed_maximum
 from ich3d.inference.outputs import PROB_COLUMNS
 from ich3d.metrics import MIN_PER_CLASS_FOR_AUC_CI, wilson_interval
 
@@ -61,6 +61,14 @@ def test_one_exam_row_per_study_with_its_key_slice_and_ranges() -> None:
     assert s1["p_any"] == pytest.approx((0.95 + 0.9 + 0.8) / 3)
     s2 = exams.loc["s2"]
     assert s2["status"] == "no usable series" and np.isnan(s2["p_any"]) and "localizer" in s2["reason"]
+
+
+def test_a_subtype_is_flagged_only_on_an_exam_flagged_for_any() -> None:
+    thresholds = np.array([0.99, 0.5, 0.5, 0.5, 0.5, 0.5])  # a strict `any` point beside unfitted subtypes
+    below = exam_flags(np.array([0.97, 0.1, 0.1, 0.1, 0.1, 0.66]), thresholds)
+    above = exam_flags(np.array([0.995, 0.1, 0.1, 0.1, 0.1, 0.66]), thresholds)
+    assert not below.any()
+    assert above.tolist() == [True, False, False, False, False, True]
 
 
 def _reads(tmp_path: Path, truth: dict[str, list[int]], flips: dict[str, int] | None = None) -> Path:
