@@ -158,7 +158,8 @@ def print_demo(result: dict[str, Any], console: Console) -> None:
     console.print(score_table(result["score"], "demo: held-out synthetic test split"))
     console.print(demo_table(result))
     if result.get("exams"):
-        console.print(exam_table(result["exams"], "demo: exams of a PACS-style export (one row per study)"))
+        console.print(exam_table(result["exams"], "demo: exams of a PACS-style export (one row per study)",
+                                 result.get("exam_threshold")))
         auc = result["exam_score"]["labels"]["any"]["auc"]
         console.print(f"exam AUC(any) against the reads: {_fmt(auc)} over {result['exam_score']['n_exams']} exams "
                       f"(few exams: the table is the point); exams.csv: {result['exams_csv']}")
