@@ -109,8 +109,8 @@ def _clinical_exams(folder: DemoFolder, options: DemoOptions, progress: bool) ->
     summary = predict([folder.run.root], exams.root, dicom_dirs=[export.export], progress=progress)
     table = read_table(exams.exams_csv)
     score = score_exams(exams.exams_csv, export.reads, export.reads_map, n_boot=200)
-    return {"exams": json.loads(table.to_json(orient="records")), "exam_score": score, "exams_csv": str(exams.exams_csv),
-            "exam_threshold": summary.get("exam_threshold")}
+    return {"exams": json.loads(table.to_json(orient="records")), "exam_score": score,
+            "exams_csv": str(exams.exams_csv), "exam_threshold": summary.get("exam_threshold")}
 
 
 def _synthesize(data: SynthFolder, options: DemoOptions, progress: bool) -> None:

@@ -3,8 +3,8 @@
 One row per study of the dataset (per patient and StudyInstanceUID: a study UID two patients share
 gives two rows) (``exams.csv`` and ``exams.json``): the series read, the exam's probability of each
 label, its flag (the probability at or above the label's threshold: by default the run's operating
-threshold, docs/design.md §4; a subtype only on an exam flagged for ``any``), the key slice (highest ``any``), the slice ranges of each label at or
-above the threshold, and a status:
+threshold, docs/design.md §4; a subtype only on an exam flagged for ``any``), the key slice (highest
+``any``), the slice ranges of each label at or above the threshold, and a status:
 
 * ``ok``                — the study's soft-kernel, non-contrast axial series was read, every slice by
   the model;
@@ -172,7 +172,8 @@ def _exam(arrays: _ExamArrays, rows: slice, chosen: dict, thresholds: np.ndarray
     if n_context:
         reason.append(f"{n_context} unreadable slices predicted from their neighbours")
     exam_probs = smoothed_maximum(probs)
-    exam = dict(zip(PROB_COLUMNS, exam_probs)) | dict(zip(FLAG_COLUMNS, exam_flags(exam_probs, thresholds).tolist()))
+    flags = exam_flags(exam_probs, thresholds)
+    exam = dict(zip(PROB_COLUMNS, exam_probs)) | dict(zip(FLAG_COLUMNS, flags.tolist()))
     ranges = {f"slices_{name}": _ranges(index[probs[:, j] >= thresholds[j]])
               for j, name in enumerate(LABELS)}
     header = {name: None if pd.isna(chosen.get(name)) else chosen.get(name)
