@@ -38,7 +38,8 @@ def identity() -> dict[str, Any]:
     return {"a": [1.0] * len(LABELS), "b": [0.0] * len(LABELS), "fitted": [False] * len(LABELS)}
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
+def logit(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)), elementwise, with p clipped to [1e-6, 1 - 1e-6]."""
     p = np.clip(p, _EPS, 1 - _EPS)
     return np.log(p) - np.log1p(-p)
 
@@ -130,7 +131,7 @@ def fit_calibration(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray | 
     groups = np.arange(len(probs)) if groups is None else np.asarray(groups)
     for j in range(len(LABELS)):
         labeled = ~np.isnan(labels[:, j])
-        y, z = labels[labeled, j], _logit(probs[labeled, j])
+        y, z = labels[labeled, j], logit(probs[labeled, j])
         if min((y == 1).sum(), (y == 0).sum()) < MIN_CLASS or not _pays_off(z, y, groups[labeled]):
             continue
         out["a"][j], out["b"][j] = _fit_one(z, y, len(np.unique(groups[labeled])))
@@ -149,5 +150,5 @@ def apply_calibration(probs: np.ndarray, calibration: dict[str, Any] | None) -> 
     out = probs.copy()
     for j, (a, b) in enumerate(zip(calibration["a"], calibration["b"])):
         if (a, b) != (1.0, 0.0):  # the identity leaves a label bit-identical
-            out[:, j] = 1 / (1 + np.exp(-(_logit(probs[:, j]) * a + b)))
+            out[:, j] = 1 / (1 + np.exp(-(logit(probs[:, j]) * a + b)))
     return out

@@ -3,11 +3,13 @@
 A probability is not a decision. A triage reader needs a yes/no per exam, and the point where that
 switch sits is a property of the trained model, measured once on data it did not train on: the
 out-of-fold predictions of a multi-fold run, or the validation fold of a single-fold one. For each
-label the threshold is the highest exam probability at which at least ``target`` of the positive
-exams are flagged (``p >= threshold``); the specificity it gives there is recorded with it
-(docs/design.md §4). Default targets: 0.95 for ``any`` (a triage tool must miss few bleeds), 0.90
-for the five subtypes (rarer, each a smaller share of the positives, so a slightly lower target
-keeps their thresholds from collapsing towards 0). A label with fewer than :data:`MIN_POSITIVES`
+label, at least ``target`` of the positive exams must be flagged (``p >= threshold``); of the
+thresholds that flag the same exams, the one halfway in log-odds between the lowest flagged exam and
+the next exam below it is taken, so that a new positive a little below the lowest fitted one is not
+missed by a hair; the sensitivity and specificity it gives there are recorded with it (docs/design.md
+§4). Default targets: 0.95 for ``any`` (a triage tool must miss few bleeds), 0.90 for the five
+subtypes (rarer, each a smaller share of the positives, so a slightly lower target keeps their
+thresholds from collapsing towards 0). A label with fewer than :data:`MIN_POSITIVES`
 positive exams keeps :data:`DEFAULT_THRESHOLD`, marked not fitted. No torch here.
 """
 
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ich3d.constants import LABELS
+from ich3d.models.calibration import logit
 
 #: Target sensitivity per label (see the module docstring).
 DEFAULT_TARGETS: tuple[float, ...] = tuple(0.95 if name == "any" else 0.90 for name in LABELS)
@@ -79,7 +82,12 @@ def default_points() -> OperatingPoints:
 
 
 def threshold_at_sensitivity(scores: np.ndarray, truth: np.ndarray, target: float) -> tuple[float, float, float]:
-    """The highest threshold t with sensitivity(scores >= t) >= ``target``.
+    """A threshold t with sensitivity(scores >= t) >= ``target`` that flags as few exams as possible.
+
+    The lowest positive score that must be flagged, p, fixes which exams are flagged; any t in (s, p],
+    s the highest score below p, flags the same ones. t is the middle of that gap in log-odds (p itself
+    when no score lies below it): the largest margin on both sides, where p would miss a new positive
+    just below the lowest fitted one.
 
     Args:
         scores: (N,) exam probabilities; truth: (N,) 0/1 with at least one positive.
@@ -89,7 +97,14 @@ def threshold_at_sensitivity(scores: np.ndarray, truth: np.ndarray, target: floa
     """
     positives = np.sort(scores[truth == 1])[::-1]
     needed = max(1, math.ceil(target * len(positives) - 1e-9))
-    threshold = float(positives[needed - 1])
+    lowest_flagged = float(positives[needed - 1])
+    below = scores[scores < lowest_flagged]
+    threshold = lowest_flagged
+    if len(below):
+        next_below = float(below.max())
+        midpoint = float(1 / (1 + np.exp(-logit(np.array([lowest_flagged, next_below])).mean())))
+        if next_below < midpoint <= lowest_flagged:  # not when the two round to the same float
+            threshold = midpoint
     sensitivity = float((positives >= threshold).mean())
     negatives = scores[truth == 0]
     specificity = float((negatives < threshold).mean()) if len(negatives) else float("nan")

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ich3d.constants import LABELS
+from ich3d.inference.exams import exam_flags
 from ich3d.inference.outputs import PROB_COLUMNS
 
 ANALYSED, NOT_ANALYSED = "analysed", "not analysed"
@@ -68,10 +69,12 @@ class StudyAnalysis:
 
     @property
     def flagged(self) -> list[str]:
-        """Subtypes at or above their thresholds, on a positive study."""
-        if self.finding != "present":
+        """Subtypes at or above their thresholds, on a positive study (:func:`exam_flags`, as ``exams.csv``)."""
+        if self.status != ANALYSED:
             return []
-        return [name for name in LABELS[1:] if self.probabilities[name] >= self.threshold[name]]
+        flags = exam_flags(np.array([self.probabilities[name] for name in LABELS]),
+                           np.array([self.threshold[name] for name in LABELS]))
+        return [name for name, flag in zip(LABELS[1:], flags[1:]) if flag]
 
     def __post_init__(self) -> None:
         if self.status == ANALYSED and not self.probabilities:
