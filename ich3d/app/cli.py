@@ -1,154 +1,42 @@
 """The ``ich3d`` command line: thin click wrappers over the typed API (heavy imports inside commands).
 
-Every command turns the failures a user can meet (ich3d's own errors, file-system faults, a bad
-device, a full disk) into one line on stderr, ``error: what, which file, what to do``, with exit code
-1; usage errors (click's, and the API's :class:`~ich3d.errors.UsageError`) exit with 2, and an output
-folder the failed command created and left empty is removed. ``-q/--quiet`` and ``-v/--verbose`` are
-accepted before or after the command.
+Every command is wrapped in :func:`ich3d.app.cli_options.handle_errors`: a failure the user can meet
+becomes one line on stderr, ``error: what, which file, what to do``, with exit code 1 (2 for usage
+errors). ``-q/--quiet`` and ``-v/--verbose`` are accepted before or after the command.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import re
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
 from ich3d import __version__
-from ich3d.atomic import FULL_DISK, disk_full, full_disk_message
-from ich3d.constants import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PARTIAL, MAX_IMAGE_SIZE
-from ich3d.errors import Ich3dError, UsageError
-from ich3d.folders import missing_folder, remove_unused
+from ich3d.app.cli_options import (
+    Count,
+    ExistingDir,
+    ExistingFile,
+    ExistingPath,
+    ImageSize,
+    PathArg,
+    Positive,
+    Probability,
+    check_folds,
+    check_overrides,
+    console_for,
+    handle_errors,
+    is_quiet,
+    series_options,
+    set_verbosity,
+    verbosity_options,
+)
+from ich3d.constants import EXIT_PARTIAL, MAX_IMAGE_SIZE
 
 log = logging.getLogger("ich3d")
-PathArg = click.Path(path_type=Path)
-ExistingDir = click.Path(exists=True, file_okay=False, path_type=Path)
-ExistingFile = click.Path(exists=True, dir_okay=False, path_type=Path)
-ExistingPath = click.Path(exists=True, path_type=Path)
-#: Numbers of things (series, processes, parts, figures); the API checks them too, the CLI makes them usage errors.
-Count, Positive = click.IntRange(min=0), click.IntRange(min=1)
-ImageSize = click.IntRange(min=1, max=MAX_IMAGE_SIZE)
-Probability = click.FloatRange(0, 1, min_open=True, max_open=True)
-
-
-def _os_error_message(exc: OSError) -> str:
-    """``path: reason; what to do`` for a file-system fault."""
-    where = exc.filename or "a file"
-    if exc.filename2:
-        where = f"{where} -> {exc.filename2}"
-    if exc.errno in FULL_DISK:
-        return full_disk_message(where if exc.filename else None, exc)
-    reason = exc.strerror or type(exc).__name__
-    return f"{where}: {reason}; check that the path exists, is the right kind (file or folder) and is writable"
-
-
-def _failure_message(exc: Exception) -> str | None:
-    """The one line of a failure the user can fix, or None for a programming error (its traceback is shown)."""
-    if isinstance(exc, Ich3dError):
-        return str(exc)
-    if isinstance(exc, OSError):
-        return _os_error_message(exc)
-    if isinstance(exc, MemoryError):
-        return "out of memory; use a smaller --batch or --image-size, fewer --workers, or a machine with more memory"
-    full = disk_full(exc)  # e.g. torch's RuntimeError raised from an ENOSPC
-    return None if full is None else _os_error_message(full)
-
-
-def handle_errors(command: Callable) -> Callable:
-    """Turns user-fixable failures into a one-line message and exit code 1 (2 for usage errors, 130 when
-    interrupted); an output folder the failed command created and left empty is removed."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        created = missing_folder(kwargs.get("out"))
-        try:
-            return command(*args, **kwargs)
-        except UsageError as exc:
-            remove_unused(created)
-            raise click.UsageError(" ".join(str(exc).split()), click.get_current_context(silent=True)) from None
-        except KeyboardInterrupt:
-            remove_unused(created)
-            click.echo("interrupted: finished work is kept; rerun the same command to resume", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-        except Exception as exc:
-            remove_unused(created)
-            message = _failure_message(exc)
-            if message is None:
-                raise
-        click.echo(f"error: {' '.join(message.split())}", err=True)
-        sys.exit(EXIT_ERROR)
-
-    return wrapper
-
-
-def _set_verbosity(ctx: click.Context, quiet: bool, verbose: bool) -> None:
-    """Applies -q/-v (given before or after the command: either place switches it on)."""
-    root = ctx.find_root()
-    root.obj = root.obj or {"quiet": False, "verbose": False}
-    root.obj["quiet"] |= quiet
-    root.obj["verbose"] |= verbose
-    level = logging.DEBUG if root.obj["verbose"] else logging.WARNING if root.obj["quiet"] else logging.INFO
-    logging.getLogger().setLevel(level)
-
-
-def verbosity_options(command: Callable) -> Callable:
-    """Adds -q/--quiet and -v/--verbose to a command, so they may follow it."""
-
-    def apply(name: str) -> Callable[[click.Context, click.Parameter, bool], None]:
-        def callback(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-            _set_verbosity(ctx, quiet=name == "quiet" and value, verbose=name == "verbose" and value)
-        return callback
-
-    command = click.option("--quiet", "-q", is_flag=True, expose_value=False, callback=apply("quiet"),
-                           help="No progress bars or tables; warnings and errors only.")(command)
-    return click.option("--verbose", "-v", is_flag=True, expose_value=False, callback=apply("verbose"),
-                        help="Debug logging.")(command)
-
-
-def series_options(command: Callable) -> Callable:
-    """Adds the per-study series choice (--series, --series-rules, --series-uid) and --follow-links to a command."""
-    for option in reversed([
-        click.option("--series", "series_mode", type=click.Choice(["auto", "all"]), default="auto", show_default=True,
-                     help="auto: per study the soft-kernel, non-contrast axial series nearest the target thickness; "
-                          "all: every axial CT series."),
-        click.option("--series-rules", type=ExistingFile,
-                     help="YAML/JSON rules overriding the choice (include, exclude, roles)."),
-        click.option("--series-uid", "series_uids", multiple=True, help="Predict exactly these series (repeatable)."),
-        click.option("--follow-links", is_flag=True,
-                     help="Follow symbolic links that lead out of --dicom-dir [default: reported, not followed]."),
-    ]):
-        command = option(command)
-    return command
-
-
-def _check_overrides(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
-    """``--set`` values must look like ``key.sub=value``."""
-    for value in values:
-        if "=" not in value or not value.split("=", 1)[0].strip():
-            raise click.BadParameter(f"{value!r} must look like key.sub=value", ctx, param)
-    return values
-
-
-def _check_folds(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """``--folds`` is ``all`` or fold numbers such as ``0,1,2``."""
-    if value is not None and value != "all" and not re.fullmatch(r"\d+(,\d+)*", value.replace(" ", "")):
-        raise click.BadParameter(f"{value!r}: give 'all' or fold numbers such as 0,1,2", ctx, param)
-    return value
-
-
-def _quiet(ctx: click.Context) -> bool:
-    return bool(ctx.find_root().obj["quiet"])
-
-
-def _console(ctx: click.Context) -> Any:
-    from rich.console import Console
-
-    return Console(quiet=_quiet(ctx))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -164,7 +52,7 @@ def main(ctx: click.Context, quiet: bool, verbose: bool) -> None:
     logging.basicConfig(format="%(message)s", handlers=[RichHandler(console=Console(stderr=True), show_path=False,
                                                                     show_time=False)])
     ctx.obj = {"quiet": False, "verbose": False}
-    _set_verbosity(ctx, quiet, verbose)
+    set_verbosity(ctx, quiet, verbose)
 
 
 @main.command()
@@ -195,9 +83,9 @@ def synth(ctx: click.Context, out: Path, layout_name: str, n_series: int, n_test
         from ich3d.synth.clinical_plan import ClinicalConfig
 
         clinical = ClinicalConfig(n_studies=n_series, image_size=image_size, seed=seed)
-        with progress_bar(not _quiet(ctx), "synth", count_clinical(clinical)) as advance:
+        with progress_bar(not is_quiet(ctx), "synth", count_clinical(clinical)) as advance:
             counts = make_clinical_export(out, clinical, progress=advance, workers=workers)["counts"]
-        _console(ctx).print(f"clinical export in {out}: {counts['studies']} studies ({counts['patients']} patients, "
+        console_for(ctx).print(f"clinical export in {out}: {counts['studies']} studies ({counts['patients']} patients, "
                             f"{counts['positive_studies']} with hemorrhage), {counts['series']} series, "
                             f"{counts['files']} files; exam truth in reads.csv", soft_wrap=True)
         return
@@ -205,9 +93,9 @@ def synth(ctx: click.Context, out: Path, layout_name: str, n_series: int, n_test
     from ich3d.synth.plan import SynthConfig
 
     config = SynthConfig(n_train_series=n_series, n_test_series=n_test_series, image_size=image_size, seed=seed)
-    with progress_bar(not _quiet(ctx), "synth", count_files(config)) as advance:
+    with progress_bar(not is_quiet(ctx), "synth", count_files(config)) as advance:
         summary = make_synthetic_dataset(out, config, progress=advance, workers=workers)
-    _console(ctx).print(f"synthetic dataset in {out}: " + "; ".join(
+    console_for(ctx).print(f"synthetic dataset in {out}: " + "; ".join(
         f"{split}: {c['images']} images, {c['series']} series, {c['positive_slices']['any']} with hemorrhage"
         for split, c in summary["splits"].items()))
 
@@ -258,10 +146,10 @@ def build_series_command(ctx: click.Context, dicom_dirs: tuple[Path, ...], nifti
     rules = load_rules(series_rules, series_mode, target_thickness, series_uids)
     options = BuildOptions(image_size=image_size, crop=crop, workers=workers, overwrite=overwrite,
                            index_only=index_only, shard=Shard(num_parts, part_id), assume_intercept=assume_intercept,
-                           series_rules=rules, labels_format=labels_format, progress=not _quiet(ctx),
+                           series_rules=rules, labels_format=labels_format, progress=not is_quiet(ctx),
                            follow_links=follow_links)
     summary = build_series(list(dicom_dirs), out, labels_csv=labels, options=options)
-    print_build_summary(summary, _console(ctx))
+    print_build_summary(summary, console_for(ctx))
     require_usable(summary, out)
     if summary["n_skipped"]:
         log.warning("%d of %d files were not usable (reasons in %s/build.json and the index)", summary["n_skipped"],
@@ -285,7 +173,7 @@ def show(ctx: click.Context, image: str, dataset: Path, out: Path, series_montag
     written = [show_image(dataset, image, out)]
     if series_montage:
         written.append(show_series_of_image(dataset, image, out.with_name(out.stem + "_series.png")))
-    _console(ctx).print("wrote " + ", ".join(map(str, written)))
+    console_for(ctx).print("wrote " + ", ".join(map(str, written)))
 
 
 @main.command()
@@ -293,8 +181,8 @@ def show(ctx: click.Context, image: str, dataset: Path, out: Path, series_montag
 @click.option("--config", "config_path", help="YAML config or packaged name (cpu_small, rsna_256).")
 @click.option("--out", required=True, type=PathArg, help="Run folder.")
 @click.option("--fold", type=Count, help="Train this validation fold [default: 0; with --resume: the run's folds].")
-@click.option("--folds", callback=_check_folds, help="all: train every fold, the sequence head on out-of-fold features, one ensemble.")
-@click.option("--set", "overrides", multiple=True, callback=_check_overrides,
+@click.option("--folds", callback=check_folds, help="all: train every fold, the sequence head on out-of-fold features, one ensemble.")
+@click.option("--set", "overrides", multiple=True, callback=check_overrides,
               help="Override a config value: key.sub=value (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--device", help="cpu, cuda, cuda:1 ... [default: cuda if available]")
@@ -311,8 +199,8 @@ def train(ctx: click.Context, dataset: Path, config_path: str | None, out: Path,
         raise click.UsageError("--config is required (unless --resume)")
     if fold is not None and folds is not None:
         raise click.UsageError("give --fold K (one fold) or --folds all (every fold), not both")
-    table = EpochTable(_console(ctx))
-    options = TrainOptions(fold=fold, folds=folds, resume=resume, device=device, progress=not _quiet(ctx))
+    table = EpochTable(console_for(ctx))
+    options = TrainOptions(fold=fold, folds=folds, resume=resume, device=device, progress=not is_quiet(ctx))
     result = fit(dataset, out, config_path, list(overrides), options, report=table.add)
     if os.environ.get("RANK", "0") == "0":  # torchrun: only rank 0 reports
         table.final(result, out)
@@ -371,8 +259,8 @@ def infer(ctx: click.Context, runs: tuple[Path, ...], dataset: Path | None, dico
                            allow_missing=allow_missing, shard=Shard(num_parts, part_id), follow_links=follow_links,
                            engine=engine)
     summary = predict(list(runs), out, dataset=dataset, dicom_dirs=[*dicom_dirs, *nifti],
-                      sample_submission=sample_submission, options=options, progress=not _quiet(ctx))
-    print_infer_summary(summary, _console(ctx))
+                      sample_submission=sample_submission, options=options, progress=not is_quiet(ctx))
+    print_infer_summary(summary, console_for(ctx))
 
 
 @main.command()
@@ -387,7 +275,7 @@ def merge(ctx: click.Context, out: Path, sample_submission: Path | None, allow_m
     from ich3d.app.console import print_infer_summary
     from ich3d.inference.run import merge as merge_parts
 
-    print_infer_summary(merge_parts(out, sample_submission, allow_missing), _console(ctx))
+    print_infer_summary(merge_parts(out, sample_submission, allow_missing), console_for(ctx))
 
 
 @main.command()
@@ -404,7 +292,7 @@ def export(ctx: click.Context, runs: tuple[Path, ...], fmt: str, out: Path) -> N
 
     info = export_run(list(runs), out, fmt)
     worst = max(member["max_abs_diff"] for member in info["members"])
-    _console(ctx).print(f"exported {len(info['members'])} member(s) to {out} (ONNX opset {info['opset']}); "
+    console_for(ctx).print(f"exported {len(info['members'])} member(s) to {out} (ONNX opset {info['opset']}); "
                         f"probabilities within {worst:.1e} of PyTorch's on a synthetic series")
 
 
@@ -441,12 +329,12 @@ def score(ctx: click.Context, predictions: Path, labels: Path | None, labels_for
     result: dict[str, Any] = {}
     if labels is not None:
         result = score_submission(submission, labels, series_lookup(submission, dataset), labels_format)
-        print_score(result, _console(ctx))
+        print_score(result, console_for(ctx))
     if exam_labels is not None:
         from ich3d.inference.exam_score import score_exams
 
         result["exams"] = score_exams(folder.exams_csv, exam_labels, exam_map, threshold)
-        print_exam_score(result["exams"], _console(ctx))
+        print_exam_score(result["exams"], console_for(ctx))
     save_score(result, out or folder.score)
 
 
@@ -455,7 +343,7 @@ def score(ctx: click.Context, predictions: Path, labels: Path | None, labels_for
 @click.option("--n-series", default=60, show_default=True, type=Positive, help="Synthetic training series.")
 @click.option("--n-test-series", default=16, show_default=True, type=Positive)
 @click.option("--config", "config_name", default="cpu_small", show_default=True)
-@click.option("--set", "overrides", multiple=True, callback=_check_overrides, help="Config overrides key=value.")
+@click.option("--set", "overrides", multiple=True, callback=check_overrides, help="Config overrides key=value.")
 @click.option("--seed", default=0, show_default=True)
 @verbosity_options
 @click.pass_context
@@ -466,10 +354,10 @@ def demo(ctx: click.Context, out: Path, n_series: int, n_test_series: int, confi
     from ich3d.app.console import EpochTable, print_demo
     from ich3d.app.demo import DemoOptions, run_demo
 
-    console = _console(ctx)
+    console = console_for(ctx)
     options = DemoOptions(n_series=n_series, n_test_series=n_test_series, config=config_name,
                           overrides=tuple(overrides), seed=seed)
-    result = run_demo(out, options, progress=not _quiet(ctx), report=EpochTable(console).add)
+    result = run_demo(out, options, progress=not is_quiet(ctx), report=EpochTable(console).add)
     print_demo(result, console)
 
 
@@ -493,7 +381,7 @@ def report_command(ctx: click.Context, predictions: Path, labels: Path | None, r
 
     options = ReportOptions(max_series=max_series, gallery=gallery, device=device)
     result = write_report(predictions, out, labels=labels, runs=list(runs), dataset=dataset, options=options)
-    _console(ctx).print(f"wrote {result['report']} ({', '.join(result['sections'])}) in {result['seconds']:.1f} s")
+    console_for(ctx).print(f"wrote {result['report']} ({', '.join(result['sections'])}) in {result['seconds']:.1f} s")
 
 
 @main.command()
@@ -511,7 +399,7 @@ def explain(ctx: click.Context, image: str, runs: tuple[Path, ...], dataset: Pat
     """Draw the Grad-CAM of every label of one image (ID or path) through the whole sequence model."""
     from ich3d.app.explain import explain_image
 
-    _console(ctx).print(f"wrote {explain_image(list(runs), dataset, image, out, device)}")
+    console_for(ctx).print(f"wrote {explain_image(list(runs), dataset, image, out, device)}")
 
 
 @main.command()
@@ -537,7 +425,7 @@ def serve(ctx: click.Context, config_path: Path | None, **options: Any) -> None:
 
     options["allow_ae"] = options["allow_ae"] or None
     run_node(load_serve_config(config_path, options),
-             announce=lambda text: _console(ctx).print(text, markup=False, highlight=False))
+             announce=lambda text: console_for(ctx).print(text, markup=False, highlight=False))
 
 
 if __name__ == "__main__":  # `python -m ich3d.app.cli`, as torchrun launches it
