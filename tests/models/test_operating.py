@@ -47,7 +47,7 @@ def test_a_new_positive_just_below_the_lowest_fitted_one_is_still_flagged() -> N
 def test_threshold_is_the_lowest_positive_when_nothing_lies_below_it() -> None:
     scores, truth = np.array([0.9, 0.6, 0.7]), np.array([1, 1, 0])
     assert threshold_at_sensitivity(scores, truth, 0.95)[:2] == (0.6, 1.0)
-    nearly_one = np.array([1 - 1e-9, 1 - 2e-9, 0.5])  # the same after the metric's clip: no gap to split
+    nearly_one = np.array([1 - 1e-9, 1 - 2e-9, 0.5])  # equal after the logit's clip (1e-6): no gap to split
     assert threshold_at_sensitivity(nearly_one, np.array([1, 0, 0]), 0.95)[:3] == (1 - 1e-9, 1.0, 1.0)
 
 
