@@ -44,6 +44,11 @@ def logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-z)), elementwise: the inverse of :func:`logit`."""
+    return 1 / (1 + np.exp(-z))
+
+
 def _objective(theta: np.ndarray, features: np.ndarray, offset: np.ndarray, y: np.ndarray, centre: np.ndarray,
                ridge: float) -> float:
     """Mean BCE of sigmoid(offset + features @ theta) against y, plus ridge ||theta - centre||²."""
@@ -62,7 +67,7 @@ def _newton(features: np.ndarray, offset: np.ndarray, y: np.ndarray, centre: np.
     theta = centre.copy()
     value = _objective(theta, features, offset, y, centre, ridge)
     for _ in range(iterations):
-        p = 1 / (1 + np.exp(-np.clip(offset + features @ theta, -50, 50)))
+        p = sigmoid(np.clip(offset + features @ theta, -50, 50))
         gradient = features.T @ (p - y) / len(y) + 2 * ridge * (theta - centre)
         hessian = (features * (p * (1 - p))[:, None]).T @ features / len(y) + 2 * ridge * np.eye(len(theta))
         step = np.linalg.solve(hessian, gradient)
@@ -150,5 +155,5 @@ def apply_calibration(probs: np.ndarray, calibration: dict[str, Any] | None) -> 
     out = probs.copy()
     for j, (a, b) in enumerate(zip(calibration["a"], calibration["b"])):
         if (a, b) != (1.0, 0.0):  # the identity leaves a label bit-identical
-            out[:, j] = 1 / (1 + np.exp(-(logit(probs[:, j]) * a + b)))
+            out[:, j] = sigmoid(logit(probs[:, j]) * a + b)
     return out

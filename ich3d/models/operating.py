@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ich3d.constants import LABELS
-from ich3d.models.calibration import logit
+from ich3d.models.calibration import logit, sigmoid
 
 #: Target sensitivity per label (see the module docstring).
 DEFAULT_TARGETS: tuple[float, ...] = tuple(0.95 if name == "any" else 0.90 for name in LABELS)
@@ -102,7 +102,7 @@ def threshold_at_sensitivity(scores: np.ndarray, truth: np.ndarray, target: floa
     threshold = lowest_flagged
     if len(below):
         next_below = float(below.max())
-        midpoint = float(1 / (1 + np.exp(-logit(np.array([lowest_flagged, next_below])).mean())))
+        midpoint = float(sigmoid(logit(np.array([lowest_flagged, next_below])).mean()))
         if next_below < midpoint <= lowest_flagged:  # not when the two round to the same float
             threshold = midpoint
     sensitivity = float((positives >= threshold).mean())
