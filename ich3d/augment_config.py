@@ -32,6 +32,22 @@ class _Acquisition:
 
 
 @dataclass(frozen=True)
+class DensityAugment(_Acquisition):
+    """Another blood density (haematocrit, clot age and retraction, anaemia): the HU excess of blood
+    over grey matter times U(1 - ``contrast``, 1 + ``contrast``) — fainter hyperacute or anaemic bleeds,
+    brighter retracted clots. A piecewise-linear map of the soft-tissue range that leaves grey matter
+    (40 HU) and everything below it, and bone above 140 HU, unchanged."""
+
+    KEY: ClassVar[str] = "density"
+    contrast: float = 0.4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.contrast <= 0.6, "augment.density.contrast",
+               "must be in [0, 0.6] (blood stays above grey matter and below bone)")
+
+
+@dataclass(frozen=True)
 class NoiseAugment(_Acquisition):
     """A lower dose: extra CT noise of standard deviation U(0, ``sd``) HU, spatially correlated by a
     Gaussian of sigma U(0.5, 0.5 + ``correlation``) pixels (the texture a reconstruction kernel gives it)."""
@@ -99,7 +115,7 @@ class AugmentConfig:
         flip, rotate_deg, scale, translate: head position and size: a left-right flip and an affine
             warp (rotation in degrees, scale and shift as fractions of the image), per batch item.
         window_jitter: relative jitter of the display windows' centres and widths.
-        noise, kernel, calibration, thickness, resolution, nonuniformity: acquisition augmentations,
+        density, thickness, resolution, kernel, noise, calibration, nonuniformity: acquisition augmentations,
             applied in HU before windowing with one draw per series and epoch (all off by default).
     """
 
@@ -108,6 +124,7 @@ class AugmentConfig:
     scale: float = 0.1
     translate: float = 0.05
     window_jitter: float = 0.1
+    density: DensityAugment = field(default_factory=DensityAugment)
     noise: NoiseAugment = field(default_factory=NoiseAugment)
     kernel: KernelAugment = field(default_factory=KernelAugment)
     calibration: CalibrationAugment = field(default_factory=CalibrationAugment)
@@ -126,4 +143,4 @@ class AugmentConfig:
 
 
 #: The acquisition augmentations, in the order they are applied to a series (docs/design.md §3).
-ACQUISITION = ("thickness", "resolution", "kernel", "noise", "calibration", "nonuniformity")
+ACQUISITION = ("density", "thickness", "resolution", "kernel", "noise", "calibration", "nonuniformity")

@@ -1,7 +1,7 @@
 """Acquisition augmentations: a series as another scanner, protocol or dose would have shown it.
 
 Each augmentation stands for one physical source of variation between sites (docs/design.md §3):
-slice thickness (partial-volume averaging along z), in-plane resolution, reconstruction kernel, dose
+blood density (the patient, not the scanner, but it differs between populations), slice thickness (partial-volume averaging along z), in-plane resolution, reconstruction kernel, dose
 (correlated noise), HU calibration drift and intensity non-uniformity. They work in Hounsfield units
 on the int16 cache, before windowing, in the order of :data:`ich3d.config.ACQUISITION` (roughly the
 order of the imaging chain), and return int16 HU clipped to the cache's range.
@@ -34,6 +34,7 @@ class SeriesDraw:
 
     Attributes:
         key: seed of the series' per-slice noise.
+        density: factor of blood's HU excess over grey matter (1: as acquired).
         thickness: slab thickness in slice spacings (1: as acquired).
         resolution: in-plane down-sampling factor (1: none).
         kernel: > 0 smoothing sigma in pixels, < 0 minus the sharpening amount, 0: none.
@@ -43,6 +44,7 @@ class SeriesDraw:
     """
 
     key: int
+    density: float = 1.0
     thickness: float = 1.0
     resolution: float = 1.0
     kernel: float = 0.0
@@ -89,8 +91,11 @@ class Acquisition:
         sharper = rng.random() < 0.5
         field = (rng.uniform(-1, 1, 6) * rng.random() * cfg.nonuniformity.hu / 2).tolist()
         kernel = -u[2] * cfg.kernel.sharpen if sharper else u[2] * cfg.kernel.smooth
+        key = int(rng.integers(2**62))
+        density_on, density_u = rng.random() < cfg.density.p, rng.random()  # drawn last: the others' draws predate it
         return SeriesDraw(
-            key=int(rng.integers(2**62)),
+            key=key,
+            density=1 + (2 * density_u - 1) * cfg.density.contrast if density_on else 1.0,
             thickness=1 + u[0] * (cfg.thickness.factor - 1) if on[0] else 1.0,
             resolution=cfg.resolution.factor + u[1] * (1 - cfg.resolution.factor) if on[1] else 1.0,
             kernel=kernel if on[2] else 0.0,
@@ -128,6 +133,8 @@ def apply_draw(hu: np.ndarray, draw: SeriesDraw, slices: np.ndarray, readable: n
     readable = np.ones(len(hu), dtype=bool) if readable is None else np.asarray(readable, dtype=bool)
     x = torch.from_numpy(np.asarray(hu, dtype=np.float32))
     size = x.shape[-1]
+    if draw.density != 1:
+        x = _density(x, draw.density)
     if draw.thickness > 1:
         x = _slab_average(x, draw.thickness, torch.from_numpy(readable))
     x, hu, readable, slices = x[first:last], hu[first:last], readable[first:last], slices[first:last]
@@ -146,6 +153,20 @@ def apply_draw(hu: np.ndarray, draw: SeriesDraw, slices: np.ndarray, readable: n
         x = x + _field(draw.field, size)
     out = x.round().clamp(HU_MIN, HU_MAX).to(torch.int16).numpy()
     return np.where(readable[:, None, None], out, hu)
+
+
+#: The blood density map's fixed points (HU): grey matter, the top of the blood range, the start of bone.
+DENSITY_POINTS = (40.0, 100.0, 140.0)
+
+
+def _density(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """HU with blood's excess over grey matter times ``factor``: piecewise linear through
+    (40, 40), (100, 40 + 60 * factor), (140, 140), identity elsewhere (monotonic for factor < 5/3)."""
+    grey, top, bone = DENSITY_POINTS
+    blood_top = grey + (top - grey) * factor
+    blood = grey + (x - grey) * factor
+    dense = blood_top + (x - top) * (bone - blood_top) / (bone - top)
+    return torch.where((x > grey) & (x <= top), blood, torch.where((x > top) & (x < bone), dense, x))
 
 
 def _gaussian(x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -14,6 +14,7 @@ from ich3d.constants import HU_MAX, HU_MIN
 from ich3d.data.acquisition import Acquisition, SeriesDraw, apply_draw, epoch_acquisition
 from ich3d.data.datasets import SeriesDataset, SliceDataset
 from ich3d.data.tables import SeriesTable, build_table
+from ich3d.errors import ConfigError
 from ich3d.dataset.index import load_index
 
 ALL_ON = [f"augment.{name}.p=1" for name in ACQUISITION]
@@ -40,7 +41,7 @@ def _phantom(n: int = 5, size: int = 48) -> np.ndarray:
 @pytest.mark.parametrize("name", ACQUISITION)
 def test_each_augmentation_keeps_hu_in_range_and_changes_the_image(name: str) -> None:
     hu = _phantom()
-    extreme = {"noise": "sd=200", "kernel": "sharpen=2", "calibration": "offset=100", "thickness": "factor=4",
+    extreme = {"density": "contrast=0.6", "noise": "sd=200", "kernel": "sharpen=2", "calibration": "offset=100", "thickness": "factor=4",
                "resolution": "factor=0.25", "nonuniformity": "hu=100"}[name]
     acquisition = _acquisition([f"augment.{name}.p=1", f"augment.{name}.{extreme}"])
     changed = 0
@@ -74,10 +75,19 @@ def test_draw_depends_on_seed_epoch_and_series_only() -> None:
     np.testing.assert_array_equal(a.apply(hu, "1.2.3", np.arange(5)), b.apply(hu, "1.2.3", np.arange(5)))
 
 
+def test_a_density_contrast_that_would_reach_bone_is_refused() -> None:
+    with pytest.raises(ConfigError, match="augment.density.contrast.*must be in \\[0, 0.6\\]"):
+        _acquisition(["augment.density.p=1", "augment.density.contrast=0.7"])
+
+
 def test_switching_one_augmentation_off_keeps_the_others_draws() -> None:
     on, off = _acquisition(ALL_ON).draw("1.2.3"), _acquisition(ALL_ON + ["augment.noise.p=0"]).draw("1.2.3")
     assert off.noise_sd == 0 and on.noise_sd > 0
-    assert (on.scale, on.offset, on.kernel, on.thickness) == (off.scale, off.offset, off.kernel, off.thickness)
+    assert (on.scale, on.offset, on.kernel, on.thickness, on.density) == (off.scale, off.offset, off.kernel,
+                                                                          off.thickness, off.density)
+    without = _acquisition(ALL_ON + ["augment.density.p=0"]).draw("1.2.3")
+    assert without.density == 1 and on.density != 1
+    assert without == SeriesDraw(**{**on.__dict__, "density": 1.0})
 
 
 def test_physics_of_each_transform() -> None:
@@ -89,6 +99,11 @@ def test_physics_of_each_transform() -> None:
     fields = np.corrcoef(noisy[0].ravel()[:-1], noisy[0].ravel()[1:])[0, 1]
     assert fields > 0.5  # correlated between neighbouring pixels, not white
     assert not np.array_equal(noisy[0], noisy[1])  # each slice its own noise
+    tissue = np.array([[[-1000, 20, 40, 70, 100, 120, 140, 1000]]], dtype=np.int16)
+    fainter = apply_draw(tissue, SeriesDraw(key=0, density=0.5), np.arange(1))
+    brighter = apply_draw(tissue, SeriesDraw(key=0, density=1.5), np.arange(1))
+    assert fainter.tolist() == [[[-1000, 20, 40, 55, 70, 105, 140, 1000]]]  # blood only: grey matter, bone fixed
+    assert brighter.tolist() == [[[-1000, 20, 40, 85, 130, 135, 140, 1000]]]  # and the map stays monotonic
     bright = np.zeros((5, 8, 8), dtype=np.int16)
     bright[2] = 300
     slab = apply_draw(bright, SeriesDraw(key=0, thickness=3.0), np.arange(5))
