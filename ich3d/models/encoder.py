@@ -49,27 +49,44 @@ class ResidualConv(nn.Module):
         return x + self.conv(x)
 
 
+class AvgMaxPool(nn.Module):
+    """Global average and maximum pooling, concatenated: (M, C, H, W) -> (M, 2C, 1, 1)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True)], dim=1)
+
+
+#: Global pooling of the small encoder.
+POOLS = ("avg", "avgmax")
+
+
 class SmallEncoder(nn.Module):
     """A CPU-sized CNN (about 0.7 M parameters with the default widths).
 
     A stride-2 3x3 stem, then one stage per width: a stride-2 ConvBNAct and a residual ConvBNAct;
-    global average pooling. Total stride 32 (4x4 features at 128 px).
+    global pooling. Total stride 32 (4x4 features at 128 px).
 
     Args:
         in_channels: C of the (M, C, S, S) input.
-        widths: channels of the stem (first entry) and of every stage; F = ``widths[-1]``.
+        widths: channels of the stem (first entry) and of every stage.
+        pool: ``avg``, global average pooling (F = ``widths[-1]``), or ``avgmax``, the average and the
+            maximum concatenated (F = 2 ``widths[-1]``): a bleed in one cell of the last feature map
+            is not diluted by the other cells.
     """
 
-    def __init__(self, in_channels: int, widths: tuple[int, ...] | list[int] = (24, 24, 48, 96, 192)) -> None:
+    def __init__(self, in_channels: int, widths: tuple[int, ...] | list[int] = (24, 24, 48, 96, 192),
+                 pool: str = "avg") -> None:
         super().__init__()
         if len(widths) < 2:
             raise ValueError(f"widths needs a stem and at least one stage, got {widths}")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
         stages = [ConvBNAct(in_channels, widths[0], stride=2)]
         for c_in, c_out in zip(widths[:-1], widths[1:]):
             stages += [ConvBNAct(c_in, c_out, stride=2), ResidualConv(c_out)]
         self.features = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.out_features = int(widths[-1])
+        self.pool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else AvgMaxPool()
+        self.out_features = int(widths[-1]) * (1 if pool == "avg" else 2)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

@@ -54,6 +54,18 @@ def test_small_encoder_widths() -> None:
     assert encoder(torch.rand(1, 3, 32, 32)).shape == (1, 32)
 
 
+def test_small_encoder_avgmax_pooling_keeps_a_one_cell_signal() -> None:
+    encoder = build_encoder("small", 3, widths=[8, 16, 32], pool="avgmax").eval()
+    assert encoder.out_features == 64
+    feature_map = torch.zeros(1, 32, 4, 4)
+    feature_map[0, :, 1, 2] = 1.0  # one cell of sixteen lights up
+    pooled = encoder.pool(feature_map).flatten(1)
+    assert torch.allclose(pooled[0, :32], torch.full((32,), 1 / 16)) and torch.all(pooled[0, 32:] == 1)
+    assert encoder(torch.rand(2, 3, 32, 32)).shape == (2, 64)
+    with pytest.raises(ConfigError, match="pool must be one of avg, avgmax"):
+        build_encoder("small", 3, pool="median")
+
+
 def _eval_output(encoder: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return encoder.eval()(x)
