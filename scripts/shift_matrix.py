@@ -171,8 +171,8 @@ def read_cells(path: Path) -> list[dict[str, Any]]:
 
 
 def matrix_tables(cells: list[dict[str, Any]], args: Any) -> str:
-    """The BENCHMARKS section: a summary row per recipe (set against ``before`` on the same rows), then
-    each recipe's matrix of ratios."""
+    """The BENCHMARKS section: a summary row per recipe (set against ``before``, ``recipe`` and
+    ``smoothing``, the config as it is, on the same rows and seed), then each recipe's matrix of ratios."""
     frame = pd.DataFrame([c for c in cells if c["train"] in args.settings and c["test"] in args.settings])
     lines = [SECTION, "", f"`python scripts/bench_quality.py --matrix --size {args.size} --image-size "
              f"{args.image_size} --config {args.config}{''.join(' --set ' + o for o in args.overrides)}"
@@ -181,12 +181,13 @@ def matrix_tables(cells: list[dict[str, Any]], args: Any) -> str:
              f"the column's test split, divided by that of the training prevalence prior (lower is better; "
              f"settings in scripts/shift_matrix.py). Diagonal: same setting; off-diagonal: shifted.", "",
              "| recipe | trained on | diagonal mean | off-diagonal mean | off-diagonal median | off-diagonal worst | "
-             "diagonal, off-diagonal mean vs `before` (same rows and seed) | vs `recipe` | train s (mean) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "diagonal, off-diagonal mean vs `before` (same rows and seed) | vs `recipe` | vs `smoothing` | "
+             "train s (mean) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for recipe, group in frame.groupby("recipe", sort=False):
         rows = [s for s in args.settings if s in set(group["train"])]
         same, other = _diagonal(group)
-        changes = [_change(frame, group, reference, rows) for reference in ("before", "recipe")]
+        changes = [_change(frame, group, reference, rows) for reference in ("before", "recipe", "smoothing")]
         lines.append(f"| {recipe} | {', '.join(rows)} | {same.mean():.3f} | **{other.mean():.3f}** | "
                      f"{other.median():.3f} | {other.max():.3f} | {' | '.join(changes)} | "
                      f"{group['train_s'].mean():.0f} |")

@@ -23,11 +23,13 @@ pytest.importorskip("onnx")
 
 @pytest.fixture(scope="module")
 def fold_ensemble(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two folds trained out of fold on the slice stage's logits, with 2.5D input and a timm-free encoder."""
+    """Two folds trained out of fold on the slice stage's logits, with 2.5D input and a timm-free encoder
+    pooled by average and maximum (both ONNX reductions)."""
     from ich3d.training.fit import TrainOptions, fit
 
     out = tmp_path_factory.mktemp("runs") / "ensemble"
-    fit(tiny_dataset, out, "cpu_small", TINY_TRAINING + ["folds=2", "model.features=logits", "data.input=bsb25d"],
+    fit(tiny_dataset, out, "cpu_small", TINY_TRAINING + ["folds=2", "model.features=logits", "data.input=bsb25d",
+                                                       "model.encoder.kwargs.pool=avgmax"],
         options=TrainOptions(folds="all"))
     return out
 
