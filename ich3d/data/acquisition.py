@@ -1,10 +1,11 @@
 """Acquisition augmentations: a series as another scanner, protocol or dose would have shown it.
 
 Each augmentation stands for one physical source of variation between sites (docs/design.md §3):
-blood density (the patient, not the scanner, but it differs between populations), slice thickness (partial-volume averaging along z), in-plane resolution, reconstruction kernel, dose
+blood density (the patient's, not the scanner's, but it differs between populations), slice
+thickness (partial-volume averaging along z), in-plane resolution, reconstruction kernel, dose
 (correlated noise), HU calibration drift and intensity non-uniformity. They work in Hounsfield units
-on the int16 cache, before windowing, in the order of :data:`ich3d.config.ACQUISITION` (roughly the
-order of the imaging chain), and return int16 HU clipped to the cache's range.
+on the int16 cache, before windowing, in the order of :data:`ich3d.config.ACQUISITION` (the patient,
+then roughly the order of the imaging chain), and return int16 HU clipped to the cache's range.
 
 A series gets one draw per epoch: :meth:`Acquisition.draw` is a pure function of (seed, epoch, series
 UID), so every slice the slice stage samples from a series in an epoch — and every neighbour of a 2.5D

@@ -14,8 +14,8 @@ from ich3d.constants import HU_MAX, HU_MIN
 from ich3d.data.acquisition import Acquisition, SeriesDraw, apply_draw, epoch_acquisition
 from ich3d.data.datasets import SeriesDataset, SliceDataset
 from ich3d.data.tables import SeriesTable, build_table
-from ich3d.errors import ConfigError
 from ich3d.dataset.index import load_index
+from ich3d.errors import ConfigError
 
 ALL_ON = [f"augment.{name}.p=1" for name in ACQUISITION]
 
@@ -41,8 +41,8 @@ def _phantom(n: int = 5, size: int = 48) -> np.ndarray:
 @pytest.mark.parametrize("name", ACQUISITION)
 def test_each_augmentation_keeps_hu_in_range_and_changes_the_image(name: str) -> None:
     hu = _phantom()
-    extreme = {"density": "contrast=0.6", "noise": "sd=200", "kernel": "sharpen=2", "calibration": "offset=100", "thickness": "factor=4",
-               "resolution": "factor=0.25", "nonuniformity": "hu=100"}[name]
+    extreme = {"density": "contrast=0.6", "noise": "sd=200", "kernel": "sharpen=2", "calibration": "offset=100",
+               "thickness": "factor=4", "resolution": "factor=0.25", "nonuniformity": "hu=100"}[name]
     acquisition = _acquisition([f"augment.{name}.p=1", f"augment.{name}.{extreme}"])
     changed = 0
     for uid in ("1.2.3", "1.2.4", "1.2.5", "1.2.6"):
