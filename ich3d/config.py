@@ -196,9 +196,21 @@ class SeriesStageConfig(StageConfig):
 
 @dataclass(frozen=True)
 class SequenceStageConfig(SeriesStageConfig):
-    """Stage 2, the sequence head on cached slice embeddings (the encoder is frozen)."""
+    """Stage 2, the sequence head on cached slice embeddings (the encoder is frozen).
+
+    Attributes:
+        augmented_views: training views embedded under the ``augment`` settings besides the plain and
+            flipped ones, each one fixed draw per series (docs/design.md §4). One-fold runs only: an
+            out-of-fold head already trains on embeddings of series its encoders did not see.
+    """
 
     STAGE: ClassVar[str] = "sequence"
+
+    augmented_views: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(0 <= self.augmented_views <= 8, "stages.sequence.augmented_views", "must be 0 to 8")
 
 
 @dataclass(frozen=True)

@@ -8,21 +8,59 @@ slices (:func:`series_input`) and (B, N) flat slice indices of series or crops o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ich3d.config import DataConfig
+from ich3d.config import AugmentConfig, DataConfig
+from ich3d.data.acquisition import Acquisition, epoch_acquisition, series_key
 from ich3d.data.datasets import SeriesDataset, pad_series
 from ich3d.data.tables import SeriesTable
-from ich3d.data.transforms import AugmentParams, series_neighbours, to_input
+from ich3d.data.transforms import AugmentParams, sample_augment, series_neighbours, to_input
 from ich3d.runtime import Runtime
+
+#: Augmented views draw as epochs from here on: never a draw the slice stage trained on.
+_VIEW_DRAWS = 1_000_000
+
+
+@dataclass(frozen=True)
+class AugmentedView:
+    """The training augmentations drawn once per series: an augmented view of a table's embeddings.
+
+    A series' draw (acquisition, flip, affine, window jitter) is a pure function of the seed, the
+    view's number and the series UID, so a view is the same whatever the batching, rank or table order.
+
+    Attributes:
+        augment: the ``augment`` config.
+        seed: the run's seed.
+        number: the view's number (0, 1, ...).
+    """
+
+    augment: AugmentConfig
+    seed: int
+    number: int
+
+    def acquisition(self) -> Acquisition | None:
+        """The view's acquisition draws (None when every acquisition augmentation is off)."""
+        return epoch_acquisition(self.augment, self.seed, _VIEW_DRAWS + self.number)
+
+    def params(self, series_uids: Sequence[str]) -> AugmentParams:
+        """(B) flip, affine and window parameters of a batch's series."""
+        draws = [sample_augment(1, self.augment, torch.Generator().manual_seed(
+            int(np.random.SeedSequence([self.seed, self.number, series_key(uid)]).generate_state(1)[0])))
+            for uid in series_uids]
+        return AugmentParams(*(torch.cat([getattr(d, name) for d in draws]) for name in ("flip", "theta", "windows")))
 
 
 def series_loader(table: SeriesTable, series_ids: np.ndarray, batch_size: int, num_workers: int,
-                  runtime: Runtime, crop_len: int = 0, crop_starts: np.ndarray | None = None) -> DataLoader:
-    """A loader of padded series batches (see :func:`ich3d.data.datasets.pad_series`)."""
-    dataset = SeriesDataset(table, series_ids, crop_len=crop_len, crop_starts=crop_starts)
+                  runtime: Runtime, crop_len: int = 0, crop_starts: np.ndarray | None = None,
+                  acquisition: Acquisition | None = None) -> DataLoader:
+    """A loader of padded series batches (see :func:`ich3d.data.datasets.pad_series`), with
+    ``acquisition`` applied to each series (None: the cache as it is)."""
+    dataset = SeriesDataset(table, series_ids, crop_len=crop_len, crop_starts=crop_starts, acquisition=acquisition)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       collate_fn=pad_series, pin_memory=runtime.device.type == "cuda",
                       persistent_workers=False)

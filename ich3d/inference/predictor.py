@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ich3d.constants import LABELS
-from ich3d.data.batching import flat_positions, sequence_index, series_input, series_loader
+from ich3d.data.batching import AugmentedView, flat_positions, sequence_index, series_input, series_loader
 from ich3d.data.tables import SeriesTable
 from ich3d.errors import InputError
 from ich3d.inference import ensemble
@@ -182,7 +182,8 @@ class Predictor:
     # --- one member over a table ---
 
     def embed_table(self, member: int, table: SeriesTable, series_ids: np.ndarray, flips: tuple[bool, ...] = (False,),
-                    out: list[np.ndarray] | None = None, advance: Advance | None = None) -> list[np.ndarray]:
+                    out: list[np.ndarray] | None = None, advance: Advance | None = None,
+                    augmented: AugmentedView | None = None) -> list[np.ndarray]:
         """Embeds the readable slices of ``series_ids``, once per view, in one pass over the data.
 
         Args:
@@ -190,16 +191,19 @@ class Predictor:
             out: one (n_slices, F) array per view to write into (any float dtype, e.g. an fp16 memory
                 map); None allocates float32 arrays.
             advance: called with the number of series done after each batch (progress bars).
+            augmented: the slices as that view's draws show them (training features), before any flip.
 
         Returns:
             One (n_slices, F) array per view, for the whole table; rows of other series and of
             unreadable slices are left as they were (zero when allocated here).
         """
         views, model = out, self.models[member]
-        loader = series_loader(table, series_ids, self.options.batch_series, self.options.loaders, self.runtime)
+        loader = series_loader(table, series_ids, self.options.batch_series, self.options.loaders, self.runtime,
+                               acquisition=None if augmented is None else augmented.acquisition())
         with eval_mode(model.module):
             for batch in loader:
-                x, keep = series_input(batch, model.data, self.runtime)
+                params = None if augmented is None else augmented.params(table.series_uids[batch["index"].numpy()])
+                x, keep = series_input(batch, model.data, self.runtime, params)
                 rows = flat_positions(table, batch)[keep.cpu()].numpy()
                 for view, flip in enumerate(flips):
                     emb = self.embed(member, x.flip(-1) if flip else x)

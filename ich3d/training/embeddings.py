@@ -10,6 +10,7 @@ from (fold, table, encoder checkpoint, input settings); a set that does not matc
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from ich3d.atomic import write_json_atomic
+from ich3d.data.batching import AugmentedView
 from ich3d.data.tables import SeriesTable
 from ich3d.errors import ConfigError
 from ich3d.inference.predictor import Predictor
@@ -35,7 +37,8 @@ class Embeddings:
 
     Attributes:
         views: (n_slices, F) float16 arrays; view 0 is the plain image, view 1 (when present) its
-            left-right flip. Rows of unreadable slices are zero.
+            left-right flip, further views (training sets only) augmented draws. Rows of unreadable
+            slices are zero.
     """
 
     views: tuple[np.ndarray, ...]
@@ -127,7 +130,7 @@ def open_embeddings(folder: EmbeddingsFolder, table: SeriesTable) -> Embeddings:
     meta = _read_meta(folder)
     if meta is None or meta.get("table") != _table_id(table):
         raise ConfigError(f"{folder.root}: no embeddings of this fold's series (rerun `ich3d train --resume`)")
-    return Embeddings(tuple(np.load(folder.view(v), mmap_mode="r") for v in range(len(meta["flips"]))))
+    return Embeddings(tuple(np.load(folder.view(v), mmap_mode="r") for v in range(meta["views"])))
 
 
 def fingerprint(path: Path) -> str:
@@ -144,7 +147,7 @@ def _table_id(table: SeriesTable) -> str:
 
 
 def cached_embeddings(predictor: Predictor, table: SeriesTable, folder: EmbeddingsFolder, key: dict[str, Any],
-                      flips: tuple[bool, ...]) -> Embeddings:
+                      flips: tuple[bool, ...], augmented: tuple[AugmentedView, ...] = ()) -> Embeddings:
     """The embeddings of every slice of ``table``, computed once into ``folder`` and memory-mapped.
 
     Args:
@@ -154,18 +157,25 @@ def cached_embeddings(predictor: Predictor, table: SeriesTable, folder: Embeddin
         folder: where the set lives (created); a set made from something else is replaced.
         key: what the set depends on besides the table (fold, encoder fingerprint, ...), stored in
             ``meta.json`` and compared on reuse.
-        flips: the views (False: plain, True: flipped).
+        flips: the first views (False: plain, True: flipped).
+        augmented: the views after them, each under its own augmentation draws (training features).
 
     Returns:
         The :class:`Embeddings`.
     """
     member = predictor.models[0]
     meta = {**key, "table": _table_id(table), "n_slices": table.n_slices, "features": member.module.out_features,
-            "flips": list(flips), "data": vars(member.data).copy(), "dtype": "float16"}
-    paths = [folder.view(v) for v in range(len(flips))]
+            "flips": list(flips), "augmented": [_describe(view) for view in augmented],
+            "views": len(flips) + len(augmented), "data": vars(member.data).copy(), "dtype": "float16"}
+    paths = [folder.view(v) for v in range(meta["views"])]
     if _read_meta(folder) != meta:
-        _write(predictor, table, folder, meta, paths, flips)
+        _write(predictor, table, folder, meta, paths, flips, augmented)
     return Embeddings(tuple(np.load(path, mmap_mode="r") for path in paths))
+
+
+def _describe(view: AugmentedView) -> dict[str, Any]:
+    """What an augmented view is made from, as JSON (``meta.json``)."""
+    return json.loads(json.dumps(dataclasses.asdict(view)))
 
 
 def _read_meta(folder: EmbeddingsFolder) -> dict[str, Any] | None:
@@ -176,7 +186,7 @@ def _read_meta(folder: EmbeddingsFolder) -> dict[str, Any] | None:
 
 
 def _write(predictor: Predictor, table: SeriesTable, folder: EmbeddingsFolder, meta: dict[str, Any], paths: list[Path],
-           flips: tuple[bool, ...]) -> None:
+           flips: tuple[bool, ...], augmented: tuple[AugmentedView, ...]) -> None:
     """Rank 0 creates zero-filled files; every rank fills its series' rows; rank 0 writes meta.json."""
     runtime = predictor.runtime
     if runtime.is_main:
@@ -188,7 +198,9 @@ def _write(predictor: Predictor, table: SeriesTable, folder: EmbeddingsFolder, m
     barrier(runtime)
     maps = [np.lib.format.open_memmap(path, mode="r+") for path in paths]
     mine = np.arange(runtime.rank, len(table.series_uids), runtime.world_size)
-    predictor.embed_table(0, table, mine, flips, out=maps)
+    predictor.embed_table(0, table, mine, flips, out=maps[:len(flips)])
+    for view, array in zip(augmented, maps[len(flips):]):
+        predictor.embed_table(0, table, mine, out=[array], augmented=view)
     for array in maps:
         array.flush()
     del maps

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from ich3d.config import FinetuneStageConfig, InferConfig, SequenceStageConfig, SliceStageConfig, StageConfig
 from ich3d.data.acquisition import epoch_acquisition
-from ich3d.data.batching import sequence_index, series_input
+from ich3d.data.batching import AugmentedView, sequence_index, series_input
 from ich3d.data.datasets import SeriesDataset, SliceDataset, pad_series
 from ich3d.data.samplers import batches, sample_slices, sampling_logit_offset
 from ich3d.data.tables import SeriesTable
@@ -181,8 +181,8 @@ def hide_slices(readable: torch.Tensor, rate: float, generator: torch.Generator)
 class SequenceStage(_Stage):
     """Stage 2: the sequence head on cached embeddings of whole series (or crops); encoder frozen.
 
-    The embeddings (plain and flipped view of every training slice, plain view of every validation
-    slice) are computed once per fold into ``fold_<K>/embeddings/`` (:mod:`ich3d.training.embeddings`).
+    The embeddings (plain and flipped view of every training slice and ``augmented_views`` augmented
+    ones, plain and flipped view of every validation slice) are computed once per fold into ``fold_<K>/embeddings/`` (:mod:`ich3d.training.embeddings`).
     A batch is a dict of ``index``/``mask`` (B, N) and ``view`` (B,) (which view each series is
     drawn from this epoch).
     """
@@ -199,8 +199,11 @@ class SequenceStage(_Stage):
             self.model.projection.requires_grad_(False)
         self.valid_embeddings = embed_validation(ctx, self.model)
         if ctx.other_folds is None:
+            augmented = tuple(AugmentedView(ctx.config.augment, ctx.config.seed, v)
+                              for v in range(self.cfg.augmented_views))
             self.train_embeddings: Embeddings | OutOfFold = cached_embeddings(
-                self.predictor(), ctx.data.train, ctx.folder.embedding_set("train"), _embedding_key(ctx), (False, True))
+                self.predictor(), ctx.data.train, ctx.folder.embedding_set("train"), _embedding_key(ctx), (False, True),
+                augmented)
         else:  # each training series embedded by the encoder of the fold that held it out
             self.train_embeddings = out_of_fold(ctx.data.train, {j: table for j, (table, _) in ctx.other_folds.items()},
                                                 {j: folder.embedding_set("valid") for j, (_, folder) in
