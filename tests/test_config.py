@@ -36,6 +36,7 @@ def test_overrides_are_typed_and_nested() -> None:
         ({"data": {"input": "rgb"}}, "data.input"),
         ({"stages": {"slice": {"lr": -1}}}, "'stages.slice.lr': must be > 0"),
         ({"stages": {"sequence": {"drop_slices": 1.5}}}, "'stages.sequence.drop_slices'"),
+        ({"stages": {"sequence": {"augmented_views": 9}}}, "'stages.sequence.augmented_views': must be 0 to 8"),
         ({"stages": {"slice": {"label_smoothing": 0.5}}}, "'stages.slice.label_smoothing': must be in [0, 0.5)"),
         ({"stages": {"warmup": {}}}, "unknown config key(s) stages.warmup"),
         ({"stages": {"sequence": {}}}, "the slice stage trains the encoder"),

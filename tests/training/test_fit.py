@@ -9,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_TRAINING as TINY
 
 from ich3d.checkpoint import load_checkpoint
+from ich3d.config import load_config
 from ich3d.errors import ConfigError, InputError
 from ich3d.layout import RunFolder
 from ich3d.training.fit import TrainOptions, fit
@@ -205,6 +207,43 @@ def test_a_killed_multi_fold_run_resumes_at_its_fold_and_epoch(tiny_dataset: Pat
         assert all(torch.equal(a["state_dict"][name], b["state_dict"][name]) for name in a["state_dict"])
         assert a["calibration"] == b["calibration"]
         assert [r["valid"] for r in _records(full, k)] == [r["valid"] for r in _records(killed, k)]
+
+
+def test_augmented_views_are_fixed_draws_of_each_training_series(tiny_dataset: Path, tmp_path: Path) -> None:
+    from ich3d.data.batching import AugmentedView
+    from ich3d.data.tables import build_table
+    from ich3d.dataset.index import load_index
+    from ich3d.inference.predictor import Predictor, RuntimeOptions
+    from ich3d.models.io import load_trained
+    from ich3d.runtime import setup_runtime
+    from ich3d.training.embeddings import open_embeddings
+    from ich3d.training.splits import load_splits, split_series
+
+    run = RunFolder(tmp_path / "views")
+    fit(tiny_dataset, run.root, "cpu_small", TINY + ["stages.sequence.augmented_views=2"])
+    slices, _ = load_index(tiny_dataset)
+    train = build_table(tiny_dataset, slices, split_series(load_splits(run.splits), 0)[0])
+    views = open_embeddings(run.fold(0).embedding_set("train"), train).views
+    assert len(views) == 4
+    shown = train.readable
+    plain, first, second = (np.asarray(views[v], dtype=np.float32)[shown] for v in (0, 2, 3))
+    assert not np.allclose(first, plain, atol=1e-2) and not np.allclose(first, second, atol=1e-2)
+    # A series' draw depends on the seed, the view and its UID only: embedded alone it is the same
+    model = load_trained(run.fold(0).model, torch.device("cpu"))  # the sequence stage kept the encoder as it was
+    predictor = Predictor([model], setup_runtime("cpu", False), RuntimeOptions(batch_series=1))
+    config = load_config(run.config)
+    last = len(train.series_uids) - 1
+    alone = predictor.embed_table(0, train, np.array([last]), augmented=AugmentedView(config.augment, config.seed, 1))[0]
+    rows = np.arange(train.offsets[last], train.offsets[last + 1])
+    rows = rows[train.readable[rows]]
+    np.testing.assert_allclose(alone[rows], np.asarray(views[3][rows], dtype=np.float32), rtol=1e-2, atol=1e-2)
+
+
+def test_augmented_views_are_refused_out_of_fold(tiny_dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="augmented_views': one-fold runs only"):
+        fit(tiny_dataset, tmp_path / "oof", "cpu_small", OOF + ["stages.sequence.augmented_views=1"],
+            options=TrainOptions(folds="all"))
+    assert not (tmp_path / "oof").exists()
 
 
 def test_fold_requests() -> None:
