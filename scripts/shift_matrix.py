@@ -26,6 +26,7 @@ import pandas as pd
 
 import ich3d
 from ich3d.augment_config import ACQUISITION
+from ich3d.constants import LABELS
 from ich3d.inference.submission import write_submission
 from ich3d.layout import InferFolder, RunFolder, SynthFolder
 from ich3d.metrics import prior_predictions
@@ -92,9 +93,10 @@ def score_cell(run: RunFolder, test: Path, test_dataset: Path, work: Path) -> di
     if not out.submission.is_file():
         ich3d.predict([run.root], out.root, dataset=test_dataset, sample_submission=sample, progress=False)
     prior = prior_submission(run, sample, InferFolder(work / "prior"))
-    model = ich3d.score_submission(out.submission, labels)["weighted_log_loss"]
-    base = ich3d.score_submission(prior.submission, labels)["weighted_log_loss"]
-    return {"wll": model, "prior": base, "ratio": model / base}
+    model, base = ich3d.score_submission(out.submission, labels), ich3d.score_submission(prior.submission, labels)
+    return {"wll": model["weighted_log_loss"], "prior": base["weighted_log_loss"],
+            "ratio": model["weighted_log_loss"] / base["weighted_log_loss"],
+            "labels": {label: [model["log_loss"][label], base["log_loss"][label]] for label in LABELS}}
 
 
 def run_matrix(args: Any) -> None:
@@ -170,6 +172,28 @@ def read_cells(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def label_table(frame: pd.DataFrame) -> list[str]:
+    """Per-label ratios (mean log loss of the model over mean of the prior), diagonal and off-diagonal,
+    of the recipes whose every cell was scored per label; no lines when none was."""
+    if "labels" not in frame:
+        return []
+    lines = ["", "Per label (diagonal / off-diagonal: the model's mean log loss of the label over the prior's; "
+             "`any` weighs twice in the total)", "", "| recipe | " + " | ".join(LABELS) + " |",
+             "|---|" + "---|" * len(LABELS)]
+    for recipe, group in frame.groupby("recipe", sort=False):
+        if group["labels"].isna().any():
+            continue
+        same = (group["train"] == group["test"]).to_numpy()
+        losses = np.array([[cell[label] for label in LABELS] for cell in group["labels"]])  # (cells, 6, 2)
+
+        def ratio(rows: np.ndarray) -> np.ndarray:
+            return losses[rows, :, 0].mean(0) / losses[rows, :, 1].mean(0)
+
+        lines.append(f"| {recipe} | " + " | ".join(f"{d:.2f} / {o:.2f}" for d, o in zip(ratio(same), ratio(~same)))
+                     + " |")
+    return lines
+
+
 def matrix_tables(cells: list[dict[str, Any]], args: Any) -> str:
     """The BENCHMARKS section: a summary row per recipe (set against ``before``, ``recipe`` and
     ``smoothing``, the config as it is, on the same rows and seed), then each recipe's matrix of ratios."""
@@ -191,6 +215,7 @@ def matrix_tables(cells: list[dict[str, Any]], args: Any) -> str:
         lines.append(f"| {recipe} | {', '.join(rows)} | {same.mean():.3f} | **{other.mean():.3f}** | "
                      f"{other.median():.3f} | {other.max():.3f} | {' | '.join(changes)} | "
                      f"{group['train_s'].mean():.0f} |")
+    lines += label_table(frame)
     for recipe, group in frame.groupby("recipe", sort=False):
         grid = group.pivot(index="train", columns="test", values="ratio")
         cols = [s for s in args.settings if s in grid.columns]

@@ -55,12 +55,8 @@ class AugmentedView:
         return AugmentParams(*(torch.cat([getattr(d, name) for d in draws]) for name in ("flip", "theta", "windows")))
 
 
-def series_loader(table: SeriesTable, series_ids: np.ndarray, batch_size: int, num_workers: int,
-                  runtime: Runtime, crop_len: int = 0, crop_starts: np.ndarray | None = None,
-                  acquisition: Acquisition | None = None) -> DataLoader:
-    """A loader of padded series batches (see :func:`ich3d.data.datasets.pad_series`), with
-    ``acquisition`` applied to each series (None: the cache as it is)."""
-    dataset = SeriesDataset(table, series_ids, crop_len=crop_len, crop_starts=crop_starts, acquisition=acquisition)
+def series_loader(dataset: SeriesDataset, batch_size: int, num_workers: int, runtime: Runtime) -> DataLoader:
+    """A loader of padded series batches of ``dataset`` in its order (see :func:`ich3d.data.datasets.pad_series`)."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       collate_fn=pad_series, pin_memory=runtime.device.type == "cuda",
                       persistent_workers=False)

@@ -25,6 +25,7 @@ import torch
 
 from ich3d.constants import LABELS
 from ich3d.data.batching import AugmentedView, flat_positions, sequence_index, series_input, series_loader
+from ich3d.data.datasets import SeriesDataset
 from ich3d.data.tables import SeriesTable
 from ich3d.errors import InputError
 from ich3d.inference import ensemble
@@ -198,8 +199,8 @@ class Predictor:
             unreadable slices are left as they were (zero when allocated here).
         """
         views, model = out, self.models[member]
-        loader = series_loader(table, series_ids, self.options.batch_series, self.options.loaders, self.runtime,
-                               acquisition=None if augmented is None else augmented.acquisition())
+        dataset = SeriesDataset(table, series_ids, acquisition=None if augmented is None else augmented.acquisition())
+        loader = series_loader(dataset, self.options.batch_series, self.options.loaders, self.runtime)
         with eval_mode(model.module):
             for batch in loader:
                 params = None if augmented is None else augmented.params(table.series_uids[batch["index"].numpy()])

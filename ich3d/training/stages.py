@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader
 
 from ich3d.config import FinetuneStageConfig, InferConfig, SequenceStageConfig, SliceStageConfig, StageConfig
 from ich3d.data.acquisition import epoch_acquisition
-from ich3d.data.batching import AugmentedView, sequence_index, series_input
-from ich3d.data.datasets import SeriesDataset, SliceDataset, pad_series
+from ich3d.data.batching import AugmentedView, sequence_index, series_input, series_loader
+from ich3d.data.datasets import SeriesDataset, SliceDataset
 from ich3d.data.samplers import batches, sample_slices, sampling_logit_offset
 from ich3d.data.tables import SeriesTable
 from ich3d.data.transforms import sample_augment, to_input
@@ -274,8 +274,7 @@ class FinetuneStage(_Stage):
         mine = np.concatenate(list(batches(order, len(order), runtime.rank, runtime.world_size)))
         acquisition = epoch_acquisition(self.ctx.config.augment, self.ctx.config.seed, epoch)
         dataset = SeriesDataset(train, mine, self.cfg.crop_len, starts[mine], acquisition)
-        yield from DataLoader(dataset, batch_size=self.cfg.batch_size, num_workers=self.ctx.config.num_workers,
-                              collate_fn=pad_series, pin_memory=runtime.device.type == "cuda")
+        yield from series_loader(dataset, self.cfg.batch_size, self.ctx.config.num_workers, runtime)
 
     def loss(self, batch: Any, generator: torch.Generator) -> torch.Tensor:
         device = self.runtime.device
