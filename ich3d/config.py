@@ -200,8 +200,8 @@ class SequenceStageConfig(SeriesStageConfig):
 
     Attributes:
         augmented_views: training views embedded under the ``augment`` settings besides the plain and
-            flipped ones, each one fixed draw per series (docs/design.md §4). One-fold runs only: an
-            out-of-fold head already trains on embeddings of series its encoders did not see.
+            flipped ones, each one fixed draw per series (docs/design.md §4); out of fold, every
+            fold's validation series get them too (they are the other folds' training features).
     """
 
     STAGE: ClassVar[str] = "sequence"

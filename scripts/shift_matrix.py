@@ -1,7 +1,8 @@
 """The shift matrix of ``bench_quality.py --matrix``: train on each generator setting, score on every one.
 
-For each recipe (overrides on top of the config: ``smoothing``, the config as it is; ``recipe``, the
-same with the slice stage's label smoothing off (the acquisition recipe of issue 22);
+For each recipe (overrides on top of the config: ``views``, the config as it is; ``smoothing``, the
+same without the sequence head's augmented embedding views; ``recipe``, that with the slice stage's
+label smoothing off (the acquisition recipe of issue 22);
 ``no-acquisition``, that with every acquisition augmentation off; ``before``, the recipe before the
 acquisition augmentations and the longer slice stage; and any ``--recipe NAME=key=value,...``, e.g. an
 ablation ``minus-kernel=augment.kernel.p=0,stages.slice.label_smoothing=0``) and each training
@@ -47,12 +48,14 @@ MATRIX_SETTINGS: dict[str, dict[str, Any]] = {
 }
 _NO_ACQUISITION = [f"augment.{name}.p=0" for name in ACQUISITION]
 _PLAIN_TARGETS = ["stages.slice.label_smoothing=0"]
+_PLAIN_VIEWS = ["stages.sequence.augmented_views=0"]
 #: The recipes every matrix run compares, as overrides of the config (cpu_small: the cells of BENCHMARKS.md).
 RECIPES: dict[str, list[str]] = {
-    "smoothing": [],
-    "recipe": _PLAIN_TARGETS,
-    "no-acquisition": [*_NO_ACQUISITION, *_PLAIN_TARGETS],
-    "before": ["stages.slice.epochs=6", *_NO_ACQUISITION, *_PLAIN_TARGETS],
+    "views": [],
+    "smoothing": _PLAIN_VIEWS,
+    "recipe": [*_PLAIN_TARGETS, *_PLAIN_VIEWS],
+    "no-acquisition": [*_NO_ACQUISITION, *_PLAIN_TARGETS, *_PLAIN_VIEWS],
+    "before": ["stages.slice.epochs=6", *_NO_ACQUISITION, *_PLAIN_TARGETS, *_PLAIN_VIEWS],
 }
 SECTION = "## Shift matrix"
 
@@ -196,7 +199,7 @@ def label_table(frame: pd.DataFrame) -> list[str]:
 
 def matrix_tables(cells: list[dict[str, Any]], args: Any) -> str:
     """The BENCHMARKS section: a summary row per recipe (set against ``before``, ``recipe`` and
-    ``smoothing``, the config as it is, on the same rows and seed), then each recipe's matrix of ratios."""
+    ``smoothing`` on the same rows and seed), the per-label ratios, then each recipe's matrix of ratios."""
     frame = pd.DataFrame([c for c in cells if c["train"] in args.settings and c["test"] in args.settings])
     lines = [SECTION, "", f"`python scripts/bench_quality.py --matrix --size {args.size} --image-size "
              f"{args.image_size} --config {args.config}{''.join(' --set ' + o for o in args.overrides)}"

@@ -37,11 +37,17 @@ class Embeddings:
 
     Attributes:
         views: (n_slices, F) float16 arrays; view 0 is the plain image, view 1 (when present) its
-            left-right flip, further views (training sets only) augmented draws. Rows of unreadable
-            slices are zero.
+            left-right flip, the last ``augmented`` views the series under augmentation draws
+            (training features only). Rows of unreadable slices are zero.
     """
 
     views: tuple[np.ndarray, ...]
+    augmented: int = 0
+
+    @property
+    def tta(self) -> tuple[np.ndarray, ...]:
+        """The views the head's test-time augmentation averages (plain and flipped; no augmented view)."""
+        return self.views[:len(self.views) - self.augmented]
 
     def gather(self, view: np.ndarray, index: torch.Tensor) -> torch.Tensor:
         """The embeddings of a batch of series.
@@ -130,7 +136,7 @@ def open_embeddings(folder: EmbeddingsFolder, table: SeriesTable) -> Embeddings:
     meta = _read_meta(folder)
     if meta is None or meta.get("table") != _table_id(table):
         raise ConfigError(f"{folder.root}: no embeddings of this fold's series (rerun `ich3d train --resume`)")
-    return Embeddings(tuple(np.load(folder.view(v), mmap_mode="r") for v in range(meta["views"])))
+    return Embeddings(tuple(np.load(folder.view(v), mmap_mode="r") for v in range(meta["views"])), len(meta["augmented"]))
 
 
 def fingerprint(path: Path) -> str:
@@ -170,7 +176,7 @@ def cached_embeddings(predictor: Predictor, table: SeriesTable, folder: Embeddin
     paths = [folder.view(v) for v in range(meta["views"])]
     if _read_meta(folder) != meta:
         _write(predictor, table, folder, meta, paths, flips, augmented)
-    return Embeddings(tuple(np.load(path, mmap_mode="r") for path in paths))
+    return Embeddings(tuple(np.load(path, mmap_mode="r") for path in paths), len(augmented))
 
 
 def _describe(view: AugmentedView) -> dict[str, Any]:

@@ -99,7 +99,6 @@ def fit(dataset: Dataset | Path, out: Path, config: Config | str | Path | None =
         asked = requested_folds(None, config.train_folds, config.folds)
     wanted = _check_run(run, dataset, asked, resume)
     _check_crop(dataset, config)
-    _check_augmented_views(config, wanted)
     runtime = setup_runtime(options.device, config.amp)
     try:
         if runtime.is_main:
@@ -119,19 +118,6 @@ def fit(dataset: Dataset | Path, out: Path, config: Config | str | Path | None =
                     "calibration": calibration, "metrics": calibration["after"]}
     finally:
         teardown_runtime()
-
-
-def _check_augmented_views(config: Config, folds: list[int]) -> None:
-    """Augmented embedding views are for a one-fold head (it trains on its own encoder's training series).
-
-    Raises:
-        ConfigError: augmented views asked of an out-of-fold run.
-    """
-    sequence = config.stages.sequence
-    if len(folds) > 1 and sequence is not None and sequence.augmented_views:
-        raise ConfigError("config key 'stages.sequence.augmented_views': one-fold runs only (an out-of-fold head "
-                          "already trains on embeddings of series its encoders did not see); set it to 0 or "
-                          "train one fold with --fold")
 
 
 def _record_operating_points(run: RunFolder, report: dict[str, Any]) -> None:

@@ -152,17 +152,25 @@ def _embedding_key(ctx: StageContext) -> dict[str, Any]:
     return {"fold": ctx.data.fold, "encoder": fingerprint(ctx.folder.encoder)}
 
 
+def augmented_views(ctx: StageContext) -> tuple[AugmentedView, ...]:
+    """The config's augmented embedding views (``stages.sequence.augmented_views``; docs/design.md §4)."""
+    sequence = ctx.config.stages.sequence
+    count = sequence.augmented_views if sequence is not None else 0
+    return tuple(AugmentedView(ctx.config.augment, ctx.config.seed, v) for v in range(count))
+
+
 def embed_validation(ctx: StageContext, model: IchModel | None = None) -> Embeddings:
-    """The fold's validation embeddings (plain and flipped) by its own encoder, cached in the fold folder.
+    """The fold's validation embeddings by its own encoder, cached in the fold folder: plain and flipped
+    (what validation scores, with the inference TTA) and the augmented views.
 
     Out-of-fold training computes them for every fold before any sequence stage: they are also the
-    training features of the other folds' sequence heads.
+    training features of the other folds' sequence heads, augmented views included.
     """
     stage = _Stage(ctx, ctx.config.stages.slice)  # for its model placement and predictor; it trains nothing
     stage.spec = model_spec(ctx.config)
     stage.model = stage.model_from_encoder(stage.spec) if model is None else model
     return cached_embeddings(stage.predictor(), ctx.data.valid, ctx.folder.embedding_set("valid"), _embedding_key(ctx),
-                             (False, True))
+                             (False, True), augmented_views(ctx))
 
 
 def crop_starts(table: SeriesTable, crop_len: int, rng: np.random.Generator) -> np.ndarray:
@@ -181,8 +189,8 @@ def hide_slices(readable: torch.Tensor, rate: float, generator: torch.Generator)
 class SequenceStage(_Stage):
     """Stage 2: the sequence head on cached embeddings of whole series (or crops); encoder frozen.
 
-    The embeddings (plain and flipped view of every training slice and ``augmented_views`` augmented
-    ones, plain and flipped view of every validation slice) are computed once per fold into ``fold_<K>/embeddings/`` (:mod:`ich3d.training.embeddings`).
+    The embeddings (plain, flipped and ``augmented_views`` augmented views of every training and
+    validation slice; validation scores the first two) are computed once per fold into ``fold_<K>/embeddings/`` (:mod:`ich3d.training.embeddings`).
     A batch is a dict of ``index``/``mask`` (B, N) and ``view`` (B,) (which view each series is
     drawn from this epoch).
     """
@@ -199,11 +207,9 @@ class SequenceStage(_Stage):
             self.model.projection.requires_grad_(False)
         self.valid_embeddings = embed_validation(ctx, self.model)
         if ctx.other_folds is None:
-            augmented = tuple(AugmentedView(ctx.config.augment, ctx.config.seed, v)
-                              for v in range(self.cfg.augmented_views))
             self.train_embeddings: Embeddings | OutOfFold = cached_embeddings(
                 self.predictor(), ctx.data.train, ctx.folder.embedding_set("train"), _embedding_key(ctx), (False, True),
-                augmented)
+                augmented_views(ctx))
         else:  # each training series embedded by the encoder of the fold that held it out
             self.train_embeddings = out_of_fold(ctx.data.train, {j: table for j, (table, _) in ctx.other_folds.items()},
                                                 {j: folder.embedding_set("valid") for j, (_, folder) in
@@ -239,7 +245,7 @@ class SequenceStage(_Stage):
         return self.criterion(logits, labels.to(device), (readable & mask).to(device))
 
     def predict_valid(self, series_ids: np.ndarray) -> np.ndarray:
-        return self.predictor().head_table(0, self.ctx.data.valid, self.valid_embeddings.views, series_ids)
+        return self.predictor().head_table(0, self.ctx.data.valid, self.valid_embeddings.tta, series_ids)
 
     def save(self, record: dict[str, Any]) -> None:
         self._save(self.ctx.folder.model, record)

@@ -239,11 +239,23 @@ def test_augmented_views_are_fixed_draws_of_each_training_series(tiny_dataset: P
     np.testing.assert_allclose(alone[rows], np.asarray(views[3][rows], dtype=np.float32), rtol=1e-2, atol=1e-2)
 
 
-def test_augmented_views_are_refused_out_of_fold(tiny_dataset: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="augmented_views': one-fold runs only"):
-        fit(tiny_dataset, tmp_path / "oof", "cpu_small", OOF + ["stages.sequence.augmented_views=1"],
-            options=TrainOptions(folds="all"))
-    assert not (tmp_path / "oof").exists()
+def test_out_of_fold_heads_train_on_augmented_held_out_views(tiny_dataset: Path, tmp_path: Path) -> None:
+    from ich3d.data.tables import build_table
+    from ich3d.dataset.index import load_index
+    from ich3d.training.embeddings import open_embeddings, out_of_fold
+    from ich3d.training.splits import load_splits, split_series
+
+    run = RunFolder(tmp_path / "oof")
+    fit(tiny_dataset, run.root, "cpu_small", OOF + ["stages.sequence.augmented_views=1"],
+        options=TrainOptions(folds="all"))
+    fold_of, (slices, _) = load_splits(run.splits), load_index(tiny_dataset)
+    tables = {k: build_table(tiny_dataset, slices, split_series(fold_of, k)[1]) for k in range(3)}
+    valid = open_embeddings(run.fold(1).embedding_set("valid"), tables[1])
+    assert len(valid.views) == 3 and len(valid.tta) == 2  # validation scores plain and flipped only
+    train = build_table(tiny_dataset, slices, split_series(fold_of, 0)[0])
+    features = out_of_fold(train, {j: tables[j] for j in (1, 2)}, {j: run.fold(j).embedding_set("valid") for j in (1, 2)})
+    assert features.views == (0, 1, 2)
+    assert not run.fold(0).embedding_set("train").root.exists()  # no in-sample features out of fold
 
 
 def test_fold_requests() -> None:
