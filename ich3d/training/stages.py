@@ -190,7 +190,8 @@ class SequenceStage(_Stage):
     """Stage 2: the sequence head on cached embeddings of whole series (or crops); encoder frozen.
 
     The embeddings (plain, flipped and ``augmented_views`` augmented views of every training and
-    validation slice; validation scores the first two) are computed once per fold into ``fold_<K>/embeddings/`` (:mod:`ich3d.training.embeddings`).
+    validation slice; validation scores the first two) are computed once per fold into
+    ``fold_<K>/embeddings/`` (:mod:`ich3d.training.embeddings`).
     A batch is a dict of ``index``/``mask`` (B, N) and ``view`` (B,) (which view each series is
     drawn from this epoch).
     """
