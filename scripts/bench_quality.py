@@ -5,7 +5,8 @@ Usage: python scripts/bench_quality.py --data /tmp/ich3d-quality [--setting shif
        python scripts/bench_quality.py --matrix [--settings tuned shifted sharp smooth] [--recipe NAME=k=v,...] ...
 
 For a generator setting (``tuned``: the defaults ich3d was developed on; ``shifted``: another seed and
-other noise, lesion contrast and size, head size and slice spacings, see MATRIX_SETTINGS in scripts/shift_matrix.py) and a size
+other noise, lesion contrast and size, head size and slice spacings, see MATRIX_SETTINGS in scripts/shift_matrix.py;
+``other``: the second generator, scripts/other_phantom.py, another phantom altogether) and a size
 (training/test series), a synthetic RSNA-layout set is written once into --data, its training split
 built and trained with the given config through the public API (``ich3d.fit``), and its test split
 predicted from the raw DICOM folder (``ich3d.predict``) by the slice-only model(s), the sequence
@@ -13,9 +14,9 @@ model without and with calibration, and the prevalence prior. Test weighted log 
 and the mean expected calibration error over labels are reported; --write adds the row to the
 "## Model quality" table of BENCHMARKS.md.
 
---matrix trains on each of several settings and scores on all of them, for the config as it is, without
-its acquisition augmentations and as it was before them (scripts/shift_matrix.py); --write replaces
-"## Shift matrix".
+--matrix trains on each of several settings and scores on all of them and on the test-only --columns
+(default: ``other``, data no recipe was developed on), for the config as it is, without its acquisition
+augmentations and as it was before them (scripts/shift_matrix.py); --write replaces "## Shift matrix".
 """
 
 from __future__ import annotations
@@ -34,11 +35,9 @@ import ich3d
 from ich3d.inference.run import InferOptions
 from ich3d.training.fit import TrainOptions
 from ich3d.layout import InferFolder, RunFolder, SynthFolder
-from ich3d.synth.generate import make_synthetic_dataset
-from ich3d.synth.plan import SynthConfig
 
 from benchmarks_md import BENCHMARKS, write_section  # noqa: E402  (scripts/ is on sys.path when run)
-from shift_matrix import MATRIX_SETTINGS, prior_submission  # noqa: E402
+from shift_matrix import MATRIX_SETTINGS, OTHER, prior_submission, write_set  # noqa: E402
 
 SECTION = "## Model quality"
 HEADER = ("| setting | train / test series | config | folds | prior | slice-only | GRU | GRU + calibration | "
@@ -48,10 +47,7 @@ HEADER = ("| setting | train / test series | config | folds | prior | slice-only
 def synthesize(data: Path, setting: str, n_train: int, n_test: int, image_size: int) -> Path:
     """The synthetic set of (setting, size), written once."""
     folder = data / f"{setting}-{n_train}-{n_test}"
-    if not (folder / "synth.json").is_file():
-        config = SynthConfig(n_train_series=n_train, n_test_series=n_test, image_size=image_size,
-                             **({"seed": 0} | MATRIX_SETTINGS[setting]))
-        make_synthetic_dataset(folder, config, workers=2)
+    write_set(folder, setting, (n_train, n_test), image_size)
     return folder
 
 
@@ -83,7 +79,7 @@ def evaluate(folder: Path, run: RunFolder, work: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("/tmp/ich3d-quality"))
-    parser.add_argument("--setting", choices=list(MATRIX_SETTINGS), default="shifted")
+    parser.add_argument("--setting", choices=[*MATRIX_SETTINGS, OTHER], default="shifted")
     parser.add_argument("--size", default="40/12", help="training/test series")
     parser.add_argument("--image-size", type=int, default=256, help="pixel size of the synthetic DICOMs")
     parser.add_argument("--config", default="cpu_small")
@@ -95,6 +91,8 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=list(MATRIX_SETTINGS), help="--matrix settings")
     parser.add_argument("--recipe", action="append", default=[],
                         help="--matrix: another recipe NAME=key=value,... (overrides of the config)")
+    parser.add_argument("--columns", nargs="*", default=[OTHER],
+                        help="--matrix: settings scored but never trained on (default: the second generator)")
     parser.add_argument("--train-settings", nargs="+", help="--matrix: train only on these (ablation rows)")
     parser.add_argument("--only-recipes", action="store_true", help="--matrix: only the --recipe ones")
     args = parser.parse_args()

@@ -9,7 +9,9 @@ ablation ``minus-kernel=augment.kernel.p=0,stages.slice.label_smoothing=0``) and
 setting, the model is trained on that setting's training split and predicts (GRU + calibration, as
 ``ich3d predict``) the test split of every setting; each cell is the test weighted log loss divided by
 that of the training set's prevalence prior on the same test set. The diagonal is the recipe on data
-like its training data; the off-diagonal cells are scanner/population shifts. Every cell is appended to
+like its training data; the off-diagonal cells are scanner/population shifts. The test-only columns
+(``other``: the second generator, scripts/other_phantom.py) are data of another phantom, noise and lesion
+appearance, which no recipe was developed or trained on. Every cell is appended to
 ``DATA/matrix/cells.jsonl`` as soon as it is scored, and a rerun skips finished cells and runs.
 """
 
@@ -35,6 +37,7 @@ from ich3d.synth.generate import make_synthetic_dataset
 from ich3d.synth.plan import SynthConfig
 
 from benchmarks_md import write_section  # noqa: E402  (scripts/ is on sys.path when run)
+from other_phantom import write_dataset  # noqa: E402
 
 #: Generator settings of the matrix: each moves several acquisition and population factors.
 MATRIX_SETTINGS: dict[str, dict[str, Any]] = {
@@ -46,6 +49,9 @@ MATRIX_SETTINGS: dict[str, dict[str, Any]] = {
     "smooth": {"seed": 37, "kernel": 1.0, "noise_sd": (6.0, 10.0), "lesion_contrast": 1.2, "head_size": 0.85,
                "slice_spacings": (5.0, 6.0)},
 }
+#: The second generator's setting (scripts/other_phantom.py: another phantom, noise and lesion appearance):
+#: in the matrix a column only, data no recipe was developed or trained on.
+OTHER = "other"
 _NO_ACQUISITION = [f"augment.{name}.p=0" for name in ACQUISITION]
 _PLAIN_TARGETS = ["stages.slice.label_smoothing=0"]
 _PLAIN_VIEWS = ["stages.sequence.augmented_views=0"]
@@ -63,11 +69,21 @@ SECTION = "## Shift matrix"
 def synth_set(data: Path, setting: str, sizes: tuple[int, int], image_size: int) -> Path:
     """The synthetic set of a setting (train and test split), written once."""
     folder = data / "matrix" / f"{setting}-{sizes[0]}-{sizes[1]}-{image_size}"
-    if not (folder / "synth.json").is_file():
+    write_set(folder, setting, sizes, image_size)
+    return folder
+
+
+def write_set(folder: Path, setting: str, sizes: tuple[int, int], image_size: int) -> None:
+    """Write a setting's set (``sizes``: training and test series) into ``folder`` unless it is there;
+    ``other`` is the second generator (scripts/other_phantom.py), every other setting ich3d's own."""
+    if (folder / "synth.json").is_file():
+        return
+    if setting == OTHER:
+        write_dataset(folder, *sizes, image_size=image_size)
+    else:
         config = SynthConfig(n_train_series=sizes[0], n_test_series=sizes[1], image_size=image_size,
                              **({"seed": 0} | MATRIX_SETTINGS[setting]))
         make_synthetic_dataset(folder, config, workers=2)
-    return folder
 
 
 def built(folder: Path, split: str, image_size: int) -> Path:
@@ -111,14 +127,15 @@ def run_matrix(args: Any) -> None:
     done = {(c["recipe"], c["train"], c["test"]) for c in read_cells(cells_path)}
     recipes = {} if args.only_recipes else dict(RECIPES)
     recipes |= dict(parse_recipe(r) for r in args.recipe)
-    folders = {s: synth_set(args.data, s, sizes, args.image_size) for s in args.settings}
+    columns = [*args.settings, *args.columns]
+    folders = {s: synth_set(args.data, s, sizes, args.image_size) for s in columns}
     config = ich3d.load_config(args.config, args.overrides)
     size = config.data.image_size
-    tests = {s: built(folders[s], "test", size) for s in args.settings}
+    tests = {s: built(folders[s], "test", size) for s in columns}
     for train in args.train_settings or args.settings:
         dataset = built(folders[train], "train", size)
         for name, overrides in recipes.items():
-            if all((name, train, t) in done for t in args.settings):
+            if all((name, train, t) in done for t in columns):
                 continue
             work = root / "runs" / f"{args.config}-{name}" / train
             run = RunFolder(work / "run")
@@ -126,7 +143,7 @@ def run_matrix(args: Any) -> None:
             if not run.info.is_file():
                 ich3d.fit(dataset, run.root, ich3d.load_config(args.config, args.overrides + overrides))
             seconds = time.perf_counter() - began
-            for test in args.settings:
+            for test in columns:
                 if (name, train, test) in done:
                     continue
                 cell = {"recipe": name, "train": train, "test": test, "config": args.config,
@@ -175,53 +192,71 @@ def read_cells(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def label_table(frame: pd.DataFrame) -> list[str]:
-    """Per-label ratios (mean log loss of the model over mean of the prior), diagonal and off-diagonal,
-    of the recipes whose every cell was scored per label; no lines when none was."""
+def label_table(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+    """Per-label ratios (mean log loss of the model over mean of the prior), diagonal, off-diagonal and on
+    each test-only column, of the recipes whose every cell was scored per label; no lines when none was."""
     if "labels" not in frame:
         return []
-    lines = ["", "Per label (diagonal / off-diagonal: the model's mean log loss of the label over the prior's; "
+    parts = " / ".join(["diagonal", "off-diagonal", *(f"`{c}`" for c in columns)])
+    lines = ["", f"Per label ({parts}: the model's mean log loss of the label over the prior's; "
              "`any` weighs twice in the total)", "", "| recipe | " + " | ".join(LABELS) + " |",
              "|---|" + "---|" * len(LABELS)]
     for recipe, group in frame.groupby("recipe", sort=False):
         if group["labels"].isna().any():
             continue
         same = (group["train"] == group["test"]).to_numpy()
+        column = {c: (group["test"] == c).to_numpy() for c in columns}
+        shifted = ~same & ~group["test"].isin(columns).to_numpy()
         losses = np.array([[cell[label] for label in LABELS] for cell in group["labels"]])  # (cells, 6, 2)
 
-        def ratio(rows: np.ndarray) -> np.ndarray:
-            return losses[rows, :, 0].mean(0) / losses[rows, :, 1].mean(0)
+        def ratio(rows: np.ndarray) -> list[str]:
+            if not rows.any():
+                return ["–"] * len(LABELS)
+            return [f"{v:.2f}" for v in losses[rows, :, 0].mean(0) / losses[rows, :, 1].mean(0)]
 
-        lines.append(f"| {recipe} | " + " | ".join(f"{d:.2f} / {o:.2f}" for d, o in zip(ratio(same), ratio(~same)))
-                     + " |")
+        parts_per_label = zip(*(ratio(rows) for rows in (same, shifted, *column.values())))
+        lines.append(f"| {recipe} | " + " | ".join(" / ".join(p) for p in parts_per_label) + " |")
     return lines
 
 
 def matrix_tables(cells: list[dict[str, Any]], args: Any) -> str:
     """The BENCHMARKS section: a summary row per recipe (set against ``before``, ``recipe`` and
-    ``smoothing`` on the same rows and seed), the per-label ratios, then each recipe's matrix of ratios."""
-    frame = pd.DataFrame([c for c in cells if c["train"] in args.settings and c["test"] in args.settings])
+    ``smoothing`` on the same rows and seed), the per-label ratios, then each recipe's matrix of ratios.
+    The diagonal and off-diagonal figures cover ``args.settings``; the test-only ``args.columns`` (the
+    second generator) get columns of their own."""
+    columns = [*args.settings, *args.columns]
+    full = pd.DataFrame([c for c in cells if c["train"] in args.settings and c["test"] in columns])
+    frame = full[full["test"].isin(args.settings)]
     lines = [SECTION, "", f"`python scripts/bench_quality.py --matrix --size {args.size} --image-size "
              f"{args.image_size} --config {args.config}{''.join(' --set ' + o for o in args.overrides)}"
-             f" --settings {' '.join(args.settings)}` on a 2-core CPU VM (updated {datetime.date.today().isoformat()}). "
+             f" --settings {' '.join(args.settings)} --columns {' '.join(args.columns)}` on a 2-core CPU VM "
+             f"(updated {datetime.date.today().isoformat()}). "
              f"Each cell: test weighted log loss of the model trained on the row's generator setting, scored on "
              f"the column's test split, divided by that of the training prevalence prior (lower is better; "
-             f"settings in scripts/shift_matrix.py). Diagonal: same setting; off-diagonal: shifted.", "",
+             f"settings in scripts/shift_matrix.py). Diagonal: same setting; off-diagonal: shifted; "
+             f"{', '.join(f'`{c}`' for c in args.columns)}: the second generator (scripts/other_phantom.py), "
+             f"scored only.", "",
              "| recipe | trained on | diagonal mean | off-diagonal mean | off-diagonal median | off-diagonal worst | "
-             "diagonal, off-diagonal mean vs `before` (same rows and seed) | vs `recipe` | vs `smoothing` | "
+             + "".join(f"`{c}` mean, worst | " for c in args.columns)
+             + "diagonal, off-diagonal mean vs `before` (same rows and seed) | vs `recipe` | vs `smoothing` | "
              "train s (mean) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|" + "---|" * len(args.columns) + "---|---|---|---|"]
     for recipe, group in frame.groupby("recipe", sort=False):
         rows = [s for s in args.settings if s in set(group["train"])]
         same, other = _diagonal(group)
         changes = [_change(frame, group, reference, rows) for reference in ("before", "recipe", "smoothing")]
+        scored = full[(full["recipe"] == recipe)]
+        extra = []
+        for column in args.columns:
+            ratios = scored[scored["test"] == column]["ratio"]
+            extra.append(f"{ratios.mean():.3f}, {ratios.max():.3f}" if len(ratios) else "–")
         lines.append(f"| {recipe} | {', '.join(rows)} | {same.mean():.3f} | **{other.mean():.3f}** | "
-                     f"{other.median():.3f} | {other.max():.3f} | {' | '.join(changes)} | "
-                     f"{group['train_s'].mean():.0f} |")
-    lines += label_table(frame)
-    for recipe, group in frame.groupby("recipe", sort=False):
+                     f"{other.median():.3f} | {other.max():.3f} | {''.join(e + ' | ' for e in extra)}"
+                     f"{' | '.join(changes)} | {group['train_s'].mean():.0f} |")
+    lines += label_table(full, args.columns)
+    for recipe, group in full.groupby("recipe", sort=False):
         grid = group.pivot(index="train", columns="test", values="ratio")
-        cols = [s for s in args.settings if s in grid.columns]
+        cols = [s for s in columns if s in grid.columns]
         lines += ["", f"`{recipe}` (rows: trained on, columns: tested on)", "",
                   "| train \\ test | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         for train in [s for s in args.settings if s in grid.index]:
