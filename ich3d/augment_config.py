@@ -115,6 +115,9 @@ class AugmentConfig:
         flip, rotate_deg, scale, translate: head position and size: a left-right flip and an affine
             warp (rotation in degrees, scale and shift as fractions of the image), per batch item.
         window_jitter: relative jitter of the display windows' centres and widths.
+        elastic: anatomy (head shape, ventricles, sulci): a smooth random displacement field, its
+            standard deviation this fraction of the image side (5 x 5 control points, bicubic between
+            them), one per series, folded into the affine warp; 0 = off.
         density, thickness, resolution, kernel, noise, calibration, nonuniformity: acquisition augmentations,
             applied in HU before windowing with one draw per series and epoch (all off by default).
     """
@@ -124,6 +127,7 @@ class AugmentConfig:
     scale: float = 0.1
     translate: float = 0.05
     window_jitter: float = 0.1
+    elastic: float = 0.0
     density: DensityAugment = field(default_factory=DensityAugment)
     noise: NoiseAugment = field(default_factory=NoiseAugment)
     kernel: KernelAugment = field(default_factory=KernelAugment)
@@ -135,6 +139,7 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         for name in ("rotate_deg", "scale", "translate", "window_jitter"):
             _check(getattr(self, name) >= 0, f"augment.{name}", "must be >= 0")
+        _check(0 <= self.elastic <= 0.1, "augment.elastic", "must be in [0, 0.1] (a fraction of the image side)")
 
     @property
     def acquisition_on(self) -> bool:

@@ -38,6 +38,7 @@ def test_overrides_are_typed_and_nested() -> None:
         ({"stages": {"sequence": {"drop_slices": 1.5}}}, "'stages.sequence.drop_slices'"),
         ({"stages": {"sequence": {"augmented_views": 9}}}, "'stages.sequence.augmented_views': must be 0 to 8"),
         ({"stages": {"slice": {"label_smoothing": 0.5}}}, "'stages.slice.label_smoothing': must be in [0, 0.5)"),
+        ({"augment": {"elastic": 0.2}}, "'augment.elastic': must be in [0, 0.1]"),
         ({"stages": {"warmup": {}}}, "unknown config key(s) stages.warmup"),
         ({"stages": {"sequence": {}}}, "the slice stage trains the encoder"),
         ({"amp": "yes"}, "'amp': expected true/false"),

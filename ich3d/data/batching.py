@@ -52,7 +52,7 @@ class AugmentedView:
         draws = [sample_augment(1, self.augment, torch.Generator().manual_seed(
             int(np.random.SeedSequence([self.seed, self.number, series_key(uid)]).generate_state(1)[0])))
             for uid in series_uids]
-        return AugmentParams(*(torch.cat([getattr(d, name) for d in draws]) for name in ("flip", "theta", "windows")))
+        return AugmentParams.cat(draws)
 
 
 def series_loader(dataset: SeriesDataset, batch_size: int, num_workers: int, runtime: Runtime) -> DataLoader:

@@ -19,6 +19,8 @@ from ich3d.constants import BSB_WINDOWS, WINDOWS
 from ich3d.data.windowing import window
 
 _BSB = torch.tensor([WINDOWS[name] for name in BSB_WINDOWS])  # (3, 2) centre, width in HU
+#: Control points per side of the elastic warp's displacement field (bicubic between them).
+ELASTIC_GRID = 5
 
 
 @dataclass
@@ -29,19 +31,32 @@ class AugmentParams:
         flip: (G,) bool, left-right flip.
         theta: (G, 2, 3) float32 affine matrices for ``F.affine_grid`` (normalised coordinates).
         windows: (G, 3, 2) float32 jittered (centre, width) of the BSB windows in HU.
+        warp: (G, 2, ELASTIC_GRID, ELASTIC_GRID) float32 elastic displacements (x, y) at the control
+            points, in normalised coordinates (2 = the image side); None when the elastic warp is off.
     """
 
     flip: torch.Tensor
     theta: torch.Tensor
     windows: torch.Tensor
+    warp: torch.Tensor | None = None
 
     def take(self, group: torch.Tensor) -> "AugmentParams":
         """Parameters of each item, given its (M,) int64 group index."""
-        return AugmentParams(self.flip[group], self.theta[group], self.windows[group])
+        return AugmentParams(self.flip[group], self.theta[group], self.windows[group],
+                             None if self.warp is None else self.warp[group])
+
+    @staticmethod
+    def cat(parts: list["AugmentParams"]) -> "AugmentParams":
+        """The parameters of several draws, one after the other."""
+        warps = [part.warp for part in parts]
+        return AugmentParams(torch.cat([part.flip for part in parts]), torch.cat([part.theta for part in parts]),
+                             torch.cat([part.windows for part in parts]),
+                             None if any(w is None for w in warps) else torch.cat(warps))  # fmt: skip
 
 
 def sample_augment(groups: int, cfg: AugmentConfig, generator: torch.Generator) -> AugmentParams:
-    """Draws flip, affine and window-jitter parameters for ``groups`` groups (on the CPU)."""
+    """Draws flip, affine, window-jitter and (when on) elastic parameters for ``groups`` groups (on the CPU).
+    With the elastic warp off nothing more is drawn, so the other parameters do not depend on it."""
 
     def uniform(*shape: int) -> torch.Tensor:
         return torch.rand(shape, generator=generator) * 2 - 1
@@ -53,7 +68,10 @@ def sample_augment(groups: int, cfg: AugmentConfig, generator: torch.Generator) 
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], -1), torch.stack([sin, cos, shift[:, 1]], -1)], 1)
     jitter = 1 + uniform(groups, 3, 2) * cfg.window_jitter
-    return AugmentParams(flip, theta.float(), _BSB[None] * jitter)
+    warp = None
+    if cfg.elastic > 0:  # standard deviation cfg.elastic x the image side, 2 normalised units
+        warp = torch.randn((groups, 2, ELASTIC_GRID, ELASTIC_GRID), generator=generator) * (2 * cfg.elastic)
+    return AugmentParams(flip, theta.float(), _BSB[None] * jitter, warp)
 
 
 def to_input(hu: torch.Tensor, size: int, params: AugmentParams | None = None, augment: bool = False) -> torch.Tensor:
@@ -82,8 +100,11 @@ def to_input(hu: torch.Tensor, size: int, params: AugmentParams | None = None, a
 
 
 def _affine_flip(x: torch.Tensor, params: AugmentParams) -> torch.Tensor:
-    """Applies per-item affine warps and flips to (M, C, S, S) windowed images (0 = outside)."""
+    """Applies per-item affine and elastic warps, then flips, to (M, C, S, S) windowed images (0 = outside)."""
     grid = F.affine_grid(params.theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    if params.warp is not None:  # one sampling: the smooth displacement field is added to the affine grid
+        field = F.interpolate(params.warp.to(x.device, x.dtype), size=x.shape[-2:], mode="bicubic", align_corners=True)
+        grid = grid + field.permute(0, 2, 3, 1)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return torch.where(params.flip.to(x.device)[:, None, None, None], x.flip(-1), x)
 
