@@ -1,7 +1,7 @@
 """Model quality on synthetic sets the recipe was not tuned on: prior, slice-only, GRU, GRU + calibration.
 
 Usage: python scripts/bench_quality.py --data /tmp/ich3d-quality [--setting shifted] [--size 40/12]
-       [--config cpu_small] [--folds single|all] [--set key=value ...] [--write]
+       [--config cpu_small] [--folds single|all] [--set key=value ...] [--also-on other] [--write]
        python scripts/bench_quality.py --matrix [--settings tuned shifted sharp smooth] [--recipe NAME=k=v,...] ...
 
 For a generator setting (``tuned``: the defaults ich3d was developed on; ``shifted``: another seed and
@@ -37,7 +37,7 @@ from ich3d.training.fit import TrainOptions
 from ich3d.layout import InferFolder, RunFolder, SynthFolder
 
 from benchmarks_md import BENCHMARKS, write_section  # noqa: E402  (scripts/ is on sys.path when run)
-from shift_matrix import MATRIX_SETTINGS, OTHER, prior_submission, write_set  # noqa: E402
+from shift_matrix import MATRIX_SETTINGS, OTHER, built, prior_submission, score_cell, write_set  # noqa: E402
 
 SECTION = "## Model quality"
 HEADER = ("| setting | train / test series | config | folds | prior | slice-only | GRU | GRU + calibration | "
@@ -87,6 +87,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--tag", default="", help="a name for the run folder (several runs of one set)")
     parser.add_argument("--write", action="store_true", help="add the row to BENCHMARKS.md")
+    parser.add_argument("--also-on", nargs="*", default=[], choices=[*MATRIX_SETTINGS, OTHER],
+                        help="also score the run on these settings' test splits (GRU + calibration / prior)")
     parser.add_argument("--matrix", action="store_true", help="the shift matrix (train on each setting, score on all)")
     parser.add_argument("--settings", nargs="+", default=list(MATRIX_SETTINGS), help="--matrix settings")
     parser.add_argument("--recipe", action="append", default=[],
@@ -121,7 +123,15 @@ def main() -> None:
            f"**{result['gru_cal']:.4f}** | {result['gru_cal'] / result['prior']:.2f} | "
            f"{result['gru_ece']:.3f} → {result['gru_cal_ece']:.3f} | {seconds:.0f} |")
     print(row)
-    (work / "quality.json").write_text(json.dumps(result | {"seconds": seconds, "row": row}, indent=1))
+    transfer = {}
+    for setting in args.also_on:  # the trained run on another setting's test split of the same size
+        other = synthesize(args.data, setting, n_train, n_test, args.image_size)
+        test = built(other, "test", config.data.image_size)
+        transfer[setting] = score_cell(run, other, test, work / f"on-{setting}")
+        print(f"on {setting}: {transfer[setting]['wll']:.4f}, prior {transfer[setting]['prior']:.4f}, "
+              f"{transfer[setting]['ratio']:.3f} x the prior")
+    (work / "quality.json").write_text(json.dumps(result | {"seconds": seconds, "row": row, "also_on": transfer},
+                                                  indent=1))
     if args.write:
         add_row(row)
 
@@ -138,8 +148,10 @@ def add_row(row: str) -> None:
     intro = (f"`python scripts/bench_quality.py --setting S --size N/M --config C --folds F --write` on a 2-core "
              f"CPU VM (updated {datetime.date.today().isoformat()}). Test weighted log loss (lower is better) of "
              f"synthetic sets: `tuned` is the generator ich3d was developed on, `shifted` another seed with other "
-             f"noise, lesion contrast and size, head size and slice spacings (MATRIX_SETTINGS in scripts/shift_matrix.py). ECE: mean "
-             f"expected calibration error over the labels.")
+             f"noise, lesion contrast and size, head size and slice spacings (MATRIX_SETTINGS in "
+             f"scripts/shift_matrix.py), `other` the second generator (scripts/other_phantom.py: another phantom, "
+             f"noise and lesion appearance, written apart from ich3d's). ECE: mean expected calibration error "
+             f"over the labels.")
     write_section("\n".join([SECTION, "", intro, "", HEADER, "|" + "---|" * (HEADER.count("|") - 1), *rows]) + "\n")
 
 
