@@ -151,6 +151,7 @@ def sample_bleeds(rng: np.random.Generator, labels: list[str]) -> list[Bleed]:
 
 
 def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, ax: float, ay: float) -> np.ndarray:
+    """Inside the axis-aligned ellipse of centre (cx, cy) and half-axes (ax, ay), mm."""
     return ((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2 < 1.0
 
 
@@ -161,7 +162,43 @@ def _window(value: np.ndarray, centre: float, half: float) -> np.ndarray:
 
 
 def _wrap(angle: np.ndarray) -> np.ndarray:
+    """The angle in [-pi, pi)."""
     return (angle + np.pi) % (2 * np.pi) - np.pi
+
+
+@dataclass(frozen=True)
+class _Plane:
+    """The head coordinates (mm) of a plane's (rows, cols) pixels: x to the patient's left, y to the back, z
+    up (with the head's pitch), and their polar form in the axial plane (r, theta)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    z: np.ndarray
+    r: np.ndarray
+    theta: np.ndarray
+
+    @staticmethod
+    def of(head: Head, x_mm: np.ndarray, y_mm: np.ndarray, z_mm: float) -> _Plane:
+        c, s = np.cos(head.yaw), np.sin(head.yaw)
+        dx, dy = x_mm - head.center[0], y_mm - head.center[1]
+        x, y = c * dx + s * dy, -s * dx + c * dy
+        return _Plane(x, y, z_mm + np.tan(head.pitch) * y, np.hypot(x, y), np.arctan2(y, x))
+
+
+@dataclass(frozen=True)
+class _Spaces:
+    """The brain of a plane and its CSF spaces (boolean maps), with the depth fields they were cut from."""
+
+    brain: np.ndarray
+    csf: np.ndarray  # every CSF space but the ventricles
+    sulcal: np.ndarray
+    fissure: np.ndarray
+    sylvian: np.ndarray
+    cisterns: np.ndarray
+    ventricles: np.ndarray
+    below: np.ndarray  # depth below the brain's surface, mm
+    rim: np.ndarray  # thickness of the cortical CSF, mm
+    gyral: np.ndarray  # 0..1: where the gyri are
 
 
 def render_plane(head: Head, bleeds: list[Bleed], x_mm: np.ndarray, y_mm: np.ndarray, z_mm: float,
@@ -175,17 +212,28 @@ def render_plane(head: Head, bleeds: list[Bleed], x_mm: np.ndarray, y_mm: np.nda
     Returns:
         (rows, cols) float32 HU and a boolean (rows, cols) blood mask per subtype present.
     """
-    c, s = np.cos(head.yaw), np.sin(head.yaw)
-    dx, dy = x_mm - head.center[0], y_mm - head.center[1]
-    x, y = c * dx + s * dy, -s * dx + c * dy
-    z = z_mm + np.tan(head.pitch) * y
-    r, theta = np.hypot(x, y), np.arctan2(y, x)
+    plane = _Plane.of(head, x_mm, y_mm, z_mm)
+    hu, inner, cavity, skull_base = _skull(head, plane)
+    masks: dict[str, np.ndarray] = {}
+    push = _extra_axial(bleeds, plane, inner, cavity, hu, masks)
+    spaces = _brain(head, plane, cavity & (inner >= push), inner - push, hu)
+    _intra_axial(head, bleeds, plane, spaces, hu, masks)
+    if skull_base:  # beam hardening between the petrous bones: a dark band across the posterior fossa
+        band = np.exp(-(((plane.y - 14) / 3.5) ** 2)) * np.clip((-12 - plane.z) / 10, 0, 1) * (plane.z > -50)
+        hu = np.where(cavity, hu - 22 * band, hu)
+    return hu.astype(np.float32), masks
+
+
+def _skull(head: Head, plane: _Plane) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """(HU with air, scalp and bone painted, depth below the inner table in mm, the intracranial cavity,
+    whether the plane reaches the skull base)."""
+    x, y, z, theta = plane.x, plane.y, plane.z, plane.theta
     n = head.squareness
     outline = (np.abs(np.cos(theta) / head.half_width) ** n + np.abs(np.sin(theta) / head.half_length) ** n) ** (-1 / n)
     height = np.where(z >= 0, z / head.top, z / 78.0)
-    depth = outline * np.sqrt(np.clip(1 - height**2, 0.0, 1.0)) - r  # below the skin, mm
+    depth = outline * np.sqrt(np.clip(1 - height**2, 0.0, 1.0)) - plane.r  # below the skin, mm
     skull = head.skull * (1 + 0.25 * np.sin(2 * theta + 1.0)) * (1 + np.clip((-15 - z) / 15, 0, 2))
-    inner = depth - head.scalp - skull  # below the inner table
+    inner = depth - head.scalp - skull
     hu = np.full(x.shape, AIR, dtype=np.float64)
     scalp = (depth >= 0) & (depth < head.scalp)
     hu[scalp] = np.where(np.abs(depth[scalp] - head.scalp / 2) < head.scalp / 5, -70.0, 45.0)
@@ -195,7 +243,7 @@ def render_plane(head: Head, bleeds: list[Bleed], x_mm: np.ndarray, y_mm: np.nda
     hu[bone] = np.where((through[bone] > 0.3) & (through[bone] < 0.7), diploe[bone], 1550.0)
     cavity = inner >= 0
     base = z < -15 - 0.004 * x**2  # the fossae's floors curve down laterally
-    if base.any():  # the skull base: posterior and temporal fossae in bone, air cells, a beam-hardening band
+    if base.any():  # the skull base: posterior and temporal fossae in bone, air cells
         g = np.clip(1 - ((-15 - z) / 42) ** 2, 0, 1)
         fossae = (_ellipse(x, y, 0, 30, 46, 34) & (g > 0.15) & (((x / 46) ** 2 + ((y - 30) / 34) ** 2) < g)) | (
             ((np.abs(x) - 38) / 17) ** 2 + ((y + 8) / 26) ** 2 < np.clip(1 - ((-15 - z) / 24) ** 2, 0, 1))
@@ -203,30 +251,43 @@ def render_plane(head: Head, bleeds: list[Bleed], x_mm: np.ndarray, y_mm: np.nda
         air_cells = (_ellipse(np.abs(x), y, 46, 24, 10, 10) | _ellipse(x, y, 0, -30, 12, 10)) & (z < -28)
         hu[base_bone] = np.where(air_cells[base_bone], -850.0, 700 + 200 * np.sin(x[base_bone] * 0.9))
         cavity &= ~base_bone
-    push = np.zeros_like(x)  # extra-axial blood thickness (mm): the brain is pushed in by it
-    masks: dict[str, np.ndarray] = {}
+    return hu, inner, cavity, bool(base.any())
+
+
+def _extra_axial(bleeds: list[Bleed], plane: _Plane, inner: np.ndarray, cavity: np.ndarray, hu: np.ndarray,
+                 masks: dict[str, np.ndarray]) -> np.ndarray:  # fmt: skip
+    """Paints the epidural and subdural blood under the inner table into ``hu`` and ``masks``; returns the
+    thickness of blood (mm) that pushes the brain in."""
+    x, y, z = plane.x, plane.y, plane.z
+    push = np.zeros_like(x)
     for bleed in bleeds:
-        if bleed.label in ("epidural", "subdural"):
-            p = bleed.shape
-            u2 = (_wrap(theta - p["angle"]) / p["span"]) ** 2 + ((z - p["level"]) / p["height"]) ** 2
-            if bleed.label == "epidural":
-                t = p["thickness"] * np.clip(1 - u2, 0, None) ** 0.8
-            else:
-                t = p["thickness"] * np.sqrt(np.clip(1 - u2**2, 0, None))
-            blood = cavity & (inner >= push) & (inner < push + t)
-            if bleed.label == "subdural" and p["falcine"]:
-                along_falx = (np.abs(y) < 50) & (np.abs(z - p["level"]) < p["height"]) & (z > 0)
-                blood |= cavity & (np.abs(x) < p["thickness"] / 3) & along_falx
-            value = np.full(x.shape, bleed.hu)
-            if bleed.label == "epidural" and p["swirl"]:
-                value -= 25 * (np.sin(x * 0.5) * np.sin(y * 0.6) > 0.5)
-            if bleed.label == "subdural" and p["layered"]:
-                value += np.where(y > 0, 12.0, -8.0)  # cells settled in the dependent (posterior) part
-            hu[blood] = value[blood]
-            push = push + np.where(cavity, t, 0)
-            masks[bleed.label] = masks.get(bleed.label, np.zeros(x.shape, bool)) | blood
-    brain = cavity & (inner >= push)
-    below = inner - push  # depth below the brain's surface
+        if bleed.label not in ("epidural", "subdural"):
+            continue
+        p = bleed.shape
+        u2 = (_wrap(plane.theta - p["angle"]) / p["span"]) ** 2 + ((z - p["level"]) / p["height"]) ** 2
+        if bleed.label == "epidural":
+            t = p["thickness"] * np.clip(1 - u2, 0, None) ** 0.8
+        else:
+            t = p["thickness"] * np.sqrt(np.clip(1 - u2**2, 0, None))
+        blood = cavity & (inner >= push) & (inner < push + t)
+        if bleed.label == "subdural" and p["falcine"]:
+            along_falx = (np.abs(y) < 50) & (np.abs(z - p["level"]) < p["height"]) & (z > 0)
+            blood |= cavity & (np.abs(x) < p["thickness"] / 3) & along_falx
+        value = np.full(x.shape, bleed.hu)
+        if bleed.label == "epidural" and p["swirl"]:
+            value -= 25 * (np.sin(x * 0.5) * np.sin(y * 0.6) > 0.5)
+        if bleed.label == "subdural" and p["layered"]:
+            value += np.where(y > 0, 12.0, -8.0)  # cells settled in the dependent (posterior) part
+        hu[blood] = value[blood]
+        push = push + np.where(cavity, t, 0)
+        _add(masks, bleed.label, blood)
+    return push
+
+
+def _brain(head: Head, plane: _Plane, brain: np.ndarray, below: np.ndarray, hu: np.ndarray) -> _Spaces:
+    """Paints grey and white matter, CSF spaces, ventricles, nuclei, posterior fossa, falx and calcifications
+    of ``brain`` (the cavity below the extra-axial blood) into ``hu``; returns its spaces."""
+    x, y, z, r, theta = plane.x, plane.y, plane.z, plane.r, plane.theta
     k1, k2, f1, f2 = head.gyri
     gyral = 0.5 + 0.5 * np.sin(k1 * theta + f1 + z / 7) * np.cos(k2 * theta + f2 - z / 9)
     rim = (0.8 + 2.5 * head.atrophy) * (0.5 + gyral)
@@ -238,7 +299,8 @@ def render_plane(head: Head, bleeds: list[Bleed], x_mm: np.ndarray, y_mm: np.nda
         reach = rim + sulcus_depth * (0.55 + 0.45 * np.sin(z / 6 + phase))
         sulcal |= (across < (width + head.atrophy) / 2) & (below < reach)
     csf |= sulcal
-    fissure = (np.abs(x) < 1.0 + head.atrophy) & (z > -5) & ~((np.abs(y) < 30) & (z > -2) & (z < 22))
+    callosum = (np.abs(y) < 30) & (z > -2) & (z < 22)
+    fissure = (np.abs(x) < 1.0 + head.atrophy) & (z > -5) & ~callosum
     sylvian = (np.abs(y + 5 - 0.35 * (np.abs(x) - 35)) < 1.3 + head.atrophy) & (np.abs(x) > 25) & (z > -15) & (z < 5)
     csf |= fissure | sylvian
     grey_deep = (z > -8) & (z < 14) & (_ellipse(np.abs(x), y, 11, 8, 9, 12) | _ellipse(np.abs(x), y, 22, -6, 6, 14)
@@ -260,7 +322,7 @@ def render_plane(head: Head, bleeds: list[Bleed], x_mm: np.ndarray, y_mm: np.nda
     hu[brain] = tissue[brain]
     hu[brain & csf] = head.csf
     hu[brain & ventricles] = head.csf
-    falx = brain & (np.abs(x) < 0.4) & (z > -5) & ~((np.abs(y) < 30) & (z > -2) & (z < 22))
+    falx = brain & (np.abs(x) < 0.4) & (z > -5) & ~callosum
     hu[falx] = 45.0
     calcified = np.zeros(x.shape, bool)
     if head.falx_plaque is not None:
@@ -270,18 +332,28 @@ def render_plane(head: Head, bleeds: list[Bleed], x_mm: np.ndarray, y_mm: np.nda
     if head.calcified_pineal:
         calcified |= brain & _ellipse(x, y, 0, 20, 2.5, 2.5) & (np.abs(z) < 3)
     hu[calcified] = 220.0
+    return _Spaces(brain, csf, sulcal, fissure, sylvian, cisterns, ventricles, below, rim, gyral)
+
+
+def _intra_axial(head: Head, bleeds: list[Bleed], plane: _Plane, spaces: _Spaces, hu: np.ndarray,
+                 masks: dict[str, np.ndarray]) -> None:  # fmt: skip
+    """Paints subarachnoid, intraparenchymal and intraventricular blood into ``hu`` and ``masks``."""
+    x, y, z = plane.x, plane.y, plane.z
+    brain, ventricles = spaces.brain, spaces.ventricles
     for bleed in bleeds:
         p = bleed.shape
         if bleed.label == "subarachnoid":
             if p["basal"]:
-                frontal = np.abs(_wrap(theta + np.pi / 2)) < 0.8
-                region = (z > -30) & (z < 5) & (cisterns | sylvian | (fissure & (y < 0)) | (sulcal & frontal))
+                frontal = np.abs(_wrap(plane.theta + np.pi / 2)) < 0.8
+                region = (z > -30) & (z < 5) & (spaces.cisterns | spaces.sylvian | (spaces.fissure & (y < 0))
+                                                | (spaces.sulcal & frontal))  # fmt: skip
             else:
-                near = _window(_wrap(theta - p["angle"]), 0, p["span"]) * _window(z, p["level"], p["height"])
-                region = (near > 0.05) & (csf & ~ventricles)
-                widened = (below < rim + 3) & (near > 0.3)
-                region |= widened & (gyral > 0.6)
+                near = _window(_wrap(plane.theta - p["angle"]), 0, p["span"]) * _window(z, p["level"], p["height"])
+                region = (near > 0.05) & (spaces.csf & ~ventricles)
+                widened = (spaces.below < spaces.rim + 3) & (near > 0.3)
+                region |= widened & (spaces.gyral > 0.6)
             blood = brain & region & ~ventricles
+            hu[blood] = bleed.hu
         elif bleed.label == "intraparenchymal":
             cx, cy, cz = p["centre"]
             a1, f1, a2, f2 = p["lobes"]
@@ -297,15 +369,15 @@ def render_plane(head: Head, bleeds: list[Bleed], x_mm: np.ndarray, y_mm: np.nda
             blood = brain & ventricles & (z > p["lowest"])
             if p["layered"]:
                 blood &= y > p["level"]
+            hu[blood] = bleed.hu
         else:
             continue
-        if bleed.label != "intraparenchymal":
-            hu[blood] = bleed.hu
-        masks[bleed.label] = masks.get(bleed.label, np.zeros(x.shape, bool)) | blood
-    if base.any():  # beam hardening between the petrous bones: a dark band across the posterior fossa
-        band = np.exp(-(((y - 14) / 3.5) ** 2)) * np.clip((-12 - z) / 10, 0, 1) * (z > -50)
-        hu = np.where(cavity, hu - 22 * band, hu)
-    return hu.astype(np.float32), masks
+        _add(masks, bleed.label, blood)
+
+
+def _add(masks: dict[str, np.ndarray], label: str, blood: np.ndarray) -> None:
+    """Adds ``blood`` to the label's mask."""
+    masks[label] = masks[label] | blood if label in masks else blood
 
 
 def ct_noise(rng: np.random.Generator, shape: tuple[int, int], sd: float, pixel_mm: float,
